@@ -1,0 +1,6 @@
+//! Kairos core: the task model, the partitioner, the clock, the store contract with its
+//! embedded implementation, and the conformance suite every store must pass.
+
+pub mod clock;
+pub mod model;
+pub mod store;

@@ -1,0 +1,272 @@
+//! The task model shared by every backend, the scheduler and the API.
+//!
+//! Times are Unix epoch milliseconds (`i64`) everywhere inside Kairos; the API converts to and
+//! from RFC 3339.
+
+use serde::{Deserialize, Serialize};
+
+/// Unix epoch milliseconds.
+pub type Millis = i64;
+
+/// A task's life cycle.
+///
+/// `Scheduled` → `Running` → `Succeeded`, or → `Retrying` → `Running` … → `Dead` after the last
+/// attempt. `Cancelled` is reachable from `Scheduled` and `Retrying` (and from `Dead` when the
+/// task parked its key). `Dead` tasks can be sent back to `Scheduled` by an operator (retry).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    Scheduled,
+    Running,
+    Retrying,
+    Succeeded,
+    Dead,
+    Cancelled,
+}
+
+impl TaskState {
+    /// Finished tasks never run again unless an operator retries a dead one.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Dead | Self::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Running => "running",
+            Self::Retrying => "retrying",
+            Self::Succeeded => "succeeded",
+            Self::Dead => "dead",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "scheduled" => Self::Scheduled,
+            "running" => Self::Running,
+            "retrying" => Self::Retrying,
+            "succeeded" => Self::Succeeded,
+            "dead" => Self::Dead,
+            "cancelled" => Self::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// Exponential backoff with full jitter between `initial_ms` and `max_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backoff {
+    pub initial_ms: u64,
+    pub max_ms: u64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { initial_ms: 1_000, max_ms: 120_000 }
+    }
+}
+
+impl Backoff {
+    /// Upper bound of the delay before attempt `next_attempt` (2-based: the first retry is
+    /// attempt 2). The scheduler draws the actual delay uniformly from `[cap/2, cap]`.
+    pub fn cap_ms(&self, next_attempt: u32) -> u64 {
+        let exp = next_attempt.saturating_sub(2).min(32);
+        self.initial_ms.saturating_mul(1u64 << exp).min(self.max_ms.max(self.initial_ms))
+    }
+}
+
+/// What a client asks for. Validation (plugin exists, payload size, …) happens before this is
+/// built; the store only persists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewTask {
+    /// Assigned by the caller (UUID v7 string) so a producer can answer before the store does.
+    pub id: String,
+    pub partition: u32,
+    pub plugin: String,
+    /// A pinned plugin version (sha256 digest, hex); `None` runs the current version.
+    pub pin_version: Option<String>,
+    pub key: String,
+    pub due_at: Millis,
+    /// The payload as JSON text (already validated to be JSON).
+    pub payload: String,
+    pub uniqueness_key: Option<String>,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    /// When the last attempt fails, keep the key parked (blocked) until an operator acts,
+    /// instead of letting the next task of the key run.
+    pub park_on_dead: bool,
+    pub created_at: Millis,
+}
+
+/// A persisted task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub partition: u32,
+    /// Enqueue sequence, assigned by the store, strictly increasing across the whole store.
+    /// Tasks of one key run in `(due_at, seq)` order.
+    pub seq: u64,
+    pub plugin: String,
+    pub pin_version: Option<String>,
+    pub key: String,
+    /// When the task is due (its ordering position). Changed only by a reschedule.
+    pub due_at: Millis,
+    /// When it may next start: `due_at` at first, later the retry time after backoff.
+    pub next_at: Millis,
+    pub payload: String,
+    pub uniqueness_key: Option<String>,
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    pub park_on_dead: bool,
+    pub state: TaskState,
+    /// Attempts started so far (durable: survives restarts and rebalances).
+    pub attempts: u32,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    pub last_error: Option<String>,
+    /// The plugin's output of the successful attempt.
+    pub output: Option<String>,
+}
+
+impl Task {
+    pub fn from_new(t: NewTask, seq: u64) -> Self {
+        Self {
+            id: t.id,
+            partition: t.partition,
+            seq,
+            plugin: t.plugin,
+            pin_version: t.pin_version,
+            key: t.key,
+            due_at: t.due_at,
+            next_at: t.due_at,
+            payload: t.payload,
+            uniqueness_key: t.uniqueness_key,
+            max_attempts: t.max_attempts,
+            backoff: t.backoff,
+            park_on_dead: t.park_on_dead,
+            state: TaskState::Scheduled,
+            attempts: 0,
+            created_at: t.created_at,
+            updated_at: t.created_at,
+            last_error: None,
+            output: None,
+        }
+    }
+
+    /// Ordering position within its key (and within its partition's window).
+    pub fn order(&self) -> OrderPos {
+        OrderPos { due_at: self.due_at, seq: self.seq }
+    }
+
+    /// A task the scheduler still has to deal with: not finished, or dead and parking its key.
+    pub fn is_pending(&self) -> bool {
+        !self.state.is_terminal() || (self.state == TaskState::Dead && self.park_on_dead)
+    }
+}
+
+/// Position of a task in its partition: `(due_at, seq)`, compared lexicographically.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct OrderPos {
+    pub due_at: Millis,
+    pub seq: u64,
+}
+
+impl OrderPos {
+    pub const MIN: OrderPos = OrderPos { due_at: i64::MIN, seq: 0 };
+    /// The last position at or before `due_at`.
+    pub fn end_of(due_at: Millis) -> Self {
+        OrderPos { due_at, seq: u64::MAX }
+    }
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Succeeded,
+    /// The plugin asked for a retry (or the failure is transient: trap, limit, missing plugin).
+    Retryable,
+    /// The plugin said retrying is pointless.
+    Permanent,
+}
+
+/// One attempt in a task's history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attempt {
+    /// 1-based.
+    pub number: u32,
+    pub started_at: Millis,
+    pub ended_at: Millis,
+    pub outcome: AttemptOutcome,
+    pub error: Option<String>,
+    /// sha256 of the plugin version that ran it, when one was found.
+    pub plugin_digest: Option<String>,
+}
+
+/// What follows a finished attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Transition {
+    Succeeded { output: Option<String> },
+    /// Run again at `next_at` (state `retrying`).
+    Retry { next_at: Millis, error: String },
+    /// No attempts left, or a permanent error (state `dead`; parks the key if the task asked).
+    Dead { error: String },
+}
+
+/// A task with its attempt history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub task: Task,
+    pub attempts: Vec<Attempt>,
+}
+
+/// Result of enqueueing one task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum EnqueueOutcome {
+    /// Newly stored.
+    Created(Task),
+    /// Its uniqueness key was already taken: the existing task (of any state) is returned.
+    Duplicate(Task),
+}
+
+impl EnqueueOutcome {
+    pub fn task(&self) -> &Task {
+        match self {
+            Self::Created(t) | Self::Duplicate(t) => t,
+        }
+    }
+}
+
+/// Filter for listing tasks. Results are ordered by `(due_at, seq)`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListFilter {
+    pub key: Option<String>,
+    pub state: Option<TaskState>,
+    pub limit: usize,
+}
+
+/// A recurring task definition. Each occurrence becomes one task whose uniqueness key is
+/// `schedule:{name}:{occurrence millis}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Schedule {
+    pub name: String,
+    pub cron: String,
+    pub plugin: String,
+    pub key: String,
+    pub payload: String,
+    /// IANA time zone name; `None` = UTC.
+    pub timezone: Option<String>,
+    /// The last occurrence that was materialised (millis), so a restart neither doubles nor
+    /// skips one.
+    pub last_fired: Option<Millis>,
+    pub created_at: Millis,
+}
+
+/// Metadata of one plugin key-value entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KvEntryMeta {
+    pub key: String,
+    pub updated_at: Millis,
+    pub size: u64,
+}

@@ -1,0 +1,113 @@
+//! The durable store contract. Every backend (embedded redb, Cassandra) implements
+//! [`TaskStore`] and passes the shared suite in [`crate::conformance`].
+
+use async_trait::async_trait;
+
+use crate::model::{
+    Attempt, EnqueueOutcome, KvEntryMeta, ListFilter, Millis, NewTask, OrderPos, Schedule, Task,
+    TaskRecord, Transition,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("task {0} not found")]
+    NotFound(String),
+    /// The operation does not fit the task's current state (e.g. cancelling a finished task).
+    #[error("{0}")]
+    Conflict(String),
+    /// The backend could not be reached or timed out; retrying later may succeed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data could not be decoded, or the database is from an incompatible version.
+    #[error("store data corrupt or incompatible: {0}")]
+    Corrupt(String),
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+impl StoreError {
+    /// Whether retrying the same call later may succeed. Drives retries in the scheduler.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unavailable(_))
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Durable task state. All methods are durable when they return `Ok` (embedded: after the
+/// group commit that carried them was fsynced).
+#[async_trait]
+pub trait TaskStore: Send + Sync + 'static {
+    /// Persist a batch. A task whose `uniqueness_key` is already taken (by a task in any state)
+    /// is not stored; the existing task comes back as [`EnqueueOutcome::Duplicate`]. Within one
+    /// batch the first task with a given uniqueness key wins. Assigns `seq`, strictly increasing
+    /// across calls and within the batch in input order. One outcome per input, in input order.
+    async fn enqueue(&self, batch: Vec<NewTask>) -> StoreResult<Vec<EnqueueOutcome>>;
+
+    /// Pending tasks of `partition` (see [`Task::is_pending`]) whose position is strictly after
+    /// `after` and whose `due_at <= up_to`, ordered by `(due_at, seq)`, at most `limit`.
+    /// Overdue tasks are included however old they are.
+    async fn load_window(
+        &self,
+        partition: u32,
+        after: OrderPos,
+        up_to: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<Task>>;
+
+    /// Record that attempt number `attempt` (1-based) started: state `running`,
+    /// `attempts = attempt`. `Conflict` if the task is finished (succeeded, dead, cancelled).
+    async fn start_attempt(&self, id: &str, attempt: u32, at: Millis) -> StoreResult<()>;
+
+    /// Record a finished attempt in the history and apply `transition`. Returns the updated
+    /// task. `Conflict` if the task was cancelled or already finished meanwhile.
+    async fn finish_attempt(
+        &self,
+        id: &str,
+        attempt: Attempt,
+        transition: Transition,
+        at: Millis,
+    ) -> StoreResult<Task>;
+
+    async fn get(&self, id: &str) -> StoreResult<Option<TaskRecord>>;
+
+    async fn find_by_uniqueness_key(&self, uniqueness_key: &str) -> StoreResult<Option<Task>>;
+
+    /// Tasks matching the filter, ordered by `(due_at, seq)`; `limit` 0 means 100.
+    async fn list(&self, filter: &ListFilter) -> StoreResult<Vec<Task>>;
+
+    /// `scheduled` / `retrying` / `dead` (any dead, parked or not) → `cancelled`.
+    /// `Conflict` when running, succeeded or already cancelled; `NotFound` when unknown.
+    async fn cancel(&self, id: &str, at: Millis) -> StoreResult<Task>;
+
+    /// `dead` → `scheduled` with `next_at = at` and `max_attempts = attempts + extra_attempts`.
+    /// `Conflict` for any other state.
+    async fn retry_dead(&self, id: &str, extra_attempts: u32, at: Millis) -> StoreResult<Task>;
+
+    /// Move a `scheduled` or `retrying` task: `due_at = next_at = run_at` (it takes its new
+    /// ordering position). `Conflict` for any other state.
+    async fn reschedule(&self, id: &str, run_at: Millis, at: Millis) -> StoreResult<Task>;
+
+    /// Dead tasks that park their key stop doing so (they stay dead). Returns how many.
+    async fn unpark_key(&self, key: &str, at: Millis) -> StoreResult<u32>;
+
+    async fn set_key_paused(&self, key: &str, paused: bool) -> StoreResult<()>;
+    async fn paused_keys(&self) -> StoreResult<Vec<String>>;
+
+    /// Insert or replace a schedule by name (keeps nothing of the old one).
+    async fn put_schedule(&self, schedule: Schedule) -> StoreResult<()>;
+    async fn get_schedule(&self, name: &str) -> StoreResult<Option<Schedule>>;
+    async fn list_schedules(&self) -> StoreResult<Vec<Schedule>>;
+    /// `true` if it existed.
+    async fn delete_schedule(&self, name: &str) -> StoreResult<bool>;
+    /// Set `last_fired` (only ever moves forward). `NotFound` if the schedule is gone.
+    async fn mark_schedule_fired(&self, name: &str, occurrence: Millis) -> StoreResult<()>;
+
+    /// Plugin key-value state, scoped by plugin name.
+    async fn kv_get(&self, plugin: &str, key: &str) -> StoreResult<Option<Vec<u8>>>;
+    async fn kv_set(&self, plugin: &str, key: &str, value: Vec<u8>, at: Millis) -> StoreResult<()>;
+    /// `true` if it existed.
+    async fn kv_delete(&self, plugin: &str, key: &str) -> StoreResult<bool>;
+    /// Entries of `plugin` whose key starts with `prefix`, in key order, at most `limit`.
+    async fn kv_list(&self, plugin: &str, prefix: &str, limit: usize) -> StoreResult<Vec<KvEntryMeta>>;
+}

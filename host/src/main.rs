@@ -1,1 +1,146 @@
-fn main() {}
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use kairos::cli::{Cli, Command, PluginCmd, ServeArgs};
+use kairos::config::Config;
+use kairos::node::{Node, shutdown_signal};
+use kairos_runtime::{MemoryServices, RunOutcome, RunRequest, Runtime, RuntimeConfig, TaskInfo};
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// Flags over the config file over the defaults.
+pub fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
+    let mut cfg = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    if let Some(d) = &args.data {
+        cfg.data_dir = d.clone();
+    }
+    if let Some(p) = &args.plugins {
+        cfg.plugins_dir = p.clone();
+    }
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(n) = &args.node_id {
+        cfg.node_id = n.clone();
+    }
+    Ok(cfg)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = serve_config(&args)?;
+    let node = Node::start(cfg).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: intake stopped, draining running tasks");
+    node.shutdown().await;
+    Ok(())
+}
+
+fn plugins_dir(p: Option<PathBuf>) -> PathBuf {
+    p.unwrap_or_else(|| PathBuf::from(kairos_runtime::DEFAULT_PLUGINS_DIR))
+}
+
+async fn plugin(cmd: PluginCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PluginCmd::List { plugins } => {
+            let dir = plugins_dir(plugins);
+            let rt = Runtime::new(RuntimeConfig::default(), Arc::new(MemoryServices::new()))?;
+            let summary = rt.load_dir(&dir);
+            println!("{:<16} {:<66} {:>10}", "NAME", "DIGEST (sha256)", "BYTES");
+            for p in rt.plugins() {
+                println!("{:<16} {:<66} {:>10}", p.name, p.digest, p.size_bytes);
+            }
+            for err in &summary.errors {
+                println!("rejected {err}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCmd::Run { name, payload, key, plugins, config, attempt } => {
+            serde_json::from_str::<serde::de::IgnoredAny>(&payload).context("--payload is not valid JSON")?;
+            let cfg = match &config {
+                Some(path) => Config::load(path)?,
+                None => Config::default(),
+            };
+            let dir = plugins.unwrap_or(if config.is_some() { cfg.plugins_dir.clone() } else { plugins_dir(None) });
+            let services = Arc::new(MemoryServices::new());
+            let rt_cfg = RuntimeConfig { defaults: cfg.limits.clone(), grants: cfg.plugin.clone(), ..RuntimeConfig::default() };
+            let rt = Runtime::new(rt_cfg, services.clone())?;
+            let summary = rt.load_dir(&dir);
+            for err in &summary.errors {
+                eprintln!("rejected {err}");
+            }
+            let now = kairos_core::clock::system_now();
+            let report = rt
+                .run(RunRequest {
+                    task: TaskInfo {
+                        id: kairos::enqueue::new_task_id(),
+                        key,
+                        plugin: name.clone(),
+                        attempt,
+                        due_at_ms: now,
+                        payload,
+                    },
+                    pin_version: None,
+                })
+                .await;
+            println!("plugin:   {name} {}", report.digest.as_deref().unwrap_or("(not loaded)"));
+            println!("outcome:  {}", serde_json::to_string(&report.outcome)?);
+            println!("elapsed:  {:.3} ms", report.elapsed.as_secs_f64() * 1000.0);
+            if !report.logs.is_empty() {
+                println!("logs:");
+                for l in &report.logs {
+                    println!("  {l}");
+                }
+            }
+            let follow_ups = services.follow_ups();
+            if !follow_ups.is_empty() {
+                println!("follow-up tasks (not enqueued: `plugin run` does not schedule):");
+                for f in follow_ups {
+                    println!("  {f:?}");
+                }
+            }
+            Ok(if matches!(report.outcome, RunOutcome::Success { .. }) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve(args).await.map(|_| ExitCode::SUCCESS),
+            Command::Plugin(cmd) => plugin(cmd).await,
+            Command::Task(cmd) => tokio::task::spawn_blocking(move || kairos::client::task(cmd))
+                .await?
+                .map(|_| ExitCode::SUCCESS),
+            Command::Schedule(cmd) => tokio::task::spawn_blocking(move || kairos::client::schedule(cmd))
+                .await?
+                .map(|_| ExitCode::SUCCESS),
+            Command::Bench(args) => kairos::bench::run(args).await.map(|_| ExitCode::SUCCESS),
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

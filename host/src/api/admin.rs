@@ -1,0 +1,105 @@
+//! Keys, schedules, plugins, health and metrics.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::Path;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use kairos_core::model::Schedule;
+use kairos_core::partition::partition_for;
+use serde::Deserialize;
+use serde_json::json;
+use serde_json::value::RawValue;
+
+use super::view::ScheduleView;
+use super::{ApiError, State, read_json};
+use crate::cron::{self, CronSpec};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn partitions(st: &State) -> u32 {
+    st.enqueuer.partitions
+}
+
+pub async fn pause_key(st: State, Path(key): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    st.scheduler.pause_key(&key, partition_for(&key, partitions(&st))).await?;
+    Ok(Json(json!({ "key": key, "paused": true })))
+}
+
+pub async fn resume_key(st: State, Path(key): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    let unparked = st.scheduler.resume_key(&key, partition_for(&key, partitions(&st))).await?;
+    Ok(Json(json!({ "key": key, "paused": false, "unparked_dead_tasks": unparked })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleBody {
+    name: String,
+    cron: String,
+    plugin: String,
+    key: String,
+    #[serde(default)]
+    payload: Option<Box<RawValue>>,
+    #[serde(default)]
+    timezone: Option<String>,
+}
+
+fn next_run(s: &Schedule, now: i64) -> Option<i64> {
+    CronSpec::parse(&s.cron, s.timezone.as_deref()).ok()?.next_after(s.last_fired.unwrap_or(now).max(now))
+}
+
+/// Creates or replaces a schedule. Occurrences start after now.
+pub async fn put_schedule(st: State, body: Body) -> ApiResult<(StatusCode, Json<ScheduleView>)> {
+    let b: ScheduleBody = read_json(body, st.enqueuer.defaults.max_payload_bytes + 64 * 1024).await?;
+    let now = st.enqueuer.clock.now();
+    let s = Schedule {
+        name: b.name,
+        cron: b.cron,
+        plugin: b.plugin,
+        key: b.key,
+        payload: b.payload.map(|p| p.get().to_string()).unwrap_or_else(|| "{}".into()),
+        timezone: b.timezone,
+        last_fired: None,
+        created_at: now,
+    };
+    cron::validate(&s, &st.enqueuer)?;
+    st.store.put_schedule(s.clone()).await?;
+    st.schedules_changed.notify_one();
+    Ok((StatusCode::CREATED, Json(ScheduleView::new(&s, next_run(&s, now)))))
+}
+
+pub async fn list_schedules(st: State) -> ApiResult<Json<Vec<ScheduleView>>> {
+    let now = st.enqueuer.clock.now();
+    let all = st.store.list_schedules().await?;
+    Ok(Json(all.iter().map(|s| ScheduleView::new(s, next_run(s, now))).collect()))
+}
+
+pub async fn get_schedule(st: State, Path(name): Path<String>) -> ApiResult<Json<ScheduleView>> {
+    let now = st.enqueuer.clock.now();
+    match st.store.get_schedule(&name).await? {
+        Some(s) => Ok(Json(ScheduleView::new(&s, next_run(&s, now)))),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("schedule {name:?} not found"))),
+    }
+}
+
+pub async fn delete_schedule(st: State, Path(name): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+    if st.store.delete_schedule(&name).await? {
+        st.schedules_changed.notify_one();
+        Ok(Json(json!({ "deleted": name })))
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, format!("schedule {name:?} not found")))
+    }
+}
+
+pub async fn plugins(st: State) -> Json<serde_json::Value> {
+    Json(st.plugins.list())
+}
+
+pub async fn healthz(st: State) -> Json<serde_json::Value> {
+    let owned = st.scheduler.owned().await;
+    Json(json!({ "status": "ok", "node_id": st.node_id, "partitions_owned": owned.len() }))
+}
+
+pub async fn metrics(st: State) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render())
+}

@@ -1,0 +1,115 @@
+//! The HTTP/JSON API (axum). Every error is a 4xx/5xx with `{"error": "..."}` saying what was
+//! wrong.
+
+mod admin;
+mod tasks;
+mod view;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use kairos_core::store::{StoreError, TaskStore};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+
+use crate::enqueue::{Enqueuer, Rejection};
+use crate::metrics::Metrics;
+use crate::scheduler::{OpError, Scheduler};
+
+/// What `GET /v1/plugins` lists.
+pub trait PluginLister: Send + Sync + 'static {
+    fn list(&self) -> serde_json::Value;
+}
+
+pub struct AppState {
+    pub enqueuer: Arc<Enqueuer>,
+    pub scheduler: Arc<Scheduler>,
+    pub store: Arc<dyn TaskStore>,
+    pub metrics: Arc<Metrics>,
+    pub plugins: Arc<dyn PluginLister>,
+    pub schedules_changed: Arc<Notify>,
+    pub node_id: String,
+}
+
+pub type State = axum::extract::State<Arc<AppState>>;
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/tasks", post(tasks::create).get(tasks::list))
+        .route("/v1/tasks/batch", post(tasks::create_batch))
+        .route("/v1/tasks/{id}", get(tasks::get).delete(tasks::cancel).patch(tasks::reschedule))
+        .route("/v1/tasks/{id}/retry", post(tasks::retry))
+        .route("/v1/keys/{key}/pause", post(admin::pause_key))
+        .route("/v1/keys/{key}/resume", post(admin::resume_key))
+        .route("/v1/schedules", post(admin::put_schedule).get(admin::list_schedules))
+        .route("/v1/schedules/{name}", get(admin::get_schedule).delete(admin::delete_schedule))
+        .route("/v1/plugins", get(admin::plugins))
+        .route("/healthz", get(admin::healthz))
+        .route("/metrics", get(admin::metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        // Bodies are read by `read_json` with our own limit, so a 413 is JSON too.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+}
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self { status, message: message.into() }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(serde_json::json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<Rejection> for ApiError {
+    fn from(r: Rejection) -> Self {
+        Self::new(StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST), r.message)
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        OpError::from(e).into()
+    }
+}
+
+impl From<OpError> for ApiError {
+    fn from(e: OpError) -> Self {
+        let status = match &e {
+            OpError::NotFound(_) => StatusCode::NOT_FOUND,
+            OpError::Conflict(_) => StatusCode::CONFLICT,
+            OpError::NotOwned(_) | OpError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            OpError::Store(s) if s.is_transient() => StatusCode::SERVICE_UNAVAILABLE,
+            OpError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, e.to_string())
+    }
+}
+
+/// Reads a JSON body of at most `limit` bytes into `T`, with errors that say what was wrong.
+pub async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
+    let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is over the limit of {limit} bytes"))
+    })?;
+    if bytes.is_empty() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "request body is empty; expected a JSON document"));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| {
+        let what = if e.is_syntax() || e.is_eof() { "malformed JSON" } else { "invalid request" };
+        ApiError::new(StatusCode::BAD_REQUEST, format!("{what}: {e}"))
+    })
+}

@@ -1,0 +1,137 @@
+//! `/v1/tasks`: enqueue (one or a batch), inspect, list, cancel, retry, reschedule.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query};
+use axum::http::StatusCode;
+use chrono::DateTime;
+use kairos_core::model::{EnqueueOutcome, ListFilter, TaskState};
+use serde::Deserialize;
+
+use super::view::{Accepted, TaskView, rfc3339};
+use super::{ApiError, State, read_json};
+use crate::enqueue::EnqueueRequest;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn accepted(o: &EnqueueOutcome) -> Accepted {
+    let t = o.task();
+    Accepted {
+        id: t.id.clone(),
+        partition: t.partition,
+        run_at: rfc3339(t.due_at),
+        duplicate: matches!(o, EnqueueOutcome::Duplicate(_)),
+    }
+}
+
+/// Body limit: the payload limit plus room for the other fields.
+fn body_limit(st: &State) -> usize {
+    st.enqueuer.defaults.max_payload_bytes + 64 * 1024
+}
+
+pub async fn create(st: State, body: Body) -> ApiResult<(StatusCode, Json<Accepted>)> {
+    let req: EnqueueRequest = read_json(body, body_limit(&st)).await?;
+    let task = st.enqueuer.build(req, st.enqueuer.clock.now())?;
+    let outcomes = st.enqueuer.submit(vec![task]).await?;
+    let o = outcomes
+        .first()
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store returned no outcome"))?;
+    let status = if matches!(o, EnqueueOutcome::Duplicate(_)) { StatusCode::OK } else { StatusCode::CREATED };
+    Ok((status, Json(accepted(o))))
+}
+
+/// All or nothing at validation: one bad task rejects the batch, naming its index.
+pub async fn create_batch(st: State, body: Body) -> ApiResult<(StatusCode, Json<Vec<Accepted>>)> {
+    let max = st.enqueuer.defaults.max_batch;
+    let limit = body_limit(&st).saturating_mul(max.min(64));
+    let reqs: Vec<EnqueueRequest> = read_json(body, limit).await?;
+    if reqs.is_empty() || reqs.len() > max {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("a batch holds 1 to {max} tasks; got {}", reqs.len()),
+        ));
+    }
+    let now = st.enqueuer.clock.now();
+    let mut tasks = Vec::with_capacity(reqs.len());
+    for (i, r) in reqs.into_iter().enumerate() {
+        let t = st.enqueuer.build(r, now).map_err(|mut e| {
+            e.message = format!("task [{i}]: {}", e.message);
+            ApiError::from(e)
+        })?;
+        tasks.push(t);
+    }
+    let outcomes = st.enqueuer.submit(tasks).await?;
+    Ok((StatusCode::CREATED, Json(outcomes.iter().map(accepted).collect())))
+}
+
+pub async fn get(st: State, Path(id): Path<String>) -> ApiResult<Json<TaskView>> {
+    match st.store.get(&id).await? {
+        Some(rec) => Ok(Json(TaskView::new(&rec.task, Some(&rec.attempts)))),
+        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("task {id} not found"))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    key: Option<String>,
+    state: Option<String>,
+    limit: Option<usize>,
+}
+
+pub async fn list(st: State, q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Vec<TaskView>>> {
+    let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let state = match q.state.as_deref() {
+        None => None,
+        Some(s) => Some(TaskState::parse(s).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("unknown state {s:?}; one of scheduled, running, retrying, succeeded, dead, cancelled"),
+            )
+        })?),
+    };
+    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let tasks = st.store.list(&ListFilter { key: q.key, state, limit }).await?;
+    Ok(Json(tasks.iter().map(|t| TaskView::new(t, None)).collect()))
+}
+
+pub async fn cancel(st: State, Path(id): Path<String>) -> ApiResult<Json<TaskView>> {
+    let t = st.scheduler.cancel(&id).await?;
+    Ok(Json(TaskView::new(&t, None)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBody {
+    /// Attempts granted for this retry (default: the node's `tasks.max_attempts`).
+    max_attempts: Option<u32>,
+}
+
+pub async fn retry(st: State, Path(id): Path<String>, body: Body) -> ApiResult<Json<TaskView>> {
+    let bytes = axum::body::to_bytes(body, 4096)
+        .await
+        .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"))?;
+    let b: RetryBody = if bytes.iter().all(u8::is_ascii_whitespace) {
+        RetryBody::default()
+    } else {
+        serde_json::from_slice(&bytes).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid request: {e}")))?
+    };
+    let extra = b.max_attempts.unwrap_or(st.enqueuer.defaults.max_attempts).max(1);
+    let t = st.scheduler.retry_dead(&id, extra).await?;
+    Ok(Json(TaskView::new(&t, None)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchBody {
+    run_at: String,
+}
+
+pub async fn reschedule(st: State, Path(id): Path<String>, body: Body) -> ApiResult<Json<TaskView>> {
+    let b: PatchBody = read_json(body, 4096).await?;
+    let run_at = DateTime::parse_from_rfc3339(&b.run_at)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("`run_at` {:?} is not an RFC 3339 time: {e}", b.run_at)))?
+        .timestamp_millis();
+    let t = st.scheduler.reschedule(&id, run_at).await?;
+    Ok(Json(TaskView::new(&t, None)))
+}

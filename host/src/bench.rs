@@ -1,0 +1,289 @@
+//! `kairos bench`: end-to-end figures on the embedded default with the no-op plugin (a fresh
+//! Wasm instance per task). Each scenario runs a real node in this process on a fresh data
+//! directory; lateness is read back from the stored attempt history (start − due).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Args;
+use kairos_core::model::{Backoff, Millis, NewTask};
+use kairos_core::partition::partition_for;
+
+use crate::config::Config;
+use crate::enqueue::new_task_id;
+use crate::node::Node;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Which scenarios: throughput, steady, burst, pending (RSS + restart), or all.
+    #[arg(long, default_value = "all")]
+    pub scenario: String,
+    /// Tasks in the throughput run.
+    #[arg(long, default_value_t = 200_000)]
+    pub tasks: usize,
+    /// Repetitions of the throughput run (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Steady rate for the lateness run, tasks/s, and its duration.
+    #[arg(long, default_value_t = 5_000)]
+    pub rate: usize,
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+    /// Tasks due in the same second for the burst run.
+    #[arg(long, default_value_t = 100_000)]
+    pub burst: usize,
+    /// Pending tasks for the memory and restart run.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub pending: usize,
+    /// Directory with `noop.wasm` (default: the test guests built next to the plugins).
+    #[arg(long)]
+    pub plugins: Option<PathBuf>,
+    /// Where the scratch data directories go.
+    #[arg(long, default_value = "target/bench-data")]
+    pub data: PathBuf,
+}
+
+fn guests_dir(args: &BenchArgs) -> PathBuf {
+    args.plugins.clone().unwrap_or_else(|| {
+        Path::new(kairos_runtime::DEFAULT_PLUGINS_DIR)
+            .parent()
+            .map(|p| p.join("test-guests"))
+            .unwrap_or_else(|| PathBuf::from("test-guests"))
+    })
+}
+
+fn config(args: &BenchArgs, name: &str) -> anyhow::Result<Config> {
+    let data = args.data.join(name);
+    if data.exists() {
+        std::fs::remove_dir_all(&data).with_context(|| format!("clearing {}", data.display()))?;
+    }
+    let mut cfg = Config { data_dir: data, plugins_dir: guests_dir(args), ..Config::default() };
+    cfg.listen = "127.0.0.1:0".parse()?;
+    // The bench enqueues far more than an API client would in one go.
+    cfg.tasks.max_batch = 100_000;
+    Ok(cfg)
+}
+
+fn task(key: String, due_at: Millis, now: Millis, partitions: u32) -> NewTask {
+    NewTask {
+        id: new_task_id(),
+        partition: partition_for(&key, partitions),
+        plugin: "noop".into(),
+        pin_version: None,
+        key,
+        due_at,
+        payload: "{}".into(),
+        uniqueness_key: None,
+        max_attempts: 3,
+        backoff: Backoff::default(),
+        park_on_dead: false,
+        created_at: now,
+    }
+}
+
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+async fn wait_succeeded(node: &Node, target: u64, timeout: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while node.metrics.succeeded.load(Relaxed) < target {
+        anyhow::ensure!(
+            start.elapsed() < timeout,
+            "only {} of {target} tasks succeeded within {timeout:?}",
+            node.metrics.succeeded.load(Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[i64], p: f64) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Start − due of every attempt-1 in the store, sorted.
+async fn lateness(node: &Node, ids: &[String]) -> anyhow::Result<Vec<i64>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let rec = node.store.get(id).await?.context("task vanished")?;
+        if let Some(a) = rec.attempts.first() {
+            out.push(a.started_at - rec.task.due_at);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn report_lateness(name: &str, l: &[i64]) {
+    println!(
+        "| {name} | {} | {} ms | {} ms | {} ms |",
+        l.len(),
+        percentile(l, 0.5),
+        percentile(l, 0.99),
+        l.last().copied().unwrap_or(0)
+    );
+}
+
+async fn throughput(args: &BenchArgs) -> anyhow::Result<()> {
+    let mut rates = Vec::new();
+    for run in 0..args.runs {
+        let cfg = config(args, "throughput")?;
+        let partitions = cfg.partitions;
+        let node = Node::start(cfg).await?;
+        let now = node.enqueuer.clock.now();
+        let started = Instant::now();
+        let keys = 10_000;
+        for chunk in (0..args.tasks).collect::<Vec<_>>().chunks(1_000) {
+            let batch = chunk.iter().map(|i| task(format!("k{}", i % keys), now, now, partitions)).collect();
+            node.enqueuer.submit(batch).await?;
+        }
+        wait_succeeded(&node, args.tasks as u64, Duration::from_secs(600)).await?;
+        let secs = started.elapsed().as_secs_f64();
+        let rate = args.tasks as f64 / secs;
+        println!("throughput run {}: {} tasks in {secs:.2} s = {rate:.0} tasks/s", run + 1, args.tasks);
+        rates.push(rate);
+        node.shutdown().await;
+    }
+    rates.sort_by(f64::total_cmp);
+    println!("| end-to-end throughput (median of {}) | {:.0} tasks/s |", rates.len(), rates[rates.len() / 2]);
+    Ok(())
+}
+
+async fn steady(args: &BenchArgs) -> anyhow::Result<()> {
+    let cfg = config(args, "steady")?;
+    let partitions = cfg.partitions;
+    let node = Node::start(cfg).await?;
+    let per_tick = (args.rate / 100).max(1);
+    let ticks = args.seconds * 100;
+    let mut ids = Vec::new();
+    let mut next = Instant::now();
+    for i in 0..ticks {
+        let now = node.enqueuer.clock.now();
+        let batch: Vec<NewTask> =
+            (0..per_tick).map(|j| task(format!("s{}", (i as usize * per_tick + j) % 5_000), now + 50, now, partitions)).collect();
+        ids.extend(batch.iter().map(|t| t.id.clone()));
+        node.enqueuer.submit(batch).await?;
+        next += Duration::from_millis(10);
+        tokio::time::sleep_until(next.into()).await;
+    }
+    wait_succeeded(&node, ids.len() as u64, Duration::from_secs(120)).await?;
+    let l = lateness(&node, &ids).await?;
+    report_lateness(&format!("steady {} tasks/s for {} s, due 50 ms after enqueue", args.rate, args.seconds), &l);
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn burst(args: &BenchArgs) -> anyhow::Result<()> {
+    let cfg = config(args, "burst")?;
+    let partitions = cfg.partitions;
+    let node = Node::start(cfg).await?;
+    let now = node.enqueuer.clock.now();
+    let second = (now / 1000 + 8) * 1000;
+    let mut ids = Vec::with_capacity(args.burst);
+    for chunk in (0..args.burst).collect::<Vec<_>>().chunks(5_000) {
+        let batch: Vec<NewTask> =
+            chunk.iter().map(|i| task(format!("b{}", i % 20_000), second + (*i as i64 % 1000), now, partitions)).collect();
+        ids.extend(batch.iter().map(|t| t.id.clone()));
+        node.enqueuer.submit(batch).await?;
+    }
+    anyhow::ensure!(node.enqueuer.clock.now() < second, "enqueueing the burst took longer than 8 s");
+    wait_succeeded(&node, ids.len() as u64, Duration::from_secs(300)).await?;
+    let l = lateness(&node, &ids).await?;
+    report_lateness(&format!("{} tasks due within the same second", args.burst), &l);
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn pending(args: &BenchArgs) -> anyhow::Result<()> {
+    let cfg = config(args, "pending")?;
+    let partitions = cfg.partitions;
+    let rss_before = rss_mib();
+    let node = Node::start(cfg.clone()).await?;
+    let now = node.enqueuer.clock.now();
+    let started = Instant::now();
+    // Due in an hour and later: they stay pending for the whole run.
+    for chunk in (0..args.pending).collect::<Vec<_>>().chunks(10_000) {
+        let batch = chunk
+            .iter()
+            .map(|i| task(format!("p{}", i % 100_000), now + 3_600_000 + *i as i64, now, partitions))
+            .collect();
+        node.enqueuer.submit(batch).await?;
+    }
+    let enqueue_secs = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    println!(
+        "| RSS with {} tasks pending | {:.0} MiB (process start: {rss_before:.0} MiB; window holds {} tasks; enqueue took {enqueue_secs:.1} s = {:.0} tasks/s) |",
+        args.pending,
+        rss_mib(),
+        node.metrics.window_total(),
+        args.pending as f64 / enqueue_secs
+    );
+    node.shutdown().await;
+
+    // Restart: a fresh store filled directly with `pending` overdue tasks (as if the node had
+    // been down for an hour), then the time from starting a node to its first execution.
+    let cfg = config(args, "restart")?;
+    {
+        use kairos_core::store::TaskStore;
+        std::fs::create_dir_all(&cfg.data_dir)?;
+        let store = kairos_core::embedded::EmbeddedStore::open(&cfg.store_path(), Default::default())?;
+        let now = kairos_core::clock::system_now();
+        for chunk in (0..args.pending).collect::<Vec<_>>().chunks(10_000) {
+            let batch = chunk
+                .iter()
+                .map(|i| task(format!("r{}", i % 100_000), now - 3_600_000 + *i as i64 / 1_000, now, partitions))
+                .collect();
+            store.enqueue(batch).await?;
+        }
+    }
+    let t0 = Instant::now();
+    let node = Node::start(cfg).await?;
+    let ready = t0.elapsed();
+    wait_succeeded(&node, 1, Duration::from_secs(120)).await?;
+    let first = t0.elapsed();
+    println!(
+        "| restart to first execution with {} tasks pending (all overdue) | {:.0} ms (node ready after {:.0} ms) |",
+        args.pending,
+        first.as_secs_f64() * 1000.0,
+        ready.as_secs_f64() * 1000.0
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    println!("| RSS 3 s into working off {} overdue tasks | {:.0} MiB |", args.pending, rss_mib());
+    node.shutdown().await;
+    Ok(())
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let all = args.scenario == "all";
+    println!("| scenario | figure |\n|---|---|");
+    if all || args.scenario == "throughput" {
+        throughput(&args).await?;
+    }
+    if all || args.scenario == "steady" || args.scenario == "burst" {
+        println!("\n| lateness scenario | tasks | p50 | p99 | max |\n|---|---|---|---|---|");
+    }
+    if all || args.scenario == "steady" {
+        steady(&args).await?;
+    }
+    if all || args.scenario == "burst" {
+        burst(&args).await?;
+    }
+    if all || args.scenario == "pending" {
+        pending(&args).await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! Command-line interface: `serve`, the plugin author's loop (`plugin list|run`), the client
+//! commands (`task …`, `schedule …`) that talk to a running server, and `bench`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "kairos", version, about = "A distributed task scheduler whose tasks run in sandboxed WebAssembly plugins")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a node. With no flags: the embedded default on 127.0.0.1:7400 with the standard plugins.
+    Serve(ServeArgs),
+    /// Inspect and try plugins without a server.
+    #[command(subcommand)]
+    Plugin(PluginCmd),
+    /// Enqueue and manage tasks on a running server.
+    #[command(subcommand)]
+    Task(TaskCmd),
+    /// Manage recurring schedules on a running server.
+    #[command(subcommand)]
+    Schedule(ScheduleCmd),
+    /// Measure throughput, lateness, memory and restart time on the embedded default.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(Args, Debug, Default)]
+pub struct ServeArgs {
+    /// TOML config file (flags override it; it overrides the defaults).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Data directory (embedded database, compiled-plugin cache).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Plugin directory to load and watch.
+    #[arg(long)]
+    pub plugins: Option<PathBuf>,
+    /// API listen address.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Node name.
+    #[arg(long)]
+    pub node_id: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PluginCmd {
+    /// List the plugins in a directory with their digests.
+    List {
+        #[arg(long)]
+        plugins: Option<PathBuf>,
+    },
+    /// Run one task at once in the same sandbox as the server (no scheduling) and print the
+    /// outcome, the plugin's logs and the timing.
+    Run {
+        name: String,
+        /// The task's JSON payload.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        #[arg(long, default_value = "cli")]
+        key: String,
+        #[arg(long)]
+        plugins: Option<PathBuf>,
+        /// Config file whose `[limits]` and `[plugin.NAME]` grants apply.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Attempt number handed to the plugin.
+        #[arg(long, default_value_t = 1)]
+        attempt: u32,
+    },
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServerArg {
+    /// Base URL of the Kairos API.
+    #[arg(long, env = "KAIROS_SERVER", default_value = "http://127.0.0.1:7400", global = true)]
+    pub server: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TaskCmd {
+    /// Enqueue a task.
+    Add {
+        #[arg(long)]
+        plugin: String,
+        #[arg(long)]
+        key: String,
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        /// RFC 3339 due time (default: now).
+        #[arg(long, conflicts_with = "delay_ms")]
+        run_at: Option<String>,
+        #[arg(long)]
+        delay_ms: Option<u64>,
+        #[arg(long)]
+        uniqueness_key: Option<String>,
+        #[arg(long)]
+        max_attempts: Option<u32>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Show a task with its attempt history.
+    Get {
+        id: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// List tasks.
+    List {
+        #[arg(long)]
+        key: Option<String>,
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Cancel a task that has not started.
+    Cancel {
+        id: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Run a dead task again now.
+    Retry {
+        id: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ScheduleCmd {
+    /// Create or replace a recurring schedule.
+    Add {
+        #[arg(long)]
+        name: String,
+        /// Cron expression (5 fields, or 6 with seconds).
+        #[arg(long)]
+        cron: String,
+        #[arg(long)]
+        plugin: String,
+        #[arg(long)]
+        key: String,
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        /// IANA time zone (default UTC).
+        #[arg(long)]
+        timezone: Option<String>,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    List {
+        #[command(flatten)]
+        server: ServerArg,
+    },
+    /// Delete a schedule (tasks it already enqueued stay).
+    Rm {
+        name: String,
+        #[command(flatten)]
+        server: ServerArg,
+    },
+}

@@ -1,0 +1,96 @@
+//! The client side of `kairos task …` and `kairos schedule …`: HTTP calls to a server,
+//! printing its JSON answer, or its `{"error"}` message and a failing exit status.
+
+use serde_json::{Value, json};
+
+use crate::cli::{ScheduleCmd, TaskCmd};
+
+fn parse_payload(s: &str) -> anyhow::Result<Value> {
+    serde_json::from_str(s).map_err(|e| anyhow::anyhow!("--payload is not valid JSON: {e}"))
+}
+
+fn call(method: &str, url: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    let req = ureq::request(method, url);
+    let res = match body {
+        Some(b) => req.send_json(b),
+        None => req.call(),
+    };
+    match res {
+        Ok(r) => Ok(r.into_json()?),
+        Err(ureq::Error::Status(code, r)) => {
+            let text = r.into_string().unwrap_or_default();
+            let msg = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or(text);
+            anyhow::bail!("server answered {code}: {msg}")
+        }
+        Err(e) => anyhow::bail!("cannot reach {url}: {e}"),
+    }
+}
+
+fn enc(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn print(v: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub fn task(cmd: TaskCmd) -> anyhow::Result<()> {
+    let v = match cmd {
+        TaskCmd::Add { plugin, key, payload, run_at, delay_ms, uniqueness_key, max_attempts, server } => {
+            let mut body = json!({ "plugin": plugin, "key": key, "payload": parse_payload(&payload)? });
+            for (k, v) in [
+                ("run_at", run_at.map(Value::from)),
+                ("delay_ms", delay_ms.map(Value::from)),
+                ("uniqueness_key", uniqueness_key.map(Value::from)),
+                ("max_attempts", max_attempts.map(Value::from)),
+            ] {
+                if let Some(v) = v {
+                    body[k] = v;
+                }
+            }
+            call("POST", &format!("{}/v1/tasks", server.server), Some(body))?
+        }
+        TaskCmd::Get { id, server } => call("GET", &format!("{}/v1/tasks/{}", server.server, enc(&id)), None)?,
+        TaskCmd::List { key, state, limit, server } => {
+            let mut q = format!("limit={limit}");
+            if let Some(k) = key {
+                q += &format!("&key={}", enc(&k));
+            }
+            if let Some(s) = state {
+                q += &format!("&state={}", enc(&s));
+            }
+            call("GET", &format!("{}/v1/tasks?{q}", server.server), None)?
+        }
+        TaskCmd::Cancel { id, server } => call("DELETE", &format!("{}/v1/tasks/{}", server.server, enc(&id)), None)?,
+        TaskCmd::Retry { id, server } => {
+            call("POST", &format!("{}/v1/tasks/{}/retry", server.server, enc(&id)), Some(json!({})))?
+        }
+    };
+    print(&v)
+}
+
+pub fn schedule(cmd: ScheduleCmd) -> anyhow::Result<()> {
+    let v = match cmd {
+        ScheduleCmd::Add { name, cron, plugin, key, payload, timezone, server } => {
+            let body = json!({
+                "name": name, "cron": cron, "plugin": plugin, "key": key,
+                "payload": parse_payload(&payload)?, "timezone": timezone,
+            });
+            call("POST", &format!("{}/v1/schedules", server.server), Some(body))?
+        }
+        ScheduleCmd::List { server } => call("GET", &format!("{}/v1/schedules", server.server), None)?,
+        ScheduleCmd::Rm { name, server } => {
+            call("DELETE", &format!("{}/v1/schedules/{}", server.server, enc(&name)), None)?
+        }
+    };
+    print(&v)
+}

@@ -1,0 +1,223 @@
+//! The supervisor: builds a node from its config, runs it, and shuts it down in order —
+//! stop intake, let running attempts finish within the grace period, flush, close.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use kairos_core::clock::{Clock, SystemClock};
+use kairos_core::embedded::{EmbeddedOptions, EmbeddedStore};
+use kairos_core::model::Schedule;
+use kairos_core::store::TaskStore;
+use kairos_runtime::{Runtime, RuntimeConfig};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::config::{Config, QueueConfig, StoreConfig};
+use crate::cron::CronService;
+use crate::enqueue::{Enqueuer, LocalIntake};
+use crate::metrics::Metrics;
+use crate::plugins::{RuntimeCatalog, StoreServices, WasmExecutor};
+use crate::scheduler::{Scheduler, SchedulerConfig};
+
+/// A running node.
+pub struct Node {
+    pub addr: SocketAddr,
+    pub scheduler: Arc<Scheduler>,
+    pub enqueuer: Arc<Enqueuer>,
+    pub store: Arc<dyn TaskStore>,
+    pub runtime: Arc<Runtime>,
+    pub metrics: Arc<Metrics>,
+    cancel: CancellationToken,
+    http: tokio::task::JoinHandle<()>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+    grace: Duration,
+}
+
+fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn TaskStore>> {
+    match &cfg.store {
+        StoreConfig::Embedded { cache_mb, .. } => {
+            let path = cfg.store_path();
+            if let Some(dir) = path.parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+            }
+            let opts = EmbeddedOptions { cache_mb: *cache_mb, ..EmbeddedOptions::default() };
+            let store = EmbeddedStore::open(&path, opts).with_context(|| format!("opening store {}", path.display()))?;
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+/// Upserts the schedules declared in the config file, keeping the progress of unchanged ones.
+async fn declare_schedules(cfg: &Config, store: &dyn TaskStore, enqueuer: &Enqueuer, now: i64) -> anyhow::Result<()> {
+    for d in &cfg.schedule {
+        let payload = serde_json::to_string(&d.payload)?;
+        let existing = store.get_schedule(&d.name).await?;
+        let mut s = Schedule {
+            name: d.name.clone(),
+            cron: d.cron.clone(),
+            plugin: d.plugin.clone(),
+            key: d.key.clone(),
+            payload,
+            timezone: d.timezone.clone(),
+            last_fired: None,
+            created_at: now,
+        };
+        if let Some(old) = existing {
+            let same = old.cron == s.cron && old.plugin == s.plugin && old.key == s.key && old.payload == s.payload && old.timezone == s.timezone;
+            if same {
+                continue;
+            }
+            s.last_fired = old.last_fired;
+        }
+        crate::cron::validate(&s, enqueuer).map_err(|e| anyhow::anyhow!("schedule {:?} in the config: {e}", d.name))?;
+        store.put_schedule(s).await?;
+    }
+    Ok(())
+}
+
+impl Node {
+    /// Starts every part of the node and begins serving on `cfg.listen`.
+    pub async fn start(cfg: Config) -> anyhow::Result<Node> {
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let metrics = Arc::new(Metrics::new(cfg.partitions));
+        let store = open_store(&cfg)?;
+
+        let services = Arc::new(StoreServices { store: store.clone(), enqueuer: OnceLock::new() });
+        let runtime = Runtime::new(
+            RuntimeConfig {
+                cache_dir: Some(cfg.data_dir.join("wasm-cache")),
+                defaults: cfg.limits.clone(),
+                grants: cfg.plugin.clone(),
+                max_instances: (cfg.scheduler.concurrency as u32).saturating_mul(2).max(16),
+            },
+            services.clone(),
+        )
+        .context("starting the Wasm runtime")?;
+        anyhow::ensure!(
+            cfg.plugins_dir.is_dir(),
+            "plugin directory {} does not exist (the standard plugins are built by `cargo build --release`; or pass --plugins DIR)",
+            cfg.plugins_dir.display()
+        );
+        let summary = runtime.load_dir(&cfg.plugins_dir);
+        tracing::info!(dir = %cfg.plugins_dir.display(), "plugins: {summary:?}");
+        let cancel = CancellationToken::new();
+        let mut background = vec![runtime.spawn_watcher(cfg.plugins_dir.clone(), cancel.clone())?];
+
+        let executor = Arc::new(WasmExecutor { runtime: runtime.clone() });
+        let sched_cfg = SchedulerConfig {
+            window_capacity: cfg.scheduler.window_capacity,
+            horizon_ms: cfg.scheduler.horizon_ms,
+            concurrency: cfg.scheduler.concurrency,
+        };
+        let scheduler = Scheduler::new(store.clone(), executor, clock.clone(), metrics.clone(), sched_cfg).await?;
+        let intake = match cfg.queue {
+            QueueConfig::Local => Arc::new(LocalIntake { store: store.clone(), scheduler: scheduler.clone() }),
+        };
+        let catalog = Arc::new(RuntimeCatalog(runtime.clone()));
+        let enqueuer = Arc::new(Enqueuer {
+            intake,
+            catalog: catalog.clone(),
+            clock: clock.clone(),
+            defaults: cfg.tasks.clone(),
+            partitions: cfg.partitions,
+            metrics: metrics.clone(),
+        });
+        let _ = services.enqueuer.set(enqueuer.clone());
+        declare_schedules(&cfg, store.as_ref(), &enqueuer, clock.now()).await?;
+
+        // The embedded queue owns every partition.
+        for p in 0..cfg.partitions {
+            scheduler.assign(p).await;
+        }
+
+        let schedules_changed = Arc::new(Notify::new());
+        let cron = CronService {
+            store: store.clone(),
+            enqueuer: enqueuer.clone(),
+            clock: clock.clone(),
+            changed: schedules_changed.clone(),
+        };
+        background.push(tokio::spawn(cron.run(cancel.clone())));
+
+        let state = Arc::new(AppState {
+            enqueuer: enqueuer.clone(),
+            scheduler: scheduler.clone(),
+            store: store.clone(),
+            metrics: metrics.clone(),
+            plugins: catalog,
+            schedules_changed,
+            node_id: cfg.node_id.clone(),
+        });
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .with_context(|| format!("binding the API to {}", cfg.listen))?;
+        let addr = listener.local_addr()?;
+        let stop_http = cancel.clone();
+        let http = tokio::spawn(async move {
+            let app = api::router(state);
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move { stop_http.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        });
+        tracing::info!(node = %cfg.node_id, %addr, partitions = cfg.partitions, "kairos is serving");
+        Ok(Node {
+            addr,
+            scheduler,
+            enqueuer,
+            store,
+            runtime,
+            metrics,
+            cancel,
+            http,
+            background,
+            grace: Duration::from_millis(cfg.scheduler.shutdown_grace_ms),
+        })
+    }
+
+    /// Orderly stop: no new requests, running attempts finish (within the grace period) and
+    /// are recorded, background work stops, the store is flushed and closed.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        let _ = self.http.await;
+        let drained = self.scheduler.shutdown(self.grace).await;
+        if !drained {
+            tracing::warn!("grace period over with attempts still running; they run again after restart");
+        }
+        for h in self.background {
+            let _ = h.await;
+        }
+        drop(self.enqueuer);
+        drop(self.scheduler);
+        // The last handle to the store: dropping it flushes and closes the database.
+        drop(self.store);
+        tracing::info!("kairos stopped");
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node");
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

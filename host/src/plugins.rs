@@ -1,0 +1,131 @@
+//! Glue between the scheduler and the Wasm runtime: the executor, the plugin catalog used to
+//! validate enqueues, and the host services (kv, follow-up tasks) plugins call back into.
+
+use std::sync::{Arc, OnceLock};
+
+use async_trait::async_trait;
+use kairos_core::model::Task;
+use kairos_core::store::TaskStore;
+use kairos_runtime::{FollowUp, HostServices, KvEntry, RunOutcome, RunRequest, Runtime, TaskInfo, When};
+
+use crate::api::PluginLister;
+use crate::enqueue::{Enqueuer, PluginCatalog, TaskSpec};
+use crate::scheduler::{ExecOutcome, ExecResult, Executor};
+
+/// Runs attempts in the Wasm runtime, a fresh instance each.
+pub struct WasmExecutor {
+    pub runtime: Arc<Runtime>,
+}
+
+#[async_trait]
+impl Executor for WasmExecutor {
+    async fn execute(&self, task: &Task, attempt: u32) -> ExecOutcome {
+        let report = self
+            .runtime
+            .run(RunRequest {
+                task: TaskInfo {
+                    id: task.id.clone(),
+                    key: task.key.clone(),
+                    plugin: task.plugin.clone(),
+                    attempt,
+                    due_at_ms: task.due_at,
+                    payload: task.payload.clone(),
+                },
+                pin_version: task.pin_version.clone(),
+            })
+            .await;
+        for line in &report.logs {
+            tracing::debug!(task = %task.id, plugin = %task.plugin, "plugin log: {line:?}");
+        }
+        let result = match report.outcome {
+            RunOutcome::Success { output } => ExecResult::Success { output },
+            RunOutcome::Retryable { message, retry_after_ms } => ExecResult::Retry { error: message, retry_after_ms },
+            RunOutcome::Permanent { message } => ExecResult::Permanent { error: message },
+            // Traps, limits and a missing plugin are failed attempts: retried with backoff
+            // (a fixed plugin version may be hot-loaded meanwhile), until attempts run out.
+            RunOutcome::Failed { kind, message } => ExecResult::Retry { error: format!("{kind}: {message}"), retry_after_ms: None },
+        };
+        ExecOutcome { result, digest: report.digest }
+    }
+}
+
+/// The runtime's registry as the enqueue path sees it.
+pub struct RuntimeCatalog(pub Arc<Runtime>);
+
+impl PluginCatalog for RuntimeCatalog {
+    fn check(&self, plugin: &str, version: Option<&str>) -> Result<(), String> {
+        self.0.resolve(plugin, version).map(|_| ()).map_err(|e| e.to_string())
+    }
+}
+
+impl PluginLister for RuntimeCatalog {
+    fn list(&self) -> serde_json::Value {
+        serde_json::to_value(self.0.plugins()).unwrap_or_default()
+    }
+}
+
+/// kv and follow-up scheduling for plugins, backed by the node's store and enqueue path.
+pub struct StoreServices {
+    pub store: Arc<dyn TaskStore>,
+    /// Set once the runtime (which the enqueuer validates against) exists.
+    pub enqueuer: OnceLock<Arc<Enqueuer>>,
+}
+
+const KV_LIST_MAX: u32 = 1_000;
+
+#[async_trait]
+impl HostServices for StoreServices {
+    async fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.store.kv_get(plugin, key).await.map_err(|e| e.to_string())
+    }
+
+    async fn kv_set(&self, plugin: &str, key: &str, value: Vec<u8>) -> Result<(), String> {
+        let now = kairos_core::clock::system_now();
+        self.store.kv_set(plugin, key, value, now).await.map_err(|e| e.to_string())
+    }
+
+    async fn kv_delete(&self, plugin: &str, key: &str) -> Result<bool, String> {
+        self.store.kv_delete(plugin, key).await.map_err(|e| e.to_string())
+    }
+
+    async fn kv_list(&self, plugin: &str, prefix: &str, limit: u32) -> Result<Vec<KvEntry>, String> {
+        let entries = self
+            .store
+            .kv_list(plugin, prefix, limit.clamp(1, KV_LIST_MAX) as usize)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(entries
+            .into_iter()
+            .map(|e| KvEntry { key: e.key, updated_at_ms: e.updated_at, size: e.size })
+            .collect())
+    }
+
+    async fn schedule(&self, origin: &TaskInfo, req: FollowUp) -> Result<String, String> {
+        let enq = self.enqueuer.get().ok_or("the node is still starting")?;
+        let now = enq.clock.now();
+        let due_at = match req.when {
+            When::DelayMs(d) => now.saturating_add(d.min(i64::MAX as u64) as i64),
+            When::AtMs(t) => t,
+        };
+        serde_json::from_str::<serde::de::IgnoredAny>(&req.payload)
+            .map_err(|e| format!("follow-up payload is not JSON: {e}"))?;
+        let task = enq
+            .task(TaskSpec {
+                plugin: req.plugin,
+                key: req.key,
+                due_at,
+                payload: req.payload,
+                uniqueness_key: req.uniqueness_key,
+                max_attempts: None,
+                pin_version: None,
+                park_on_dead: false,
+                backoff: enq.default_backoff(),
+                now,
+            })
+            .map_err(|e| e.message)?;
+        let outcomes = enq.submit(vec![task]).await.map_err(|e| e.to_string())?;
+        let id = outcomes.first().map(|o| o.task().id.clone()).ok_or("store returned no outcome")?;
+        tracing::debug!(from = %origin.id, follow_up = %id, "plugin scheduled a follow-up task");
+        Ok(id)
+    }
+}

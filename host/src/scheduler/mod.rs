@@ -1,0 +1,270 @@
+//! The scheduler: one actor per owned partition (see [`partition`]), a node-wide concurrency
+//! limit, and the operations the API needs (cancel, reschedule, retry, pause).
+//!
+//! The scheduler sees only traits: a [`TaskStore`], an [`Executor`] and a [`Clock`]; it does not
+//! know whether it runs embedded or in a cluster.
+
+mod partition;
+mod run;
+pub mod window;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kairos_core::clock::Clock;
+use kairos_core::model::{Millis, Task};
+use kairos_core::store::{StoreError, TaskStore};
+use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use partition::{Msg, PartitionActor};
+pub use run::decide;
+
+/// What one attempt produced.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExecResult {
+    Success { output: Option<String> },
+    /// Try again (after at least `retry_after_ms` when given).
+    Retry { error: String, retry_after_ms: Option<u64> },
+    Permanent { error: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExecOutcome {
+    pub result: ExecResult,
+    /// The plugin version that ran, when one was found.
+    pub digest: Option<String>,
+}
+
+/// Runs one attempt of a task. The Wasm runtime implements it; tests use fakes.
+#[async_trait]
+pub trait Executor: Send + Sync + 'static {
+    async fn execute(&self, task: &Task, attempt: u32) -> ExecOutcome;
+}
+
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// Most tasks held in memory per partition.
+    pub window_capacity: usize,
+    /// How far ahead of now the window is loaded.
+    pub horizon_ms: Millis,
+    /// Attempts running at once on this node.
+    pub concurrency: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self { window_capacity: 2_000, horizon_ms: 60_000, concurrency: 64 }
+    }
+}
+
+/// Why an operation on a task was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("task {0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("partition {0} is not owned by this node")]
+    NotOwned(u32),
+    #[error("the scheduler is shutting down")]
+    ShuttingDown,
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for OpError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(id) => OpError::NotFound(id),
+            StoreError::Conflict(m) => OpError::Conflict(m),
+            other => OpError::Store(other),
+        }
+    }
+}
+
+/// Everything the partition actors share.
+pub(crate) struct Shared {
+    pub store: Arc<dyn TaskStore>,
+    pub executor: Arc<dyn Executor>,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    pub permits: Arc<Semaphore>,
+    pub paused: RwLock<HashSet<String>>,
+    pub cfg: SchedulerConfig,
+}
+
+impl Shared {
+    pub fn paused_snapshot(&self) -> HashSet<String> {
+        self.paused.read().map(|p| p.clone()).unwrap_or_default()
+    }
+}
+
+struct PartitionHandle {
+    tx: mpsc::Sender<Msg>,
+    stop: CancellationToken,
+    join: tokio::task::JoinHandle<()>,
+}
+
+pub struct Scheduler {
+    shared: Arc<Shared>,
+    partitions: Mutex<HashMap<u32, PartitionHandle>>,
+}
+
+impl Scheduler {
+    /// Loads the paused keys from the store; partitions start when assigned.
+    pub async fn new(
+        store: Arc<dyn TaskStore>,
+        executor: Arc<dyn Executor>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        cfg: SchedulerConfig,
+    ) -> Result<Arc<Self>, StoreError> {
+        let paused = store.paused_keys().await?.into_iter().collect();
+        let shared = Arc::new(Shared {
+            store,
+            executor,
+            clock,
+            metrics,
+            permits: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
+            paused: RwLock::new(paused),
+            cfg,
+        });
+        Ok(Arc::new(Self { shared, partitions: Mutex::new(HashMap::new()) }))
+    }
+
+    /// Starts the partition's actor: it pages in every incomplete task, however overdue.
+    pub async fn assign(&self, partition: u32) {
+        let mut parts = self.partitions.lock().await;
+        if parts.contains_key(&partition) {
+            return;
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        let stop = CancellationToken::new();
+        let actor = PartitionActor::new(partition, self.shared.clone(), rx, stop.clone());
+        let join = tokio::spawn(actor.run());
+        parts.insert(partition, PartitionHandle { tx, stop, join });
+    }
+
+    /// Stops starting tasks of the partition, waits for its running attempts to finish and
+    /// their results to be stored, then drops it. Other partitions are not touched.
+    pub async fn revoke(&self, partition: u32) {
+        let handle = self.partitions.lock().await.remove(&partition);
+        if let Some(h) = handle {
+            h.stop.cancel();
+            let _ = h.join.await;
+            self.shared.metrics.set_window(partition, 0);
+        }
+    }
+
+    pub async fn owned(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.partitions.lock().await.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Drains every partition within `grace`; returns false if attempts were still running.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        let parts: Vec<(u32, PartitionHandle)> = self.partitions.lock().await.drain().collect();
+        for (_, h) in &parts {
+            h.stop.cancel();
+        }
+        let all = futures_join_all(parts.into_iter().map(|(_, h)| h.join));
+        tokio::time::timeout(grace, all).await.is_ok()
+    }
+
+    async fn sender(&self, partition: u32) -> Result<mpsc::Sender<Msg>, OpError> {
+        self.partitions
+            .lock()
+            .await
+            .get(&partition)
+            .map(|h| h.tx.clone())
+            .ok_or(OpError::NotOwned(partition))
+    }
+
+    /// Hands newly persisted tasks to their partitions' windows. Tasks of partitions this node
+    /// does not own are left to their owner (they are durable already).
+    pub async fn deliver(&self, tasks: Vec<Task>) {
+        let mut by_part: HashMap<u32, Vec<Task>> = HashMap::new();
+        for t in tasks {
+            by_part.entry(t.partition).or_default().push(t);
+        }
+        for (p, batch) in by_part {
+            if let Ok(tx) = self.sender(p).await {
+                let _ = tx.send(Msg::Deliver(batch)).await;
+            }
+        }
+    }
+
+    async fn ask<T>(
+        &self,
+        partition: u32,
+        make: impl FnOnce(oneshot::Sender<Result<T, OpError>>) -> Msg,
+    ) -> Result<T, OpError> {
+        let tx = self.sender(partition).await?;
+        let (reply, rx) = oneshot::channel();
+        tx.send(make(reply)).await.map_err(|_| OpError::ShuttingDown)?;
+        rx.await.map_err(|_| OpError::ShuttingDown)?
+    }
+
+    async fn partition_of(&self, id: &str) -> Result<u32, OpError> {
+        match self.shared.store.get(id).await? {
+            Some(r) => Ok(r.task.partition),
+            None => Err(OpError::NotFound(id.to_string())),
+        }
+    }
+
+    /// Cancels a task that has not started (or is waiting out a retry). 409 once running or
+    /// finished.
+    pub async fn cancel(&self, id: &str) -> Result<Task, OpError> {
+        let p = self.partition_of(id).await?;
+        self.ask(p, |reply| Msg::Cancel { id: id.to_string(), reply }).await
+    }
+
+    /// Moves a scheduled or retrying task to `run_at`.
+    pub async fn reschedule(&self, id: &str, run_at: Millis) -> Result<Task, OpError> {
+        let p = self.partition_of(id).await?;
+        self.ask(p, |reply| Msg::Reschedule { id: id.to_string(), run_at, reply }).await
+    }
+
+    /// Sends a dead task back to run now, with `extra_attempts` more attempts.
+    pub async fn retry_dead(&self, id: &str, extra_attempts: u32) -> Result<Task, OpError> {
+        let p = self.partition_of(id).await?;
+        self.ask(p, |reply| Msg::RetryDead { id: id.to_string(), extra_attempts, reply }).await
+    }
+
+    /// Parks a key: none of its tasks starts until it is resumed.
+    pub async fn pause_key(&self, key: &str, partition: u32) -> Result<(), OpError> {
+        self.shared.store.set_key_paused(key, true).await?;
+        if let Ok(mut p) = self.shared.paused.write() {
+            p.insert(key.to_string());
+        }
+        let _ = self.ask(partition, |reply| Msg::KeyChanged { key: key.to_string(), reply }).await;
+        Ok(())
+    }
+
+    /// Resumes a paused key, and releases it from a dead task that parked it.
+    pub async fn resume_key(&self, key: &str, partition: u32) -> Result<u32, OpError> {
+        self.shared.store.set_key_paused(key, false).await?;
+        if let Ok(mut p) = self.shared.paused.write() {
+            p.remove(key);
+        }
+        let unparked = self.shared.store.unpark_key(key, self.shared.clock.now()).await?;
+        let _ = self.ask(partition, |reply| Msg::KeyChanged { key: key.to_string(), reply }).await;
+        Ok(unparked)
+    }
+
+    pub fn is_paused(&self, key: &str) -> bool {
+        self.shared.paused.read().map(|p| p.contains(key)).unwrap_or(false)
+    }
+}
+
+/// Awaits all join handles (no extra dependency for `join_all`).
+async fn futures_join_all(handles: impl Iterator<Item = tokio::task::JoinHandle<()>>) {
+    for h in handles {
+        let _ = h.await;
+    }
+}

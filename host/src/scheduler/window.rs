@@ -1,0 +1,298 @@
+//! The in-memory window of one partition: the soon-due pending tasks, grouped per ordering key.
+//!
+//! Invariant kept by the partition actor: every pending task of the partition whose position
+//! `(due_at, seq)` is at or before the actor's cursor is in the window; nothing after it is
+//! (except active tasks, which never leave while they hold their key).
+//!
+//! Per key, at most one task is *active*: running, waiting out a retry backoff, or dead and
+//! parking the key. While a key has an active task nothing else of that key starts. Each key
+//! has at most one armed timer entry: the task that may start next and when.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use kairos_core::model::{Millis, OrderPos, Task, TaskState};
+
+#[derive(Default)]
+struct KeyState {
+    active: Option<String>,
+    running: bool,
+    waiting: BTreeMap<OrderPos, String>,
+    armed: Option<TimerEntry>,
+}
+
+type TimerEntry = (Millis, OrderPos, String);
+
+#[derive(Default)]
+pub struct Window {
+    tasks: HashMap<String, Task>,
+    by_pos: BTreeMap<OrderPos, String>,
+    keys: HashMap<String, KeyState>,
+    timers: BTreeSet<TimerEntry>,
+}
+
+/// Whether a task loaded from the store had already started (it holds its key).
+fn holds_key(t: &Task) -> bool {
+    match t.state {
+        TaskState::Running | TaskState::Retrying => true,
+        TaskState::Dead => t.park_on_dead,
+        _ => false,
+    }
+}
+
+impl Window {
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Task> {
+        self.tasks.get(id)
+    }
+
+    pub fn is_running(&self, id: &str) -> bool {
+        self.tasks
+            .get(id)
+            .and_then(|t| self.keys.get(&t.key))
+            .is_some_and(|k| k.running && k.active.as_deref() == Some(id))
+    }
+
+    /// Adds a pending task. Ignores ids already present (a page and a push can overlap).
+    pub fn insert(&mut self, task: Task, paused: &HashSet<String>) {
+        if self.tasks.contains_key(&task.id) || !task.is_pending() {
+            return;
+        }
+        let key = task.key.clone();
+        let ks = self.keys.entry(key.clone()).or_default();
+        if holds_key(&task) && ks.active.is_none() {
+            ks.active = Some(task.id.clone());
+        } else {
+            ks.waiting.insert(task.order(), task.id.clone());
+        }
+        self.by_pos.insert(task.order(), task.id.clone());
+        self.tasks.insert(task.id.clone(), task);
+        self.rearm(&key, paused);
+    }
+
+    /// Recomputes the key's armed timer entry.
+    pub fn rearm(&mut self, key: &str, paused: &HashSet<String>) {
+        let Some(ks) = self.keys.get_mut(key) else { return };
+        if let Some(old) = ks.armed.take() {
+            self.timers.remove(&old);
+        }
+        if ks.running || paused.contains(key) {
+            return;
+        }
+        let candidate = match &ks.active {
+            Some(id) => self.tasks.get(id).filter(|t| t.state != TaskState::Dead),
+            None => ks.waiting.values().next().and_then(|id| self.tasks.get(id)),
+        };
+        if let Some(t) = candidate {
+            let entry = (t.next_at, t.order(), t.id.clone());
+            self.timers.insert(entry.clone());
+            ks.armed = Some(entry);
+        }
+    }
+
+    /// Drops a key's armed timer (the key was paused).
+    pub fn disarm(&mut self, key: &str) {
+        if let Some(ks) = self.keys.get_mut(key)
+            && let Some(old) = ks.armed.take()
+        {
+            self.timers.remove(&old);
+        }
+    }
+
+    pub fn keys(&self) -> Vec<String> {
+        self.keys.keys().cloned().collect()
+    }
+
+    pub fn next_timer(&self) -> Option<Millis> {
+        self.timers.first().map(|e| e.0)
+    }
+
+    /// Takes every task whose time has come, marks it running (its key is now held) and
+    /// returns them in start order.
+    pub fn take_due(&mut self, now: Millis, max: usize) -> Vec<Task> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(first) = self.timers.first() else { break };
+            if first.0 > now {
+                break;
+            }
+            let Some((_, pos, id)) = self.timers.pop_first() else { break };
+            let Some(task) = self.tasks.get(&id) else { continue };
+            let Some(ks) = self.keys.get_mut(&task.key) else { continue };
+            ks.armed = None;
+            if ks.active.is_none() {
+                ks.waiting.remove(&pos);
+                ks.active = Some(id.clone());
+            }
+            ks.running = true;
+            out.push(task.clone());
+        }
+        out
+    }
+
+    /// A started task did not actually start (no permit before shutdown): give the key back.
+    pub fn unstart(&mut self, id: &str, paused: &HashSet<String>) {
+        let Some(key) = self.tasks.get(id).map(|t| t.key.clone()) else { return };
+        if let Some(ks) = self.keys.get_mut(&key) {
+            ks.running = false;
+        }
+        self.rearm(&key, paused);
+    }
+
+    /// An attempt finished and the store holds `updated`. Succeeded, cancelled and dead
+    /// (unparked) tasks leave; a retrying or parked task keeps holding its key.
+    pub fn finished(&mut self, updated: Task, paused: &HashSet<String>) {
+        let key = updated.key.clone();
+        if let Some(ks) = self.keys.get_mut(&key) {
+            ks.running = false;
+        }
+        if updated.is_pending() {
+            if let Some(t) = self.tasks.get_mut(&updated.id) {
+                *t = updated;
+            }
+            self.rearm(&key, paused);
+        } else {
+            self.remove(&updated.id, paused);
+        }
+    }
+
+    /// Removes a task (cancelled, rescheduled, unparked, evicted), releasing its key if it held it.
+    pub fn remove(&mut self, id: &str, paused: &HashSet<String>) -> Option<Task> {
+        let task = self.tasks.remove(id)?;
+        self.by_pos.remove(&task.order());
+        let key = task.key.clone();
+        if let Some(ks) = self.keys.get_mut(&key) {
+            if ks.active.as_deref() == Some(id) {
+                ks.active = None;
+                ks.running = false;
+            } else {
+                ks.waiting.remove(&task.order());
+            }
+            if ks.active.is_none() && ks.waiting.is_empty() {
+                if let Some(old) = ks.armed.take() {
+                    self.timers.remove(&old);
+                }
+                self.keys.remove(&key);
+            } else {
+                self.rearm(&key, paused);
+            }
+        }
+        Some(task)
+    }
+
+    /// Evicts the latest-positioned tasks that do not hold their key until at most `capacity`
+    /// remain. Returns the position just before the earliest evicted one (the new cursor).
+    pub fn evict_to(&mut self, capacity: usize, paused: &HashSet<String>) -> Option<OrderPos> {
+        let mut earliest = None;
+        while self.tasks.len() > capacity {
+            let victim = self.by_pos.iter().rev().find_map(|(pos, id)| {
+                let t = self.tasks.get(id)?;
+                let active = self.keys.get(&t.key).and_then(|k| k.active.as_deref()) == Some(id);
+                (!active).then(|| (*pos, id.clone()))
+            });
+            let Some((pos, id)) = victim else { break };
+            self.remove(&id, paused);
+            earliest = Some(pos);
+        }
+        earliest.map(pred)
+    }
+
+    /// Tasks of `key` in the window (for unpark).
+    pub fn ids_of_key(&self, key: &str) -> Vec<String> {
+        self.keys
+            .get(key)
+            .map(|ks| ks.active.iter().chain(ks.waiting.values()).cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// The position immediately before `pos`.
+pub fn pred(pos: OrderPos) -> OrderPos {
+    if pos.seq > 0 {
+        OrderPos { due_at: pos.due_at, seq: pos.seq - 1 }
+    } else {
+        OrderPos { due_at: pos.due_at - 1, seq: u64::MAX }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kairos_core::model::Backoff;
+
+    fn task(id: &str, key: &str, due: Millis, seq: u64) -> Task {
+        Task {
+            id: id.into(),
+            partition: 0,
+            seq,
+            plugin: "p".into(),
+            pin_version: None,
+            key: key.into(),
+            due_at: due,
+            next_at: due,
+            payload: "{}".into(),
+            uniqueness_key: None,
+            max_attempts: 3,
+            backoff: Backoff::default(),
+            park_on_dead: false,
+            state: TaskState::Scheduled,
+            attempts: 0,
+            created_at: 0,
+            updated_at: 0,
+            last_error: None,
+            output: None,
+        }
+    }
+
+    fn ids(ts: &[Task]) -> Vec<&str> {
+        ts.iter().map(|t| t.id.as_str()).collect()
+    }
+
+    #[test]
+    fn one_task_per_key_in_order_other_keys_independent() {
+        let none = HashSet::new();
+        let mut w = Window::default();
+        w.insert(task("a2", "a", 20, 2), &none);
+        w.insert(task("a1", "a", 10, 1), &none);
+        w.insert(task("b1", "b", 15, 3), &none);
+        assert!(w.take_due(5, 10).is_empty());
+        assert_eq!(ids(&w.take_due(30, 10)), ["a1", "b1"]);
+        // a2 is due but a1 still holds key a.
+        assert!(w.take_due(40, 10).is_empty());
+        let mut done = task("a1", "a", 10, 1);
+        done.state = TaskState::Succeeded;
+        w.finished(done, &none);
+        assert_eq!(ids(&w.take_due(40, 10)), ["a2"]);
+    }
+
+    #[test]
+    fn retrying_task_holds_its_key_until_next_at() {
+        let none = HashSet::new();
+        let mut w = Window::default();
+        w.insert(task("a1", "a", 10, 1), &none);
+        w.insert(task("a2", "a", 11, 2), &none);
+        assert_eq!(ids(&w.take_due(10, 10)), ["a1"]);
+        let mut retry = task("a1", "a", 10, 1);
+        retry.state = TaskState::Retrying;
+        retry.next_at = 100;
+        w.finished(retry, &none);
+        assert!(w.take_due(50, 10).is_empty(), "a2 must wait behind the retrying a1");
+        assert_eq!(ids(&w.take_due(100, 10)), ["a1"]);
+    }
+
+    #[test]
+    fn paused_keys_do_not_start_and_eviction_spares_active() {
+        let paused: HashSet<String> = ["a".to_string()].into();
+        let mut w = Window::default();
+        w.insert(task("a1", "a", 1, 1), &paused);
+        w.insert(task("b1", "b", 2, 2), &paused);
+        w.insert(task("b2", "b", 3, 3), &paused);
+        assert_eq!(ids(&w.take_due(10, 10)), ["b1"]);
+        let cursor = w.evict_to(1, &paused);
+        assert_eq!(cursor, Some(OrderPos { due_at: 1, seq: 0 }));
+        assert!(w.get("b1").is_some(), "the running task stays");
+        assert!(w.get("a1").is_none() && w.get("b2").is_none());
+    }
+}

@@ -1,0 +1,354 @@
+//! Scheduler behaviour on a manual clock, with the embedded store and a scripted executor.
+//! Time only moves when a test advances it, so every timing assertion is deterministic.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kairos::config::TaskDefaults;
+use kairos::cron::CronService;
+use kairos::enqueue::{EnqueueRequest, Enqueuer, LocalIntake, PluginCatalog};
+use kairos::metrics::Metrics;
+use kairos::scheduler::{ExecOutcome, ExecResult, Executor, OpError, Scheduler, SchedulerConfig};
+use kairos_core::clock::{Clock, ManualClock};
+use kairos_core::embedded::{EmbeddedOptions, EmbeddedStore};
+use kairos_core::model::{Millis, Schedule, Task, TaskState};
+use kairos_core::store::TaskStore;
+use serde_json::json;
+use tokio::sync::{Notify, Semaphore};
+
+const T0: Millis = 1_767_225_600_000; // 2026-01-01T00:00:00Z
+const PARTITIONS: u32 = 4;
+
+/// Executes by script: payload `{"fail": n}` fails the first n attempts (retryable),
+/// `{"permanent": true}` fails permanently, `{"block": true}` waits for `release`.
+struct Scripted {
+    clock: ManualClock,
+    ran: Mutex<Vec<(String, u32, Millis)>>,
+    gate: Semaphore,
+}
+
+#[async_trait]
+impl Executor for Scripted {
+    async fn execute(&self, task: &Task, attempt: u32) -> ExecOutcome {
+        let p: serde_json::Value = serde_json::from_str(&task.payload).unwrap_or_default();
+        if p["block"] == true {
+            let _ = self.gate.acquire().await.map(|g| g.forget());
+        }
+        if let Ok(mut ran) = self.ran.lock() {
+            ran.push((p["name"].as_str().unwrap_or(&task.id).to_string(), attempt, self.clock.now()));
+        }
+        let result = if p["permanent"] == true {
+            ExecResult::Permanent { error: "scripted permanent failure".into() }
+        } else if u64::from(attempt) <= p["fail"].as_u64().unwrap_or(0) {
+            ExecResult::Retry { error: format!("scripted failure {attempt}"), retry_after_ms: None }
+        } else {
+            ExecResult::Success { output: Some(format!("done {attempt}")) }
+        };
+        ExecOutcome { result, digest: None }
+    }
+}
+
+struct AnyPlugin;
+impl PluginCatalog for AnyPlugin {
+    fn check(&self, plugin: &str, _: Option<&str>) -> Result<(), String> {
+        if plugin == "p" { Ok(()) } else { Err(format!("unknown plugin `{plugin}`")) }
+    }
+}
+
+struct Harness {
+    clock: ManualClock,
+    exec: Arc<Scripted>,
+    store: Arc<dyn TaskStore>,
+    scheduler: Arc<Scheduler>,
+    enqueuer: Arc<Enqueuer>,
+}
+
+async fn harness(dir: &Path, clock: ManualClock, cfg: SchedulerConfig) -> Harness {
+    let store: Arc<dyn TaskStore> =
+        Arc::new(EmbeddedStore::open(&dir.join("k.redb"), EmbeddedOptions::default()).expect("open store"));
+    let exec = Arc::new(Scripted { clock: clock.clone(), ran: Mutex::new(Vec::new()), gate: Semaphore::new(0) });
+    let metrics = Arc::new(Metrics::new(PARTITIONS));
+    let clock_dyn: Arc<dyn Clock> = Arc::new(clock.clone());
+    let scheduler = Scheduler::new(store.clone(), exec.clone(), clock_dyn.clone(), metrics.clone(), cfg)
+        .await
+        .expect("scheduler");
+    for p in 0..PARTITIONS {
+        scheduler.assign(p).await;
+    }
+    let defaults = TaskDefaults { backoff_initial_ms: 1_000, backoff_max_ms: 8_000, ..TaskDefaults::default() };
+    let enqueuer = Arc::new(Enqueuer {
+        intake: Arc::new(LocalIntake { store: store.clone(), scheduler: scheduler.clone() }),
+        catalog: Arc::new(AnyPlugin),
+        clock: clock_dyn,
+        defaults,
+        partitions: PARTITIONS,
+        metrics,
+    });
+    Harness { clock, exec, store, scheduler, enqueuer }
+}
+
+impl Harness {
+    async fn add(&self, key: &str, at: Millis, payload: serde_json::Value) -> String {
+        self.add_with(json!({ "plugin": "p", "key": key, "delay_ms": at - self.clock.now(), "payload": payload }))
+            .await
+    }
+
+    async fn add_with(&self, req: serde_json::Value) -> String {
+        let req: EnqueueRequest = serde_json::from_value(req).expect("request");
+        let t = self.enqueuer.build(req, self.clock.now()).expect("valid");
+        let out = self.enqueuer.submit(vec![t]).await.expect("durable");
+        out[0].task().id.clone()
+    }
+
+    fn ran(&self) -> Vec<(String, u32, Millis)> {
+        self.exec.ran.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.ran().into_iter().map(|r| r.0).collect()
+    }
+
+    async fn state(&self, id: &str) -> Task {
+        self.store.get(id).await.expect("get").expect("exists").task
+    }
+
+    /// Waits (real time) until `cond` holds, or fails with what was run.
+    async fn until(&self, what: &str, cond: impl Fn(&Harness) -> bool) {
+        for _ in 0..500 {
+            if cond(self) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("timed out waiting for {what}; ran so far: {:?}", self.ran());
+    }
+
+    async fn until_state(&self, id: &str, state: TaskState) {
+        for _ in 0..500 {
+            if self.state(id).await.state == state {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("task {id} never reached {state:?}: {:?}; ran {:?}", self.state(id).await, self.ran());
+    }
+
+    /// Lets the actors settle so that "nothing more ran" assertions mean something.
+    async fn settle(&self) {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+}
+
+fn named(name: &str) -> serde_json::Value {
+    json!({ "name": name })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runs_each_key_in_due_then_enqueue_order() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = harness(dir.path(), ManualClock::new(T0), SchedulerConfig::default()).await;
+    h.add("a", T0 + 30, named("a3")).await;
+    h.add("a", T0 + 10, named("a1")).await;
+    h.add("a", T0 + 20, named("a2-first")).await;
+    h.add("a", T0 + 20, named("a2-second")).await;
+    h.add("b", T0 + 10, named("b1")).await;
+    h.settle().await;
+    assert!(h.ran().is_empty(), "nothing is due yet");
+    h.clock.advance(100);
+    h.until("all five", |h| h.ran().len() == 5).await;
+    let a: Vec<String> = h.names().into_iter().filter(|n| n.starts_with('a')).collect();
+    assert_eq!(a, ["a1", "a2-first", "a2-second", "a3"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retrying_task_holds_only_its_own_key() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = harness(dir.path(), ManualClock::new(T0), SchedulerConfig::default()).await;
+    let a1 = h.add("a", T0, json!({ "name": "a1", "fail": 2 })).await;
+    h.add("a", T0 + 1, named("a2")).await;
+    h.add("b", T0 + 1, named("b1")).await;
+    h.clock.advance(1);
+    h.until_state(&a1, TaskState::Retrying).await;
+    h.until("b1 runs while a1 retries", |h| h.names().contains(&"b1".to_string())).await;
+    h.settle().await;
+    assert!(!h.names().contains(&"a2".to_string()), "a2 must wait behind a1: {:?}", h.ran());
+    // The first retry waits 0.5–1 s; then 1–2 s.
+    h.clock.advance(1_000);
+    h.until("a1 attempt 2", |h| h.ran().iter().any(|r| r.0 == "a1" && r.1 == 2)).await;
+    h.clock.advance(2_000);
+    h.until("a2 after a1 succeeded", |h| h.names().contains(&"a2".to_string())).await;
+    let t = h.state(&a1).await;
+    assert_eq!((t.state, t.attempts), (TaskState::Succeeded, 3));
+    let rec = h.store.get(&a1).await.expect("get").expect("exists");
+    assert_eq!(rec.attempts.iter().map(|a| a.number).collect::<Vec<_>>(), [1, 2, 3]);
+    let names = h.names();
+    let pos = |n: &str| names.iter().rposition(|x| x == n);
+    assert!(pos("a1") < pos("a2"), "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dead_after_max_attempts_then_the_key_moves_on_unless_parked() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = harness(dir.path(), ManualClock::new(T0), SchedulerConfig::default()).await;
+    let a1 = h
+        .add_with(json!({ "plugin": "p", "key": "a", "max_attempts": 2, "payload": { "name": "a1", "fail": 99 } }))
+        .await;
+    h.add("a", T0 + 1, named("a2")).await;
+    let c1 = h
+        .add_with(json!({ "plugin": "p", "key": "c", "park_on_dead": true, "payload": { "name": "c1", "permanent": true } }))
+        .await;
+    h.add("c", T0 + 1, named("c2")).await;
+    h.clock.advance(1);
+    h.until_state(&c1, TaskState::Dead).await;
+    h.clock.advance(1_000);
+    h.until_state(&a1, TaskState::Dead).await;
+    h.until("a2 after a1 died", |h| h.names().contains(&"a2".to_string())).await;
+    let dead = h.state(&a1).await;
+    assert_eq!(dead.attempts, 2);
+    assert!(dead.last_error.as_deref().unwrap_or("").contains("gave up after 2"), "{dead:?}");
+    h.clock.advance(10_000);
+    h.settle().await;
+    assert!(!h.names().contains(&"c2".to_string()), "c is parked by its dead task");
+    let released = h.scheduler.resume_key("c", kairos_core::partition::partition_for("c", PARTITIONS)).await.expect("resume");
+    assert_eq!(released, 1);
+    h.until("c2 after the operator resumed c", |h| h.names().contains(&"c2".to_string())).await;
+    // An operator retry runs the dead task again.
+    h.scheduler.retry_dead(&a1, 1).await.expect("retry dead");
+    h.until("a1 retried by operator", |h| h.ran().iter().any(|r| r.0 == "a1" && r.1 == 3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_reschedule_dedup_and_pause() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = harness(dir.path(), ManualClock::new(T0), SchedulerConfig::default()).await;
+    let cancelled = h.add("a", T0 + 100, named("cancelled")).await;
+    let moved = h.add("b", T0 + 100, named("moved")).await;
+    let first = h.add_with(json!({ "plugin": "p", "key": "d", "uniqueness_key": "u1", "payload": named("dedup") })).await;
+    let again = h.add_with(json!({ "plugin": "p", "key": "d", "uniqueness_key": "u1", "payload": named("dup") })).await;
+    assert_eq!(first, again, "same uniqueness key yields the same task");
+    let pa = kairos_core::partition::partition_for("p", PARTITIONS);
+    h.scheduler.pause_key("p", pa).await.expect("pause");
+    h.add("p", T0, named("paused")).await;
+    h.scheduler.cancel(&cancelled).await.expect("cancel");
+    assert_eq!(h.state(&cancelled).await.state, TaskState::Cancelled);
+    h.scheduler.reschedule(&moved, T0 + 5_000).await.expect("reschedule");
+    h.clock.advance(1_000);
+    h.until("dedup ran", |h| h.names().contains(&"dedup".to_string())).await;
+    h.settle().await;
+    let names = h.names();
+    assert!(!names.contains(&"cancelled".to_string()) && !names.contains(&"moved".to_string()), "{names:?}");
+    assert!(!names.contains(&"dup".to_string()) && !names.contains(&"paused".to_string()), "{names:?}");
+    h.clock.advance(5_000);
+    h.until("moved runs at its new time", |h| h.names().contains(&"moved".to_string())).await;
+    h.scheduler.resume_key("p", pa).await.expect("resume");
+    h.until("paused key resumed", |h| h.names().contains(&"paused".to_string())).await;
+    // Cancelling what already finished is a conflict.
+    assert!(matches!(h.scheduler.cancel(&moved).await, Err(OpError::Conflict(_))));
+    assert!(matches!(h.scheduler.cancel("no-such-task").await, Err(OpError::NotFound(_))));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_running_task_cannot_be_cancelled() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = harness(dir.path(), ManualClock::new(T0), SchedulerConfig::default()).await;
+    let id = h.add("a", T0, json!({ "name": "slow", "block": true })).await;
+    h.until_state(&id, TaskState::Running).await;
+    match h.scheduler.cancel(&id).await {
+        Err(OpError::Conflict(m)) => assert!(m.contains("running"), "{m}"),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    h.exec.gate.add_permits(1);
+    h.until_state(&id, TaskState::Succeeded).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_a_restart_every_incomplete_task_runs_however_overdue() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (interrupted, overdue, later);
+    {
+        let h = harness(dir.path(), ManualClock::new(T0), SchedulerConfig::default()).await;
+        overdue = h.add("a", T0 + 10, named("overdue")).await;
+        later = h.add("b", T0 + 30 * 86_400_000, named("later")).await;
+        interrupted = h.add("c", T0 + 20, named("interrupted")).await;
+        // Simulate a crash mid-attempt: the start is recorded, the end never is.
+        h.store.start_attempt(&interrupted, 1, T0 + 20).await.expect("start");
+        assert!(h.scheduler.shutdown(Duration::from_secs(5)).await);
+    }
+    // Three days later.
+    let h = harness(dir.path(), ManualClock::new(T0 + 3 * 86_400_000), SchedulerConfig::default()).await;
+    h.until_state(&overdue, TaskState::Succeeded).await;
+    h.until_state(&interrupted, TaskState::Succeeded).await;
+    assert_eq!(h.state(&interrupted).await.attempts, 2, "the interrupted attempt counts");
+    h.settle().await;
+    assert_eq!(h.state(&later).await.state, TaskState::Scheduled);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_window_still_runs_everything_in_order() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = SchedulerConfig { window_capacity: 8, horizon_ms: 60_000, concurrency: 4 };
+    let h = harness(dir.path(), ManualClock::new(T0), cfg).await;
+    let n = 300;
+    for i in 0..n {
+        h.add(&format!("k{}", i % 7), T0 + (i as i64 % 50), json!({ "name": format!("t{i:03}") })).await;
+    }
+    h.clock.advance(100);
+    h.until("all tasks", |h| h.ran().len() == n).await;
+    // Per key, execution order is (due, enqueue) order.
+    for k in 0..7 {
+        let got: Vec<String> = h.names().into_iter().filter(|t| t[1..].parse::<usize>().is_ok_and(|i| i % 7 == k)).collect();
+        let mut want = got.clone();
+        want.sort_by_key(|t| {
+            let i: usize = t[1..].parse().unwrap_or(0);
+            (i % 50, i)
+        });
+        assert_eq!(got, want, "key k{k}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cron_occurrences_are_neither_doubled_nor_skipped_across_a_restart() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let clock = ManualClock::new(T0 + 30_000);
+    let h = harness(dir.path(), clock.clone(), SchedulerConfig::default()).await;
+    h.store
+        .put_schedule(Schedule {
+            name: "every-minute".into(),
+            cron: "* * * * *".into(),
+            plugin: "p".into(),
+            key: "cron".into(),
+            payload: "{}".into(),
+            timezone: None,
+            last_fired: None,
+            created_at: T0 + 30_000,
+        })
+        .await
+        .expect("schedule");
+    let cron = |h: &Harness| CronService {
+        store: h.store.clone(),
+        enqueuer: h.enqueuer.clone(),
+        clock: Arc::new(h.clock.clone()),
+        changed: Arc::new(Notify::new()),
+    };
+    // 00:00:30 → nothing within the lookahead; 00:00:55 → 00:01:00 materialises.
+    cron(&h).tick().await;
+    clock.set(T0 + 55_000);
+    cron(&h).tick().await;
+    cron(&h).tick().await;
+    assert!(h.scheduler.shutdown(Duration::from_secs(5)).await);
+    drop(h);
+    // "Restart" 3 minutes later: 00:02, 00:03 and (lookahead) 00:04 come, once each.
+    clock.set(T0 + 235_000);
+    let h = harness(dir.path(), clock.clone(), SchedulerConfig::default()).await;
+    cron(&h).tick().await;
+    cron(&h).tick().await;
+    let tasks = h
+        .store
+        .list(&kairos_core::model::ListFilter { key: Some("cron".into()), state: None, limit: 100 })
+        .await
+        .expect("list");
+    let dues: Vec<Millis> = tasks.iter().map(|t| (t.due_at - T0) / 60_000).collect();
+    assert_eq!(dues, [1, 2, 3, 4], "one task per occurrence");
+}

@@ -1,0 +1,176 @@
+//! Shared pieces of the end-to-end tests: a `kairos serve` child process, a local HTTP
+//! receiver that records what the `notify` plugin POSTs, and a small JSON client.
+
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
+}
+
+/// Records every JSON body POSTed to it. Answers with the status in `status` (default 200).
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub bodies: Arc<Mutex<Vec<Value>>>,
+    pub status: Arc<Mutex<u16>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Receiver {
+    pub fn start() -> Receiver {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let status = Arc::new(Mutex::new(200u16));
+        let (b, s) = (bodies.clone(), status.clone());
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind receiver");
+        let addr = listener.local_addr().expect("addr");
+        rt.spawn(async move {
+            let app = axum::Router::new().route(
+                "/hook",
+                axum::routing::post(move |body: axum::body::Bytes| {
+                    let (b, s) = (b.clone(), s.clone());
+                    async move {
+                        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        b.lock().expect("lock").push(v);
+                        let code = *s.lock().expect("lock");
+                        axum::http::StatusCode::from_u16(code).unwrap_or(axum::http::StatusCode::OK)
+                    }
+                }),
+            );
+            let _ = axum::serve(listener, app).await;
+        });
+        Receiver { addr, bodies, status, _rt: rt }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/hook", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Value> {
+        self.bodies.lock().expect("lock").clone()
+    }
+
+    pub fn wait_for(&self, what: &str, timeout: Duration, cond: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let got = self.received();
+            if cond(&got) {
+                return got;
+            }
+            assert!(start.elapsed() < timeout, "timed out waiting for {what}; received {} bodies", got.len());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A `kairos serve` child process with its own data directory and port.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub config: PathBuf,
+    pub data: PathBuf,
+}
+
+pub fn kairos_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kairos")
+}
+
+/// Writes a config granting `notify` access to the receiver, and starts a server on it.
+pub fn write_config(dir: &Path, port: u16, receiver: &SocketAddr, extra: &str) -> PathBuf {
+    let config = dir.join("kairos.toml");
+    let text = format!(
+        "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n\n[scheduler]\nshutdown_grace_ms = 5000\n\n[plugin.notify]\nallowed_hosts = [\"{receiver}\"]\n{extra}\n",
+        dir.join("data").display()
+    );
+    std::fs::write(&config, text).expect("write config");
+    config
+}
+
+impl Server {
+    pub fn start(config: &Path) -> Server {
+        let text = std::fs::read_to_string(config).expect("config");
+        let port = text
+            .lines()
+            .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
+            .and_then(|p| p.trim_end_matches('"').parse::<u16>().ok())
+            .expect("listen port in config");
+        let child = Command::new(kairos_bin())
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn kairos serve");
+        let base = format!("http://127.0.0.1:{port}");
+        let s = Server { child, base, config: config.to_path_buf(), data: PathBuf::new() };
+        s.wait_healthy();
+        s
+    }
+
+    fn wait_healthy(&self) {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if ureq::get(&format!("{}/healthz", self.base)).call().is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("kairos did not become healthy at {}", self.base);
+    }
+
+    /// kill -9.
+    pub fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait; returns the exit status code.
+    pub fn terminate(mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = self.child.kill();
+                panic!("kairos did not stop within 30 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Sends a request; returns (status, JSON body).
+    pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        let req = ureq::request(method, &format!("{}{path}", self.base)).set("content-type", "application/json");
+        let res = match body {
+            Some(b) => req.send_string(b),
+            None => req.call(),
+        };
+        let (code, text) = match res {
+            Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+            Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+            Err(e) => panic!("{method} {path}: {e}"),
+        };
+        (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,118 @@
+//! [`TaskStore`] for [`CassandraStore`]: each method delegates to the module that holds it.
+
+use async_trait::async_trait;
+use kairos_core::model::{
+    Attempt, EnqueueOutcome, KvEntryMeta, ListFilter, Millis, NewTask, OrderPos, Schedule, Task,
+    TaskRecord, Transition,
+};
+use kairos_core::store::{StoreResult, TaskStore};
+
+use crate::CassandraStore;
+
+#[async_trait]
+impl TaskStore for CassandraStore {
+    async fn enqueue(&self, batch: Vec<NewTask>) -> StoreResult<Vec<EnqueueOutcome>> {
+        self.enqueue_batch(batch).await
+    }
+
+    async fn load_window(
+        &self,
+        partition: u32,
+        after: OrderPos,
+        up_to: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<Task>> {
+        self.load_window_impl(partition, after, up_to, limit).await
+    }
+
+    async fn start_attempt(&self, id: &str, attempt: u32, at: Millis) -> StoreResult<()> {
+        self.start_impl(id, attempt, at, None).await.map(|_| ())
+    }
+
+    async fn finish_attempt(
+        &self,
+        id: &str,
+        attempt: Attempt,
+        transition: Transition,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        self.finish_impl(id, &attempt, &transition, at, None).await
+    }
+
+    async fn get(&self, id: &str) -> StoreResult<Option<TaskRecord>> {
+        self.get_impl(id).await
+    }
+
+    async fn find_by_uniqueness_key(&self, uniqueness_key: &str) -> StoreResult<Option<Task>> {
+        self.find_by_ukey_impl(uniqueness_key).await
+    }
+
+    async fn list(&self, filter: &ListFilter) -> StoreResult<Vec<Task>> {
+        self.list_impl(filter).await
+    }
+
+    async fn cancel(&self, id: &str, at: Millis) -> StoreResult<Task> {
+        self.cancel_impl(id, at).await
+    }
+
+    async fn retry_dead(&self, id: &str, extra_attempts: u32, at: Millis) -> StoreResult<Task> {
+        self.retry_dead_impl(id, extra_attempts, at).await
+    }
+
+    async fn reschedule(&self, id: &str, run_at: Millis, at: Millis) -> StoreResult<Task> {
+        self.reschedule_impl(id, run_at, at).await
+    }
+
+    async fn unpark_key(&self, key: &str, at: Millis) -> StoreResult<u32> {
+        self.unpark_key_impl(key, at).await
+    }
+
+    async fn set_key_paused(&self, key: &str, paused: bool) -> StoreResult<()> {
+        self.set_key_paused_impl(key, paused).await
+    }
+
+    async fn paused_keys(&self) -> StoreResult<Vec<String>> {
+        self.paused_keys_impl().await
+    }
+
+    async fn put_schedule(&self, schedule: Schedule) -> StoreResult<()> {
+        self.put_schedule_impl(&schedule).await
+    }
+
+    async fn get_schedule(&self, name: &str) -> StoreResult<Option<Schedule>> {
+        self.get_schedule_impl(name).await
+    }
+
+    async fn list_schedules(&self) -> StoreResult<Vec<Schedule>> {
+        self.list_schedules_impl().await
+    }
+
+    async fn delete_schedule(&self, name: &str) -> StoreResult<bool> {
+        self.delete_schedule_impl(name).await
+    }
+
+    async fn mark_schedule_fired(&self, name: &str, occurrence: Millis) -> StoreResult<()> {
+        self.mark_fired_impl(name, occurrence).await
+    }
+
+    async fn kv_get(&self, plugin: &str, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        self.kv_get_impl(plugin, key).await
+    }
+
+    async fn kv_set(&self, plugin: &str, key: &str, value: Vec<u8>, at: Millis) -> StoreResult<()> {
+        self.kv_set_impl(plugin, key, value, at).await
+    }
+
+    async fn kv_delete(&self, plugin: &str, key: &str) -> StoreResult<bool> {
+        self.kv_delete_impl(plugin, key).await
+    }
+
+    async fn kv_list(
+        &self,
+        plugin: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<KvEntryMeta>> {
+        self.kv_list_impl(plugin, prefix, limit).await
+    }
+}

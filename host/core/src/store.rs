@@ -40,7 +40,9 @@ pub type StoreResult<T> = Result<T, StoreError>;
 pub trait TaskStore: Send + Sync + 'static {
     /// Persist a batch. A task whose `uniqueness_key` is already taken (by a task in any state)
     /// is not stored; the existing task comes back as [`EnqueueOutcome::Duplicate`]. Within one
-    /// batch the first task with a given uniqueness key wins. Assigns `seq`, strictly increasing
+    /// batch the first task with a given uniqueness key wins. Likewise a task whose `id` is
+    /// already stored (a replayed enqueue) comes back as `Duplicate` of the stored task, which
+    /// is left as it is. Assigns `seq`, strictly increasing
     /// across calls and within the batch in input order. One outcome per input, in input order.
     async fn enqueue(&self, batch: Vec<NewTask>) -> StoreResult<Vec<EnqueueOutcome>>;
 

@@ -1,0 +1,276 @@
+//! The embedded store: one crash-safe redb file, for the single-process deployment.
+//!
+//! Writes go through one writer thread that group-commits (see `writer.rs`); every commit is
+//! `Durability::Immediate` (fsynced before any caller hears `Ok`). Reads open their own read
+//! transactions; the ones that can return many rows run on tokio's blocking pool.
+//!
+//! Table layout: see `tables.rs`. Records are postcard behind a one-byte format version
+//! (see `codec.rs`); a record that does not decode is reported as [`StoreError::Corrupt`].
+//!
+//! Cost notes: `list` without a key scans every stored task (bounded memory, linear time, and a
+//! long read transaction during which redb cannot reuse freed pages); with a key it walks that
+//! key's index. `unpark_key` walks the key's index. After a failed commit (an I/O error) redb
+//! refuses further writes until the store is reopened; those writes fail with
+//! [`StoreError::Other`].
+//! Beyond the trait's contract, re-enqueueing an id that is already stored returns
+//! [`EnqueueOutcome::Duplicate`] with the stored task (a replayed enqueue never resets a task).
+
+mod codec;
+mod ops;
+mod read;
+mod tables;
+mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableTable};
+
+use crate::model::{
+    Attempt, EnqueueOutcome, KvEntryMeta, ListFilter, Millis, NewTask, OrderPos, Schedule, Task,
+    TaskRecord, Transition,
+};
+use crate::store::{StoreError, StoreResult, TaskStore};
+use tables::DbResult;
+pub use writer::CommitStats;
+
+/// Tuning of the embedded store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmbeddedOptions {
+    /// redb page cache, in MiB.
+    pub cache_mb: usize,
+    /// Most write operations carried by one commit (one `enqueue` call is one operation,
+    /// whatever its batch size). Also the capacity of the writer's queue.
+    pub max_batch: usize,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self {
+            cache_mb: 64,
+            max_batch: 4096,
+        }
+    }
+}
+
+/// [`TaskStore`] on a redb database file.
+pub struct EmbeddedStore {
+    // Field order matters on drop: the writer thread is joined first, then the last handle on
+    // the database goes, which releases the file lock.
+    writer: writer::Writer,
+    db: Arc<Database>,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("stats", &self.commit_stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the database file at `path`. A file written by an incompatible
+    /// version is refused with [`StoreError::Corrupt`]; a file locked by another process with
+    /// [`StoreError::Other`]. Blocking (it may run redb's crash recovery).
+    pub fn open(path: &Path, opts: EmbeddedOptions) -> Result<Self, StoreError> {
+        let db = redb::Builder::new()
+            .set_cache_size(opts.cache_mb.saturating_mul(1024 * 1024))
+            .create(path)
+            .db()?;
+        let next_seq = init(&db)?;
+        let db = Arc::new(db);
+        let writer = writer::Writer::spawn(db.clone(), next_seq, opts.max_batch)?;
+        Ok(Self { writer, db })
+    }
+
+    /// Commits and operations so far (operations per commit shows the group-commit factor).
+    pub fn commit_stats(&self) -> CommitStats {
+        self.writer.stats.snapshot()
+    }
+
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut ops::WriteTables<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        self.writer.write(f).await
+    }
+
+    /// Runs a read that may return many rows off the async worker threads.
+    async fn read_blocking<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> StoreResult<T> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| StoreError::Other(format!("embedded store read failed: {e}")))?
+    }
+}
+
+/// Creates the tables, checks the format and returns the next sequence number.
+fn init(db: &Database) -> StoreResult<u64> {
+    let txn = db.begin_write().db()?;
+    let next_seq = {
+        // Opening creates the tables of a new file.
+        let _ = txn.open_table(tables::TASKS).db()?;
+        let _ = txn.open_table(tables::PENDING).db()?;
+        let _ = txn.open_table(tables::UKEYS).db()?;
+        let _ = txn.open_table(tables::ATTEMPTS).db()?;
+        let _ = txn.open_table(tables::BY_KEY).db()?;
+        let _ = txn.open_table(tables::PAUSED).db()?;
+        let _ = txn.open_table(tables::SCHEDULES).db()?;
+        let _ = txn.open_table(tables::KV).db()?;
+        let mut meta = txn.open_table(tables::META).db()?;
+        let format = meta.get(tables::META_FORMAT).db()?.map(|v| v.value());
+        match format {
+            None => {
+                meta.insert(tables::META_FORMAT, tables::FORMAT).db()?;
+            }
+            Some(tables::FORMAT) => {}
+            Some(other) => {
+                return Err(StoreError::Corrupt(format!(
+                    "embedded store format {other}, this build reads format {}",
+                    tables::FORMAT
+                )));
+            }
+        }
+        let next = meta.get(tables::META_NEXT_SEQ).db()?.map(|v| v.value());
+        next.unwrap_or(1)
+    };
+    txn.commit().db()?;
+    Ok(next_seq)
+}
+
+#[async_trait]
+impl TaskStore for EmbeddedStore {
+    async fn enqueue(&self, batch: Vec<NewTask>) -> StoreResult<Vec<EnqueueOutcome>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.write(move |w| w.enqueue(&batch)).await
+    }
+
+    async fn load_window(
+        &self,
+        partition: u32,
+        after: OrderPos,
+        up_to: Millis,
+        limit: usize,
+    ) -> StoreResult<Vec<Task>> {
+        self.read_blocking(move |db| read::load_window(db, partition, after, up_to, limit))
+            .await
+    }
+
+    async fn start_attempt(&self, id: &str, attempt: u32, at: Millis) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.write(move |w| w.start_attempt(&id, attempt, at)).await
+    }
+
+    async fn finish_attempt(
+        &self,
+        id: &str,
+        attempt: Attempt,
+        transition: Transition,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        let id = id.to_owned();
+        self.write(move |w| w.finish_attempt(&id, &attempt, &transition, at))
+            .await
+    }
+
+    async fn get(&self, id: &str) -> StoreResult<Option<TaskRecord>> {
+        read::get(&self.db, id)
+    }
+
+    async fn find_by_uniqueness_key(&self, uniqueness_key: &str) -> StoreResult<Option<Task>> {
+        read::find_by_uniqueness_key(&self.db, uniqueness_key)
+    }
+
+    async fn list(&self, filter: &ListFilter) -> StoreResult<Vec<Task>> {
+        let filter = filter.clone();
+        self.read_blocking(move |db| read::list(db, &filter)).await
+    }
+
+    async fn cancel(&self, id: &str, at: Millis) -> StoreResult<Task> {
+        let id = id.to_owned();
+        self.write(move |w| w.cancel(&id, at)).await
+    }
+
+    async fn retry_dead(&self, id: &str, extra_attempts: u32, at: Millis) -> StoreResult<Task> {
+        let id = id.to_owned();
+        self.write(move |w| w.retry_dead(&id, extra_attempts, at))
+            .await
+    }
+
+    async fn reschedule(&self, id: &str, run_at: Millis, at: Millis) -> StoreResult<Task> {
+        let id = id.to_owned();
+        self.write(move |w| w.reschedule(&id, run_at, at)).await
+    }
+
+    async fn unpark_key(&self, key: &str, at: Millis) -> StoreResult<u32> {
+        let key = key.to_owned();
+        self.write(move |w| w.unpark_key(&key, at)).await
+    }
+
+    async fn set_key_paused(&self, key: &str, paused: bool) -> StoreResult<()> {
+        let key = key.to_owned();
+        self.write(move |w| w.set_key_paused(&key, paused)).await
+    }
+
+    async fn paused_keys(&self) -> StoreResult<Vec<String>> {
+        self.read_blocking(read::paused_keys).await
+    }
+
+    async fn put_schedule(&self, schedule: Schedule) -> StoreResult<()> {
+        self.write(move |w| w.put_schedule(&schedule)).await
+    }
+
+    async fn get_schedule(&self, name: &str) -> StoreResult<Option<Schedule>> {
+        read::get_schedule(&self.db, name)
+    }
+
+    async fn list_schedules(&self) -> StoreResult<Vec<Schedule>> {
+        self.read_blocking(read::list_schedules).await
+    }
+
+    async fn delete_schedule(&self, name: &str) -> StoreResult<bool> {
+        let name = name.to_owned();
+        self.write(move |w| w.delete_schedule(&name)).await
+    }
+
+    async fn mark_schedule_fired(&self, name: &str, occurrence: Millis) -> StoreResult<()> {
+        let name = name.to_owned();
+        self.write(move |w| w.mark_schedule_fired(&name, occurrence))
+            .await
+    }
+
+    async fn kv_get(&self, plugin: &str, key: &str) -> StoreResult<Option<Vec<u8>>> {
+        read::kv_get(&self.db, plugin, key)
+    }
+
+    async fn kv_set(&self, plugin: &str, key: &str, value: Vec<u8>, at: Millis) -> StoreResult<()> {
+        let (plugin, key) = (plugin.to_owned(), key.to_owned());
+        self.write(move |w| w.kv_set(&plugin, &key, &value, at))
+            .await
+    }
+
+    async fn kv_delete(&self, plugin: &str, key: &str) -> StoreResult<bool> {
+        let (plugin, key) = (plugin.to_owned(), key.to_owned());
+        self.write(move |w| w.kv_delete(&plugin, &key)).await
+    }
+
+    async fn kv_list(
+        &self,
+        plugin: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<KvEntryMeta>> {
+        let (plugin, prefix) = (plugin.to_owned(), prefix.to_owned());
+        self.read_blocking(move |db| read::kv_list(db, &plugin, &prefix, limit))
+            .await
+    }
+}

@@ -1,0 +1,343 @@
+//! The write operations, run by the writer thread inside a batch transaction.
+//!
+//! Every operation validates before it mutates. Index upkeep lives in `WriteTables::reindex`,
+//! which keeps two invariants:
+//! - `pending` holds `(partition, due_at, seq) → id` for exactly the tasks that
+//!   [`Task::is_pending`];
+//! - `by_key` holds `(key, due_at, seq) → id` for every task.
+
+use redb::{ReadableTable, Table, WriteTransaction};
+
+use super::codec;
+use super::tables::{
+    ATTEMPTS, BY_KEY, DbResult, KV, META, META_NEXT_SEQ, PAUSED, PENDING, SCHEDULES, TASKS, UKEYS,
+    indexed_task, key_range_bounds, load_task,
+};
+use crate::model::{
+    Attempt, EnqueueOutcome, Millis, NewTask, Schedule, Task, TaskState, Transition,
+};
+use crate::store::{StoreError, StoreResult};
+
+/// The tables of one write transaction.
+pub(crate) struct WriteTables<'t> {
+    tasks: Table<'t, &'static str, &'static [u8]>,
+    pending: Table<'t, (u32, i64, u64), &'static str>,
+    ukeys: Table<'t, &'static str, &'static str>,
+    attempts: Table<'t, (&'static str, u32), &'static [u8]>,
+    by_key: Table<'t, (&'static str, i64, u64), &'static str>,
+    meta: Table<'t, &'static str, u64>,
+    paused: Table<'t, &'static str, ()>,
+    schedules: Table<'t, &'static str, &'static [u8]>,
+    kv: Table<'t, (&'static str, &'static str), (i64, &'static [u8])>,
+    next_seq: u64,
+    first_seq: u64,
+    /// Set by every mutation; the writer resets it before each operation so it knows whether a
+    /// failed operation left changes behind.
+    pub(crate) dirty: bool,
+}
+
+/// What of a task's previous version decides its index entries.
+#[derive(Debug, Clone, Copy)]
+struct Before {
+    due_at: Millis,
+    pending: bool,
+}
+
+impl Before {
+    fn of(t: &Task) -> Self {
+        Self {
+            due_at: t.due_at,
+            pending: t.is_pending(),
+        }
+    }
+}
+
+fn conflict(t: &Task, what: &str) -> StoreError {
+    StoreError::Conflict(format!(
+        "cannot {what} task {}: it is {}",
+        t.id,
+        t.state.as_str()
+    ))
+}
+
+impl<'t> WriteTables<'t> {
+    pub(crate) fn open(txn: &'t WriteTransaction, next_seq: u64) -> StoreResult<Self> {
+        Ok(Self {
+            tasks: txn.open_table(TASKS).db()?,
+            pending: txn.open_table(PENDING).db()?,
+            ukeys: txn.open_table(UKEYS).db()?,
+            attempts: txn.open_table(ATTEMPTS).db()?,
+            by_key: txn.open_table(BY_KEY).db()?,
+            meta: txn.open_table(META).db()?,
+            paused: txn.open_table(PAUSED).db()?,
+            schedules: txn.open_table(SCHEDULES).db()?,
+            kv: txn.open_table(KV).db()?,
+            next_seq,
+            first_seq: next_seq,
+            dirty: false,
+        })
+    }
+
+    /// Persists the sequence counter; returns the next sequence number after this batch.
+    pub(crate) fn finish(mut self) -> StoreResult<u64> {
+        if self.next_seq != self.first_seq {
+            self.meta.insert(META_NEXT_SEQ, self.next_seq).db()?;
+        }
+        Ok(self.next_seq)
+    }
+
+    fn require(&self, id: &str) -> StoreResult<Task> {
+        load_task(&self.tasks, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))
+    }
+
+    /// Writes `t`, which was `before` (if it existed), and moves its index entries along.
+    fn save(&mut self, before: Option<Before>, t: &Task) -> StoreResult<()> {
+        self.reindex(before, t)?;
+        let bytes = codec::encode_task(t)?;
+        self.tasks.insert(t.id.as_str(), bytes.as_slice()).db()?;
+        Ok(())
+    }
+
+    /// Index entries of a task just stored for the first time.
+    fn index_new(&mut self, t: &Task) -> StoreResult<()> {
+        self.reindex(None, t)
+    }
+
+    /// Id, key, partition and seq never change; the position moves only with `due_at`.
+    fn reindex(&mut self, before: Option<Before>, t: &Task) -> StoreResult<()> {
+        self.dirty = true;
+        let moved = before.is_some_and(|b| b.due_at != t.due_at);
+        let was_pending = before.is_some_and(|b| b.pending);
+        if let Some(b) = before {
+            if b.pending && (moved || !t.is_pending()) {
+                self.pending.remove((t.partition, b.due_at, t.seq)).db()?;
+            }
+            if moved {
+                self.by_key.remove((t.key.as_str(), b.due_at, t.seq)).db()?;
+            }
+        }
+        if t.is_pending() && (moved || !was_pending) {
+            self.pending
+                .insert((t.partition, t.due_at, t.seq), t.id.as_str())
+                .db()?;
+        }
+        if before.is_none() || moved {
+            self.by_key
+                .insert((t.key.as_str(), t.due_at, t.seq), t.id.as_str())
+                .db()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn enqueue(&mut self, batch: &[NewTask]) -> StoreResult<Vec<EnqueueOutcome>> {
+        let mut out = Vec::with_capacity(batch.len());
+        for new in batch {
+            if let Some(ukey) = &new.uniqueness_key {
+                let owner = self
+                    .ukeys
+                    .get(ukey.as_str())
+                    .db()?
+                    .map(|v| v.value().to_owned());
+                if let Some(owner) = owner {
+                    out.push(EnqueueOutcome::Duplicate(indexed_task(
+                        &self.tasks,
+                        &owner,
+                    )?));
+                    continue;
+                }
+            }
+            let task = Task::from_new(new.clone(), self.next_seq);
+            // The record goes in first: its previous value tells whether the id is taken, which
+            // saves a separate lookup on the common path.
+            self.dirty = true;
+            let bytes = codec::encode_task(&task)?;
+            let previous = self
+                .tasks
+                .insert(task.id.as_str(), bytes.as_slice())
+                .db()?
+                .map(|old| old.value().to_vec());
+            if let Some(previous) = previous {
+                // A replayed enqueue (same id) never resets the stored task.
+                self.tasks
+                    .insert(task.id.as_str(), previous.as_slice())
+                    .db()?;
+                out.push(EnqueueOutcome::Duplicate(codec::decode_task(&previous)?));
+                continue;
+            }
+            self.next_seq += 1;
+            self.index_new(&task)?;
+            if let Some(ukey) = &task.uniqueness_key {
+                self.ukeys.insert(ukey.as_str(), task.id.as_str()).db()?;
+            }
+            out.push(EnqueueOutcome::Created(task));
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn start_attempt(&mut self, id: &str, attempt: u32, at: Millis) -> StoreResult<()> {
+        let mut t = self.require(id)?;
+        if t.state.is_terminal() {
+            return Err(conflict(&t, "start"));
+        }
+        let before = Before::of(&t);
+        t.state = TaskState::Running;
+        t.attempts = attempt;
+        t.updated_at = at;
+        self.save(Some(before), &t)
+    }
+
+    pub(crate) fn finish_attempt(
+        &mut self,
+        id: &str,
+        attempt: &Attempt,
+        transition: &Transition,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        let mut t = self.require(id)?;
+        if t.state.is_terminal() {
+            return Err(conflict(&t, "finish an attempt of"));
+        }
+        let before = Before::of(&t);
+        t.attempts = t.attempts.max(attempt.number);
+        t.updated_at = at;
+        match transition {
+            Transition::Succeeded { output } => {
+                t.state = TaskState::Succeeded;
+                t.output = output.clone();
+            }
+            Transition::Retry { next_at, error } => {
+                t.state = TaskState::Retrying;
+                t.next_at = *next_at;
+                t.last_error = Some(error.clone());
+            }
+            Transition::Dead { error } => {
+                t.state = TaskState::Dead;
+                t.last_error = Some(error.clone());
+            }
+        }
+        self.dirty = true;
+        let bytes = codec::encode_attempt(attempt)?;
+        self.attempts
+            .insert((id, attempt.number), bytes.as_slice())
+            .db()?;
+        self.save(Some(before), &t)?;
+        Ok(t)
+    }
+
+    pub(crate) fn cancel(&mut self, id: &str, at: Millis) -> StoreResult<Task> {
+        let mut t = self.require(id)?;
+        match t.state {
+            TaskState::Scheduled | TaskState::Retrying | TaskState::Dead => {}
+            _ => return Err(conflict(&t, "cancel")),
+        }
+        let before = Before::of(&t);
+        t.state = TaskState::Cancelled;
+        t.updated_at = at;
+        self.save(Some(before), &t)?;
+        Ok(t)
+    }
+
+    pub(crate) fn retry_dead(&mut self, id: &str, extra: u32, at: Millis) -> StoreResult<Task> {
+        let mut t = self.require(id)?;
+        if t.state != TaskState::Dead {
+            return Err(conflict(&t, "retry"));
+        }
+        let before = Before::of(&t);
+        t.state = TaskState::Scheduled;
+        t.next_at = at;
+        t.max_attempts = t.attempts.saturating_add(extra);
+        t.updated_at = at;
+        self.save(Some(before), &t)?;
+        Ok(t)
+    }
+
+    pub(crate) fn reschedule(&mut self, id: &str, run_at: Millis, at: Millis) -> StoreResult<Task> {
+        let mut t = self.require(id)?;
+        if !matches!(t.state, TaskState::Scheduled | TaskState::Retrying) {
+            return Err(conflict(&t, "reschedule"));
+        }
+        let before = Before::of(&t);
+        t.due_at = run_at;
+        t.next_at = run_at;
+        t.updated_at = at;
+        self.save(Some(before), &t)?;
+        Ok(t)
+    }
+
+    pub(crate) fn unpark_key(&mut self, key: &str, at: Millis) -> StoreResult<u32> {
+        // Find the parked tasks first (reading only), then update them.
+        let mut parked = Vec::new();
+        for entry in self.by_key.range(key_range_bounds(key)).db()? {
+            let (_, id) = entry.db()?;
+            let t = indexed_task(&self.tasks, id.value())?;
+            if t.state == TaskState::Dead && t.park_on_dead {
+                parked.push(t);
+            }
+        }
+        let count = parked.len() as u32;
+        for mut t in parked {
+            let before = Before::of(&t);
+            t.park_on_dead = false;
+            t.updated_at = at;
+            self.save(Some(before), &t)?;
+        }
+        Ok(count)
+    }
+
+    pub(crate) fn set_key_paused(&mut self, key: &str, paused: bool) -> StoreResult<()> {
+        self.dirty = true;
+        if paused {
+            self.paused.insert(key, ()).db()?;
+        } else {
+            self.paused.remove(key).db()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn put_schedule(&mut self, schedule: &Schedule) -> StoreResult<()> {
+        let bytes = codec::encode_schedule(schedule)?;
+        self.dirty = true;
+        self.schedules
+            .insert(schedule.name.as_str(), bytes.as_slice())
+            .db()?;
+        Ok(())
+    }
+
+    pub(crate) fn delete_schedule(&mut self, name: &str) -> StoreResult<bool> {
+        self.dirty = true;
+        Ok(self.schedules.remove(name).db()?.is_some())
+    }
+
+    pub(crate) fn mark_schedule_fired(
+        &mut self,
+        name: &str,
+        occurrence: Millis,
+    ) -> StoreResult<()> {
+        let mut s = match self.schedules.get(name).db()? {
+            Some(v) => codec::decode_schedule(v.value())?,
+            None => return Err(StoreError::NotFound(format!("schedule {name}"))),
+        };
+        if s.last_fired.is_some_and(|last| last >= occurrence) {
+            return Ok(());
+        }
+        s.last_fired = Some(occurrence);
+        self.put_schedule(&s)
+    }
+
+    pub(crate) fn kv_set(
+        &mut self,
+        plugin: &str,
+        key: &str,
+        value: &[u8],
+        at: Millis,
+    ) -> StoreResult<()> {
+        self.dirty = true;
+        self.kv.insert((plugin, key), (at, value)).db()?;
+        Ok(())
+    }
+
+    pub(crate) fn kv_delete(&mut self, plugin: &str, key: &str) -> StoreResult<bool> {
+        self.dirty = true;
+        Ok(self.kv.remove((plugin, key)).db()?.is_some())
+    }
+}

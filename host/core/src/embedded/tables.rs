@@ -1,0 +1,103 @@
+//! Table layout of the embedded store, redb error mapping, and lookups shared by the read
+//! path and the writer.
+//!
+//! | table        | key                                  | value                         |
+//! |--------------|--------------------------------------|-------------------------------|
+//! | `tasks`      | id                                   | task record (codec)           |
+//! | `pending`    | (partition, due_at, seq)             | id — exactly the pending tasks|
+//! | `ukeys`      | uniqueness key                       | id                            |
+//! | `attempts`   | (id, attempt number)                 | attempt record (codec)        |
+//! | `by_key`     | (ordering key, due_at, seq)          | id — every task               |
+//! | `meta`       | name (`format`, `next_seq`)          | u64                           |
+//! | `paused`     | ordering key                         | ()                            |
+//! | `schedules`  | name                                 | schedule record (codec)       |
+//! | `kv`         | (plugin, key)                        | (updated_at, value bytes)     |
+
+use std::ops::RangeInclusive;
+
+use redb::{ReadableTable, TableDefinition};
+
+use super::codec;
+use crate::model::{Attempt, Task};
+use crate::store::{StoreError, StoreResult};
+
+pub(super) const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
+pub(super) const PENDING: TableDefinition<(u32, i64, u64), &str> = TableDefinition::new("pending");
+pub(super) const UKEYS: TableDefinition<&str, &str> = TableDefinition::new("ukeys");
+pub(super) const ATTEMPTS: TableDefinition<(&str, u32), &[u8]> = TableDefinition::new("attempts");
+pub(super) const BY_KEY: TableDefinition<(&str, i64, u64), &str> = TableDefinition::new("by_key");
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(super) const PAUSED: TableDefinition<&str, ()> = TableDefinition::new("paused");
+pub(super) const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
+pub(super) const KV: TableDefinition<(&str, &str), (i64, &[u8])> = TableDefinition::new("kv");
+
+pub(super) const META_FORMAT: &str = "format";
+pub(super) const META_NEXT_SEQ: &str = "next_seq";
+/// Bumped when the table layout changes incompatibly.
+pub(super) const FORMAT: u64 = 1;
+
+/// Maps any redb error to the store's error kinds.
+pub(super) fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    let e: redb::Error = e.into();
+    match e {
+        redb::Error::Io(io) => StoreError::Unavailable(format!("embedded store I/O: {io}")),
+        redb::Error::Corrupted(msg) => StoreError::Corrupt(msg),
+        redb::Error::UpgradeRequired(v) => {
+            StoreError::Corrupt(format!("database file format {v} needs an upgrade"))
+        }
+        e @ (redb::Error::TableTypeMismatch { .. } | redb::Error::TypeDefinitionChanged { .. }) => {
+            StoreError::Corrupt(e.to_string())
+        }
+        e => StoreError::Other(format!("embedded store: {e}")),
+    }
+}
+
+/// `.db()?` turns a redb result into a store result.
+pub(super) trait DbResult<T> {
+    fn db(self) -> StoreResult<T>;
+}
+
+impl<T, E: Into<redb::Error>> DbResult<T> for Result<T, E> {
+    fn db(self) -> StoreResult<T> {
+        self.map_err(db_err)
+    }
+}
+
+pub(super) fn load_task(
+    tasks: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> StoreResult<Option<Task>> {
+    match tasks.get(id).db()? {
+        Some(v) => codec::decode_task(v.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The task an index entry points at; a dangling entry is corruption.
+pub(super) fn indexed_task(
+    tasks: &impl ReadableTable<&'static str, &'static [u8]>,
+    id: &str,
+) -> StoreResult<Task> {
+    load_task(tasks, id)?
+        .ok_or_else(|| StoreError::Corrupt(format!("index points at missing task {id}")))
+}
+
+pub(super) fn load_attempts(
+    attempts: &impl ReadableTable<(&'static str, u32), &'static [u8]>,
+    id: &str,
+) -> StoreResult<Vec<Attempt>> {
+    let mut out = Vec::new();
+    for entry in attempts.range((id, 0u32)..=(id, u32::MAX)).db()? {
+        let (_, v) = entry.db()?;
+        out.push(codec::decode_attempt(v.value())?);
+    }
+    Ok(out)
+}
+
+/// Position of a task in the `by_key` index.
+pub(super) type KeyPos<'a> = (&'a str, i64, u64);
+
+/// The range of `by_key` holding every task of `key`, in `(due_at, seq)` order.
+pub(super) fn key_range_bounds(key: &str) -> RangeInclusive<KeyPos<'_>> {
+    (key, i64::MIN, 0)..=(key, i64::MAX, u64::MAX)
+}

@@ -1,0 +1,255 @@
+//! Group commit: one OS thread owns the write side of the database. Callers send operations
+//! over a bounded channel; the thread drains whatever is queued (up to `max_batch` operations)
+//! into ONE write transaction, commits it once (one fsync), and only then answers every
+//! operation of the batch. Throughput therefore does not pay one fsync per operation, and no
+//! caller hears `Ok` before its change is durable.
+//!
+//! Operations are all-or-nothing: each one checks its preconditions before it mutates, and
+//! when one fails after it has already mutated (a decode error midway, a storage error, a
+//! panic) the transaction is aborted, that operation is answered with its error, and the rest
+//! of the batch is replayed in a fresh transaction.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
+
+use redb::{Database, Durability};
+use tokio::sync::{mpsc, oneshot};
+
+use super::ops::WriteTables;
+use super::tables::DbResult;
+use crate::store::{StoreError, StoreResult};
+
+/// One queued write: applied inside a batch transaction (possibly more than once, if the batch
+/// is replayed), answered once after the commit.
+trait WriteOp: Send {
+    /// Runs the operation and keeps its result. Returns `false` if it failed.
+    fn apply(&mut self, w: &mut WriteTables<'_>) -> bool;
+    /// Delivers the kept result if the batch committed, else the commit error.
+    fn reply(self: Box<Self>, commit: &StoreResult<()>);
+}
+
+struct Op<T, F> {
+    f: F,
+    result: Option<StoreResult<T>>,
+    tx: oneshot::Sender<StoreResult<T>>,
+}
+
+impl<T, F> WriteOp for Op<T, F>
+where
+    T: Send,
+    F: FnMut(&mut WriteTables<'_>) -> StoreResult<T> + Send,
+{
+    fn apply(&mut self, w: &mut WriteTables<'_>) -> bool {
+        let result = match catch_unwind(AssertUnwindSafe(|| (self.f)(w))) {
+            Ok(r) => r,
+            Err(_) => {
+                // Whatever it touched is rolled back with the aborted transaction.
+                w.dirty = true;
+                Err(StoreError::Other(
+                    "embedded store operation panicked".into(),
+                ))
+            }
+        };
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn reply(self: Box<Self>, commit: &StoreResult<()>) {
+        let result = match commit {
+            Ok(()) => self
+                .result
+                .unwrap_or_else(|| Err(StoreError::Other("operation was not applied".into()))),
+            Err(e) => Err(copy_err(e)),
+        };
+        // The caller may have gone away; its change is durable regardless.
+        let _ = self.tx.send(result);
+    }
+}
+
+fn copy_err(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::NotFound(s) => StoreError::NotFound(s.clone()),
+        StoreError::Conflict(s) => StoreError::Conflict(s.clone()),
+        StoreError::Unavailable(s) => StoreError::Unavailable(s.clone()),
+        StoreError::Corrupt(s) => StoreError::Corrupt(s.clone()),
+        StoreError::Other(s) => StoreError::Other(s.clone()),
+    }
+}
+
+/// Counters of the writer thread (for benchmarks and metrics).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Write transactions committed.
+    pub commits: u64,
+    /// Operations answered from committed transactions.
+    pub ops: u64,
+}
+
+#[derive(Default)]
+pub(super) struct Stats {
+    commits: AtomicU64,
+    ops: AtomicU64,
+}
+
+impl Stats {
+    pub(super) fn snapshot(&self) -> CommitStats {
+        CommitStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            ops: self.ops.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The callers' side of the writer thread.
+pub(super) struct Writer {
+    tx: Option<mpsc::Sender<Box<dyn WriteOp>>>,
+    thread: Option<JoinHandle<()>>,
+    pub(super) stats: Arc<Stats>,
+}
+
+impl Writer {
+    pub(super) fn spawn(db: Arc<Database>, next_seq: u64, max_batch: usize) -> StoreResult<Self> {
+        let max_batch = max_batch.max(1);
+        let (tx, rx) = mpsc::channel(max_batch);
+        let stats = Arc::new(Stats::default());
+        let mut state = WriterThread {
+            db,
+            rx,
+            max_batch,
+            next_seq,
+            stats: stats.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("kairos-store-writer".into())
+            .spawn(move || state.run())
+            .map_err(|e| StoreError::Other(format!("starting the store writer thread: {e}")))?;
+        Ok(Self {
+            tx: Some(tx),
+            thread: Some(thread),
+            stats,
+        })
+    }
+
+    /// Queues `f` for the next group commit and waits until that commit is durable.
+    pub(super) async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnMut(&mut WriteTables<'_>) -> StoreResult<T> + Send + 'static,
+    {
+        let stopped = || StoreError::Unavailable("embedded store writer has stopped".into());
+        let sender = self.tx.as_ref().ok_or_else(stopped)?;
+        let (tx, rx) = oneshot::channel();
+        let op = Op {
+            f,
+            result: None,
+            tx,
+        };
+        sender.send(Box::new(op)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Closing the channel lets the thread finish what is queued and exit; joining it
+        // releases its handle on the database so the file can be reopened at once.
+        self.tx.take();
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            tracing::error!("embedded store writer thread panicked");
+        }
+    }
+}
+
+struct WriterThread {
+    db: Arc<Database>,
+    rx: mpsc::Receiver<Box<dyn WriteOp>>,
+    max_batch: usize,
+    /// The next sequence number as of the last commit.
+    next_seq: u64,
+    stats: Arc<Stats>,
+}
+
+impl WriterThread {
+    fn run(&mut self) {
+        let mut batch: Vec<Box<dyn WriteOp>> = Vec::with_capacity(self.max_batch);
+        while let Some(first) = self.rx.blocking_recv() {
+            batch.push(first);
+            while batch.len() < self.max_batch {
+                match self.rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(&mut batch);
+        }
+    }
+
+    /// Applies and commits `batch`, answering (and draining) every operation in it.
+    fn commit_batch(&mut self, batch: &mut Vec<Box<dyn WriteOp>>) {
+        loop {
+            match self.try_batch(batch) {
+                Attempted::Committed(next_seq) => {
+                    self.next_seq = next_seq;
+                    self.stats.commits.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .ops
+                        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    for op in batch.drain(..) {
+                        op.reply(&Ok(()));
+                    }
+                    return;
+                }
+                Attempted::Poisoned(i) => {
+                    // Its own error is its answer; the others are replayed.
+                    batch.remove(i).reply(&Ok(()));
+                    if batch.is_empty() {
+                        return;
+                    }
+                }
+                Attempted::Failed(e) => {
+                    tracing::error!(error = %e, ops = batch.len(), "embedded store commit failed");
+                    let err = Err(e);
+                    for op in batch.drain(..) {
+                        op.reply(&err);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    fn try_batch(&self, batch: &mut [Box<dyn WriteOp>]) -> Attempted {
+        self.run_batch(batch).unwrap_or_else(Attempted::Failed)
+    }
+
+    fn run_batch(&self, batch: &mut [Box<dyn WriteOp>]) -> StoreResult<Attempted> {
+        let mut txn = self.db.begin_write().db()?;
+        txn.set_durability(Durability::Immediate);
+        let mut w = WriteTables::open(&txn, self.next_seq)?;
+        for (i, op) in batch.iter_mut().enumerate() {
+            w.dirty = false;
+            if !op.apply(&mut w) && w.dirty {
+                drop(w);
+                if let Err(e) = txn.abort() {
+                    tracing::warn!(error = %e, "aborting a poisoned batch");
+                }
+                return Ok(Attempted::Poisoned(i));
+            }
+        }
+        let next_seq = w.finish()?;
+        txn.commit().db()?;
+        Ok(Attempted::Committed(next_seq))
+    }
+}
+
+enum Attempted {
+    Committed(u64),
+    /// Operation `i` failed after mutating; the transaction was aborted.
+    Poisoned(usize),
+    Failed(StoreError),
+}

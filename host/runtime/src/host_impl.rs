@@ -1,0 +1,306 @@
+//! The per-task store state and the host side of the plugin imports (log, kv,
+//! scheduler, config), each call metered against `max_host_calls`.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use crate::bindings::kairos::plugin::{config, kv, log, scheduler, types};
+use crate::http::HttpGate;
+use crate::limits::MemoryLimiter;
+use crate::logs::{LogBuffer, LogLevel, LogLine, LogSource, now_ms};
+use crate::services::{FollowUp, HostServices, KvEntry, TaskInfo, When};
+
+/// Accounting of one task attempt, shared by the store, the HTTP hooks and the runner
+/// (which keeps it when a timeout drops the store).
+pub(crate) struct Meter {
+    pub(crate) plugin: String,
+    pub(crate) task_id: String,
+    max_host_calls: u32,
+    max_http_requests: u32,
+    host_calls: AtomicU32,
+    http_requests: AtomicU32,
+    limit_hit: Mutex<Option<String>>,
+    logs: Mutex<LogBuffer>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl Meter {
+    pub(crate) fn new(
+        plugin: &str,
+        task_id: &str,
+        max_host_calls: u32,
+        max_http_requests: u32,
+        max_log_bytes: u64,
+    ) -> Meter {
+        Meter {
+            plugin: plugin.to_string(),
+            task_id: task_id.to_string(),
+            max_host_calls,
+            max_http_requests,
+            host_calls: AtomicU32::new(0),
+            http_requests: AtomicU32::new(0),
+            limit_hit: Mutex::new(None),
+            logs: Mutex::new(LogBuffer::new(max_log_bytes)),
+        }
+    }
+
+    fn hit(&self, msg: &str) {
+        let mut hit = lock(&self.limit_hit);
+        if hit.is_none() {
+            *hit = Some(msg.to_string());
+            drop(hit);
+            self.host_log(LogLevel::Error, msg.to_string());
+        }
+    }
+
+    /// Counts one host call; `Err` (with the failure message) past the limit.
+    pub(crate) fn charge(&self, what: &str) -> Result<(), String> {
+        let n = self
+            .host_calls
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if n > self.max_host_calls {
+            let msg = format!(
+                "plugin exceeded its limit of {} host calls (call #{n} was {what})",
+                self.max_host_calls
+            );
+            self.hit(&msg);
+            return Err(msg);
+        }
+        Ok(())
+    }
+
+    /// Counts one outbound HTTP request (also a host call).
+    pub(crate) fn charge_http(&self) -> Result<(), String> {
+        self.charge("an outbound HTTP request")?;
+        let n = self
+            .http_requests
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if n > self.max_http_requests {
+            let msg = format!(
+                "plugin exceeded its limit of {} outbound HTTP requests",
+                self.max_http_requests
+            );
+            self.hit(&msg);
+            return Err(msg);
+        }
+        Ok(())
+    }
+
+    /// The message of the host-call limit that was hit, if any.
+    pub(crate) fn limit_hit(&self) -> Option<String> {
+        lock(&self.limit_hit).clone()
+    }
+
+    pub(crate) fn push(&self, line: LogLine) {
+        lock(&self.logs).push(line);
+    }
+
+    /// A host note in the task log (also sent to tracing).
+    pub(crate) fn host_log(&self, level: LogLevel, message: String) {
+        match level {
+            LogLevel::Error => {
+                tracing::error!(plugin = %self.plugin, task_id = %self.task_id, "{message}")
+            }
+            LogLevel::Warn => {
+                tracing::warn!(plugin = %self.plugin, task_id = %self.task_id, "{message}")
+            }
+            _ => tracing::debug!(plugin = %self.plugin, task_id = %self.task_id, "{message}"),
+        }
+        self.push(LogLine {
+            at_ms: now_ms(),
+            level,
+            source: LogSource::Host,
+            message,
+            fields: Vec::new(),
+        });
+    }
+
+    pub(crate) fn take_logs(&self) -> LogBuffer {
+        let mut logs = lock(&self.logs);
+        let max = logs.max_bytes();
+        std::mem::replace(&mut *logs, LogBuffer::new(max))
+    }
+}
+
+/// The `T` of every task's `Store<T>`.
+pub(crate) struct StoreState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) http: WasiHttpCtx,
+    pub(crate) gate: HttpGate,
+    pub(crate) limiter: MemoryLimiter,
+    pub(crate) meter: Arc<Meter>,
+    pub(crate) services: Arc<dyn HostServices>,
+    pub(crate) task: TaskInfo,
+    pub(crate) config: Arc<BTreeMap<String, String>>,
+    /// Epoch ticks observed while guest code ran, and the CPU budget in ticks.
+    pub(crate) ticks: u64,
+    pub(crate) max_ticks: u64,
+    pub(crate) cpu_exhausted: bool,
+}
+
+impl WasiView for StoreState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for StoreState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.gate,
+        }
+    }
+}
+
+impl StoreState {
+    fn charge(&self, what: &str) -> wasmtime::Result<()> {
+        self.meter.charge(what).map_err(wasmtime::Error::msg)
+    }
+}
+
+impl types::Host for StoreState {}
+
+impl log::Host for StoreState {
+    async fn log(
+        &mut self,
+        level: log::Level,
+        message: String,
+        fields: Vec<(String, String)>,
+    ) -> wasmtime::Result<()> {
+        self.charge("log")?;
+        let level = match level {
+            log::Level::Trace => LogLevel::Trace,
+            log::Level::Debug => LogLevel::Debug,
+            log::Level::Info => LogLevel::Info,
+            log::Level::Warn => LogLevel::Warn,
+            log::Level::Error => LogLevel::Error,
+        };
+        let (plugin, task_id) = (&self.meter.plugin, &self.meter.task_id);
+        match level {
+            LogLevel::Trace => {
+                tracing::trace!(target: "kairos::plugin", %plugin, %task_id, ?fields, "{message}")
+            }
+            LogLevel::Debug => {
+                tracing::debug!(target: "kairos::plugin", %plugin, %task_id, ?fields, "{message}")
+            }
+            LogLevel::Info => {
+                tracing::info!(target: "kairos::plugin", %plugin, %task_id, ?fields, "{message}")
+            }
+            LogLevel::Warn => {
+                tracing::warn!(target: "kairos::plugin", %plugin, %task_id, ?fields, "{message}")
+            }
+            LogLevel::Error => {
+                tracing::error!(target: "kairos::plugin", %plugin, %task_id, ?fields, "{message}")
+            }
+        }
+        self.meter.push(LogLine {
+            at_ms: now_ms(),
+            level,
+            source: LogSource::Plugin,
+            message,
+            fields,
+        });
+        Ok(())
+    }
+}
+
+impl kv::Host for StoreState {
+    async fn get(&mut self, key: String) -> wasmtime::Result<Result<Option<Vec<u8>>, String>> {
+        self.charge("kv.get")?;
+        Ok(self.services.kv_get(&self.task.plugin, &key).await)
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+        self.charge("kv.set")?;
+        Ok(self.services.kv_set(&self.task.plugin, &key, value).await)
+    }
+
+    async fn delete(&mut self, key: String) -> wasmtime::Result<Result<bool, String>> {
+        self.charge("kv.delete")?;
+        Ok(self.services.kv_delete(&self.task.plugin, &key).await)
+    }
+
+    async fn list_entries(
+        &mut self,
+        prefix: String,
+        limit: u32,
+    ) -> wasmtime::Result<Result<Vec<kv::EntryMeta>, String>> {
+        self.charge("kv.list")?;
+        let listed = self
+            .services
+            .kv_list(&self.task.plugin, &prefix, limit)
+            .await;
+        Ok(listed.map(|entries| {
+            entries
+                .into_iter()
+                .take(limit as usize)
+                .map(
+                    |KvEntry {
+                         key,
+                         updated_at_ms,
+                         size,
+                     }| kv::EntryMeta {
+                        key,
+                        updated_at_ms,
+                        size,
+                    },
+                )
+                .collect()
+        }))
+    }
+}
+
+impl scheduler::Host for StoreState {
+    async fn schedule(
+        &mut self,
+        task: scheduler::FollowUp,
+    ) -> wasmtime::Result<Result<String, String>> {
+        self.charge("scheduler.schedule")?;
+        let req = FollowUp {
+            plugin: task.plugin,
+            key: task.key,
+            when: match task.when {
+                scheduler::When::DelayMs(d) => When::DelayMs(d),
+                scheduler::When::AtMs(t) => When::AtMs(t),
+            },
+            payload: task.payload,
+            uniqueness_key: task.uniqueness_key,
+        };
+        Ok(self.services.schedule(&self.task, req).await)
+    }
+}
+
+impl config::Host for StoreState {
+    async fn get(&mut self, name: String) -> wasmtime::Result<Option<String>> {
+        self.charge("config.get")?;
+        Ok(self.config.get(&name).cloned())
+    }
+
+    async fn all(&mut self) -> wasmtime::Result<Vec<(String, String)>> {
+        self.charge("config.all")?;
+        Ok(self
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+}

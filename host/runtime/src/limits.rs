@@ -1,0 +1,148 @@
+//! Per-task resource limits, their overrides (manifest and host grant), and the
+//! memory limiter installed in every task's store.
+
+use serde::{Deserialize, Serialize};
+
+/// The resource limits one task attempt runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// Maximum linear memory of the plugin instance, in MiB.
+    pub memory_mb: u64,
+    /// CPU budget in milliseconds, measured with epoch ticks while guest code runs.
+    pub cpu_ms: u64,
+    /// Wall-clock limit of the whole attempt, host calls included.
+    pub timeout_ms: u64,
+    /// Maximum size of the `output` of a successful run.
+    pub max_output_bytes: u64,
+    /// Maximum number of host calls (log, kv, scheduler, config, http) per attempt.
+    pub max_host_calls: u32,
+    /// Maximum number of outbound HTTP requests per attempt.
+    pub max_http_requests: u32,
+    /// Timeout of one outbound HTTP request (connect, first byte, between bytes).
+    pub http_timeout_ms: u64,
+    /// Maximum bytes of log lines (plugin logs, stdout, stderr) kept per attempt.
+    pub max_log_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mb: 64,
+            cpu_ms: 1_000,
+            timeout_ms: 10_000,
+            max_output_bytes: 64 * 1024,
+            max_host_calls: 1_000,
+            max_http_requests: 16,
+            http_timeout_ms: 5_000,
+            max_log_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// A partial [`Limits`]: the `[limits]` table of a plugin manifest or of a host grant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsOverride {
+    pub memory_mb: Option<u64>,
+    pub cpu_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub max_output_bytes: Option<u64>,
+    pub max_host_calls: Option<u32>,
+    pub max_http_requests: Option<u32>,
+    pub http_timeout_ms: Option<u64>,
+    pub max_log_bytes: Option<u64>,
+}
+
+impl Limits {
+    /// These limits with every field set in `o` replaced.
+    pub fn with(mut self, o: &LimitsOverride) -> Limits {
+        macro_rules! apply {
+            ($($f:ident),*) => { $( if let Some(v) = o.$f { self.$f = v; } )* };
+        }
+        apply!(
+            memory_mb,
+            cpu_ms,
+            timeout_ms,
+            max_output_bytes,
+            max_host_calls,
+            max_http_requests,
+            http_timeout_ms,
+            max_log_bytes
+        );
+        self
+    }
+
+    /// Memory limit in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        usize::try_from(self.memory_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
+    }
+}
+
+/// Store-level [`wasmtime::ResourceLimiter`] that refuses growth past the limit and
+/// remembers that it did, so a guest that aborts on allocation failure is reported as
+/// "out of memory" rather than as an anonymous trap.
+#[derive(Debug)]
+pub(crate) struct MemoryLimiter {
+    pub(crate) memory_limit: usize,
+    pub(crate) table_limit: usize,
+    pub(crate) refused: Option<usize>,
+}
+
+impl MemoryLimiter {
+    pub(crate) fn new(memory_limit: usize) -> Self {
+        MemoryLimiter {
+            memory_limit,
+            table_limit: 100_000,
+            refused: None,
+        }
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_limit || maximum.is_some_and(|m| desired > m) {
+            self.refused = Some(desired);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= self.table_limit && maximum.is_none_or(|m| desired <= m))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn override_replaces_only_set_fields() {
+        let o = LimitsOverride {
+            memory_mb: Some(8),
+            max_http_requests: Some(2),
+            ..Default::default()
+        };
+        let l = Limits::default().with(&o);
+        assert_eq!(l.memory_mb, 8);
+        assert_eq!(l.max_http_requests, 2);
+        assert_eq!(l.cpu_ms, Limits::default().cpu_ms);
+    }
+
+    #[test]
+    fn unknown_limit_is_rejected() {
+        let err = toml::from_str::<LimitsOverride>("memory = 3").unwrap_err();
+        assert!(err.to_string().contains("unknown field `memory`"), "{err}");
+    }
+}

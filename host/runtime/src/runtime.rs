@@ -1,0 +1,310 @@
+//! [`Runtime`]: the engine, the linker, the plugin registry and loading.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::{HasSelf, Linker};
+
+use crate::bindings::{TaskPlugin, TaskPluginPre};
+use crate::config::{Effective, RuntimeConfig};
+use crate::engine::{Compiler, POOL_MAX_MEMORY, Ticker, build_engine};
+use crate::host_impl::StoreState;
+use crate::http::AllowedHost;
+use crate::logs::now_ms;
+use crate::manifest::Manifest;
+use crate::outcome::RunFailure;
+use crate::registry::{PluginInfo, PluginVersion, Registry};
+use crate::services::HostServices;
+
+/// The Wasm plugin runtime: one engine, the loaded plugins, and [`Runtime::run`].
+pub struct Runtime {
+    pub(crate) engine: Engine,
+    linker: Linker<StoreState>,
+    pub(crate) cfg: RuntimeConfig,
+    pub(crate) services: Arc<dyn HostServices>,
+    pub(crate) registry: Registry,
+    compiler: Compiler,
+    /// Serializes loads (two loads of one plugin must not interleave).
+    load_lock: Mutex<()>,
+    _ticker: Ticker,
+}
+
+/// What [`Runtime::load_dir`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LoadSummary {
+    /// Plugins loaded (or already loaded with the same digest and manifest).
+    pub loaded: Vec<String>,
+    /// Files that could not be loaded.
+    pub errors: Vec<LoadError>,
+}
+
+/// One file that could not be loaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadError {
+    pub path: PathBuf,
+    /// The plugin name, when the file name gives one.
+    pub plugin: Option<String>,
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.message)
+    }
+}
+
+/// The result of (re)loading one plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum LoadChange {
+    Loaded {
+        digest: String,
+        previous: Option<String>,
+    },
+    Unchanged {
+        digest: String,
+    },
+    Removed {
+        digest: String,
+    },
+    Absent,
+}
+
+/// Whether `name` is usable as a plugin name (`[A-Za-z0-9_-]+`).
+pub(crate) fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl Runtime {
+    /// Builds the engine (pooling allocator sized by `max_instances`, epoch interruption
+    /// with a ticker thread stopped when the runtime is dropped) and the linker.
+    pub fn new(
+        cfg: RuntimeConfig,
+        services: Arc<dyn HostServices>,
+    ) -> anyhow::Result<Arc<Runtime>> {
+        for (name, grant) in &cfg.grants {
+            for h in &grant.allowed_hosts {
+                AllowedHost::parse(h)
+                    .map_err(|e| anyhow::anyhow!("host config [plugin.{name}]: {e}"))?;
+            }
+        }
+        let engine = build_engine(cfg.max_instances)?;
+        let mut linker = Linker::<StoreState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(crate::bindings::to_anyhow)
+            .context("linking WASI")?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .map_err(crate::bindings::to_anyhow)
+            .context("linking wasi:http")?;
+        TaskPlugin::add_to_linker::<StoreState, HasSelf<StoreState>>(&mut linker, |s| s)
+            .map_err(crate::bindings::to_anyhow)
+            .context("linking the kairos:plugin imports")?;
+        let ticker = Ticker::start(engine.clone())?;
+        let compiler = Compiler::new(engine.clone(), cfg.cache_dir.clone());
+        Ok(Arc::new(Runtime {
+            engine,
+            linker,
+            cfg,
+            services,
+            registry: Registry::default(),
+            compiler,
+            load_lock: Mutex::new(()),
+            _ticker: ticker,
+        }))
+    }
+
+    /// Loads every `NAME.wasm` (with its optional `NAME.toml`) in `dir`. A plugin that
+    /// fails keeps its previous version, if it had one.
+    pub fn load_dir(&self, dir: &Path) -> LoadSummary {
+        let mut summary = LoadSummary::default();
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                summary.errors.push(LoadError {
+                    path: dir.to_path_buf(),
+                    plugin: None,
+                    message: format!("cannot read plugin directory: {e}"),
+                });
+                return summary;
+            }
+        };
+        let mut names = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("wasm") {
+                continue;
+            }
+            let Some(stem) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            if stem.starts_with('.') {
+                continue;
+            }
+            if !valid_name(stem) {
+                summary.errors.push(LoadError {
+                    path: path.clone(),
+                    plugin: None,
+                    message: "invalid plugin file name: NAME must be made of letters, digits, \
+                              `_` and `-`"
+                        .to_string(),
+                });
+                continue;
+            }
+            names.push(stem.to_string());
+        }
+        names.sort();
+        for name in names {
+            match self.reload(dir, &name) {
+                Ok(_) => summary.loaded.push(name),
+                Err(message) => summary.errors.push(LoadError {
+                    path: dir.join(format!("{name}.wasm")),
+                    plugin: Some(name),
+                    message,
+                }),
+            }
+        }
+        summary
+    }
+
+    /// Brings `name` in line with `dir`: loads a new or changed `NAME.wasm`/`NAME.toml`,
+    /// unloads a removed `NAME.wasm`. Errors are logged once and leave the current
+    /// version serving.
+    pub(crate) fn reload(&self, dir: &Path, name: &str) -> Result<LoadChange, String> {
+        let _guard = match self.load_lock.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let result = self.load_plugin(dir, name);
+        match &result {
+            Ok(LoadChange::Loaded { digest, previous }) => match previous {
+                Some(prev) if prev != digest => tracing::info!(
+                    plugin = name, digest = %digest, previous = %prev,
+                    "plugin `{name}` swapped to a new version"
+                ),
+                Some(_) => tracing::info!(plugin = name, digest = %digest,
+                    "plugin `{name}` reloaded (manifest changed)"),
+                None => tracing::info!(plugin = name, digest = %digest, "plugin `{name}` loaded"),
+            },
+            Ok(LoadChange::Removed { digest }) => tracing::info!(
+                plugin = name, digest = %digest,
+                "plugin `{name}` unloaded: {name}.wasm was removed"
+            ),
+            Ok(LoadChange::Unchanged { .. }) => self.registry.set_error(name, None),
+            Ok(LoadChange::Absent) => {}
+            Err(reason) => {
+                self.registry.set_error(name, Some(reason));
+                match self.registry.current(name) {
+                    Some(cur) => tracing::error!(
+                        plugin = name, serving = %cur.digest,
+                        "rejected new version of plugin `{name}`: {reason}; version {} keeps serving",
+                        cur.digest.get(..12).unwrap_or(&cur.digest)
+                    ),
+                    None => tracing::error!(plugin = name, "cannot load plugin `{name}`: {reason}"),
+                }
+            }
+        }
+        result
+    }
+
+    fn load_plugin(&self, dir: &Path, name: &str) -> Result<LoadChange, String> {
+        let wasm_path = dir.join(format!("{name}.wasm"));
+        let bytes = match std::fs::read(&wasm_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(match self.registry.current(name) {
+                    Some(cur) if cur.dir == dir => {
+                        let digest = self.registry.remove(name).unwrap_or_default();
+                        LoadChange::Removed { digest }
+                    }
+                    _ => LoadChange::Absent,
+                });
+            }
+            Err(e) => return Err(format!("cannot read {}: {e}", wasm_path.display())),
+        };
+        let manifest_path = dir.join(format!("{name}.toml"));
+        let (manifest, manifest_digest) = match std::fs::read_to_string(&manifest_path) {
+            Ok(text) => {
+                let m = Manifest::parse(&text)
+                    .map_err(|e| format!("invalid manifest {name}.toml: {e}"))?;
+                (m, Some(sha256_hex(text.as_bytes())))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Manifest::default(), None),
+            Err(e) => return Err(format!("cannot read {}: {e}", manifest_path.display())),
+        };
+        let digest = sha256_hex(&bytes);
+        if let Some(cur) = self.registry.current(name)
+            && cur.digest == digest
+            && cur.manifest_digest == manifest_digest
+            && cur.dir == dir
+        {
+            return Ok(LoadChange::Unchanged { digest });
+        }
+        let mut eff = Effective::resolve(&self.cfg.defaults, &manifest, self.cfg.grants.get(name))
+            .map_err(|e| format!("invalid settings: {e}"))?;
+        if eff.limits.memory_bytes() > POOL_MAX_MEMORY {
+            tracing::warn!(
+                plugin = name,
+                "memory_mb {} capped at 4096",
+                eff.limits.memory_mb
+            );
+            eff.limits.memory_mb = (POOL_MAX_MEMORY >> 20) as u64;
+        }
+        let pre = match self.registry.find_compiled(&digest) {
+            Some(pre) => pre,
+            None => self.compile(&bytes, &digest)?,
+        };
+        let version = Arc::new(PluginVersion {
+            name: name.to_string(),
+            digest: digest.clone(),
+            size_bytes: bytes.len() as u64,
+            loaded_at_ms: now_ms(),
+            manifest_digest,
+            pre,
+            limits: eff.limits,
+            allowed_hosts: eff.allowed_hosts.into(),
+            config: Arc::new(eff.config),
+            dir: dir.to_path_buf(),
+        });
+        let previous = self.registry.install(version);
+        Ok(LoadChange::Loaded { digest, previous })
+    }
+
+    fn compile(&self, bytes: &[u8], digest: &str) -> Result<TaskPluginPre<StoreState>, String> {
+        let (component, _cached) = self.compiler.compile(bytes, digest)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| format!("its imports cannot be satisfied by the Kairos host: {e:#}"))?;
+        TaskPluginPre::new(instance_pre).map_err(|e| {
+            format!("it does not export the kairos:plugin task-plugin world (`run`): {e:#}")
+        })
+    }
+
+    /// The loaded plugins, by name.
+    pub fn plugins(&self) -> Vec<PluginInfo> {
+        self.registry.infos()
+    }
+
+    /// The digest a task for `name` (optionally pinned to `version`) would run, or why
+    /// it cannot run.
+    pub fn resolve(&self, name: &str, version: Option<&str>) -> Result<String, RunFailure> {
+        self.registry
+            .lookup(name, version)
+            .map(|v| v.digest.clone())
+    }
+
+    /// Unloads `name` (all versions). Returns whether it was loaded.
+    pub fn unload(&self, name: &str) -> bool {
+        self.registry.remove(name).is_some()
+    }
+}

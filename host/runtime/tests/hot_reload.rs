@@ -1,0 +1,375 @@
+//! Plugin versions and hot reload: swapping under load, rejecting broken files, unloading,
+//! manifests, pinned and retained versions.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::*;
+use kairos_runtime::{FailureKind, MAX_RETAINED, RunOutcome, Runtime};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// Everything logged through `tracing` in this test binary.
+fn captured() -> &'static Mutex<Vec<u8>> {
+    static LOG: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
+    LOG.get_or_init(|| {
+        let log: &'static Mutex<Vec<u8>> = Box::leak(Box::new(Mutex::new(Vec::new())));
+        let _ = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::INFO)
+            .with_writer(move || Capture(log))
+            .try_init();
+        log
+    })
+}
+
+struct Capture(&'static Mutex<Vec<u8>>);
+
+impl std::io::Write for Capture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn log_lines_containing(needle: &str) -> Vec<String> {
+    let log = captured().lock().expect("lock");
+    String::from_utf8_lossy(&log)
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Watched {
+    rt: Arc<Runtime>,
+    dir: tempfile::TempDir,
+    cancel: CancellationToken,
+}
+
+impl Drop for Watched {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// A runtime watching a fresh dir holding `name.wasm` (a variant of the hostile guest).
+fn watched(name: &str, tag: &str) -> (Watched, String) {
+    captured();
+    let (rt, _) = runtime_with(config());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bytes = variant(&guest("hostile"), tag);
+    std::fs::write(dir.path().join(format!("{name}.wasm")), &bytes).expect("write");
+    let summary = rt.load_dir(dir.path());
+    assert_eq!(summary.loaded, [name], "{:?}", summary.errors);
+    let cancel = CancellationToken::new();
+    rt.spawn_watcher(dir.path().to_path_buf(), cancel.clone())
+        .expect("watcher");
+    (Watched { rt, dir, cancel }, sha256_hex(&bytes))
+}
+
+async fn run_ok(rt: &Runtime, name: &str) -> Option<String> {
+    let report = rt.run(task(name, json!({"mode": "ok"}))).await;
+    assert_eq!(output(&report), "ok");
+    report.digest
+}
+
+fn current(rt: &Runtime, name: &str) -> Option<String> {
+    rt.resolve(name, None).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swap_while_tasks_run() {
+    let (w, v1) = watched("swap", "v1");
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let (rt, stop) = (w.rt.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut reports = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    reports.push(rt.run(task("swap", json!({"mode": "ok"}))).await);
+                    tokio::task::yield_now().await;
+                }
+                reports
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let v2_bytes = variant(&guest("hostile"), "v2");
+    let v2 = sha256_hex(&v2_bytes);
+    let landed = Instant::now();
+    std::fs::write(w.dir.path().join("swap.wasm"), &v2_bytes).expect("write v2");
+    assert!(
+        eventually(WAIT, || current(&w.rt, "swap").as_deref()
+            == Some(v2.as_str()))
+        .await,
+        "new version not picked up"
+    );
+    let took = landed.elapsed();
+    assert_eq!(run_ok(&w.rt, "swap").await.as_deref(), Some(v2.as_str()));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut by_digest = std::collections::HashMap::<String, usize>::new();
+    for h in workers {
+        for r in h.await.expect("join") {
+            assert_eq!(
+                r.outcome,
+                RunOutcome::Success {
+                    output: Some("ok".into())
+                }
+            );
+            *by_digest.entry(r.digest.expect("digest")).or_default() += 1;
+        }
+    }
+    assert!(by_digest.get(&v1).is_some_and(|n| *n > 0), "{by_digest:?}");
+    assert!(by_digest.get(&v2).is_some_and(|n| *n > 0), "{by_digest:?}");
+    assert_eq!(by_digest.len(), 2);
+    assert!(took < Duration::from_secs(5), "swap took {took:?}");
+    let info = w.rt.plugins();
+    assert_eq!(info[0].versions, [v2, v1], "old version retained");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_files_are_rejected_once_and_the_old_version_serves() {
+    let (w, v1) = watched("broken", "v1");
+    let path = w.dir.path().join("broken.wasm");
+    let good = std::fs::read(&path).expect("read");
+    let empty_component: &[u8] = b"\0asm\x0d\0\x01\0";
+    let core_module: &[u8] = b"\0asm\x01\0\0\0";
+    let cases: [(&[u8], &str); 3] = [
+        (&good[..good.len() / 2], "not a valid WebAssembly component"),
+        (core_module, "not a WebAssembly component"),
+        (empty_component, "does not export"),
+    ];
+    for (i, (bytes, reason)) in cases.into_iter().enumerate() {
+        std::fs::write(&path, bytes).expect("write broken");
+        assert!(
+            eventually(WAIT, || log_lines_containing(
+                "rejected new version of plugin `broken`"
+            )
+            .len()
+                > i)
+            .await,
+            "no rejection logged for case {i}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let lines = log_lines_containing("rejected new version of plugin `broken`");
+        assert_eq!(lines.len(), i + 1, "one line per rejected file: {lines:#?}");
+        assert!(lines[i].contains("ERROR"), "{}", lines[i]);
+        assert!(lines[i].contains(reason), "{}", lines[i]);
+        assert!(lines[i].contains("keeps serving"), "{}", lines[i]);
+        let last_error = w.rt.plugins()[0].last_error.clone().unwrap_or_default();
+        assert!(last_error.contains(reason), "{last_error}");
+        assert_eq!(current(&w.rt, "broken"), Some(v1.clone()));
+        assert_eq!(run_ok(&w.rt, "broken").await, Some(v1.clone()));
+    }
+    // Fixing the file clears the error.
+    std::fs::write(&path, &good).expect("restore");
+    assert!(eventually(WAIT, || w.rt.plugins()[0].last_error.is_none()).await);
+    assert_eq!(current(&w.rt, "broken"), Some(v1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_file_unloads_the_plugin() {
+    let (w, v1) = watched("gone", "v1");
+    std::fs::remove_file(w.dir.path().join("gone.wasm")).expect("remove");
+    assert!(
+        eventually(WAIT, || current(&w.rt, "gone").is_none()).await,
+        "not unloaded"
+    );
+    let report = w.rt.run(task("gone", json!({"mode": "ok"}))).await;
+    assert_eq!(
+        report.outcome.failure_kind(),
+        Some(FailureKind::UnknownPlugin)
+    );
+    let mut pinned = task("gone", json!({"mode": "ok"}));
+    pinned.pin_version = Some(v1);
+    let report = w.rt.run(pinned).await;
+    assert_eq!(
+        report.outcome.failure_kind(),
+        Some(FailureKind::UnknownPlugin)
+    );
+    assert!(w.rt.plugins().is_empty());
+
+    // A new file appearing is loaded.
+    std::fs::copy(guest("noop"), w.dir.path().join("fresh.wasm")).expect("copy");
+    assert!(eventually(WAIT, || current(&w.rt, "fresh").is_some()).await);
+    let report = w.rt.run(task("fresh", json!({}))).await;
+    assert_eq!(report.outcome, RunOutcome::Success { output: None });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manifest_changes_reload_the_plugin() {
+    let (w, v1) = watched("cfg", "v1");
+    let config_of = |rt: Arc<Runtime>| async move {
+        let report = rt.run(task("cfg", json!({"mode": "config"}))).await;
+        serde_json::from_str::<Value>(&output(&report)).expect("json")
+    };
+    assert_eq!(config_of(w.rt.clone()).await, json!({}));
+    let manifest = w.dir.path().join("cfg.toml");
+    std::fs::write(&manifest, "[config]\ncolour = \"blue\"\n").expect("write");
+    assert!(
+        eventually(WAIT, || w.rt.plugins()[0].loaded_at_ms > 0
+            && log_lines_containing("plugin `cfg` reloaded (manifest changed)")
+                .len()
+                == 1)
+        .await
+    );
+    assert_eq!(config_of(w.rt.clone()).await, json!({"colour": "blue"}));
+    assert_eq!(
+        current(&w.rt, "cfg"),
+        Some(v1.clone()),
+        "same wasm, same digest"
+    );
+    assert_eq!(w.rt.plugins()[0].versions, [v1.clone()]);
+
+    std::fs::write(&manifest, "[config]\ncolour = \"red\"\ncolor = 1\n").expect("write");
+    assert!(eventually(WAIT, || w.rt.plugins()[0].last_error.is_some()).await);
+    let err = w.rt.plugins()[0].last_error.clone().unwrap_or_default();
+    assert!(err.contains("invalid manifest cfg.toml"), "{err}");
+    assert_eq!(config_of(w.rt.clone()).await, json!({"colour": "blue"}));
+
+    std::fs::write(
+        &manifest,
+        "allowed_hosts = [\"x.example\"]\n[limits]\ncpu_ms = 77\n",
+    )
+    .expect("write");
+    assert!(eventually(WAIT, || w.rt.plugins()[0].limits.cpu_ms == 77).await);
+    assert_eq!(w.rt.plugins()[0].allowed_hosts, ["x.example"]);
+    assert_eq!(config_of(w.rt.clone()).await, json!({}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_tasks_finish_on_their_version_and_pins_work() {
+    let mut cfg = config();
+    cfg.grants.insert(
+        "pin".into(),
+        grant(&["127.0.0.1"], kairos_runtime::LimitsOverride::default()),
+    );
+    let (rt, _) = runtime_with(cfg);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("pin.wasm");
+    let v1_bytes = variant(&guest("hostile"), "pin-v1");
+    let v1 = sha256_hex(&v1_bytes);
+    std::fs::write(&path, &v1_bytes).expect("write");
+    assert!(rt.load_dir(dir.path()).errors.is_empty());
+    let rx = Receiver::start().await;
+
+    let slow = {
+        let rt = rt.clone();
+        let url = rx.url("/slow/800");
+        tokio::spawn(async move {
+            rt.run(task("pin", json!({"mode": "http", "url": url})))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let v2_bytes = variant(&guest("hostile"), "pin-v2");
+    let v2 = sha256_hex(&v2_bytes);
+    std::fs::write(&path, &v2_bytes).expect("write");
+    assert!(rt.load_dir(dir.path()).errors.is_empty());
+    assert_eq!(current(&rt, "pin"), Some(v2.clone()));
+
+    let report = slow.await.expect("join");
+    assert_eq!(
+        report.digest,
+        Some(v1.clone()),
+        "finished on the version it started on"
+    );
+    assert!(
+        output(&report).contains("\"status\":200"),
+        "{}",
+        output(&report)
+    );
+
+    let mut pinned = task("pin", json!({"mode": "ok"}));
+    pinned.pin_version = Some(v1.clone());
+    let report = rt.run(pinned).await;
+    assert_eq!(report.digest, Some(v1));
+    assert_eq!(run_ok(&rt, "pin").await, Some(v2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn superseded_versions_are_retained_up_to_the_limit() {
+    let (rt, _) = runtime_with(config());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut digests = Vec::new();
+    for i in 0..MAX_RETAINED + 2 {
+        let bytes = variant(&guest("noop"), &format!("retain-{i}"));
+        digests.push(sha256_hex(&bytes));
+        std::fs::write(dir.path().join("keep.wasm"), &bytes).expect("write");
+        let summary = rt.load_dir(dir.path());
+        assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    }
+    let versions = rt.plugins()[0].versions.clone();
+    assert_eq!(versions.len(), MAX_RETAINED + 1);
+    let newest_first: Vec<String> = digests
+        .iter()
+        .rev()
+        .take(MAX_RETAINED + 1)
+        .cloned()
+        .collect();
+    assert_eq!(versions, newest_first);
+    let err = rt.resolve("keep", Some(&digests[0])).expect_err("dropped");
+    assert_eq!(err.kind, FailureKind::UnknownVersion);
+    assert_eq!(
+        rt.resolve("keep", Some(&digests[1])).ok(),
+        Some(digests[1].clone())
+    );
+
+    // Loading the same bytes again changes nothing.
+    let before = rt.plugins();
+    let summary = rt.load_dir(dir.path());
+    assert_eq!(summary.loaded, ["keep"]);
+    assert_eq!(rt.plugins(), before);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_dir_reports_bad_files() {
+    let (rt, _) = runtime_with(config());
+    let dir = plugin_dir(&[(&guest("noop"), "good.wasm")]);
+    std::fs::write(dir.path().join("junk.wasm"), b"definitely not wasm").expect("write");
+    std::fs::copy(guest("noop"), dir.path().join("strict.wasm")).expect("copy");
+    std::fs::write(
+        dir.path().join("strict.toml"),
+        "allowed_hosts = []\nmemory_mb = 3\n",
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("README.md"), "not a plugin").expect("write");
+    let summary = rt.load_dir(dir.path());
+    assert_eq!(summary.loaded, ["good"]);
+    assert_eq!(summary.errors.len(), 2, "{:?}", summary.errors);
+    let junk = summary
+        .errors
+        .iter()
+        .find(|e| e.plugin.as_deref() == Some("junk"));
+    assert!(
+        junk.is_some_and(|e| e.message.contains("not a valid WebAssembly component")),
+        "{:?}",
+        summary.errors
+    );
+    let strict = summary
+        .errors
+        .iter()
+        .find(|e| e.plugin.as_deref() == Some("strict"));
+    assert!(
+        strict.is_some_and(
+            |e| e.message.contains("invalid manifest strict.toml: line 2")
+                && e.message.contains("unknown field `memory_mb`")
+        ),
+        "{:?}",
+        summary.errors
+    );
+    assert!(rt.resolve("strict", None).is_err());
+}

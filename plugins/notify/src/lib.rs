@@ -1,0 +1,49 @@
+//! `notify`: delivers one notification as a JSON POST.
+//!
+//! Payload: a JSON object with a string `url`, plus any fields to deliver, e.g.
+//! `{"url": "http://pager.internal/hook", "message": "disk full", "severity": "critical"}`.
+//! The POST body is every field of the payload (`url` included) plus `task_id`, `key` and
+//! `attempt`, which the receiver can use to drop duplicates (the same `task_id` arrives again
+//! only when an attempt is retried).
+//!
+//! | outcome of the POST | task |
+//! |---|---|
+//! | 2xx | done, output `delivered: <status>` |
+//! | 5xx, connection error, timeout | retryable |
+//! | 429 or 408 | retryable, after `Retry-After` seconds when the receiver sends one |
+//! | other 4xx (and 1xx/3xx) | permanent |
+//! | host not in `allowed_hosts` | permanent, with the allowlist message |
+
+mod status;
+
+use kairos_plugin_sdk::serde_json::{Map, Value};
+use kairos_plugin_sdk::{Outcome, Plugin, Task, TaskError, http, log};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Payload {
+    url: String,
+    #[serde(flatten)]
+    fields: Map<String, Value>,
+}
+
+struct Notify;
+
+impl Plugin for Notify {
+    fn run(task: Task) -> Result<Outcome, TaskError> {
+        let Payload { url, mut fields } = task.payload_json()?;
+        fields.insert("url".into(), Value::from(url.as_str()));
+        fields.insert("task_id".into(), Value::from(task.id.as_str()));
+        fields.insert("key".into(), Value::from(task.key.as_str()));
+        fields.insert("attempt".into(), Value::from(task.attempt));
+
+        let response = http::post_json(&url, &fields)?;
+        log::info(
+            "notification posted",
+            &[("url", &url), ("status", &response.status)],
+        );
+        status::outcome(&url, &response)
+    }
+}
+
+kairos_plugin_sdk::export_plugin!(Notify);

@@ -1,0 +1,77 @@
+//! Test guest (not shipped): misbehaves on request, for the host's containment tests.
+//!
+//! Payload `{"mode": MODE, ...}`:
+//!
+//! | mode | behaviour |
+//! |---|---|
+//! | `ok` | output `ok` |
+//! | `loop` | spins forever, no host calls |
+//! | `memory` | allocates (and touches) 1 MiB blocks until the host refuses to grow memory; the allocator then aborts (a trap), after `memory allocation of N bytes failed` on stderr |
+//! | `trap` | executes wasm `unreachable` |
+//! | `panic` | panics with `hostile guest panicked on purpose` |
+//! | `big_output` | output of `size` bytes (default 10 MiB) of `x` |
+//! | `http` | POSTs `body` (default `{"from":"hostile"}`) to `url`; output `{"status":S,"body":TEXT}` for any status, or the SDK's error (denied → permanent, connection/timeout → retryable) |
+//! | `kv_flood` | `kv set` of `flood/{n}` keys (values of `value_size` bytes, default 1024) in an unbounded loop; when a set is refused, a retryable error `kv_flood: set #N refused: ...` |
+//! | `echo` | output: the task as JSON `{"id","key","plugin","attempt","due_at_ms","payload"}` (`payload` the raw payload string) |
+//! | `config` | output: every config value as a JSON object `{name: value}` |
+//! | `fail` | retryable error `hostile guest failing on purpose (attempt N)`, with `retry_after_ms` when given |
+//! | `permanent` | permanent error `hostile guest failing permanently on purpose` |
+//!
+//! Any other mode is a permanent error.
+
+mod modes;
+
+use kairos_plugin_sdk::serde_json::Value;
+use kairos_plugin_sdk::{Outcome, Plugin, Task, TaskError};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Payload {
+    mode: String,
+    size: Option<usize>,
+    url: Option<String>,
+    body: Option<Value>,
+    value_size: Option<usize>,
+    retry_after_ms: Option<u64>,
+}
+
+struct Hostile;
+
+impl Plugin for Hostile {
+    fn run(task: Task) -> Result<Outcome, TaskError> {
+        let p: Payload = task.payload_json()?;
+        match p.mode.as_str() {
+            "ok" => Ok(Outcome::with_output("ok")),
+            "loop" => modes::spin(),
+            "memory" => modes::exhaust_memory(),
+            "trap" => modes::trap(),
+            "panic" => panic!("hostile guest panicked on purpose"),
+            "big_output" => Ok(Outcome::with_output(modes::big_output(
+                p.size.unwrap_or(10 * 1024 * 1024),
+            ))),
+            "http" => modes::http(p.url, p.body),
+            "kv_flood" => modes::kv_flood(p.value_size.unwrap_or(1024)),
+            "echo" => modes::echo(&task),
+            "config" => modes::config(),
+            "fail" => {
+                let message = format!(
+                    "hostile guest failing on purpose (attempt {})",
+                    task.attempt
+                );
+                Err(match p.retry_after_ms {
+                    Some(ms) => TaskError::retry_after(message, ms),
+                    None => TaskError::retryable(message),
+                })
+            }
+            "permanent" => Err(TaskError::permanent(
+                "hostile guest failing permanently on purpose",
+            )),
+            other => Err(TaskError::permanent(format!(
+                "unknown mode `{other}`: expected ok, loop, memory, trap, panic, big_output, \
+                 http, kv_flood, echo, config, fail or permanent"
+            ))),
+        }
+    }
+}
+
+kairos_plugin_sdk::export_plugin!(Hostile);

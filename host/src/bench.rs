@@ -59,7 +59,11 @@ fn config(args: &BenchArgs, name: &str) -> anyhow::Result<Config> {
     if data.exists() {
         std::fs::remove_dir_all(&data).with_context(|| format!("clearing {}", data.display()))?;
     }
-    let mut cfg = Config { data_dir: data, plugins_dir: guests_dir(args), ..Config::default() };
+    let mut cfg = Config {
+        data_dir: data,
+        plugins_dir: guests_dir(args),
+        ..Config::default()
+    };
     cfg.listen = "127.0.0.1:0".parse()?;
     // The bench enqueues far more than an API client would in one go.
     cfg.tasks.max_batch = 100_000;
@@ -87,9 +91,11 @@ fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<f64>().ok())
+            })
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
@@ -148,18 +154,29 @@ async fn throughput(args: &BenchArgs) -> anyhow::Result<()> {
         let started = Instant::now();
         let keys = 10_000;
         for chunk in (0..args.tasks).collect::<Vec<_>>().chunks(1_000) {
-            let batch = chunk.iter().map(|i| task(format!("k{}", i % keys), now, now, partitions)).collect();
+            let batch = chunk
+                .iter()
+                .map(|i| task(format!("k{}", i % keys), now, now, partitions))
+                .collect();
             node.enqueuer.submit(batch).await?;
         }
         wait_succeeded(&node, args.tasks as u64, Duration::from_secs(600)).await?;
         let secs = started.elapsed().as_secs_f64();
         let rate = args.tasks as f64 / secs;
-        println!("throughput run {}: {} tasks in {secs:.2} s = {rate:.0} tasks/s", run + 1, args.tasks);
+        println!(
+            "throughput run {}: {} tasks in {secs:.2} s = {rate:.0} tasks/s",
+            run + 1,
+            args.tasks
+        );
         rates.push(rate);
         node.shutdown().await;
     }
     rates.sort_by(f64::total_cmp);
-    println!("| end-to-end throughput (median of {}) | {:.0} tasks/s |", rates.len(), rates[rates.len() / 2]);
+    println!(
+        "| end-to-end throughput (median of {}) | {:.0} tasks/s |",
+        rates.len(),
+        rates[rates.len() / 2]
+    );
     Ok(())
 }
 
@@ -173,8 +190,16 @@ async fn steady(args: &BenchArgs) -> anyhow::Result<()> {
     let mut next = Instant::now();
     for i in 0..ticks {
         let now = node.enqueuer.clock.now();
-        let batch: Vec<NewTask> =
-            (0..per_tick).map(|j| task(format!("s{}", (i as usize * per_tick + j) % 5_000), now + 50, now, partitions)).collect();
+        let batch: Vec<NewTask> = (0..per_tick)
+            .map(|j| {
+                task(
+                    format!("s{}", (i as usize * per_tick + j) % 5_000),
+                    now + 50,
+                    now,
+                    partitions,
+                )
+            })
+            .collect();
         ids.extend(batch.iter().map(|t| t.id.clone()));
         node.enqueuer.submit(batch).await?;
         next += Duration::from_millis(10);
@@ -182,7 +207,13 @@ async fn steady(args: &BenchArgs) -> anyhow::Result<()> {
     }
     wait_succeeded(&node, ids.len() as u64, Duration::from_secs(120)).await?;
     let l = lateness(&node, &ids).await?;
-    report_lateness(&format!("steady {} tasks/s for {} s, due 50 ms after enqueue", args.rate, args.seconds), &l);
+    report_lateness(
+        &format!(
+            "steady {} tasks/s for {} s, due 50 ms after enqueue",
+            args.rate, args.seconds
+        ),
+        &l,
+    );
     node.shutdown().await;
     Ok(())
 }
@@ -195,15 +226,30 @@ async fn burst(args: &BenchArgs) -> anyhow::Result<()> {
     let second = (now / 1000 + 8) * 1000;
     let mut ids = Vec::with_capacity(args.burst);
     for chunk in (0..args.burst).collect::<Vec<_>>().chunks(5_000) {
-        let batch: Vec<NewTask> =
-            chunk.iter().map(|i| task(format!("b{}", i % 20_000), second + (*i as i64 % 1000), now, partitions)).collect();
+        let batch: Vec<NewTask> = chunk
+            .iter()
+            .map(|i| {
+                task(
+                    format!("b{}", i % 20_000),
+                    second + (*i as i64 % 1000),
+                    now,
+                    partitions,
+                )
+            })
+            .collect();
         ids.extend(batch.iter().map(|t| t.id.clone()));
         node.enqueuer.submit(batch).await?;
     }
-    anyhow::ensure!(node.enqueuer.clock.now() < second, "enqueueing the burst took longer than 8 s");
+    anyhow::ensure!(
+        node.enqueuer.clock.now() < second,
+        "enqueueing the burst took longer than 8 s"
+    );
     wait_succeeded(&node, ids.len() as u64, Duration::from_secs(300)).await?;
     let l = lateness(&node, &ids).await?;
-    report_lateness(&format!("{} tasks due within the same second", args.burst), &l);
+    report_lateness(
+        &format!("{} tasks due within the same second", args.burst),
+        &l,
+    );
     node.shutdown().await;
     Ok(())
 }
@@ -219,7 +265,14 @@ async fn pending(args: &BenchArgs) -> anyhow::Result<()> {
     for chunk in (0..args.pending).collect::<Vec<_>>().chunks(10_000) {
         let batch = chunk
             .iter()
-            .map(|i| task(format!("p{}", i % 100_000), now + 3_600_000 + *i as i64, now, partitions))
+            .map(|i| {
+                task(
+                    format!("p{}", i % 100_000),
+                    now + 3_600_000 + *i as i64,
+                    now,
+                    partitions,
+                )
+            })
             .collect();
         node.enqueuer.submit(batch).await?;
     }
@@ -240,12 +293,20 @@ async fn pending(args: &BenchArgs) -> anyhow::Result<()> {
     {
         use kairos_core::store::TaskStore;
         std::fs::create_dir_all(&cfg.data_dir)?;
-        let store = kairos_core::embedded::EmbeddedStore::open(&cfg.store_path(), Default::default())?;
+        let store =
+            kairos_core::embedded::EmbeddedStore::open(&cfg.store_path(), Default::default())?;
         let now = kairos_core::clock::system_now();
         for chunk in (0..args.pending).collect::<Vec<_>>().chunks(10_000) {
             let batch = chunk
                 .iter()
-                .map(|i| task(format!("r{}", i % 100_000), now - 3_600_000 + *i as i64 / 1_000, now, partitions))
+                .map(|i| {
+                    task(
+                        format!("r{}", i % 100_000),
+                        now - 3_600_000 + *i as i64 / 1_000,
+                        now,
+                        partitions,
+                    )
+                })
                 .collect();
             store.enqueue(batch).await?;
         }
@@ -262,7 +323,11 @@ async fn pending(args: &BenchArgs) -> anyhow::Result<()> {
         ready.as_secs_f64() * 1000.0
     );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    println!("| RSS 3 s into working off {} overdue tasks | {:.0} MiB |", args.pending, rss_mib());
+    println!(
+        "| RSS 3 s into working off {} overdue tasks | {:.0} MiB |",
+        args.pending,
+        rss_mib()
+    );
     node.shutdown().await;
     Ok(())
 }

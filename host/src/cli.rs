@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "kairos", version, about = "A distributed task scheduler whose tasks run in sandboxed WebAssembly plugins")]
+#[command(
+    name = "kairos",
+    version,
+    about = "A distributed task scheduler whose tasks run in sandboxed WebAssembly plugins"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -17,6 +21,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a node. With no flags: the embedded default on 127.0.0.1:7400 with the standard plugins.
     Serve(ServeArgs),
+    /// Cluster mode: create the Cassandra keyspace and tables (and the Kafka topic) of a config.
+    Migrate(MigrateArgs),
     /// Inspect and try plugins without a server.
     #[command(subcommand)]
     Plugin(PluginCmd),
@@ -49,6 +55,13 @@ pub struct ServeArgs {
     pub node_id: Option<String>,
 }
 
+#[derive(Args, Debug, Default)]
+pub struct MigrateArgs {
+    /// TOML config file whose `[store]` (and `[queue]`) to set up.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum PluginCmd {
     /// List the plugins in a directory with their digests.
@@ -79,7 +92,12 @@ pub enum PluginCmd {
 #[derive(Args, Debug, Clone)]
 pub struct ServerArg {
     /// Base URL of the Kairos API.
-    #[arg(long, env = "KAIROS_SERVER", default_value = "http://127.0.0.1:7400", global = true)]
+    #[arg(
+        long,
+        env = "KAIROS_SERVER",
+        default_value = "http://127.0.0.1:7400",
+        global = true
+    )]
     pub server: String,
 }
 

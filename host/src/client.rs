@@ -32,7 +32,9 @@ fn call(method: &str, url: &str, body: Option<Value>) -> anyhow::Result<Value> {
 fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -45,8 +47,18 @@ fn print(v: &Value) -> anyhow::Result<()> {
 
 pub fn task(cmd: TaskCmd) -> anyhow::Result<()> {
     let v = match cmd {
-        TaskCmd::Add { plugin, key, payload, run_at, delay_ms, uniqueness_key, max_attempts, server } => {
-            let mut body = json!({ "plugin": plugin, "key": key, "payload": parse_payload(&payload)? });
+        TaskCmd::Add {
+            plugin,
+            key,
+            payload,
+            run_at,
+            delay_ms,
+            uniqueness_key,
+            max_attempts,
+            server,
+        } => {
+            let mut body =
+                json!({ "plugin": plugin, "key": key, "payload": parse_payload(&payload)? });
             for (k, v) in [
                 ("run_at", run_at.map(Value::from)),
                 ("delay_ms", delay_ms.map(Value::from)),
@@ -59,8 +71,17 @@ pub fn task(cmd: TaskCmd) -> anyhow::Result<()> {
             }
             call("POST", &format!("{}/v1/tasks", server.server), Some(body))?
         }
-        TaskCmd::Get { id, server } => call("GET", &format!("{}/v1/tasks/{}", server.server, enc(&id)), None)?,
-        TaskCmd::List { key, state, limit, server } => {
+        TaskCmd::Get { id, server } => call(
+            "GET",
+            &format!("{}/v1/tasks/{}", server.server, enc(&id)),
+            None,
+        )?,
+        TaskCmd::List {
+            key,
+            state,
+            limit,
+            server,
+        } => {
             let mut q = format!("limit={limit}");
             if let Some(k) = key {
                 q += &format!("&key={}", enc(&k));
@@ -70,27 +91,49 @@ pub fn task(cmd: TaskCmd) -> anyhow::Result<()> {
             }
             call("GET", &format!("{}/v1/tasks?{q}", server.server), None)?
         }
-        TaskCmd::Cancel { id, server } => call("DELETE", &format!("{}/v1/tasks/{}", server.server, enc(&id)), None)?,
-        TaskCmd::Retry { id, server } => {
-            call("POST", &format!("{}/v1/tasks/{}/retry", server.server, enc(&id)), Some(json!({})))?
-        }
+        TaskCmd::Cancel { id, server } => call(
+            "DELETE",
+            &format!("{}/v1/tasks/{}", server.server, enc(&id)),
+            None,
+        )?,
+        TaskCmd::Retry { id, server } => call(
+            "POST",
+            &format!("{}/v1/tasks/{}/retry", server.server, enc(&id)),
+            Some(json!({})),
+        )?,
     };
     print(&v)
 }
 
 pub fn schedule(cmd: ScheduleCmd) -> anyhow::Result<()> {
     let v = match cmd {
-        ScheduleCmd::Add { name, cron, plugin, key, payload, timezone, server } => {
+        ScheduleCmd::Add {
+            name,
+            cron,
+            plugin,
+            key,
+            payload,
+            timezone,
+            server,
+        } => {
             let body = json!({
                 "name": name, "cron": cron, "plugin": plugin, "key": key,
                 "payload": parse_payload(&payload)?, "timezone": timezone,
             });
-            call("POST", &format!("{}/v1/schedules", server.server), Some(body))?
+            call(
+                "POST",
+                &format!("{}/v1/schedules", server.server),
+                Some(body),
+            )?
         }
-        ScheduleCmd::List { server } => call("GET", &format!("{}/v1/schedules", server.server), None)?,
-        ScheduleCmd::Rm { name, server } => {
-            call("DELETE", &format!("{}/v1/schedules/{}", server.server, enc(&name)), None)?
+        ScheduleCmd::List { server } => {
+            call("GET", &format!("{}/v1/schedules", server.server), None)?
         }
+        ScheduleCmd::Rm { name, server } => call(
+            "DELETE",
+            &format!("{}/v1/schedules/{}", server.server, enc(&name)),
+            None,
+        )?,
     };
     print(&v)
 }

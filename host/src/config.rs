@@ -67,6 +67,77 @@ pub enum StoreConfig {
         #[serde(default = "default_cache_mb")]
         cache_mb: usize,
     },
+    /// Apache Cassandra 5 (or ScyllaDB), shared by every node of a cluster.
+    Cassandra(CassandraSection),
+}
+
+/// `[store] type = "cassandra"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CassandraSection {
+    /// Contact points, `host:port`.
+    #[serde(default = "default_cassandra_nodes")]
+    pub nodes: Vec<String>,
+    #[serde(default = "default_keyspace")]
+    pub keyspace: String,
+    /// SimpleStrategy replication factor (one datacenter). Ignored when `datacenters` is set.
+    #[serde(default = "default_rf")]
+    pub replication_factor: u32,
+    /// NetworkTopologyStrategy: replicas per datacenter, e.g. `{ dc1 = 3, dc2 = 3 }`.
+    #[serde(default)]
+    pub datacenters: BTreeMap<String, u32>,
+    /// Consistency of reads and writes: `local_quorum` (default; with one replica per DC it is
+    /// one replica), `local_one`, `one`, `quorum`, `each_quorum`, `all`. Lightweight
+    /// transactions (fencing) use `local_serial` with the `local_*` levels, else `serial`.
+    #[serde(default = "default_consistency")]
+    pub consistency: String,
+    /// Create the keyspace and tables at start (`CREATE … IF NOT EXISTS`); else run
+    /// `kairos migrate` first.
+    #[serde(default = "default_true")]
+    pub migrate_on_start: bool,
+    /// Width of a pending-window bucket, milliseconds.
+    #[serde(default = "default_bucket_ms")]
+    pub bucket_ms: i64,
+    /// Per-request timeout, milliseconds.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+impl Default for CassandraSection {
+    fn default() -> Self {
+        Self {
+            nodes: default_cassandra_nodes(),
+            keyspace: default_keyspace(),
+            replication_factor: default_rf(),
+            datacenters: BTreeMap::new(),
+            consistency: default_consistency(),
+            migrate_on_start: true,
+            bucket_ms: default_bucket_ms(),
+            request_timeout_ms: default_request_timeout_ms(),
+        }
+    }
+}
+
+fn default_cassandra_nodes() -> Vec<String> {
+    vec!["127.0.0.1:9042".into()]
+}
+fn default_keyspace() -> String {
+    "kairos".into()
+}
+fn default_rf() -> u32 {
+    1
+}
+fn default_consistency() -> String {
+    "local_quorum".into()
+}
+fn default_true() -> bool {
+    true
+}
+fn default_bucket_ms() -> i64 {
+    60_000
+}
+fn default_request_timeout_ms() -> u64 {
+    10_000
 }
 
 fn default_cache_mb() -> usize {
@@ -75,7 +146,10 @@ fn default_cache_mb() -> usize {
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig::Embedded { path: None, cache_mb: default_cache_mb() }
+        StoreConfig::Embedded {
+            path: None,
+            cache_mb: default_cache_mb(),
+        }
     }
 }
 
@@ -86,6 +160,92 @@ pub enum QueueConfig {
     /// Every partition is owned by this process.
     #[default]
     Local,
+    /// A Kafka topic; partitions are shared among the nodes of one consumer group.
+    Kafka(KafkaSection),
+}
+
+/// `brokers = "a:9092,b:9092"` or `brokers = ["a:9092", "b:9092"]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum Brokers {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl Brokers {
+    /// The `bootstrap.servers` string.
+    pub fn joined(&self) -> String {
+        match self {
+            Brokers::One(s) => s.clone(),
+            Brokers::Many(v) => v.join(","),
+        }
+    }
+}
+
+impl Default for Brokers {
+    fn default() -> Self {
+        Brokers::One("127.0.0.1:9092".into())
+    }
+}
+
+/// `[queue] type = "kafka"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSection {
+    #[serde(default)]
+    pub brokers: Brokers,
+    #[serde(default = "default_topic")]
+    pub topic: String,
+    /// Consumer group: every node of one cluster uses the same.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// Replication factor used when Kairos creates the topic (3 in production, with the
+    /// broker's `min.insync.replicas = 2`).
+    #[serde(default = "default_kafka_rf")]
+    pub replication_factor: i32,
+    /// Create the topic with `partitions` partitions when it is missing.
+    #[serde(default = "default_true")]
+    pub create_topic: bool,
+    /// How soon a dead node's partitions move to the others, milliseconds.
+    #[serde(default = "default_session_timeout_ms")]
+    pub session_timeout_ms: u64,
+    /// How long the API waits for the brokers' acknowledgement, milliseconds.
+    #[serde(default = "default_produce_timeout_ms")]
+    pub produce_timeout_ms: u64,
+    /// Extra librdkafka properties for both producer and consumer (security, tuning).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSection {
+    fn default() -> Self {
+        Self {
+            brokers: Brokers::default(),
+            topic: default_topic(),
+            group: default_group(),
+            replication_factor: default_kafka_rf(),
+            create_topic: true,
+            session_timeout_ms: default_session_timeout_ms(),
+            produce_timeout_ms: default_produce_timeout_ms(),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_topic() -> String {
+    "kairos.tasks".into()
+}
+fn default_group() -> String {
+    "kairos".into()
+}
+fn default_kafka_rf() -> i32 {
+    1
+}
+fn default_session_timeout_ms() -> u64 {
+    6_000
+}
+fn default_produce_timeout_ms() -> u64 {
+    30_000
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -103,7 +263,12 @@ pub struct SchedulerSection {
 
 impl Default for SchedulerSection {
     fn default() -> Self {
-        Self { concurrency: 64, window_capacity: 2_000, horizon_ms: 60_000, shutdown_grace_ms: 30_000 }
+        Self {
+            concurrency: 64,
+            window_capacity: 2_000,
+            horizon_ms: 60_000,
+            shutdown_grace_ms: 30_000,
+        }
     }
 }
 
@@ -156,7 +321,8 @@ fn empty_object() -> serde_json::Value {
 impl Config {
     /// Reads a config file; every error names the file and the offending key.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("reading config {}", path.display()))?;
         Self::parse(&text).with_context(|| format!("invalid config {}", path.display()))
     }
 
@@ -168,16 +334,60 @@ impl Config {
 
     pub fn validate(&self) -> anyhow::Result<()> {
         anyhow::ensure!(self.partitions >= 1, "`partitions` must be at least 1");
-        anyhow::ensure!(self.scheduler.concurrency >= 1, "`scheduler.concurrency` must be at least 1");
-        anyhow::ensure!(self.scheduler.horizon_ms >= 1_000, "`scheduler.horizon_ms` must be at least 1000");
-        anyhow::ensure!(self.tasks.max_attempts >= 1, "`tasks.max_attempts` must be at least 1");
+        anyhow::ensure!(
+            self.scheduler.concurrency >= 1,
+            "`scheduler.concurrency` must be at least 1"
+        );
+        anyhow::ensure!(
+            self.scheduler.horizon_ms >= 1_000,
+            "`scheduler.horizon_ms` must be at least 1000"
+        );
+        anyhow::ensure!(
+            self.tasks.max_attempts >= 1,
+            "`tasks.max_attempts` must be at least 1"
+        );
+        if let StoreConfig::Cassandra(c) = &self.store {
+            anyhow::ensure!(
+                !c.nodes.is_empty(),
+                "`store.nodes` must list at least one Cassandra node"
+            );
+            anyhow::ensure!(
+                c.replication_factor >= 1 || !c.datacenters.is_empty(),
+                "`store.replication_factor` must be at least 1"
+            );
+            anyhow::ensure!(
+                c.bucket_ms >= 1_000,
+                "`store.bucket_ms` must be at least 1000"
+            );
+        }
+        if let QueueConfig::Kafka(k) = &self.queue {
+            anyhow::ensure!(
+                !k.brokers.joined().trim().is_empty(),
+                "`queue.brokers` must not be empty"
+            );
+            anyhow::ensure!(
+                !k.topic.is_empty() && !k.group.is_empty(),
+                "`queue.topic` and `queue.group` must not be empty"
+            );
+        }
+        match (&self.queue, &self.store) {
+            (QueueConfig::Kafka(_), StoreConfig::Embedded { .. }) => anyhow::bail!(
+                "`[queue] type = \"kafka\"` needs a shared store: set `[store] type = \"cassandra\"`"
+            ),
+            (QueueConfig::Local, StoreConfig::Cassandra(_)) => anyhow::bail!(
+                "`[store] type = \"cassandra\"` is for cluster mode: set `[queue] type = \"kafka\"` too"
+            ),
+            _ => {}
+        }
         Ok(())
     }
 
     pub fn store_path(&self) -> PathBuf {
         match &self.store {
             StoreConfig::Embedded { path: Some(p), .. } => p.clone(),
-            StoreConfig::Embedded { path: None, .. } => self.data_dir.join("kairos.redb"),
+            StoreConfig::Embedded { path: None, .. } | StoreConfig::Cassandra(_) => {
+                self.data_dir.join("kairos.redb")
+            }
         }
     }
 }
@@ -213,9 +423,80 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(c.partitions, 16);
-        assert!(matches!(c.store, StoreConfig::Embedded { cache_mb: 32, .. }));
+        assert!(matches!(
+            c.store,
+            StoreConfig::Embedded { cache_mb: 32, .. }
+        ));
         assert_eq!(c.plugin["notify"].allowed_hosts, ["127.0.0.1:8080"]);
         assert_eq!(c.plugin["notify"].config["token"], "s3cret");
+    }
+
+    #[test]
+    fn the_shipped_example_configs_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+        let c = Config::load(&dir.join("embedded.toml")).expect("config/embedded.toml is valid");
+        assert_eq!(c.plugin["notify"].allowed_hosts, ["127.0.0.1:8080"]);
+        assert_eq!(c.scheduler.window_capacity, 2_000);
+        let c = Config::load(&dir.join("cluster.toml")).expect("config/cluster.toml is valid");
+        assert_eq!(c.partitions, 16);
+        let QueueConfig::Kafka(k) = &c.queue else {
+            panic!("cluster.toml: queue is kafka")
+        };
+        assert_eq!(k.brokers.joined(), "127.0.0.1:9092");
+        assert_eq!(
+            (k.topic.as_str(), k.group.as_str(), k.session_timeout_ms),
+            ("kairos.tasks", "kairos", 6_000)
+        );
+        let StoreConfig::Cassandra(s) = &c.store else {
+            panic!("cluster.toml: store is cassandra")
+        };
+        assert_eq!(s.nodes, ["127.0.0.1:9042"]);
+        assert_eq!(s.keyspace, "kairos");
+        assert!(s.migrate_on_start);
+    }
+
+    #[test]
+    fn cluster_backends_and_their_defaults() {
+        let c = Config::parse(
+            r#"
+            partitions = 16
+            [queue]
+            type = "kafka"
+            brokers = ["k1:9092", "k2:9092"]
+            [store]
+            type = "cassandra"
+            datacenters = { dc1 = 3, dc2 = 3 }
+            "#,
+        )
+        .expect("valid");
+        let QueueConfig::Kafka(k) = &c.queue else {
+            panic!("kafka")
+        };
+        assert_eq!(k.brokers.joined(), "k1:9092,k2:9092");
+        assert_eq!(
+            (k.topic.as_str(), k.group.as_str()),
+            ("kairos.tasks", "kairos")
+        );
+        let StoreConfig::Cassandra(s) = &c.store else {
+            panic!("cassandra")
+        };
+        assert_eq!(s.nodes, ["127.0.0.1:9042"]);
+        assert_eq!(
+            (
+                s.keyspace.as_str(),
+                s.consistency.as_str(),
+                s.migrate_on_start
+            ),
+            ("kairos", "local_quorum", true)
+        );
+        assert_eq!(s.datacenters["dc2"], 3);
+        let e = Config::parse("[queue]\ntype = \"kafka\"").expect_err("kafka needs cassandra");
+        assert!(format!("{e:#}").contains("cassandra"), "{e:#}");
+        let e = Config::parse(
+            "[queue]\ntype = \"kafka\"\nbrokr = \"x\"\n[store]\ntype = \"cassandra\"",
+        )
+        .expect_err("typo");
+        assert!(format!("{e:#}").contains("brokr"), "{e:#}");
     }
 
     #[test]

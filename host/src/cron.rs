@@ -36,7 +36,11 @@ impl CronSpec {
             .parse()
             .map_err(|e| format!("invalid cron expression {expr:?}: {e}"))?;
         let tz = timezone
-            .map(|z| Tz::from_str(z).map_err(|_| format!("unknown time zone {z:?} (use an IANA name such as Europe/Paris)")))
+            .map(|z| {
+                Tz::from_str(z).map_err(|_| {
+                    format!("unknown time zone {z:?} (use an IANA name such as Europe/Paris)")
+                })
+            })
             .transpose()?;
         Ok(Self { cron, tz })
     }
@@ -52,13 +56,17 @@ impl CronSpec {
 }
 
 fn next<Z: TimeZone>(cron: &Cron, at: &DateTime<Z>) -> Option<Millis> {
-    cron.find_next_occurrence(at, false).ok().map(|t| t.timestamp_millis())
+    cron.find_next_occurrence(at, false)
+        .ok()
+        .map(|t| t.timestamp_millis())
 }
 
 /// Validates a schedule definition (cron, zone, plugin, payload) before it is stored.
 pub fn validate(s: &Schedule, enqueuer: &Enqueuer) -> Result<(), Rejection> {
     if s.name.is_empty() || s.name.contains('/') {
-        return Err(Rejection::bad("schedule `name` must be non-empty and contain no '/'"));
+        return Err(Rejection::bad(
+            "schedule `name` must be non-empty and contain no '/'",
+        ));
     }
     CronSpec::parse(&s.cron, s.timezone.as_deref()).map_err(Rejection::bad)?;
     enqueuer.task(spec_for(s, 0, enqueuer)).map(|_| ())
@@ -110,7 +118,9 @@ impl CronService {
             };
             let mut after = s.last_fired.unwrap_or(s.created_at);
             for _ in 0..MAX_CATCH_UP {
-                let Some(occ) = spec.next_after(after) else { break };
+                let Some(occ) = spec.next_after(after) else {
+                    break;
+                };
                 if occ > now + LOOKAHEAD_MS {
                     wake = wake.min(occ - LOOKAHEAD_MS);
                     break;
@@ -157,7 +167,10 @@ mod tests {
         assert_eq!(every_minute.next_after(t), Some(1_767_225_660_000));
         let nine_paris = CronSpec::parse("0 9 * * *", Some("Europe/Paris")).expect("valid");
         // 09:00 in Paris in January is 08:00Z.
-        assert_eq!(nine_paris.next_after(t), Some(1_767_225_600_000 + 8 * 3_600_000));
+        assert_eq!(
+            nine_paris.next_after(t),
+            Some(1_767_225_600_000 + 8 * 3_600_000)
+        );
         assert!(CronSpec::parse("61 * * * *", None).is_err());
         assert!(CronSpec::parse("* * * * *", Some("Mars/Olympus")).is_err());
     }

@@ -92,7 +92,10 @@ pub struct Rejection {
 
 impl Rejection {
     pub fn bad(message: impl Into<String>) -> Self {
-        Self { status: 400, message: message.into() }
+        Self {
+            status: 400,
+            message: message.into(),
+        }
     }
 }
 
@@ -116,10 +119,14 @@ impl Enqueuer {
             return Err(Rejection::bad("`key` must not be empty"));
         }
         let due_at = match (&req.run_at, req.delay_ms) {
-            (Some(_), Some(_)) => return Err(Rejection::bad("give `run_at` or `delay_ms`, not both")),
+            (Some(_), Some(_)) => {
+                return Err(Rejection::bad("give `run_at` or `delay_ms`, not both"));
+            }
             (Some(s), None) => {
                 let t = DateTime::parse_from_rfc3339(s)
-                    .map_err(|e| Rejection::bad(format!("`run_at` {s:?} is not an RFC 3339 time: {e}")))?
+                    .map_err(|e| {
+                        Rejection::bad(format!("`run_at` {s:?} is not an RFC 3339 time: {e}"))
+                    })?
                     .timestamp_millis();
                 let past = now - t;
                 if past > self.defaults.max_past_ms {
@@ -136,7 +143,9 @@ impl Enqueuer {
         };
         let payload = req.payload.as_ref().map(|p| p.get()).unwrap_or("{}");
         let backoff = Backoff {
-            initial_ms: req.backoff_initial_ms.unwrap_or(self.defaults.backoff_initial_ms),
+            initial_ms: req
+                .backoff_initial_ms
+                .unwrap_or(self.defaults.backoff_initial_ms),
             max_ms: req.backoff_max_ms.unwrap_or(self.defaults.backoff_max_ms),
         };
         if req.max_attempts == Some(0) {
@@ -170,7 +179,10 @@ impl Enqueuer {
         }
         self.catalog
             .check(&s.plugin, s.pin_version.as_deref())
-            .map_err(|message| Rejection { status: 422, message })?;
+            .map_err(|message| Rejection {
+                status: 422,
+                message,
+            })?;
         Ok(NewTask {
             id: new_task_id(),
             partition: partition_for(&s.key, self.partitions),
@@ -188,14 +200,22 @@ impl Enqueuer {
     }
 
     pub fn default_backoff(&self) -> Backoff {
-        Backoff { initial_ms: self.defaults.backoff_initial_ms, max_ms: self.defaults.backoff_max_ms }
+        Backoff {
+            initial_ms: self.defaults.backoff_initial_ms,
+            max_ms: self.defaults.backoff_max_ms,
+        }
     }
 
     /// Makes tasks durable; counts what was new and what was a duplicate.
     pub async fn submit(&self, tasks: Vec<NewTask>) -> Result<Vec<EnqueueOutcome>, StoreError> {
         let outcomes = self.intake.submit(tasks).await?;
-        let dups = outcomes.iter().filter(|o| matches!(o, EnqueueOutcome::Duplicate(_))).count() as u64;
-        self.metrics.enqueued.fetch_add(outcomes.len() as u64 - dups, Relaxed);
+        let dups = outcomes
+            .iter()
+            .filter(|o| matches!(o, EnqueueOutcome::Duplicate(_)))
+            .count() as u64;
+        self.metrics
+            .enqueued
+            .fetch_add(outcomes.len() as u64 - dups, Relaxed);
         self.metrics.deduplicated.fetch_add(dups, Relaxed);
         Ok(outcomes)
     }

@@ -1,14 +1,15 @@
 //! Kairos host: the scheduler, the HTTP API, the CLI and the supervisor that wires them to a
 //! store, a partition source and the Wasm runtime.
 
-pub mod metrics;
-pub mod scheduler;
 pub mod api;
-pub mod config;
-pub mod cron;
-pub mod enqueue;
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod cluster;
+pub mod config;
+pub mod cron;
+pub mod enqueue;
+pub mod metrics;
 pub mod node;
 pub mod plugins;
+pub mod scheduler;

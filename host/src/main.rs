@@ -4,15 +4,19 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use kairos::cli::{Cli, Command, PluginCmd, ServeArgs};
+use kairos::cli::{Cli, Command, MigrateArgs, PluginCmd, ServeArgs};
 use kairos::config::Config;
 use kairos::node::{Node, shutdown_signal};
 use kairos_runtime::{MemoryServices, RunOutcome, RunRequest, Runtime, RuntimeConfig, TaskInfo};
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// Flags over the config file over the defaults.
@@ -45,6 +49,17 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
+    let cfg = match &args.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    for line in kairos::cluster::migrate(&cfg).await? {
+        println!("{line}");
+    }
+    Ok(())
+}
+
 fn plugins_dir(p: Option<PathBuf>) -> PathBuf {
     p.unwrap_or_else(|| PathBuf::from(kairos_runtime::DEFAULT_PLUGINS_DIR))
 }
@@ -64,15 +79,31 @@ async fn plugin(cmd: PluginCmd) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        PluginCmd::Run { name, payload, key, plugins, config, attempt } => {
-            serde_json::from_str::<serde::de::IgnoredAny>(&payload).context("--payload is not valid JSON")?;
+        PluginCmd::Run {
+            name,
+            payload,
+            key,
+            plugins,
+            config,
+            attempt,
+        } => {
+            serde_json::from_str::<serde::de::IgnoredAny>(&payload)
+                .context("--payload is not valid JSON")?;
             let cfg = match &config {
                 Some(path) => Config::load(path)?,
                 None => Config::default(),
             };
-            let dir = plugins.unwrap_or(if config.is_some() { cfg.plugins_dir.clone() } else { plugins_dir(None) });
+            let dir = plugins.unwrap_or(if config.is_some() {
+                cfg.plugins_dir.clone()
+            } else {
+                plugins_dir(None)
+            });
             let services = Arc::new(MemoryServices::new());
-            let rt_cfg = RuntimeConfig { defaults: cfg.limits.clone(), grants: cfg.plugin.clone(), ..RuntimeConfig::default() };
+            let rt_cfg = RuntimeConfig {
+                defaults: cfg.limits,
+                grants: cfg.plugin.clone(),
+                ..RuntimeConfig::default()
+            };
             let rt = Runtime::new(rt_cfg, services.clone())?;
             let summary = rt.load_dir(&dir);
             for err in &summary.errors {
@@ -92,7 +123,10 @@ async fn plugin(cmd: PluginCmd) -> anyhow::Result<ExitCode> {
                     pin_version: None,
                 })
                 .await;
-            println!("plugin:   {name} {}", report.digest.as_deref().unwrap_or("(not loaded)"));
+            println!(
+                "plugin:   {name} {}",
+                report.digest.as_deref().unwrap_or("(not loaded)")
+            );
             println!("outcome:  {}", serde_json::to_string(&report.outcome)?);
             println!("elapsed:  {:.3} ms", report.elapsed.as_secs_f64() * 1000.0);
             if !report.logs.is_empty() {
@@ -108,7 +142,11 @@ async fn plugin(cmd: PluginCmd) -> anyhow::Result<ExitCode> {
                     println!("  {f:?}");
                 }
             }
-            Ok(if matches!(report.outcome, RunOutcome::Success { .. }) { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if matches!(report.outcome, RunOutcome::Success { .. }) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
     }
 }
@@ -116,7 +154,10 @@ async fn plugin(cmd: PluginCmd) -> anyhow::Result<ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -126,13 +167,16 @@ fn main() -> ExitCode {
     let result = rt.block_on(async move {
         match cli.command {
             Command::Serve(args) => serve(args).await.map(|_| ExitCode::SUCCESS),
+            Command::Migrate(args) => migrate(args).await.map(|_| ExitCode::SUCCESS),
             Command::Plugin(cmd) => plugin(cmd).await,
             Command::Task(cmd) => tokio::task::spawn_blocking(move || kairos::client::task(cmd))
                 .await?
                 .map(|_| ExitCode::SUCCESS),
-            Command::Schedule(cmd) => tokio::task::spawn_blocking(move || kairos::client::schedule(cmd))
-                .await?
-                .map(|_| ExitCode::SUCCESS),
+            Command::Schedule(cmd) => {
+                tokio::task::spawn_blocking(move || kairos::client::schedule(cmd))
+                    .await?
+                    .map(|_| ExitCode::SUCCESS)
+            }
             Command::Bench(args) => kairos::bench::run(args).await.map(|_| ExitCode::SUCCESS),
         }
     });

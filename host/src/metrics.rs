@@ -5,8 +5,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// Upper bounds (milliseconds) of the lateness histogram buckets.
-const LATENESS_BUCKETS_MS: [u64; 14] =
-    [1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 5_000, 30_000, 300_000, 3_600_000];
+const LATENESS_BUCKETS_MS: [u64; 14] = [
+    1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 5_000, 30_000, 300_000, 3_600_000,
+];
 
 #[derive(Default)]
 pub struct Histogram {
@@ -29,11 +30,19 @@ impl Histogram {
         let mut cumulative = 0;
         for (i, bound) in LATENESS_BUCKETS_MS.iter().enumerate() {
             cumulative += self.buckets[i].load(Relaxed);
-            let _ = writeln!(out, "{name}_bucket{{le=\"{}\"}} {cumulative}", *bound as f64 / 1000.0);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{}\"}} {cumulative}",
+                *bound as f64 / 1000.0
+            );
         }
         let count = self.count.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "{name}_sum {}", self.sum_ms.load(Relaxed) as f64 / 1000.0);
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_ms.load(Relaxed) as f64 / 1000.0
+        );
         let _ = writeln!(out, "{name}_count {count}");
     }
 }
@@ -55,7 +64,10 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn new(partitions: u32) -> Self {
-        Self { window: Mutex::new(vec![0; partitions as usize]), ..Default::default() }
+        Self {
+            window: Mutex::new(vec![0; partitions as usize]),
+            ..Default::default()
+        }
     }
 
     pub fn set_window(&self, partition: u32, size: usize) {
@@ -73,9 +85,17 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         };
-        counter(&mut out, "kairos_tasks_enqueued_total", "Tasks accepted (durable).", self.enqueued.load(Relaxed));
+        counter(
+            &mut out,
+            "kairos_tasks_enqueued_total",
+            "Tasks accepted (durable).",
+            self.enqueued.load(Relaxed),
+        );
         counter(
             &mut out,
             "kairos_tasks_deduplicated_total",
@@ -91,11 +111,29 @@ impl Metrics {
             ("retry", self.retried.load(Relaxed)),
             ("dead", self.dead.load(Relaxed)),
         ] {
-            let _ = writeln!(out, "kairos_tasks_executed_total{{outcome=\"{outcome}\"}} {v}");
+            let _ = writeln!(
+                out,
+                "kairos_tasks_executed_total{{outcome=\"{outcome}\"}} {v}"
+            );
         }
-        counter(&mut out, "kairos_task_retries_total", "Attempts that ended in a retry.", self.retried.load(Relaxed));
-        counter(&mut out, "kairos_tasks_dead_total", "Tasks that ran out of attempts or failed permanently.", self.dead.load(Relaxed));
-        counter(&mut out, "kairos_store_errors_total", "Store calls that failed.", self.store_errors.load(Relaxed));
+        counter(
+            &mut out,
+            "kairos_task_retries_total",
+            "Attempts that ended in a retry.",
+            self.retried.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "kairos_tasks_dead_total",
+            "Tasks that ran out of attempts or failed permanently.",
+            self.dead.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "kairos_store_errors_total",
+            "Store calls that failed.",
+            self.store_errors.load(Relaxed),
+        );
         let _ = writeln!(
             out,
             "# HELP kairos_tasks_running Attempts running now.\n# TYPE kairos_tasks_running gauge\nkairos_tasks_running {}",

@@ -15,12 +15,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
+use crate::cluster::{self, ClusterIntake, EpochFence, Listener};
 use crate::config::{Config, QueueConfig, StoreConfig};
 use crate::cron::CronService;
-use crate::enqueue::{Enqueuer, LocalIntake};
+use crate::enqueue::{Enqueuer, LocalIntake, TaskIntake};
 use crate::metrics::Metrics;
 use crate::plugins::{RuntimeCatalog, StoreServices, WasmExecutor};
-use crate::scheduler::{Scheduler, SchedulerConfig};
+use crate::scheduler::{Fence, Scheduler, SchedulerConfig};
 
 /// A running node.
 pub struct Node {
@@ -34,24 +35,47 @@ pub struct Node {
     http: tokio::task::JoinHandle<()>,
     background: Vec<tokio::task::JoinHandle<()>>,
     grace: Duration,
+    /// Cluster mode: the Kafka consumer that owns this node's partitions.
+    source: Option<kairos_kafka::KafkaSource>,
 }
 
-fn open_store(cfg: &Config) -> anyhow::Result<Arc<dyn TaskStore>> {
+/// The store, and in cluster mode its fencing side.
+async fn open_store(cfg: &Config) -> anyhow::Result<(Arc<dyn TaskStore>, Option<Arc<EpochFence>>)> {
+    if let StoreConfig::Cassandra(c) = &cfg.store {
+        let store = cluster::connect_cassandra(c).await?;
+        let fence = Arc::new(EpochFence::new(store.clone()));
+        return Ok((store, Some(fence)));
+    }
+    Ok((open_embedded(cfg)?, None))
+}
+
+fn open_embedded(cfg: &Config) -> anyhow::Result<Arc<dyn TaskStore>> {
     match &cfg.store {
         StoreConfig::Embedded { cache_mb, .. } => {
             let path = cfg.store_path();
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).with_context(|| format!("creating data directory {}", dir.display()))?;
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating data directory {}", dir.display()))?;
             }
-            let opts = EmbeddedOptions { cache_mb: *cache_mb, ..EmbeddedOptions::default() };
-            let store = EmbeddedStore::open(&path, opts).with_context(|| format!("opening store {}", path.display()))?;
+            let opts = EmbeddedOptions {
+                cache_mb: *cache_mb,
+                ..EmbeddedOptions::default()
+            };
+            let store = EmbeddedStore::open(&path, opts)
+                .with_context(|| format!("opening store {}", path.display()))?;
             Ok(Arc::new(store))
         }
+        StoreConfig::Cassandra(_) => anyhow::bail!("not an embedded store"),
     }
 }
 
 /// Upserts the schedules declared in the config file, keeping the progress of unchanged ones.
-async fn declare_schedules(cfg: &Config, store: &dyn TaskStore, enqueuer: &Enqueuer, now: i64) -> anyhow::Result<()> {
+async fn declare_schedules(
+    cfg: &Config,
+    store: &dyn TaskStore,
+    enqueuer: &Enqueuer,
+    now: i64,
+) -> anyhow::Result<()> {
     for d in &cfg.schedule {
         let payload = serde_json::to_string(&d.payload)?;
         let existing = store.get_schedule(&d.name).await?;
@@ -66,13 +90,18 @@ async fn declare_schedules(cfg: &Config, store: &dyn TaskStore, enqueuer: &Enque
             created_at: now,
         };
         if let Some(old) = existing {
-            let same = old.cron == s.cron && old.plugin == s.plugin && old.key == s.key && old.payload == s.payload && old.timezone == s.timezone;
+            let same = old.cron == s.cron
+                && old.plugin == s.plugin
+                && old.key == s.key
+                && old.payload == s.payload
+                && old.timezone == s.timezone;
             if same {
                 continue;
             }
             s.last_fired = old.last_fired;
         }
-        crate::cron::validate(&s, enqueuer).map_err(|e| anyhow::anyhow!("schedule {:?} in the config: {e}", d.name))?;
+        crate::cron::validate(&s, enqueuer)
+            .map_err(|e| anyhow::anyhow!("schedule {:?} in the config: {e}", d.name))?;
         store.put_schedule(s).await?;
     }
     Ok(())
@@ -83,13 +112,16 @@ impl Node {
     pub async fn start(cfg: Config) -> anyhow::Result<Node> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let metrics = Arc::new(Metrics::new(cfg.partitions));
-        let store = open_store(&cfg)?;
+        let (store, fence) = open_store(&cfg).await?;
 
-        let services = Arc::new(StoreServices { store: store.clone(), enqueuer: OnceLock::new() });
+        let services = Arc::new(StoreServices {
+            store: store.clone(),
+            enqueuer: OnceLock::new(),
+        });
         let runtime = Runtime::new(
             RuntimeConfig {
                 cache_dir: Some(cfg.data_dir.join("wasm-cache")),
-                defaults: cfg.limits.clone(),
+                defaults: cfg.limits,
                 grants: cfg.plugin.clone(),
                 max_instances: (cfg.scheduler.concurrency as u32).saturating_mul(2).max(16),
             },
@@ -106,15 +138,36 @@ impl Node {
         let cancel = CancellationToken::new();
         let mut background = vec![runtime.spawn_watcher(cfg.plugins_dir.clone(), cancel.clone())?];
 
-        let executor = Arc::new(WasmExecutor { runtime: runtime.clone() });
+        let executor = Arc::new(WasmExecutor {
+            runtime: runtime.clone(),
+        });
         let sched_cfg = SchedulerConfig {
             window_capacity: cfg.scheduler.window_capacity,
             horizon_ms: cfg.scheduler.horizon_ms,
             concurrency: cfg.scheduler.concurrency,
         };
-        let scheduler = Scheduler::new(store.clone(), executor, clock.clone(), metrics.clone(), sched_cfg).await?;
-        let intake = match cfg.queue {
-            QueueConfig::Local => Arc::new(LocalIntake { store: store.clone(), scheduler: scheduler.clone() }),
+        let scheduler = Scheduler::with_fence(
+            store.clone(),
+            executor,
+            clock.clone(),
+            metrics.clone(),
+            sched_cfg,
+            fence.clone().map(|f| f as Arc<dyn Fence>),
+        )
+        .await?;
+        let kafka = match &cfg.queue {
+            QueueConfig::Local => None,
+            QueueConfig::Kafka(k) => Some(cluster::kafka_config(&cfg, k)),
+        };
+        let intake: Arc<dyn TaskIntake> = match &kafka {
+            None => Arc::new(LocalIntake {
+                store: store.clone(),
+                scheduler: scheduler.clone(),
+            }),
+            Some(kc) => Arc::new(ClusterIntake {
+                kafka: cluster::connect_intake(kc).await?,
+                store: store.clone(),
+            }),
         };
         let catalog = Arc::new(RuntimeCatalog(runtime.clone()));
         let enqueuer = Arc::new(Enqueuer {
@@ -128,10 +181,25 @@ impl Node {
         let _ = services.enqueuer.set(enqueuer.clone());
         declare_schedules(&cfg, store.as_ref(), &enqueuer, clock.now()).await?;
 
-        // The embedded queue owns every partition.
-        for p in 0..cfg.partitions {
-            scheduler.assign(p).await;
-        }
+        let source = match (&kafka, &fence) {
+            (Some(kc), Some(fence)) => {
+                // Partitions come and go with the consumer group's assignment.
+                let listener = Arc::new(Listener {
+                    scheduler: scheduler.clone(),
+                    fence: fence.clone(),
+                    node_id: cfg.node_id.clone(),
+                });
+                Some(cluster::start_source(kc, store.clone(), listener).await?)
+            }
+            (Some(_), None) => anyhow::bail!("a Kafka queue needs the Cassandra store"),
+            _ => {
+                // The embedded queue owns every partition.
+                for p in 0..cfg.partitions {
+                    scheduler.assign(p).await;
+                }
+                None
+            }
+        };
 
         let schedules_changed = Arc::new(Notify::new());
         let cron = CronService {
@@ -158,7 +226,8 @@ impl Node {
         let stop_http = cancel.clone();
         let http = tokio::spawn(async move {
             let app = api::router(state);
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move { stop_http.cancelled().await });
+            let serve = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop_http.cancelled().await });
             if let Err(e) = serve.await {
                 tracing::error!(error = %e, "HTTP server failed");
             }
@@ -175,6 +244,7 @@ impl Node {
             http,
             background,
             grace: Duration::from_millis(cfg.scheduler.shutdown_grace_ms),
+            source,
         })
     }
 
@@ -183,9 +253,16 @@ impl Node {
     pub async fn shutdown(self) {
         self.cancel.cancel();
         let _ = self.http.await;
+        if let Some(source) = self.source {
+            // Leaves the consumer group: each partition drains (running attempts finish and
+            // are recorded), its offsets are committed, and the others take it over.
+            source.shutdown().await;
+        }
         let drained = self.scheduler.shutdown(self.grace).await;
         if !drained {
-            tracing::warn!("grace period over with attempts still running; they run again after restart");
+            tracing::warn!(
+                "grace period over with attempts still running; they run again after restart"
+            );
         }
         for h in self.background {
             let _ = h.await;
@@ -203,7 +280,9 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        let mut term = match tokio::signal::unix::signal(
+            tokio::signal::unix::SignalKind::terminate(),
+        ) {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the node");

@@ -6,7 +6,9 @@ use std::sync::{Arc, OnceLock};
 use async_trait::async_trait;
 use kairos_core::model::Task;
 use kairos_core::store::TaskStore;
-use kairos_runtime::{FollowUp, HostServices, KvEntry, RunOutcome, RunRequest, Runtime, TaskInfo, When};
+use kairos_runtime::{
+    FollowUp, HostServices, KvEntry, RunOutcome, RunRequest, Runtime, TaskInfo, When,
+};
 
 use crate::api::PluginLister;
 use crate::enqueue::{Enqueuer, PluginCatalog, TaskSpec};
@@ -39,13 +41,25 @@ impl Executor for WasmExecutor {
         }
         let result = match report.outcome {
             RunOutcome::Success { output } => ExecResult::Success { output },
-            RunOutcome::Retryable { message, retry_after_ms } => ExecResult::Retry { error: message, retry_after_ms },
+            RunOutcome::Retryable {
+                message,
+                retry_after_ms,
+            } => ExecResult::Retry {
+                error: message,
+                retry_after_ms,
+            },
             RunOutcome::Permanent { message } => ExecResult::Permanent { error: message },
             // Traps, limits and a missing plugin are failed attempts: retried with backoff
             // (a fixed plugin version may be hot-loaded meanwhile), until attempts run out.
-            RunOutcome::Failed { kind, message } => ExecResult::Retry { error: format!("{kind}: {message}"), retry_after_ms: None },
+            RunOutcome::Failed { kind, message } => ExecResult::Retry {
+                error: format!("{kind}: {message}"),
+                retry_after_ms: None,
+            },
         };
-        ExecOutcome { result, digest: report.digest }
+        ExecOutcome {
+            result,
+            digest: report.digest,
+        }
     }
 }
 
@@ -54,7 +68,10 @@ pub struct RuntimeCatalog(pub Arc<Runtime>);
 
 impl PluginCatalog for RuntimeCatalog {
     fn check(&self, plugin: &str, version: Option<&str>) -> Result<(), String> {
-        self.0.resolve(plugin, version).map(|_| ()).map_err(|e| e.to_string())
+        self.0
+            .resolve(plugin, version)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -76,19 +93,33 @@ const KV_LIST_MAX: u32 = 1_000;
 #[async_trait]
 impl HostServices for StoreServices {
     async fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
-        self.store.kv_get(plugin, key).await.map_err(|e| e.to_string())
+        self.store
+            .kv_get(plugin, key)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn kv_set(&self, plugin: &str, key: &str, value: Vec<u8>) -> Result<(), String> {
         let now = kairos_core::clock::system_now();
-        self.store.kv_set(plugin, key, value, now).await.map_err(|e| e.to_string())
+        self.store
+            .kv_set(plugin, key, value, now)
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn kv_delete(&self, plugin: &str, key: &str) -> Result<bool, String> {
-        self.store.kv_delete(plugin, key).await.map_err(|e| e.to_string())
+        self.store
+            .kv_delete(plugin, key)
+            .await
+            .map_err(|e| e.to_string())
     }
 
-    async fn kv_list(&self, plugin: &str, prefix: &str, limit: u32) -> Result<Vec<KvEntry>, String> {
+    async fn kv_list(
+        &self,
+        plugin: &str,
+        prefix: &str,
+        limit: u32,
+    ) -> Result<Vec<KvEntry>, String> {
         let entries = self
             .store
             .kv_list(plugin, prefix, limit.clamp(1, KV_LIST_MAX) as usize)
@@ -96,7 +127,11 @@ impl HostServices for StoreServices {
             .map_err(|e| e.to_string())?;
         Ok(entries
             .into_iter()
-            .map(|e| KvEntry { key: e.key, updated_at_ms: e.updated_at, size: e.size })
+            .map(|e| KvEntry {
+                key: e.key,
+                updated_at_ms: e.updated_at,
+                size: e.size,
+            })
             .collect())
     }
 
@@ -124,7 +159,10 @@ impl HostServices for StoreServices {
             })
             .map_err(|e| e.message)?;
         let outcomes = enq.submit(vec![task]).await.map_err(|e| e.to_string())?;
-        let id = outcomes.first().map(|o| o.task().id.clone()).ok_or("store returned no outcome")?;
+        let id = outcomes
+            .first()
+            .map(|o| o.task().id.clone())
+            .ok_or("store returned no outcome")?;
         tracing::debug!(from = %origin.id, follow_up = %id, "plugin scheduled a follow-up task");
         Ok(id)
     }

@@ -37,23 +37,41 @@ impl Executor for Scripted {
             let _ = self.gate.acquire().await.map(|g| g.forget());
         }
         if let Ok(mut ran) = self.ran.lock() {
-            ran.push((p["name"].as_str().unwrap_or(&task.id).to_string(), attempt, self.clock.now()));
+            ran.push((
+                p["name"].as_str().unwrap_or(&task.id).to_string(),
+                attempt,
+                self.clock.now(),
+            ));
         }
         let result = if p["permanent"] == true {
-            ExecResult::Permanent { error: "scripted permanent failure".into() }
+            ExecResult::Permanent {
+                error: "scripted permanent failure".into(),
+            }
         } else if u64::from(attempt) <= p["fail"].as_u64().unwrap_or(0) {
-            ExecResult::Retry { error: format!("scripted failure {attempt}"), retry_after_ms: None }
+            ExecResult::Retry {
+                error: format!("scripted failure {attempt}"),
+                retry_after_ms: None,
+            }
         } else {
-            ExecResult::Success { output: Some(format!("done {attempt}")) }
+            ExecResult::Success {
+                output: Some(format!("done {attempt}")),
+            }
         };
-        ExecOutcome { result, digest: None }
+        ExecOutcome {
+            result,
+            digest: None,
+        }
     }
 }
 
 struct AnyPlugin;
 impl PluginCatalog for AnyPlugin {
     fn check(&self, plugin: &str, _: Option<&str>) -> Result<(), String> {
-        if plugin == "p" { Ok(()) } else { Err(format!("unknown plugin `{plugin}`")) }
+        if plugin == "p" {
+            Ok(())
+        } else {
+            Err(format!("unknown plugin `{plugin}`"))
+        }
     }
 }
 
@@ -66,27 +84,51 @@ struct Harness {
 }
 
 async fn harness(dir: &Path, clock: ManualClock, cfg: SchedulerConfig) -> Harness {
-    let store: Arc<dyn TaskStore> =
-        Arc::new(EmbeddedStore::open(&dir.join("k.redb"), EmbeddedOptions::default()).expect("open store"));
-    let exec = Arc::new(Scripted { clock: clock.clone(), ran: Mutex::new(Vec::new()), gate: Semaphore::new(0) });
+    let store: Arc<dyn TaskStore> = Arc::new(
+        EmbeddedStore::open(&dir.join("k.redb"), EmbeddedOptions::default()).expect("open store"),
+    );
+    let exec = Arc::new(Scripted {
+        clock: clock.clone(),
+        ran: Mutex::new(Vec::new()),
+        gate: Semaphore::new(0),
+    });
     let metrics = Arc::new(Metrics::new(PARTITIONS));
     let clock_dyn: Arc<dyn Clock> = Arc::new(clock.clone());
-    let scheduler = Scheduler::new(store.clone(), exec.clone(), clock_dyn.clone(), metrics.clone(), cfg)
-        .await
-        .expect("scheduler");
+    let scheduler = Scheduler::new(
+        store.clone(),
+        exec.clone(),
+        clock_dyn.clone(),
+        metrics.clone(),
+        cfg,
+    )
+    .await
+    .expect("scheduler");
     for p in 0..PARTITIONS {
         scheduler.assign(p).await;
     }
-    let defaults = TaskDefaults { backoff_initial_ms: 1_000, backoff_max_ms: 8_000, ..TaskDefaults::default() };
+    let defaults = TaskDefaults {
+        backoff_initial_ms: 1_000,
+        backoff_max_ms: 8_000,
+        ..TaskDefaults::default()
+    };
     let enqueuer = Arc::new(Enqueuer {
-        intake: Arc::new(LocalIntake { store: store.clone(), scheduler: scheduler.clone() }),
+        intake: Arc::new(LocalIntake {
+            store: store.clone(),
+            scheduler: scheduler.clone(),
+        }),
         catalog: Arc::new(AnyPlugin),
         clock: clock_dyn,
         defaults,
         partitions: PARTITIONS,
         metrics,
     });
-    Harness { clock, exec, store, scheduler, enqueuer }
+    Harness {
+        clock,
+        exec,
+        store,
+        scheduler,
+        enqueuer,
+    }
 }
 
 impl Harness {
@@ -132,7 +174,11 @@ impl Harness {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        panic!("task {id} never reached {state:?}: {:?}; ran {:?}", self.state(id).await, self.ran());
+        panic!(
+            "task {id} never reached {state:?}: {:?}; ran {:?}",
+            self.state(id).await,
+            self.ran()
+        );
     }
 
     /// Lets the actors settle so that "nothing more ran" assertions mean something.
@@ -158,7 +204,11 @@ async fn runs_each_key_in_due_then_enqueue_order() {
     assert!(h.ran().is_empty(), "nothing is due yet");
     h.clock.advance(100);
     h.until("all five", |h| h.ran().len() == 5).await;
-    let a: Vec<String> = h.names().into_iter().filter(|n| n.starts_with('a')).collect();
+    let a: Vec<String> = h
+        .names()
+        .into_iter()
+        .filter(|n| n.starts_with('a'))
+        .collect();
     assert_eq!(a, ["a1", "a2-first", "a2-second", "a3"]);
 }
 
@@ -171,18 +221,34 @@ async fn a_retrying_task_holds_only_its_own_key() {
     h.add("b", T0 + 1, named("b1")).await;
     h.clock.advance(1);
     h.until_state(&a1, TaskState::Retrying).await;
-    h.until("b1 runs while a1 retries", |h| h.names().contains(&"b1".to_string())).await;
+    h.until("b1 runs while a1 retries", |h| {
+        h.names().contains(&"b1".to_string())
+    })
+    .await;
     h.settle().await;
-    assert!(!h.names().contains(&"a2".to_string()), "a2 must wait behind a1: {:?}", h.ran());
+    assert!(
+        !h.names().contains(&"a2".to_string()),
+        "a2 must wait behind a1: {:?}",
+        h.ran()
+    );
     // The first retry waits 0.5–1 s; then 1–2 s.
     h.clock.advance(1_000);
-    h.until("a1 attempt 2", |h| h.ran().iter().any(|r| r.0 == "a1" && r.1 == 2)).await;
+    h.until("a1 attempt 2", |h| {
+        h.ran().iter().any(|r| r.0 == "a1" && r.1 == 2)
+    })
+    .await;
     h.clock.advance(2_000);
-    h.until("a2 after a1 succeeded", |h| h.names().contains(&"a2".to_string())).await;
+    h.until("a2 after a1 succeeded", |h| {
+        h.names().contains(&"a2".to_string())
+    })
+    .await;
     let t = h.state(&a1).await;
     assert_eq!((t.state, t.attempts), (TaskState::Succeeded, 3));
     let rec = h.store.get(&a1).await.expect("get").expect("exists");
-    assert_eq!(rec.attempts.iter().map(|a| a.number).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(
+        rec.attempts.iter().map(|a| a.number).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
     let names = h.names();
     let pos = |n: &str| names.iter().rposition(|x| x == n);
     assert!(pos("a1") < pos("a2"), "{names:?}");
@@ -204,19 +270,41 @@ async fn dead_after_max_attempts_then_the_key_moves_on_unless_parked() {
     h.until_state(&c1, TaskState::Dead).await;
     h.clock.advance(1_000);
     h.until_state(&a1, TaskState::Dead).await;
-    h.until("a2 after a1 died", |h| h.names().contains(&"a2".to_string())).await;
+    h.until("a2 after a1 died", |h| {
+        h.names().contains(&"a2".to_string())
+    })
+    .await;
     let dead = h.state(&a1).await;
     assert_eq!(dead.attempts, 2);
-    assert!(dead.last_error.as_deref().unwrap_or("").contains("gave up after 2"), "{dead:?}");
+    assert!(
+        dead.last_error
+            .as_deref()
+            .unwrap_or("")
+            .contains("gave up after 2"),
+        "{dead:?}"
+    );
     h.clock.advance(10_000);
     h.settle().await;
-    assert!(!h.names().contains(&"c2".to_string()), "c is parked by its dead task");
-    let released = h.scheduler.resume_key("c", kairos_core::partition::partition_for("c", PARTITIONS)).await.expect("resume");
+    assert!(
+        !h.names().contains(&"c2".to_string()),
+        "c is parked by its dead task"
+    );
+    let released = h
+        .scheduler
+        .resume_key("c", kairos_core::partition::partition_for("c", PARTITIONS))
+        .await
+        .expect("resume");
     assert_eq!(released, 1);
-    h.until("c2 after the operator resumed c", |h| h.names().contains(&"c2".to_string())).await;
+    h.until("c2 after the operator resumed c", |h| {
+        h.names().contains(&"c2".to_string())
+    })
+    .await;
     // An operator retry runs the dead task again.
     h.scheduler.retry_dead(&a1, 1).await.expect("retry dead");
-    h.until("a1 retried by operator", |h| h.ran().iter().any(|r| r.0 == "a1" && r.1 == 3)).await;
+    h.until("a1 retried by operator", |h| {
+        h.ran().iter().any(|r| r.0 == "a1" && r.1 == 3)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -225,35 +313,67 @@ async fn cancel_reschedule_dedup_and_pause() {
     let h = harness(dir.path(), ManualClock::new(T0), SchedulerConfig::default()).await;
     let cancelled = h.add("a", T0 + 100, named("cancelled")).await;
     let moved = h.add("b", T0 + 100, named("moved")).await;
-    let first = h.add_with(json!({ "plugin": "p", "key": "d", "uniqueness_key": "u1", "payload": named("dedup") })).await;
-    let again = h.add_with(json!({ "plugin": "p", "key": "d", "uniqueness_key": "u1", "payload": named("dup") })).await;
+    let first = h
+        .add_with(
+            json!({ "plugin": "p", "key": "d", "uniqueness_key": "u1", "payload": named("dedup") }),
+        )
+        .await;
+    let again = h
+        .add_with(
+            json!({ "plugin": "p", "key": "d", "uniqueness_key": "u1", "payload": named("dup") }),
+        )
+        .await;
     assert_eq!(first, again, "same uniqueness key yields the same task");
     let pa = kairos_core::partition::partition_for("p", PARTITIONS);
     h.scheduler.pause_key("p", pa).await.expect("pause");
     h.add("p", T0, named("paused")).await;
     h.scheduler.cancel(&cancelled).await.expect("cancel");
     assert_eq!(h.state(&cancelled).await.state, TaskState::Cancelled);
-    h.scheduler.reschedule(&moved, T0 + 5_000).await.expect("reschedule");
+    h.scheduler
+        .reschedule(&moved, T0 + 5_000)
+        .await
+        .expect("reschedule");
     h.clock.advance(1_000);
-    h.until("dedup ran", |h| h.names().contains(&"dedup".to_string())).await;
+    h.until("dedup ran", |h| h.names().contains(&"dedup".to_string()))
+        .await;
     h.settle().await;
     let names = h.names();
-    assert!(!names.contains(&"cancelled".to_string()) && !names.contains(&"moved".to_string()), "{names:?}");
-    assert!(!names.contains(&"dup".to_string()) && !names.contains(&"paused".to_string()), "{names:?}");
+    assert!(
+        !names.contains(&"cancelled".to_string()) && !names.contains(&"moved".to_string()),
+        "{names:?}"
+    );
+    assert!(
+        !names.contains(&"dup".to_string()) && !names.contains(&"paused".to_string()),
+        "{names:?}"
+    );
     h.clock.advance(5_000);
-    h.until("moved runs at its new time", |h| h.names().contains(&"moved".to_string())).await;
+    h.until("moved runs at its new time", |h| {
+        h.names().contains(&"moved".to_string())
+    })
+    .await;
     h.scheduler.resume_key("p", pa).await.expect("resume");
-    h.until("paused key resumed", |h| h.names().contains(&"paused".to_string())).await;
+    h.until("paused key resumed", |h| {
+        h.names().contains(&"paused".to_string())
+    })
+    .await;
     // Cancelling what already finished is a conflict.
-    assert!(matches!(h.scheduler.cancel(&moved).await, Err(OpError::Conflict(_))));
-    assert!(matches!(h.scheduler.cancel("no-such-task").await, Err(OpError::NotFound(_))));
+    assert!(matches!(
+        h.scheduler.cancel(&moved).await,
+        Err(OpError::Conflict(_))
+    ));
+    assert!(matches!(
+        h.scheduler.cancel("no-such-task").await,
+        Err(OpError::NotFound(_))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_running_task_cannot_be_cancelled() {
     let dir = tempfile::tempdir().expect("tmp");
     let h = harness(dir.path(), ManualClock::new(T0), SchedulerConfig::default()).await;
-    let id = h.add("a", T0, json!({ "name": "slow", "block": true })).await;
+    let id = h
+        .add("a", T0, json!({ "name": "slow", "block": true }))
+        .await;
     h.until_state(&id, TaskState::Running).await;
     match h.scheduler.cancel(&id).await {
         Err(OpError::Conflict(m)) => assert!(m.contains("running"), "{m}"),
@@ -273,14 +393,26 @@ async fn after_a_restart_every_incomplete_task_runs_however_overdue() {
         later = h.add("b", T0 + 30 * 86_400_000, named("later")).await;
         interrupted = h.add("c", T0 + 20, named("interrupted")).await;
         // Simulate a crash mid-attempt: the start is recorded, the end never is.
-        h.store.start_attempt(&interrupted, 1, T0 + 20).await.expect("start");
+        h.store
+            .start_attempt(&interrupted, 1, T0 + 20)
+            .await
+            .expect("start");
         assert!(h.scheduler.shutdown(Duration::from_secs(5)).await);
     }
     // Three days later.
-    let h = harness(dir.path(), ManualClock::new(T0 + 3 * 86_400_000), SchedulerConfig::default()).await;
+    let h = harness(
+        dir.path(),
+        ManualClock::new(T0 + 3 * 86_400_000),
+        SchedulerConfig::default(),
+    )
+    .await;
     h.until_state(&overdue, TaskState::Succeeded).await;
     h.until_state(&interrupted, TaskState::Succeeded).await;
-    assert_eq!(h.state(&interrupted).await.attempts, 2, "the interrupted attempt counts");
+    assert_eq!(
+        h.state(&interrupted).await.attempts,
+        2,
+        "the interrupted attempt counts"
+    );
     h.settle().await;
     assert_eq!(h.state(&later).await.state, TaskState::Scheduled);
 }
@@ -288,17 +420,30 @@ async fn after_a_restart_every_incomplete_task_runs_however_overdue() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_small_window_still_runs_everything_in_order() {
     let dir = tempfile::tempdir().expect("tmp");
-    let cfg = SchedulerConfig { window_capacity: 8, horizon_ms: 60_000, concurrency: 4 };
+    let cfg = SchedulerConfig {
+        window_capacity: 8,
+        horizon_ms: 60_000,
+        concurrency: 4,
+    };
     let h = harness(dir.path(), ManualClock::new(T0), cfg).await;
     let n = 300;
     for i in 0..n {
-        h.add(&format!("k{}", i % 7), T0 + (i as i64 % 50), json!({ "name": format!("t{i:03}") })).await;
+        h.add(
+            &format!("k{}", i % 7),
+            T0 + (i as i64 % 50),
+            json!({ "name": format!("t{i:03}") }),
+        )
+        .await;
     }
     h.clock.advance(100);
     h.until("all tasks", |h| h.ran().len() == n).await;
     // Per key, execution order is (due, enqueue) order.
     for k in 0..7 {
-        let got: Vec<String> = h.names().into_iter().filter(|t| t[1..].parse::<usize>().is_ok_and(|i| i % 7 == k)).collect();
+        let got: Vec<String> = h
+            .names()
+            .into_iter()
+            .filter(|t| t[1..].parse::<usize>().is_ok_and(|i| i % 7 == k))
+            .collect();
         let mut want = got.clone();
         want.sort_by_key(|t| {
             let i: usize = t[1..].parse().unwrap_or(0);
@@ -346,7 +491,11 @@ async fn cron_occurrences_are_neither_doubled_nor_skipped_across_a_restart() {
     cron(&h).tick().await;
     let tasks = h
         .store
-        .list(&kairos_core::model::ListFilter { key: Some("cron".into()), state: None, limit: 100 })
+        .list(&kairos_core::model::ListFilter {
+            key: Some("cron".into()),
+            state: None,
+            limit: 100,
+        })
         .await
         .expect("list");
     let dues: Vec<Millis> = tasks.iter().map(|t| (t.due_at - T0) / 60_000).collect();

@@ -22,26 +22,39 @@ pub fn free_port() -> u16 {
 pub struct Receiver {
     pub addr: SocketAddr,
     pub bodies: Arc<Mutex<Vec<Value>>>,
+    /// When each body arrived (same index as `bodies`).
+    pub arrivals: Arc<Mutex<Vec<Instant>>>,
     pub status: Arc<Mutex<u16>>,
     _rt: tokio::runtime::Runtime,
 }
 
 impl Receiver {
     pub fn start() -> Receiver {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
         let bodies = Arc::new(Mutex::new(Vec::new()));
+        let arrivals = Arc::new(Mutex::new(Vec::new()));
         let status = Arc::new(Mutex::new(200u16));
-        let (b, s) = (bodies.clone(), status.clone());
-        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).expect("bind receiver");
+        let (b, s, a) = (bodies.clone(), status.clone(), arrivals.clone());
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind receiver");
         let addr = listener.local_addr().expect("addr");
         rt.spawn(async move {
             let app = axum::Router::new().route(
                 "/hook",
                 axum::routing::post(move |body: axum::body::Bytes| {
-                    let (b, s) = (b.clone(), s.clone());
+                    let (b, s, a) = (b.clone(), s.clone(), a.clone());
                     async move {
                         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                        b.lock().expect("lock").push(v);
+                        {
+                            let mut bodies = b.lock().expect("lock");
+                            bodies.push(v);
+                            a.lock().expect("lock").push(Instant::now());
+                        }
                         let code = *s.lock().expect("lock");
                         axum::http::StatusCode::from_u16(code).unwrap_or(axum::http::StatusCode::OK)
                     }
@@ -49,7 +62,13 @@ impl Receiver {
             );
             let _ = axum::serve(listener, app).await;
         });
-        Receiver { addr, bodies, status, _rt: rt }
+        Receiver {
+            addr,
+            bodies,
+            arrivals,
+            status,
+            _rt: rt,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -60,14 +79,34 @@ impl Receiver {
         self.bodies.lock().expect("lock").clone()
     }
 
-    pub fn wait_for(&self, what: &str, timeout: Duration, cond: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    /// Bodies with their arrival times.
+    pub fn received_timed(&self) -> Vec<(Instant, Value)> {
+        let bodies = self.bodies.lock().expect("lock");
+        let arrivals = self.arrivals.lock().expect("lock");
+        arrivals
+            .iter()
+            .copied()
+            .zip(bodies.iter().cloned())
+            .collect()
+    }
+
+    pub fn wait_for(
+        &self,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
         let start = Instant::now();
         loop {
             let got = self.received();
             if cond(&got) {
                 return got;
             }
-            assert!(start.elapsed() < timeout, "timed out waiting for {what}; received {} bodies", got.len());
+            assert!(
+                start.elapsed() < timeout,
+                "timed out waiting for {what}; received {} bodies",
+                got.len()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -113,9 +152,84 @@ impl Server {
             .spawn()
             .expect("spawn kairos serve");
         let base = format!("http://127.0.0.1:{port}");
-        let s = Server { child, base, config: config.to_path_buf(), data: PathBuf::new() };
+        let s = Server {
+            child,
+            base,
+            config: config.to_path_buf(),
+            data: PathBuf::new(),
+        };
         s.wait_healthy();
         s
+    }
+
+    /// A cluster node: `kairos serve --config FILE --node-id ID --listen 127.0.0.1:PORT
+    /// --data DIR`, its log (RUST_LOG=info) in `DIR/node.log`. Does not wait for it.
+    pub fn spawn_node(config: &Path, node_id: &str, port: u16, data: &Path) -> Server {
+        std::fs::create_dir_all(data).expect("node data dir");
+        let log = std::fs::File::create(data.join("node.log")).expect("node log");
+        let child = Command::new(kairos_bin())
+            .args(["serve", "--config"])
+            .arg(config)
+            .args([
+                "--node-id",
+                node_id,
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--data",
+            ])
+            .arg(data)
+            .env(
+                "RUST_LOG",
+                "info,librdkafka=warn,wasmtime=warn,cranelift=warn",
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn kairos serve");
+        Server {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            config: config.to_path_buf(),
+            data: data.to_path_buf(),
+        }
+    }
+
+    /// Waits until `/healthz` answers; panics with the node's log tail after `timeout`.
+    pub fn wait_ready(&mut self, timeout: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if ureq::get(&format!("{}/healthz", self.base)).call().is_ok() {
+                return;
+            }
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!(
+                    "kairos at {} exited ({st}) before it was ready; log:\n{}",
+                    self.base,
+                    self.log_tail(60)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "kairos did not become healthy at {} within {timeout:?}; log:\n{}",
+            self.base,
+            self.log_tail(60)
+        );
+    }
+
+    /// The last `n` lines of a node's log (nodes started with `spawn_node`).
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(self.data.join("node.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// `/healthz` as JSON (`partitions_owned`, …), or `None` when it does not answer.
+    pub fn health(&self) -> Option<Value> {
+        ureq::get(&format!("{}/healthz", self.base))
+            .call()
+            .ok()
+            .and_then(|r| r.into_json().ok())
     }
 
     fn wait_healthy(&self) {
@@ -154,7 +268,8 @@ impl Server {
 
     /// Sends a request; returns (status, JSON body).
     pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        let req = ureq::request(method, &format!("{}{path}", self.base)).set("content-type", "application/json");
+        let req = ureq::request(method, &format!("{}{path}", self.base))
+            .set("content-type", "application/json");
         let res = match body {
             Some(b) => req.send_string(b),
             None => req.call(),
@@ -164,7 +279,10 @@ impl Server {
             Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
             Err(e) => panic!("{method} {path}: {e}"),
         };
-        (code, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            code,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 }
 

@@ -57,7 +57,9 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(start: Millis) -> Self {
-        Self { tx: Arc::new(watch::Sender::new(start)) }
+        Self {
+            tx: Arc::new(watch::Sender::new(start)),
+        }
     }
 
     pub fn advance(&self, by: Millis) {

@@ -2,9 +2,9 @@
 //! embedded implementation, and the conformance suite every store must pass.
 
 pub mod clock;
-pub mod fencing;
-pub mod model;
-pub mod store;
 pub mod conformance;
 pub mod embedded;
+pub mod fencing;
+pub mod model;
 pub mod partition;
+pub mod store;

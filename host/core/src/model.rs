@@ -63,7 +63,10 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self { initial_ms: 1_000, max_ms: 120_000 }
+        Self {
+            initial_ms: 1_000,
+            max_ms: 120_000,
+        }
     }
 }
 
@@ -72,7 +75,9 @@ impl Backoff {
     /// attempt 2). The scheduler draws the actual delay uniformly from `[cap/2, cap]`.
     pub fn cap_ms(&self, next_attempt: u32) -> u64 {
         let exp = next_attempt.saturating_sub(2).min(32);
-        self.initial_ms.saturating_mul(1u64 << exp).min(self.max_ms.max(self.initial_ms))
+        self.initial_ms
+            .saturating_mul(1u64 << exp)
+            .min(self.max_ms.max(self.initial_ms))
     }
 }
 
@@ -156,7 +161,10 @@ impl Task {
 
     /// Ordering position within its key (and within its partition's window).
     pub fn order(&self) -> OrderPos {
-        OrderPos { due_at: self.due_at, seq: self.seq }
+        OrderPos {
+            due_at: self.due_at,
+            seq: self.seq,
+        }
     }
 
     /// A task the scheduler still has to deal with: not finished, or dead and parking its key.
@@ -173,10 +181,16 @@ pub struct OrderPos {
 }
 
 impl OrderPos {
-    pub const MIN: OrderPos = OrderPos { due_at: i64::MIN, seq: 0 };
+    pub const MIN: OrderPos = OrderPos {
+        due_at: i64::MIN,
+        seq: 0,
+    };
     /// The last position at or before `due_at`.
     pub fn end_of(due_at: Millis) -> Self {
-        OrderPos { due_at, seq: u64::MAX }
+        OrderPos {
+            due_at,
+            seq: u64::MAX,
+        }
     }
 }
 
@@ -207,11 +221,18 @@ pub struct Attempt {
 /// What follows a finished attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Transition {
-    Succeeded { output: Option<String> },
+    Succeeded {
+        output: Option<String>,
+    },
     /// Run again at `next_at` (state `retrying`).
-    Retry { next_at: Millis, error: String },
+    Retry {
+        next_at: Millis,
+        error: String,
+    },
     /// No attempts left, or a permanent error (state `dead`; parks the key if the task asked).
-    Dead { error: String },
+    Dead {
+        error: String,
+    },
 }
 
 /// A task with its attempt history.

@@ -111,5 +111,10 @@ pub trait TaskStore: Send + Sync + 'static {
     /// `true` if it existed.
     async fn kv_delete(&self, plugin: &str, key: &str) -> StoreResult<bool>;
     /// Entries of `plugin` whose key starts with `prefix`, in key order, at most `limit`.
-    async fn kv_list(&self, plugin: &str, prefix: &str, limit: usize) -> StoreResult<Vec<KvEntryMeta>>;
+    async fn kv_list(
+        &self,
+        plugin: &str,
+        prefix: &str,
+        limit: usize,
+    ) -> StoreResult<Vec<KvEntryMeta>>;
 }

@@ -232,7 +232,7 @@ async fn manifest_changes_reload_the_plugin() {
         Some(v1.clone()),
         "same wasm, same digest"
     );
-    assert_eq!(w.rt.plugins()[0].versions, [v1.clone()]);
+    assert_eq!(w.rt.plugins()[0].versions, std::slice::from_ref(&v1));
 
     std::fs::write(&manifest, "[config]\ncolour = \"red\"\ncolor = 1\n").expect("write");
     assert!(eventually(WAIT, || w.rt.plugins()[0].last_error.is_some()).await);

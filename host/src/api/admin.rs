@@ -22,13 +22,20 @@ fn partitions(st: &State) -> u32 {
 }
 
 pub async fn pause_key(st: State, Path(key): Path<String>) -> ApiResult<Json<serde_json::Value>> {
-    st.scheduler.pause_key(&key, partition_for(&key, partitions(&st))).await?;
+    st.scheduler
+        .pause_key(&key, partition_for(&key, partitions(&st)))
+        .await?;
     Ok(Json(json!({ "key": key, "paused": true })))
 }
 
 pub async fn resume_key(st: State, Path(key): Path<String>) -> ApiResult<Json<serde_json::Value>> {
-    let unparked = st.scheduler.resume_key(&key, partition_for(&key, partitions(&st))).await?;
-    Ok(Json(json!({ "key": key, "paused": false, "unparked_dead_tasks": unparked })))
+    let unparked = st
+        .scheduler
+        .resume_key(&key, partition_for(&key, partitions(&st)))
+        .await?;
+    Ok(Json(
+        json!({ "key": key, "paused": false, "unparked_dead_tasks": unparked }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -45,19 +52,25 @@ pub struct ScheduleBody {
 }
 
 fn next_run(s: &Schedule, now: i64) -> Option<i64> {
-    CronSpec::parse(&s.cron, s.timezone.as_deref()).ok()?.next_after(s.last_fired.unwrap_or(now).max(now))
+    CronSpec::parse(&s.cron, s.timezone.as_deref())
+        .ok()?
+        .next_after(s.last_fired.unwrap_or(now).max(now))
 }
 
 /// Creates or replaces a schedule. Occurrences start after now.
 pub async fn put_schedule(st: State, body: Body) -> ApiResult<(StatusCode, Json<ScheduleView>)> {
-    let b: ScheduleBody = read_json(body, st.enqueuer.defaults.max_payload_bytes + 64 * 1024).await?;
+    let b: ScheduleBody =
+        read_json(body, st.enqueuer.defaults.max_payload_bytes + 64 * 1024).await?;
     let now = st.enqueuer.clock.now();
     let s = Schedule {
         name: b.name,
         cron: b.cron,
         plugin: b.plugin,
         key: b.key,
-        payload: b.payload.map(|p| p.get().to_string()).unwrap_or_else(|| "{}".into()),
+        payload: b
+            .payload
+            .map(|p| p.get().to_string())
+            .unwrap_or_else(|| "{}".into()),
         timezone: b.timezone,
         last_fired: None,
         created_at: now,
@@ -65,29 +78,45 @@ pub async fn put_schedule(st: State, body: Body) -> ApiResult<(StatusCode, Json<
     cron::validate(&s, &st.enqueuer)?;
     st.store.put_schedule(s.clone()).await?;
     st.schedules_changed.notify_one();
-    Ok((StatusCode::CREATED, Json(ScheduleView::new(&s, next_run(&s, now)))))
+    Ok((
+        StatusCode::CREATED,
+        Json(ScheduleView::new(&s, next_run(&s, now))),
+    ))
 }
 
 pub async fn list_schedules(st: State) -> ApiResult<Json<Vec<ScheduleView>>> {
     let now = st.enqueuer.clock.now();
     let all = st.store.list_schedules().await?;
-    Ok(Json(all.iter().map(|s| ScheduleView::new(s, next_run(s, now))).collect()))
+    Ok(Json(
+        all.iter()
+            .map(|s| ScheduleView::new(s, next_run(s, now)))
+            .collect(),
+    ))
 }
 
 pub async fn get_schedule(st: State, Path(name): Path<String>) -> ApiResult<Json<ScheduleView>> {
     let now = st.enqueuer.clock.now();
     match st.store.get_schedule(&name).await? {
         Some(s) => Ok(Json(ScheduleView::new(&s, next_run(&s, now)))),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("schedule {name:?} not found"))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("schedule {name:?} not found"),
+        )),
     }
 }
 
-pub async fn delete_schedule(st: State, Path(name): Path<String>) -> ApiResult<Json<serde_json::Value>> {
+pub async fn delete_schedule(
+    st: State,
+    Path(name): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
     if st.store.delete_schedule(&name).await? {
         st.schedules_changed.notify_one();
         Ok(Json(json!({ "deleted": name })))
     } else {
-        Err(ApiError::new(StatusCode::NOT_FOUND, format!("schedule {name:?} not found")))
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("schedule {name:?} not found"),
+        ))
     }
 }
 
@@ -101,5 +130,8 @@ pub async fn healthz(st: State) -> Json<serde_json::Value> {
 }
 
 pub async fn metrics(st: State) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], st.metrics.render())
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        st.metrics.render(),
+    )
 }

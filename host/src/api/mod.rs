@@ -42,12 +42,23 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/tasks", post(tasks::create).get(tasks::list))
         .route("/v1/tasks/batch", post(tasks::create_batch))
-        .route("/v1/tasks/{id}", get(tasks::get).delete(tasks::cancel).patch(tasks::reschedule))
+        .route(
+            "/v1/tasks/{id}",
+            get(tasks::get)
+                .delete(tasks::cancel)
+                .patch(tasks::reschedule),
+        )
         .route("/v1/tasks/{id}/retry", post(tasks::retry))
         .route("/v1/keys/{key}/pause", post(admin::pause_key))
         .route("/v1/keys/{key}/resume", post(admin::resume_key))
-        .route("/v1/schedules", post(admin::put_schedule).get(admin::list_schedules))
-        .route("/v1/schedules/{name}", get(admin::get_schedule).delete(admin::delete_schedule))
+        .route(
+            "/v1/schedules",
+            post(admin::put_schedule).get(admin::list_schedules),
+        )
+        .route(
+            "/v1/schedules/{name}",
+            get(admin::get_schedule).delete(admin::delete_schedule),
+        )
         .route("/v1/plugins", get(admin::plugins))
         .route("/healthz", get(admin::healthz))
         .route("/metrics", get(admin::metrics))
@@ -65,19 +76,29 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self { status, message: message.into() }
+        Self {
+            status,
+            message: message.into(),
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(serde_json::json!({ "error": self.message }))).into_response()
+        (
+            self.status,
+            axum::Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response()
     }
 }
 
 impl From<Rejection> for ApiError {
     fn from(r: Rejection) -> Self {
-        Self::new(StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST), r.message)
+        Self::new(
+            StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST),
+            r.message,
+        )
     }
 }
 
@@ -103,13 +124,23 @@ impl From<OpError> for ApiError {
 /// Reads a JSON body of at most `limit` bytes into `T`, with errors that say what was wrong.
 pub async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
     let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("request body is over the limit of {limit} bytes"))
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is over the limit of {limit} bytes"),
+        )
     })?;
     if bytes.is_empty() {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "request body is empty; expected a JSON document"));
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "request body is empty; expected a JSON document",
+        ));
     }
     serde_json::from_slice(&bytes).map_err(|e| {
-        let what = if e.is_syntax() || e.is_eof() { "malformed JSON" } else { "invalid request" };
+        let what = if e.is_syntax() || e.is_eof() {
+            "malformed JSON"
+        } else {
+            "invalid request"
+        };
         ApiError::new(StatusCode::BAD_REQUEST, format!("{what}: {e}"))
     })
 }

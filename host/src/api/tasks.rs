@@ -33,10 +33,17 @@ pub async fn create(st: State, body: Body) -> ApiResult<(StatusCode, Json<Accept
     let req: EnqueueRequest = read_json(body, body_limit(&st)).await?;
     let task = st.enqueuer.build(req, st.enqueuer.clock.now())?;
     let outcomes = st.enqueuer.submit(vec![task]).await?;
-    let o = outcomes
-        .first()
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store returned no outcome"))?;
-    let status = if matches!(o, EnqueueOutcome::Duplicate(_)) { StatusCode::OK } else { StatusCode::CREATED };
+    let o = outcomes.first().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "store returned no outcome",
+        )
+    })?;
+    let status = if matches!(o, EnqueueOutcome::Duplicate(_)) {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
     Ok((status, Json(accepted(o))))
 }
 
@@ -61,13 +68,19 @@ pub async fn create_batch(st: State, body: Body) -> ApiResult<(StatusCode, Json<
         tasks.push(t);
     }
     let outcomes = st.enqueuer.submit(tasks).await?;
-    Ok((StatusCode::CREATED, Json(outcomes.iter().map(accepted).collect())))
+    Ok((
+        StatusCode::CREATED,
+        Json(outcomes.iter().map(accepted).collect()),
+    ))
 }
 
 pub async fn get(st: State, Path(id): Path<String>) -> ApiResult<Json<TaskView>> {
     match st.store.get(&id).await? {
         Some(rec) => Ok(Json(TaskView::new(&rec.task, Some(&rec.attempts)))),
-        None => Err(ApiError::new(StatusCode::NOT_FOUND, format!("task {id} not found"))),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("task {id} not found"),
+        )),
     }
 }
 
@@ -79,7 +92,10 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
-pub async fn list(st: State, q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>) -> ApiResult<Json<Vec<TaskView>>> {
+pub async fn list(
+    st: State,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Vec<TaskView>>> {
     let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let state = match q.state.as_deref() {
         None => None,
@@ -91,7 +107,14 @@ pub async fn list(st: State, q: Result<Query<ListQuery>, axum::extract::rejectio
         })?),
     };
     let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
-    let tasks = st.store.list(&ListFilter { key: q.key, state, limit }).await?;
+    let tasks = st
+        .store
+        .list(&ListFilter {
+            key: q.key,
+            state,
+            limit,
+        })
+        .await?;
     Ok(Json(tasks.iter().map(|t| TaskView::new(t, None)).collect()))
 }
 
@@ -114,9 +137,13 @@ pub async fn retry(st: State, Path(id): Path<String>, body: Body) -> ApiResult<J
     let b: RetryBody = if bytes.iter().all(u8::is_ascii_whitespace) {
         RetryBody::default()
     } else {
-        serde_json::from_slice(&bytes).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid request: {e}")))?
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("invalid request: {e}")))?
     };
-    let extra = b.max_attempts.unwrap_or(st.enqueuer.defaults.max_attempts).max(1);
+    let extra = b
+        .max_attempts
+        .unwrap_or(st.enqueuer.defaults.max_attempts)
+        .max(1);
     let t = st.scheduler.retry_dead(&id, extra).await?;
     Ok(Json(TaskView::new(&t, None)))
 }
@@ -127,10 +154,19 @@ pub struct PatchBody {
     run_at: String,
 }
 
-pub async fn reschedule(st: State, Path(id): Path<String>, body: Body) -> ApiResult<Json<TaskView>> {
+pub async fn reschedule(
+    st: State,
+    Path(id): Path<String>,
+    body: Body,
+) -> ApiResult<Json<TaskView>> {
     let b: PatchBody = read_json(body, 4096).await?;
     let run_at = DateTime::parse_from_rfc3339(&b.run_at)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("`run_at` {:?} is not an RFC 3339 time: {e}", b.run_at)))?
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("`run_at` {:?} is not an RFC 3339 time: {e}", b.run_at),
+            )
+        })?
         .timestamp_millis();
     let t = st.scheduler.reschedule(&id, run_at).await?;
     Ok(Json(TaskView::new(&t, None)))

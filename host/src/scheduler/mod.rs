@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use kairos_core::clock::Clock;
-use kairos_core::model::{Millis, Task};
+use kairos_core::model::{Attempt, Millis, Task, Transition};
 use kairos_core::store::{StoreError, TaskStore};
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -26,10 +26,17 @@ pub use run::decide;
 /// What one attempt produced.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ExecResult {
-    Success { output: Option<String> },
+    Success {
+        output: Option<String>,
+    },
     /// Try again (after at least `retry_after_ms` when given).
-    Retry { error: String, retry_after_ms: Option<u64> },
-    Permanent { error: String },
+    Retry {
+        error: String,
+        retry_after_ms: Option<u64>,
+    },
+    Permanent {
+        error: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +52,27 @@ pub trait Executor: Send + Sync + 'static {
     async fn execute(&self, task: &Task, attempt: u32) -> ExecOutcome;
 }
 
+/// Cluster mode: attempts start and finish only under the partition's ownership epoch (a
+/// fencing token), so a node that lost a partition can neither run nor complete its tasks.
+/// Without a fence (embedded: one process owns everything) the store's plain calls are used.
+#[async_trait]
+pub trait Fence: Send + Sync + 'static {
+    /// Claims attempt `attempt` of `task` under the epoch this node holds for its partition.
+    /// An error means: do not run it ([`Fence::is_fenced`]: the partition belongs to another
+    /// node now; `Conflict`: the task is finished already).
+    async fn start(&self, task: &Task, attempt: u32, at: Millis) -> Result<(), StoreError>;
+    /// Records the end of an attempt started with [`Fence::start`].
+    async fn finish(
+        &self,
+        task: &Task,
+        attempt: Attempt,
+        transition: Transition,
+        at: Millis,
+    ) -> Result<Task, StoreError>;
+    /// Whether `e` says this node's epoch is stale.
+    fn is_fenced(&self, e: &StoreError) -> bool;
+}
+
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
     /// Most tasks held in memory per partition.
@@ -57,7 +85,11 @@ pub struct SchedulerConfig {
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        Self { window_capacity: 2_000, horizon_ms: 60_000, concurrency: 64 }
+        Self {
+            window_capacity: 2_000,
+            horizon_ms: 60_000,
+            concurrency: 64,
+        }
     }
 }
 
@@ -95,6 +127,7 @@ pub(crate) struct Shared {
     pub permits: Arc<Semaphore>,
     pub paused: RwLock<HashSet<String>>,
     pub cfg: SchedulerConfig,
+    pub fence: Option<Arc<dyn Fence>>,
 }
 
 impl Shared {
@@ -123,6 +156,18 @@ impl Scheduler {
         metrics: Arc<Metrics>,
         cfg: SchedulerConfig,
     ) -> Result<Arc<Self>, StoreError> {
+        Self::with_fence(store, executor, clock, metrics, cfg, None).await
+    }
+
+    /// [`Scheduler::new`] with an optional [`Fence`] that every start and finish goes through.
+    pub async fn with_fence(
+        store: Arc<dyn TaskStore>,
+        executor: Arc<dyn Executor>,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        cfg: SchedulerConfig,
+        fence: Option<Arc<dyn Fence>>,
+    ) -> Result<Arc<Self>, StoreError> {
         let paused = store.paused_keys().await?.into_iter().collect();
         let shared = Arc::new(Shared {
             store,
@@ -132,8 +177,12 @@ impl Scheduler {
             permits: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
             paused: RwLock::new(paused),
             cfg,
+            fence,
         });
-        Ok(Arc::new(Self { shared, partitions: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(Self {
+            shared,
+            partitions: Mutex::new(HashMap::new()),
+        }))
     }
 
     /// Starts the partition's actor: it pages in every incomplete task, however overdue.
@@ -206,7 +255,9 @@ impl Scheduler {
     ) -> Result<T, OpError> {
         let tx = self.sender(partition).await?;
         let (reply, rx) = oneshot::channel();
-        tx.send(make(reply)).await.map_err(|_| OpError::ShuttingDown)?;
+        tx.send(make(reply))
+            .await
+            .map_err(|_| OpError::ShuttingDown)?;
         rx.await.map_err(|_| OpError::ShuttingDown)?
     }
 
@@ -221,19 +272,33 @@ impl Scheduler {
     /// finished.
     pub async fn cancel(&self, id: &str) -> Result<Task, OpError> {
         let p = self.partition_of(id).await?;
-        self.ask(p, |reply| Msg::Cancel { id: id.to_string(), reply }).await
+        self.ask(p, |reply| Msg::Cancel {
+            id: id.to_string(),
+            reply,
+        })
+        .await
     }
 
     /// Moves a scheduled or retrying task to `run_at`.
     pub async fn reschedule(&self, id: &str, run_at: Millis) -> Result<Task, OpError> {
         let p = self.partition_of(id).await?;
-        self.ask(p, |reply| Msg::Reschedule { id: id.to_string(), run_at, reply }).await
+        self.ask(p, |reply| Msg::Reschedule {
+            id: id.to_string(),
+            run_at,
+            reply,
+        })
+        .await
     }
 
     /// Sends a dead task back to run now, with `extra_attempts` more attempts.
     pub async fn retry_dead(&self, id: &str, extra_attempts: u32) -> Result<Task, OpError> {
         let p = self.partition_of(id).await?;
-        self.ask(p, |reply| Msg::RetryDead { id: id.to_string(), extra_attempts, reply }).await
+        self.ask(p, |reply| Msg::RetryDead {
+            id: id.to_string(),
+            extra_attempts,
+            reply,
+        })
+        .await
     }
 
     /// Parks a key: none of its tasks starts until it is resumed.
@@ -242,7 +307,12 @@ impl Scheduler {
         if let Ok(mut p) = self.shared.paused.write() {
             p.insert(key.to_string());
         }
-        let _ = self.ask(partition, |reply| Msg::KeyChanged { key: key.to_string(), reply }).await;
+        let _ = self
+            .ask(partition, |reply| Msg::KeyChanged {
+                key: key.to_string(),
+                reply,
+            })
+            .await;
         Ok(())
     }
 
@@ -252,13 +322,26 @@ impl Scheduler {
         if let Ok(mut p) = self.shared.paused.write() {
             p.remove(key);
         }
-        let unparked = self.shared.store.unpark_key(key, self.shared.clock.now()).await?;
-        let _ = self.ask(partition, |reply| Msg::KeyChanged { key: key.to_string(), reply }).await;
+        let unparked = self
+            .shared
+            .store
+            .unpark_key(key, self.shared.clock.now())
+            .await?;
+        let _ = self
+            .ask(partition, |reply| Msg::KeyChanged {
+                key: key.to_string(),
+                reply,
+            })
+            .await;
         Ok(unparked)
     }
 
     pub fn is_paused(&self, key: &str) -> bool {
-        self.shared.paused.read().map(|p| p.contains(key)).unwrap_or(false)
+        self.shared
+            .paused
+            .read()
+            .map(|p| p.contains(key))
+            .unwrap_or(false)
     }
 }
 

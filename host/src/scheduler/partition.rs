@@ -20,11 +20,25 @@ type Reply<T> = oneshot::Sender<Result<T, OpError>>;
 pub(crate) enum Msg {
     /// Newly persisted tasks of this partition.
     Deliver(Vec<Task>),
-    Cancel { id: String, reply: Reply<Task> },
-    Reschedule { id: String, run_at: Millis, reply: Reply<Task> },
-    RetryDead { id: String, extra_attempts: u32, reply: Reply<Task> },
+    Cancel {
+        id: String,
+        reply: Reply<Task>,
+    },
+    Reschedule {
+        id: String,
+        run_at: Millis,
+        reply: Reply<Task>,
+    },
+    RetryDead {
+        id: String,
+        extra_attempts: u32,
+        reply: Reply<Task>,
+    },
     /// A key was paused, resumed or unparked: re-read its state.
-    KeyChanged { key: String, reply: Reply<()> },
+    KeyChanged {
+        key: String,
+        reply: Reply<()>,
+    },
 }
 
 pub(crate) struct PartitionActor {
@@ -47,7 +61,12 @@ pub(crate) struct PartitionActor {
 }
 
 impl PartitionActor {
-    pub fn new(partition: u32, shared: Arc<Shared>, rx: mpsc::Receiver<Msg>, stop: CancellationToken) -> Self {
+    pub fn new(
+        partition: u32,
+        shared: Arc<Shared>,
+        rx: mpsc::Receiver<Msg>,
+        stop: CancellationToken,
+    ) -> Self {
         let (done_tx, done_rx) = mpsc::channel(shared.cfg.concurrency.max(16));
         Self {
             partition,
@@ -84,7 +103,12 @@ impl PartitionActor {
     async fn page(&mut self, now: Millis) {
         let up_to = now.saturating_add(self.shared.cfg.horizon_ms);
         let limit = self.capacity().saturating_sub(self.window.len()).max(1);
-        match self.shared.store.load_window(self.partition, self.cursor, up_to, limit).await {
+        match self
+            .shared
+            .store
+            .load_window(self.partition, self.cursor, up_to, limit)
+            .await
+        {
             Ok(tasks) => {
                 self.retry_load_at = None;
                 let complete = tasks.len() < limit;
@@ -101,7 +125,10 @@ impl PartitionActor {
                 self.publish_window();
             }
             Err(e) => {
-                self.shared.metrics.store_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.shared
+                    .metrics
+                    .store_errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::warn!(partition = self.partition, error = %e, "loading the window failed; retrying in 1 s");
                 self.retry_load_at = Some(now + 1_000);
             }
@@ -109,7 +136,9 @@ impl PartitionActor {
     }
 
     fn publish_window(&self) {
-        self.shared.metrics.set_window(self.partition, self.window.len());
+        self.shared
+            .metrics
+            .set_window(self.partition, self.window.len());
     }
 
     /// Adds delivered tasks that fall inside the window; the rest wait in the store.
@@ -143,6 +172,12 @@ impl PartitionActor {
         let paused = self.shared.paused_snapshot();
         match done.result {
             Ok(task) => self.window.finished(task, &paused),
+            Err(e) if done.dropped => {
+                // Fenced (the partition is another node's now; its revoke follows) or finished
+                // elsewhere: forget the task without paging it in again.
+                tracing::debug!(partition = self.partition, task = %done.id, error = %e, "task dropped from the window");
+                self.window.remove(&done.id, &paused);
+            }
             Err(e) => {
                 // The attempt's end could not be stored: drop the task from memory; it is still
                 // pending in the store and is picked up again by a later page or a restart.
@@ -163,12 +198,18 @@ impl PartitionActor {
             Msg::Deliver(tasks) => self.deliver(tasks),
             Msg::Cancel { id, reply } => {
                 let r = if self.window.is_running(&id) {
-                    Err(OpError::Conflict(format!("task {id} is running; it can no longer be cancelled")))
+                    Err(OpError::Conflict(format!(
+                        "task {id} is running; it can no longer be cancelled"
+                    )))
                 } else {
                     match store.get(&id).await {
-                        Ok(Some(rec)) if rec.task.state == TaskState::Dead && !rec.task.park_on_dead => Err(
-                            OpError::Conflict(format!("task {id} is dead (finished); use retry to run it again")),
-                        ),
+                        Ok(Some(rec))
+                            if rec.task.state == TaskState::Dead && !rec.task.park_on_dead =>
+                        {
+                            Err(OpError::Conflict(format!(
+                                "task {id} is dead (finished); use retry to run it again"
+                            )))
+                        }
                         Ok(_) => store.cancel(&id, now).await.map_err(OpError::from),
                         Err(e) => Err(e.into()),
                     }
@@ -182,17 +223,29 @@ impl PartitionActor {
             }
             Msg::Reschedule { id, run_at, reply } => {
                 let r = if self.window.is_running(&id) {
-                    Err(OpError::Conflict(format!("task {id} is running; it can no longer be rescheduled")))
+                    Err(OpError::Conflict(format!(
+                        "task {id} is running; it can no longer be rescheduled"
+                    )))
                 } else {
-                    store.reschedule(&id, run_at, now).await.map_err(OpError::from)
+                    store
+                        .reschedule(&id, run_at, now)
+                        .await
+                        .map_err(OpError::from)
                 };
                 if let Ok(t) = &r {
                     self.place(t.clone());
                 }
                 let _ = reply.send(r);
             }
-            Msg::RetryDead { id, extra_attempts, reply } => {
-                let r = store.retry_dead(&id, extra_attempts, now).await.map_err(OpError::from);
+            Msg::RetryDead {
+                id,
+                extra_attempts,
+                reply,
+            } => {
+                let r = store
+                    .retry_dead(&id, extra_attempts, now)
+                    .await
+                    .map_err(OpError::from);
                 if let Ok(t) = &r {
                     self.place(t.clone());
                 }
@@ -223,10 +276,19 @@ impl PartitionActor {
     /// Starts ready tasks while permits are free.
     fn start_ready(&mut self) {
         while !self.ready.is_empty() {
-            let Ok(permit) = self.shared.permits.clone().try_acquire_owned() else { break };
-            let Some(task) = self.ready.pop_front() else { break };
+            let Ok(permit) = self.shared.permits.clone().try_acquire_owned() else {
+                break;
+            };
+            let Some(task) = self.ready.pop_front() else {
+                break;
+            };
             self.in_flight += 1;
-            tokio::spawn(run_attempt(self.shared.clone(), task, permit, self.done_tx.clone()));
+            tokio::spawn(run_attempt(
+                self.shared.clone(),
+                task,
+                permit,
+                self.done_tx.clone(),
+            ));
         }
     }
 
@@ -249,7 +311,9 @@ impl PartitionActor {
             let wake = match (self.window.next_timer(), stopping) {
                 (_, true) => None,
                 (t, false) => {
-                    let page_at = self.retry_load_at.unwrap_or(self.horizon - self.shared.cfg.horizon_ms / 2);
+                    let page_at = self
+                        .retry_load_at
+                        .unwrap_or(self.horizon - self.shared.cfg.horizon_ms / 2);
                     Some(t.map_or(page_at, |t| t.min(page_at)))
                 }
             };

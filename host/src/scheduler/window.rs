@@ -44,6 +44,10 @@ impl Window {
         self.tasks.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     pub fn get(&self, id: &str) -> Option<&Task> {
         self.tasks.get(id)
     }
@@ -74,7 +78,9 @@ impl Window {
 
     /// Recomputes the key's armed timer entry.
     pub fn rearm(&mut self, key: &str, paused: &HashSet<String>) {
-        let Some(ks) = self.keys.get_mut(key) else { return };
+        let Some(ks) = self.keys.get_mut(key) else {
+            return;
+        };
         if let Some(old) = ks.armed.take() {
             self.timers.remove(&old);
         }
@@ -114,13 +120,21 @@ impl Window {
     pub fn take_due(&mut self, now: Millis, max: usize) -> Vec<Task> {
         let mut out = Vec::new();
         while out.len() < max {
-            let Some(first) = self.timers.first() else { break };
+            let Some(first) = self.timers.first() else {
+                break;
+            };
             if first.0 > now {
                 break;
             }
-            let Some((_, pos, id)) = self.timers.pop_first() else { break };
-            let Some(task) = self.tasks.get(&id) else { continue };
-            let Some(ks) = self.keys.get_mut(&task.key) else { continue };
+            let Some((_, pos, id)) = self.timers.pop_first() else {
+                break;
+            };
+            let Some(task) = self.tasks.get(&id) else {
+                continue;
+            };
+            let Some(ks) = self.keys.get_mut(&task.key) else {
+                continue;
+            };
             ks.armed = None;
             if ks.active.is_none() {
                 ks.waiting.remove(&pos);
@@ -134,7 +148,9 @@ impl Window {
 
     /// A started task did not actually start (no permit before shutdown): give the key back.
     pub fn unstart(&mut self, id: &str, paused: &HashSet<String>) {
-        let Some(key) = self.tasks.get(id).map(|t| t.key.clone()) else { return };
+        let Some(key) = self.tasks.get(id).map(|t| t.key.clone()) else {
+            return;
+        };
         if let Some(ks) = self.keys.get_mut(&key) {
             ks.running = false;
         }
@@ -203,7 +219,13 @@ impl Window {
     pub fn ids_of_key(&self, key: &str) -> Vec<String> {
         self.keys
             .get(key)
-            .map(|ks| ks.active.iter().chain(ks.waiting.values()).cloned().collect())
+            .map(|ks| {
+                ks.active
+                    .iter()
+                    .chain(ks.waiting.values())
+                    .cloned()
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -211,9 +233,15 @@ impl Window {
 /// The position immediately before `pos`.
 pub fn pred(pos: OrderPos) -> OrderPos {
     if pos.seq > 0 {
-        OrderPos { due_at: pos.due_at, seq: pos.seq - 1 }
+        OrderPos {
+            due_at: pos.due_at,
+            seq: pos.seq - 1,
+        }
     } else {
-        OrderPos { due_at: pos.due_at - 1, seq: u64::MAX }
+        OrderPos {
+            due_at: pos.due_at - 1,
+            seq: u64::MAX,
+        }
     }
 }
 
@@ -278,7 +306,10 @@ mod tests {
         retry.state = TaskState::Retrying;
         retry.next_at = 100;
         w.finished(retry, &none);
-        assert!(w.take_due(50, 10).is_empty(), "a2 must wait behind the retrying a1");
+        assert!(
+            w.take_due(50, 10).is_empty(),
+            "a2 must wait behind the retrying a1"
+        );
         assert_eq!(ids(&w.take_due(100, 10)), ["a1"]);
     }
 

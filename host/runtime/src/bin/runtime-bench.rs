@@ -179,12 +179,12 @@ fn main() -> anyhow::Result<()> {
         let size = std::fs::metadata(&src)?.len();
         let dir = single(&src, name)?;
         let compile: Vec<f64> = (0..3)
-            .map(|_| timed_load(&runtime(None)?, dir.path(), name).map(ms))
+            .map(|_| timed_load(&*runtime(None)?, dir.path(), name).map(ms))
             .collect::<anyhow::Result<_>>()?;
         // Warm the cache, then measure loads that deserialize from it.
-        timed_load(&runtime(Some(cache.path().into()))?, dir.path(), name)?;
+        timed_load(&*runtime(Some(cache.path().into()))?, dir.path(), name)?;
         let cached: Vec<f64> = (0..5)
-            .map(|_| timed_load(&runtime(Some(cache.path().into()))?, dir.path(), name).map(ms))
+            .map(|_| timed_load(&*runtime(Some(cache.path().into()))?, dir.path(), name).map(ms))
             .collect::<anyhow::Result<_>>()?;
         rows.push((
             format!("compile `{name}` ({} KiB), no cache", size / 1024),

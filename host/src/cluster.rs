@@ -1,0 +1,460 @@
+//! Cluster mode: the pieces that connect the scheduler to Apache Kafka (`kairos-kafka`) and
+//! Apache Cassandra (`kairos-cassandra`).
+//!
+//! - [`ClusterIntake`]: an enqueue is a record on the task topic, answered once the brokers
+//!   acknowledged it (`acks=all`). The partition's owner persists it to Cassandra and runs it.
+//! - [`Listener`]: the Kafka source's partition events drive the scheduler. On assignment the
+//!   node first takes the partition's ownership epoch in Cassandra (a lightweight
+//!   transaction), then starts the partition's scheduler; on revocation only that partition
+//!   drains.
+//! - [`EpochFence`]: every start and finish of an attempt goes through the store's fenced
+//!   operations under the epoch this node holds, so a node that lost a partition can neither
+//!   run nor complete its tasks again.
+//! - Start-up waits (with backoff and a clear log line) while Kafka or Cassandra are not
+//!   reachable yet.
+
+use std::collections::HashMap;
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use kairos_cassandra::{CassandraOptions, CassandraStore, Replication};
+use kairos_core::fencing::PartitionFencing;
+use kairos_core::model::{Attempt, EnqueueOutcome, Millis, NewTask, Task, Transition};
+use kairos_core::store::{StoreError, TaskStore};
+use kairos_kafka::{
+    KafkaConfig, KafkaError, KafkaIntake, KafkaSource, PartitionListener, RecordDefaults,
+};
+
+use crate::config::{CassandraSection, Config, KafkaSection};
+use crate::enqueue::TaskIntake;
+use crate::scheduler::{Fence, Scheduler};
+
+/// The store options for `[store] type = "cassandra"`.
+pub fn cassandra_options(c: &CassandraSection) -> CassandraOptions {
+    let replication = if c.datacenters.is_empty() {
+        Replication::SimpleStrategy {
+            rf: c.replication_factor,
+        }
+    } else {
+        Replication::NetworkTopology(c.datacenters.clone())
+    };
+    CassandraOptions {
+        nodes: c.nodes.clone(),
+        keyspace: c.keyspace.clone(),
+        replication,
+        consistency: c.consistency.clone(),
+        migrate_on_start: c.migrate_on_start,
+        bucket_ms: c.bucket_ms,
+        request_timeout: Duration::from_millis(c.request_timeout_ms.max(100)),
+        ..CassandraOptions::default()
+    }
+}
+
+/// The Kafka options for `[queue] type = "kafka"`.
+pub fn kafka_config(cfg: &Config, k: &KafkaSection) -> KafkaConfig {
+    let mut kc = KafkaConfig::new(k.brokers.joined(), cfg.partitions);
+    kc.topic = k.topic.clone();
+    kc.group = k.group.clone();
+    kc.replication_factor = k.replication_factor;
+    kc.create_topic = k.create_topic;
+    kc.client_id = Some(cfg.node_id.clone());
+    kc.session_timeout = Duration::from_millis(k.session_timeout_ms.max(1_000));
+    kc.produce_timeout = Duration::from_millis(k.produce_timeout_ms.max(1));
+    kc.record_defaults = RecordDefaults {
+        max_attempts: cfg.tasks.max_attempts,
+        backoff: kairos_core::model::Backoff {
+            initial_ms: cfg.tasks.backoff_initial_ms,
+            max_ms: cfg.tasks.backoff_max_ms,
+        },
+        max_payload_bytes: cfg.tasks.max_payload_bytes,
+    };
+    kc.extra = k.properties.clone();
+    kc
+}
+
+/// Calls `f` until it succeeds. Errors `transient` accepts are retried forever, with backoff
+/// (0.5 s doubling to 10 s) and a log line each time; others end the wait at once.
+pub async fn wait_for<T, E, F, Fut>(
+    what: &str,
+    transient: impl Fn(&E) -> bool,
+    mut f: F,
+) -> anyhow::Result<T>
+where
+    E: Display + Send + Sync + 'static,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(500);
+    let mut tries = 0u32;
+    loop {
+        match f().await {
+            Ok(v) => {
+                if tries > 0 {
+                    tracing::info!("{what}: connected after {} attempts", tries + 1);
+                }
+                return Ok(v);
+            }
+            Err(e) if transient(&e) => {
+                tries += 1;
+                tracing::warn!(
+                    "{what}: not reachable yet ({e}); retrying in {:.1} s (attempt {tries})",
+                    delay.as_secs_f64()
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(e) => return Err(anyhow::anyhow!("{what}: {e}")),
+        }
+    }
+}
+
+fn kafka_transient(e: &KafkaError) -> bool {
+    matches!(e, KafkaError::Unavailable(_) | KafkaError::Other(_))
+}
+
+/// Connects to Cassandra (creating the schema when configured), waiting while it is down.
+pub async fn connect_cassandra(c: &CassandraSection) -> anyhow::Result<Arc<CassandraStore>> {
+    let opts = cassandra_options(c);
+    let what = format!("Cassandra at {}", c.nodes.join(","));
+    let store = wait_for(&what, StoreError::is_transient, || {
+        CassandraStore::connect(opts.clone())
+    })
+    .await?;
+    tracing::info!(nodes = ?c.nodes, keyspace = %c.keyspace, consistency = %c.consistency, "Cassandra store ready");
+    Ok(Arc::new(store))
+}
+
+/// Connects the producer (creating the topic when configured), waiting while Kafka is down.
+pub async fn connect_intake(kc: &KafkaConfig) -> anyhow::Result<KafkaIntake> {
+    let what = format!("Kafka at {}", kc.brokers);
+    let intake = wait_for(&what, kafka_transient, || KafkaIntake::connect(kc)).await?;
+    tracing::info!(brokers = %kc.brokers, topic = %kc.topic, partitions = kc.partitions, "Kafka producer ready");
+    Ok(intake)
+}
+
+/// Joins the consumer group, waiting while Kafka is down.
+pub async fn start_source(
+    kc: &KafkaConfig,
+    store: Arc<dyn TaskStore>,
+    listener: Arc<Listener>,
+) -> anyhow::Result<KafkaSource> {
+    let what = format!("Kafka consumer group {} at {}", kc.group, kc.brokers);
+    let source = wait_for(&what, kafka_transient, || {
+        let listener: Arc<dyn PartitionListener> = listener.clone();
+        KafkaSource::start(kc.clone(), store.clone(), listener)
+    })
+    .await?;
+    tracing::info!(group = %kc.group, topic = %kc.topic, "joined the consumer group; waiting for partitions");
+    Ok(source)
+}
+
+/// `kairos migrate`: the keyspace and tables (and the topic, for a Kafka queue).
+pub async fn migrate(cfg: &Config) -> anyhow::Result<Vec<String>> {
+    let mut done = Vec::new();
+    match &cfg.store {
+        crate::config::StoreConfig::Cassandra(c) => {
+            let mut c = c.clone();
+            c.migrate_on_start = true;
+            let store = connect_cassandra(&c).await?;
+            store
+                .migrate()
+                .await
+                .context("creating the keyspace and tables")?;
+            done.push(format!(
+                "Cassandra keyspace `{}` and its tables are in place ({})",
+                c.keyspace,
+                c.nodes.join(",")
+            ));
+        }
+        crate::config::StoreConfig::Embedded { .. } => {
+            done.push(
+                "the embedded store creates its tables itself when it opens; nothing to do".into(),
+            );
+        }
+    }
+    if let crate::config::QueueConfig::Kafka(k) = &cfg.queue {
+        let kc = kafka_config(cfg, k);
+        let intake = connect_intake(&kc).await?;
+        done.push(format!(
+            "Kafka topic `{}` has {} partitions ({})",
+            intake.topic(),
+            intake.partitions(),
+            kc.brokers
+        ));
+    }
+    Ok(done)
+}
+
+/// The epochs this node holds, per partition, and the fenced start/finish under them.
+pub struct EpochFence {
+    store: Arc<CassandraStore>,
+    /// partition -> (epoch, still ours as far as we know)
+    epochs: RwLock<HashMap<u32, (u64, bool)>>,
+    starter: tokio::sync::mpsc::UnboundedSender<StartReq>,
+}
+
+const NOT_OURS: &str = "not owned:";
+
+impl EpochFence {
+    pub fn new(store: Arc<CassandraStore>) -> Self {
+        let starter = spawn_starter(store.clone());
+        Self {
+            store,
+            epochs: RwLock::new(HashMap::new()),
+            starter,
+        }
+    }
+
+    fn get(&self, partition: u32) -> Option<(u64, bool)> {
+        self.epochs
+            .read()
+            .ok()
+            .and_then(|m| m.get(&partition).copied())
+    }
+
+    fn set(&self, partition: u32, epoch: u64) {
+        if let Ok(mut m) = self.epochs.write() {
+            m.insert(partition, (epoch, true));
+        }
+    }
+
+    fn lost(&self, partition: u32, epoch: u64) {
+        if let Ok(mut m) = self.epochs.write()
+            && let Some(e) = m.get_mut(&partition)
+            && e.0 == epoch
+        {
+            e.1 = false;
+        }
+    }
+
+    fn clear(&self, partition: u32) {
+        if let Ok(mut m) = self.epochs.write() {
+            m.remove(&partition);
+        }
+    }
+
+    /// The epoch held for `partition`, if any.
+    pub fn epoch(&self, partition: u32) -> Option<u64> {
+        self.get(partition).map(|(e, _)| e)
+    }
+}
+
+/// A fenced start to run on the fence thread.
+struct StartReq {
+    id: String,
+    attempt: u32,
+    at: Millis,
+    partition: u32,
+    epoch: u64,
+    reply: tokio::sync::oneshot::Sender<Result<Task, StoreError>>,
+}
+
+/// The store's fenced start future cannot be proven `Send` (a higher-ranked lifetime
+/// limitation of the compiler with its internal stream), so it runs on a dedicated thread
+/// with a current-thread runtime (many starts concurrently, as local tasks). The CQL session
+/// itself stays on the main runtime; this thread only drives the request futures.
+fn spawn_starter(store: Arc<CassandraStore>) -> tokio::sync::mpsc::UnboundedSender<StartReq> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<StartReq>();
+    let spawned = std::thread::Builder::new()
+        .name("kairos-fence".into())
+        .spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot start the fencing thread's runtime");
+                    return;
+                }
+            };
+            let local = tokio::task::LocalSet::new();
+            local.block_on(&rt, async move {
+                while let Some(r) = rx.recv().await {
+                    let store = store.clone();
+                    tokio::task::spawn_local(async move {
+                        let res = store
+                            .start_attempt_fenced(&r.id, r.attempt, r.at, r.partition, r.epoch)
+                            .await;
+                        let _ = r.reply.send(res);
+                    });
+                }
+            });
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start the fencing thread");
+    }
+    tx
+}
+
+#[async_trait]
+impl Fence for EpochFence {
+    async fn start(&self, task: &Task, attempt: u32, at: Millis) -> Result<(), StoreError> {
+        let p = task.partition;
+        let (epoch, ours) = self.get(p).ok_or_else(|| {
+            StoreError::Conflict(format!(
+                "{NOT_OURS} this node holds no epoch of partition {p}"
+            ))
+        })?;
+        if !ours {
+            return Err(StoreError::Conflict(format!(
+                "{NOT_OURS} partition {p} was taken over (this node had epoch {epoch})"
+            )));
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let req = StartReq {
+            id: task.id.clone(),
+            attempt,
+            at,
+            partition: p,
+            epoch,
+            reply,
+        };
+        let started = match self.starter.send(req) {
+            Ok(()) => answer.await.unwrap_or_else(|_| {
+                Err(StoreError::Unavailable("the fencing thread stopped".into()))
+            }),
+            Err(_) => Err(StoreError::Unavailable("the fencing thread stopped".into())),
+        };
+        match started {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                if kairos_cassandra::fencing::is_fenced(&e) {
+                    self.lost(p, epoch);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn finish(
+        &self,
+        task: &Task,
+        attempt: Attempt,
+        transition: Transition,
+        at: Millis,
+    ) -> Result<Task, StoreError> {
+        let p = task.partition;
+        let (epoch, _) = self.get(p).ok_or_else(|| {
+            StoreError::Conflict(format!(
+                "{NOT_OURS} this node holds no epoch of partition {p}"
+            ))
+        })?;
+        let r = self
+            .store
+            .finish_attempt_fenced(&task.id, attempt, transition, at, epoch)
+            .await;
+        if let Err(e) = &r
+            && kairos_cassandra::fencing::is_fenced(e)
+        {
+            self.lost(p, epoch);
+        }
+        r
+    }
+
+    fn is_fenced(&self, e: &StoreError) -> bool {
+        kairos_cassandra::fencing::is_fenced(e)
+            || matches!(e, StoreError::Conflict(m) if m.starts_with(NOT_OURS))
+    }
+}
+
+/// Kafka's partition events, driving the scheduler.
+pub struct Listener {
+    pub scheduler: Arc<Scheduler>,
+    pub fence: Arc<EpochFence>,
+    pub node_id: String,
+}
+
+#[async_trait]
+impl PartitionListener for Listener {
+    async fn assigned(&self, partition: u32) {
+        // Take the ownership epoch first: from here on the previous owner can neither start
+        // nor finish the partition's tasks. Waits (with backoff) while Cassandra is down.
+        let mut delay = Duration::from_millis(200);
+        let epoch = loop {
+            match self.fence.store.acquire(partition, &self.node_id).await {
+                Ok(e) => break e,
+                Err(e) => {
+                    tracing::warn!(partition, error = %e, "cannot take the partition's ownership epoch yet; retrying in {:.1} s", delay.as_secs_f64());
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        self.fence.set(partition, epoch);
+        self.scheduler.assign(partition).await;
+        tracing::info!(partition, epoch, node = %self.node_id, "partition owned: scheduler started");
+    }
+
+    async fn revoked(&self, partition: u32) {
+        self.scheduler.revoke(partition).await;
+        self.fence.clear(partition);
+        tracing::info!(partition, node = %self.node_id, "partition released: drained and stopped");
+    }
+
+    async fn persisted(&self, tasks: Vec<Task>) {
+        self.scheduler.deliver(tasks).await;
+    }
+}
+
+/// Enqueue through Kafka: a task is accepted once the brokers acknowledged its record.
+pub struct ClusterIntake {
+    pub kafka: KafkaIntake,
+    pub store: Arc<dyn TaskStore>,
+}
+
+#[async_trait]
+impl TaskIntake for ClusterIntake {
+    async fn submit(&self, batch: Vec<NewTask>) -> Result<Vec<EnqueueOutcome>, StoreError> {
+        let mut outcomes: Vec<Option<EnqueueOutcome>> = (0..batch.len()).map(|_| None).collect();
+        let mut seen: HashMap<String, Task> = HashMap::new();
+        let mut send: Vec<(usize, NewTask)> = Vec::with_capacity(batch.len());
+        for (i, t) in batch.into_iter().enumerate() {
+            if let Some(uk) = &t.uniqueness_key {
+                // Best effort, so the client learns the existing id: the owner's enqueue
+                // deduplicates exactly whatever happens here.
+                if let Some(prev) = seen.get(uk) {
+                    outcomes[i] = Some(EnqueueOutcome::Duplicate(prev.clone()));
+                    continue;
+                }
+                match self.store.find_by_uniqueness_key(uk).await {
+                    Ok(Some(existing)) => {
+                        outcomes[i] = Some(EnqueueOutcome::Duplicate(existing));
+                        continue;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "uniqueness lookup failed; the owner deduplicates")
+                    }
+                }
+                seen.insert(uk.clone(), Task::from_new(t.clone(), 0));
+            }
+            send.push((i, t));
+        }
+        if !send.is_empty() {
+            let tasks: Vec<NewTask> = send.iter().map(|(_, t)| t.clone()).collect();
+            let results = self.kafka.submit(tasks).await.map_err(|e| match e {
+                KafkaError::Unavailable(m) => {
+                    StoreError::Unavailable(format!("Kafka unavailable: {m}"))
+                }
+                other => StoreError::Unavailable(other.to_string()),
+            })?;
+            for ((i, t), r) in send.into_iter().zip(results) {
+                match r {
+                    Ok(()) => outcomes[i] = Some(EnqueueOutcome::Created(Task::from_new(t, 0))),
+                    // Records of the batch that were acknowledged stay (and run); the client
+                    // sees the failure and may resend (new ids; use uniqueness keys to dedup).
+                    Err(m) => return Err(StoreError::Unavailable(format!("task {}: {m}", t.id))),
+                }
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.ok_or_else(|| StoreError::Other("no outcome".into())))
+            .collect()
+    }
+}

@@ -123,23 +123,7 @@ impl CassandraStore {
                     }
                 }
                 let mut t = old.task.clone();
-                t.attempts = t.attempts.max(attempt.number);
-                t.updated_at = at;
-                match transition {
-                    Transition::Succeeded { output } => {
-                        t.state = TaskState::Succeeded;
-                        t.output = output.clone();
-                    }
-                    Transition::Retry { next_at, error } => {
-                        t.state = TaskState::Retrying;
-                        t.next_at = *next_at;
-                        t.last_error = Some(error.clone());
-                    }
-                    Transition::Dead { error } => {
-                        t.state = TaskState::Dead;
-                        t.last_error = Some(error.clone());
-                    }
-                }
+                t.apply_finish(attempt.number, transition, at);
                 Ok((t, old.owner_epoch))
             })
             .await?;

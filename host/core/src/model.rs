@@ -167,6 +167,29 @@ impl Task {
         }
     }
 
+    /// Applies the end of attempt `attempt` (its number) at `at`: the attempt count only grows,
+    /// and the transition sets the state with its output, retry time or error. Every store
+    /// records a finished attempt through this one function.
+    pub fn apply_finish(&mut self, attempt: u32, transition: &Transition, at: Millis) {
+        self.attempts = self.attempts.max(attempt);
+        self.updated_at = at;
+        match transition {
+            Transition::Succeeded { output } => {
+                self.state = TaskState::Succeeded;
+                self.output = output.clone();
+            }
+            Transition::Retry { next_at, error } => {
+                self.state = TaskState::Retrying;
+                self.next_at = *next_at;
+                self.last_error = Some(error.clone());
+            }
+            Transition::Dead { error } => {
+                self.state = TaskState::Dead;
+                self.last_error = Some(error.clone());
+            }
+        }
+    }
+
     /// A task the scheduler still has to deal with: not finished, or dead and parking its key.
     pub fn is_pending(&self) -> bool {
         !self.state.is_terminal() || (self.state == TaskState::Dead && self.park_on_dead)

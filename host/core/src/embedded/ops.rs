@@ -198,23 +198,7 @@ impl<'t> WriteTables<'t> {
             return Err(conflict(&t, "finish an attempt of"));
         }
         let before = Before::of(&t);
-        t.attempts = t.attempts.max(attempt.number);
-        t.updated_at = at;
-        match transition {
-            Transition::Succeeded { output } => {
-                t.state = TaskState::Succeeded;
-                t.output = output.clone();
-            }
-            Transition::Retry { next_at, error } => {
-                t.state = TaskState::Retrying;
-                t.next_at = *next_at;
-                t.last_error = Some(error.clone());
-            }
-            Transition::Dead { error } => {
-                t.state = TaskState::Dead;
-                t.last_error = Some(error.clone());
-            }
-        }
+        t.apply_finish(attempt.number, transition, at);
         self.dirty = true;
         let bytes = codec::encode_attempt(attempt)?;
         self.attempts

@@ -176,6 +176,35 @@ impl Runtime {
         summary
     }
 
+    /// Loads one `NAME.wasm` (with `NAME.toml` beside it, if any); returns its digest.
+    pub fn load_file(&self, path: &Path) -> Result<String, LoadError> {
+        let err = |plugin: Option<String>, message: String| LoadError {
+            path: path.to_path_buf(),
+            plugin,
+            message,
+        };
+        let name = match path.file_stem().and_then(|s| s.to_str()) {
+            Some(n) if valid_name(n) && path.extension().is_some_and(|e| e == "wasm") => n,
+            _ => {
+                return Err(err(
+                    None,
+                    "expected a NAME.wasm file, NAME made of letters, digits, `_` and `-`".into(),
+                ));
+            }
+        };
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        match self.reload(dir, name) {
+            Ok(LoadChange::Loaded { digest, .. } | LoadChange::Unchanged { digest }) => Ok(digest),
+            Ok(LoadChange::Removed { .. } | LoadChange::Absent) => {
+                Err(err(Some(name.to_string()), "file not found".into()))
+            }
+            Err(message) => Err(err(Some(name.to_string()), message)),
+        }
+    }
+
     /// Brings `name` in line with `dir`: loads a new or changed `NAME.wasm`/`NAME.toml`,
     /// unloads a removed `NAME.wasm`. Errors are logged once and leave the current
     /// version serving.

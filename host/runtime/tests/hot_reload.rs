@@ -135,7 +135,8 @@ async fn swap_while_tasks_run() {
     assert!(by_digest.get(&v1).is_some_and(|n| *n > 0), "{by_digest:?}");
     assert!(by_digest.get(&v2).is_some_and(|n| *n > 0), "{by_digest:?}");
     assert_eq!(by_digest.len(), 2);
-    assert!(took < Duration::from_secs(5), "swap took {took:?}");
+    // Debug build, shared machine: a loose bound (the release benchmark measures it).
+    assert!(took < Duration::from_secs(8), "swap took {took:?}");
     let info = w.rt.plugins();
     assert_eq!(info[0].versions, [v2, v1], "old version retained");
 }
@@ -372,4 +373,19 @@ async fn load_dir_reports_bad_files() {
         summary.errors
     );
     assert!(rt.resolve("strict", None).is_err());
+
+    let digest = sha256_hex(&std::fs::read(guest("noop")).expect("read"));
+    assert_eq!(rt.load_file(&guest("noop")).ok(), Some(digest));
+    assert!(rt.resolve("noop", None).is_ok());
+    let err = rt
+        .load_file(&dir.path().join("junk.wasm"))
+        .expect_err("junk");
+    assert!(
+        err.message.contains("not a valid WebAssembly component"),
+        "{err}"
+    );
+    let err = rt
+        .load_file(&dir.path().join("missing.wasm"))
+        .expect_err("missing");
+    assert_eq!(err.message, "file not found");
 }

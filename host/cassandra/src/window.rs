@@ -6,12 +6,9 @@
 //! [`STALE_GRACE_US`] it is deleted with `USING TIMESTAMP <its write time>`, which removes
 //! exactly that write and never a later re-insert of the same position.
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
-
 use futures::{StreamExt, TryStreamExt, stream};
 use kairos_core::model::{ListFilter, Millis, OrderPos, Task};
-use kairos_core::store::StoreResult;
+use kairos_core::store::{FirstByPos, StoreResult};
 
 use crate::error::{Decode, Exec, pager_err, row_err};
 use crate::rows::TaskRow;
@@ -243,25 +240,14 @@ impl CassandraStore {
                     .map_err(pager_err)?
                     .rows_stream::<TaskRow>()
                     .decode()?;
-                let mut heap = BinaryHeap::new();
+                let mut first = FirstByPos::new(limit);
                 while let Some(row) = rows.next().await {
                     let t = row.map_err(row_err)?.into_stored()?.task;
-                    if !wanted(&t) {
-                        continue;
-                    }
-                    if heap.len() == limit
-                        && heap
-                            .peek()
-                            .is_some_and(|top: &ByPos| top.0.order() <= t.order())
-                    {
-                        continue;
-                    }
-                    heap.push(ByPos(t));
-                    if heap.len() > limit {
-                        heap.pop();
+                    if wanted(&t) {
+                        first.offer(t);
                     }
                 }
-                Ok(heap.into_sorted_vec().into_iter().map(|b| b.0).collect())
+                Ok(first.into_sorted())
             }
         }
     }
@@ -291,25 +277,5 @@ impl CassandraStore {
                 .exec()?;
         }
         Ok(None)
-    }
-}
-
-/// Orders tasks by `(due_at, seq)` only.
-struct ByPos(Task);
-
-impl PartialEq for ByPos {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.order() == other.0.order()
-    }
-}
-impl Eq for ByPos {}
-impl PartialOrd for ByPos {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for ByPos {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.0.order().cmp(&other.0.order())
     }
 }

@@ -118,3 +118,63 @@ pub trait TaskStore: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<KvEntryMeta>>;
 }
+
+/// Keeps the first `limit` tasks by position `(due_at, seq)` out of a scan in any order, holding
+/// at most `limit` of them in memory. For stores whose `list` has no index to walk in order.
+pub struct FirstByPos {
+    heap: std::collections::BinaryHeap<ByPos>,
+    limit: usize,
+}
+
+impl FirstByPos {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            heap: std::collections::BinaryHeap::with_capacity(limit.min(4096) + 1),
+            limit,
+        }
+    }
+
+    pub fn offer(&mut self, t: Task) {
+        if self.heap.len() == self.limit
+            && self
+                .heap
+                .peek()
+                .is_some_and(|top| top.0.order() <= t.order())
+        {
+            return;
+        }
+        self.heap.push(ByPos(t));
+        if self.heap.len() > self.limit {
+            self.heap.pop();
+        }
+    }
+
+    /// The kept tasks in `(due_at, seq)` order.
+    pub fn into_sorted(self) -> Vec<Task> {
+        self.heap
+            .into_sorted_vec()
+            .into_iter()
+            .map(|b| b.0)
+            .collect()
+    }
+}
+
+/// Orders tasks by `(due_at, seq)` only.
+struct ByPos(Task);
+
+impl PartialEq for ByPos {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.order() == other.0.order()
+    }
+}
+impl Eq for ByPos {}
+impl PartialOrd for ByPos {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for ByPos {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.order().cmp(&other.0.order())
+    }
+}

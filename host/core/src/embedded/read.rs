@@ -1,8 +1,6 @@
 //! Reads: each runs in its own redb read transaction (a consistent snapshot, never blocked by
 //! the writer). Results are bounded by the caller's limit; nothing loads the whole backlog.
 
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
 use std::ops::Bound;
 
 use redb::{Database, ReadTransaction, ReadableTable};
@@ -13,7 +11,7 @@ use super::tables::{
     key_range_bounds, load_attempts, load_task,
 };
 use crate::model::{KvEntryMeta, ListFilter, Millis, OrderPos, Schedule, Task, TaskRecord};
-use crate::store::StoreResult;
+use crate::store::{FirstByPos, StoreResult};
 
 /// `limit` 0 in a [`ListFilter`] means this many.
 const DEFAULT_LIST_LIMIT: usize = 100;
@@ -100,47 +98,16 @@ pub(super) fn list(db: &Database, filter: &ListFilter) -> StoreResult<Vec<Task>>
             Ok(out)
         }
         None => {
-            let mut heap = BinaryHeap::with_capacity(limit.min(4096) + 1);
+            let mut first = FirstByPos::new(limit);
             for entry in tasks.iter().db()? {
                 let (_, bytes) = entry.db()?;
                 let t = codec::decode_task(bytes.value())?;
-                if !wanted(&t) {
-                    continue;
-                }
-                if heap.len() == limit
-                    && heap
-                        .peek()
-                        .is_some_and(|top: &ByPos| top.0.order() <= t.order())
-                {
-                    continue;
-                }
-                heap.push(ByPos(t));
-                if heap.len() > limit {
-                    heap.pop();
+                if wanted(&t) {
+                    first.offer(t);
                 }
             }
-            Ok(heap.into_sorted_vec().into_iter().map(|b| b.0).collect())
+            Ok(first.into_sorted())
         }
-    }
-}
-
-/// Orders tasks by `(due_at, seq)` only.
-struct ByPos(Task);
-
-impl PartialEq for ByPos {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.order() == other.0.order()
-    }
-}
-impl Eq for ByPos {}
-impl PartialOrd for ByPos {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for ByPos {
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.0.order().cmp(&other.0.order())
     }
 }
 

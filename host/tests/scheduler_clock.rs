@@ -237,6 +237,14 @@ async fn a_retrying_task_holds_only_its_own_key() {
         h.ran().iter().any(|r| r.0 == "a1" && r.1 == 2)
     })
     .await;
+    // Advance only once attempt 2's end is stored: its retry time counts from that end.
+    for _ in 0..500 {
+        let t = h.state(&a1).await;
+        if t.attempts == 2 && t.state == TaskState::Retrying {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     h.clock.advance(2_000);
     h.until("a2 after a1 succeeded", |h| {
         h.names().contains(&"a2".to_string())
@@ -268,6 +276,8 @@ async fn dead_after_max_attempts_then_the_key_moves_on_unless_parked() {
     h.add("c", T0 + 1, named("c2")).await;
     h.clock.advance(1);
     h.until_state(&c1, TaskState::Dead).await;
+    // a1's first failure must be stored before time moves: its retry counts from its end.
+    h.until_state(&a1, TaskState::Retrying).await;
     h.clock.advance(1_000);
     h.until_state(&a1, TaskState::Dead).await;
     h.until("a2 after a1 died", |h| {

@@ -58,6 +58,12 @@ pub struct Metrics {
     pub running: AtomicI64,
     pub store_errors: AtomicU64,
     pub lateness: Histogram,
+    /// Time to record an attempt's start (cluster: the fenced claim).
+    pub start_record: Histogram,
+    /// Time the plugin ran.
+    pub run_time: Histogram,
+    /// Time to record an attempt's end (with retries of transient store errors).
+    pub finish_record: Histogram,
     /// Tasks held in memory per partition (index = partition).
     window: Mutex<Vec<u64>>,
 }
@@ -152,6 +158,21 @@ impl Metrics {
             &mut out,
             "kairos_task_lateness_seconds",
             "Start time minus the time the attempt became due.",
+        );
+        self.start_record.render(
+            &mut out,
+            "kairos_attempt_start_record_seconds",
+            "Time to record an attempt's start in the store (cluster: the fenced claim).",
+        );
+        self.run_time.render(
+            &mut out,
+            "kairos_attempt_run_seconds",
+            "Time the plugin ran, per attempt.",
+        );
+        self.finish_record.render(
+            &mut out,
+            "kairos_attempt_finish_record_seconds",
+            "Time to record an attempt's end in the store, retries included.",
         );
         out
     }

@@ -186,6 +186,7 @@ impl Node {
                 // Partitions come and go with the consumer group's assignment.
                 let listener = Arc::new(Listener {
                     scheduler: scheduler.clone(),
+                    revoke_grace: Duration::from_millis(cfg.scheduler.shutdown_grace_ms),
                     fence: fence.clone(),
                     node_id: cfg.node_id.clone(),
                 });

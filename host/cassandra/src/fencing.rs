@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use futures::{StreamExt, stream};
+use futures::future::join_all;
 use kairos_core::fencing::PartitionFencing;
 use kairos_core::model::{Attempt, Task, Transition};
 use kairos_core::store::{StoreError, StoreResult};
@@ -48,11 +48,16 @@ impl CassandraStore {
         starts: &[(String, u32)],
         at: i64,
     ) -> StoreResult<Vec<StoreResult<Task>>> {
-        let claimed: Vec<StoreResult<Task>> = stream::iter(starts)
-            .map(|(id, attempt)| self.start_impl(id, *attempt, at, Some(epoch)))
-            .buffered(self.opts.concurrency)
-            .collect()
-            .await;
+        // Concurrently, `concurrency` at a time. (A `Vec` of futures rather than a mapped
+        // stream: the compiler can prove this future `Send`, so callers may `tokio::spawn` it.)
+        let mut claimed: Vec<StoreResult<Task>> = Vec::with_capacity(starts.len());
+        for chunk in starts.chunks(self.opts.concurrency.max(1)) {
+            let futs: Vec<_> = chunk
+                .iter()
+                .map(|(id, attempt)| self.start_impl(id, *attempt, at, Some(epoch)))
+                .collect();
+            claimed.extend(join_all(futs).await);
+        }
         if claimed.iter().any(|r| r.is_ok()) {
             let current = self.current(partition).await?;
             if current.as_ref().map(|(e, _)| *e) != Some(epoch) {

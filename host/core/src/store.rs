@@ -8,7 +8,7 @@ use crate::model::{
     TaskRecord, Transition,
 };
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("task {0} not found")]
     NotFound(String),

@@ -200,13 +200,19 @@ impl Scheduler {
 
     /// Stops starting tasks of the partition, waits for its running attempts to finish and
     /// their results to be stored, then drops it. Other partitions are not touched.
-    pub async fn revoke(&self, partition: u32) {
+    /// Stops the partition's actor and waits (up to `grace`) until its running attempts ended
+    /// and were recorded. Returns false if attempts were still running after `grace`: they go
+    /// on in the background, but can no longer record their end once the partition's next
+    /// owner holds its epoch (their tasks then run again there).
+    pub async fn revoke(&self, partition: u32, grace: Duration) -> bool {
         let handle = self.partitions.lock().await.remove(&partition);
-        if let Some(h) = handle {
-            h.stop.cancel();
-            let _ = h.join.await;
-            self.shared.metrics.set_window(partition, 0);
-        }
+        let Some(h) = handle else {
+            return true;
+        };
+        h.stop.cancel();
+        let drained = tokio::time::timeout(grace, h.join).await.is_ok();
+        self.shared.metrics.set_window(partition, 0);
+        drained
     }
 
     pub async fn owned(&self) -> Vec<u32> {

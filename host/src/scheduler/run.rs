@@ -80,7 +80,15 @@ pub(crate) async fn run_attempt(
     let ExecOutcome { result, digest } = match &shared.fence {
         // Fenced (cluster): claim under the partition's epoch first; run only if that worked.
         Some(fence) => match fence.start(&task, attempt, started).await {
-            Ok(()) => shared.executor.execute(&task, attempt).await,
+            Ok(()) => {
+                let claimed = shared.clock.now();
+                let m = &shared.metrics;
+                m.start_record.observe_ms((claimed - started).max(0) as u64);
+                let outcome = shared.executor.execute(&task, attempt).await;
+                m.run_time
+                    .observe_ms((shared.clock.now() - claimed).max(0) as u64);
+                outcome
+            }
             Err(e) => {
                 shared.metrics.running.fetch_sub(1, Relaxed);
                 let dropped = fence.is_fenced(&e) || matches!(e, StoreError::Conflict(_));
@@ -103,9 +111,20 @@ pub(crate) async fn run_attempt(
         None => {
             // The start record and the run go together: the attempt count is durable by the
             // time the attempt's end is recorded, and a slow fsync does not delay the start.
+            let m = &shared.metrics;
             let (started_rec, outcome) = tokio::join!(
-                shared.store.start_attempt(&task.id, attempt, started),
-                shared.executor.execute(&task, attempt)
+                async {
+                    let r = shared.store.start_attempt(&task.id, attempt, started).await;
+                    m.start_record
+                        .observe_ms((shared.clock.now() - started).max(0) as u64);
+                    r
+                },
+                async {
+                    let o = shared.executor.execute(&task, attempt).await;
+                    m.run_time
+                        .observe_ms((shared.clock.now() - started).max(0) as u64);
+                    o
+                }
             );
             if let Err(e) = started_rec {
                 tracing::warn!(task = %task.id, error = %e, "could not record attempt start");
@@ -134,6 +153,10 @@ pub(crate) async fn run_attempt(
         plugin_digest: digest,
     };
     let result = finish_with_retries(&shared, &task, record, transition, ended).await;
+    shared
+        .metrics
+        .finish_record
+        .observe_ms((shared.clock.now() - ended).max(0) as u64);
     drop(permit);
     let dropped = match (&result, &shared.fence) {
         (Err(e), Some(f)) if f.is_fenced(e) => {
@@ -151,8 +174,13 @@ pub(crate) async fn run_attempt(
         .await;
 }
 
-/// The end of an attempt must be stored: transient store errors are retried (with backoff,
-/// up to about a minute) before giving up; the task then runs again after a restart.
+/// How long the end of an attempt is retried while the store is unavailable. The task keeps
+/// its key meanwhile (its successor cannot run before its end is known anyway). Long enough
+/// to ride out a store restart: giving up means the attempt runs again (at-least-once).
+const FINISH_RETRY_FOR: Duration = Duration::from_secs(600);
+
+/// The end of an attempt must be stored: transient store errors are retried (with backoff
+/// capped at 5 s, for up to [`FINISH_RETRY_FOR`]) before giving up; the task then runs again.
 async fn finish_with_retries(
     shared: &Shared,
     task: &Task,
@@ -162,7 +190,7 @@ async fn finish_with_retries(
 ) -> Result<Task, StoreError> {
     let id = task.id.as_str();
     let mut delay = Duration::from_millis(50);
-    let mut tries = 0;
+    let give_up_at = std::time::Instant::now() + FINISH_RETRY_FOR;
     loop {
         let res = match &shared.fence {
             Some(fence) => {
@@ -178,12 +206,11 @@ async fn finish_with_retries(
             }
         };
         match res {
-            Err(e) if e.is_transient() && tries < 12 => {
+            Err(e) if e.is_transient() && std::time::Instant::now() < give_up_at => {
                 shared.metrics.store_errors.fetch_add(1, Relaxed);
                 tracing::warn!(task = %id, error = %e, "store unavailable recording attempt end; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(5));
-                tries += 1;
             }
             other => return other,
         }

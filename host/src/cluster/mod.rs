@@ -16,14 +16,13 @@
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
 use kairos_cassandra::{CassandraOptions, CassandraStore, Replication};
-use kairos_core::fencing::PartitionFencing;
-use kairos_core::model::{Attempt, EnqueueOutcome, Millis, NewTask, Task, Transition};
+use kairos_core::model::{EnqueueOutcome, NewTask, Task};
 use kairos_core::store::{StoreError, TaskStore};
 use kairos_kafka::{
     KafkaConfig, KafkaError, KafkaIntake, KafkaSource, PartitionListener, RecordDefaults,
@@ -31,7 +30,10 @@ use kairos_kafka::{
 
 use crate::config::{CassandraSection, Config, KafkaSection};
 use crate::enqueue::TaskIntake;
-use crate::scheduler::{Fence, Scheduler};
+use crate::scheduler::Scheduler;
+
+mod fence;
+pub use fence::EpochFence;
 
 /// The store options for `[store] type = "cassandra"`.
 pub fn cassandra_options(c: &CassandraSection) -> CassandraOptions {
@@ -189,182 +191,11 @@ pub async fn migrate(cfg: &Config) -> anyhow::Result<Vec<String>> {
     Ok(done)
 }
 
-/// The epochs this node holds, per partition, and the fenced start/finish under them.
-pub struct EpochFence {
-    store: Arc<CassandraStore>,
-    /// partition -> (epoch, still ours as far as we know)
-    epochs: RwLock<HashMap<u32, (u64, bool)>>,
-    starter: tokio::sync::mpsc::UnboundedSender<StartReq>,
-}
-
-const NOT_OURS: &str = "not owned:";
-
-impl EpochFence {
-    pub fn new(store: Arc<CassandraStore>) -> Self {
-        let starter = spawn_starter(store.clone());
-        Self {
-            store,
-            epochs: RwLock::new(HashMap::new()),
-            starter,
-        }
-    }
-
-    fn get(&self, partition: u32) -> Option<(u64, bool)> {
-        self.epochs
-            .read()
-            .ok()
-            .and_then(|m| m.get(&partition).copied())
-    }
-
-    fn set(&self, partition: u32, epoch: u64) {
-        if let Ok(mut m) = self.epochs.write() {
-            m.insert(partition, (epoch, true));
-        }
-    }
-
-    fn lost(&self, partition: u32, epoch: u64) {
-        if let Ok(mut m) = self.epochs.write()
-            && let Some(e) = m.get_mut(&partition)
-            && e.0 == epoch
-        {
-            e.1 = false;
-        }
-    }
-
-    fn clear(&self, partition: u32) {
-        if let Ok(mut m) = self.epochs.write() {
-            m.remove(&partition);
-        }
-    }
-
-    /// The epoch held for `partition`, if any.
-    pub fn epoch(&self, partition: u32) -> Option<u64> {
-        self.get(partition).map(|(e, _)| e)
-    }
-}
-
-/// A fenced start to run on the fence thread.
-struct StartReq {
-    id: String,
-    attempt: u32,
-    at: Millis,
-    partition: u32,
-    epoch: u64,
-    reply: tokio::sync::oneshot::Sender<Result<Task, StoreError>>,
-}
-
-/// The store's fenced start future cannot be proven `Send` (a higher-ranked lifetime
-/// limitation of the compiler with its internal stream), so it runs on a dedicated thread
-/// with a current-thread runtime (many starts concurrently, as local tasks). The CQL session
-/// itself stays on the main runtime; this thread only drives the request futures.
-fn spawn_starter(store: Arc<CassandraStore>) -> tokio::sync::mpsc::UnboundedSender<StartReq> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<StartReq>();
-    let spawned = std::thread::Builder::new()
-        .name("kairos-fence".into())
-        .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the fencing thread's runtime");
-                    return;
-                }
-            };
-            let local = tokio::task::LocalSet::new();
-            local.block_on(&rt, async move {
-                while let Some(r) = rx.recv().await {
-                    let store = store.clone();
-                    tokio::task::spawn_local(async move {
-                        let res = store
-                            .start_attempt_fenced(&r.id, r.attempt, r.at, r.partition, r.epoch)
-                            .await;
-                        let _ = r.reply.send(res);
-                    });
-                }
-            });
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the fencing thread");
-    }
-    tx
-}
-
-#[async_trait]
-impl Fence for EpochFence {
-    async fn start(&self, task: &Task, attempt: u32, at: Millis) -> Result<(), StoreError> {
-        let p = task.partition;
-        let (epoch, ours) = self.get(p).ok_or_else(|| {
-            StoreError::Conflict(format!(
-                "{NOT_OURS} this node holds no epoch of partition {p}"
-            ))
-        })?;
-        if !ours {
-            return Err(StoreError::Conflict(format!(
-                "{NOT_OURS} partition {p} was taken over (this node had epoch {epoch})"
-            )));
-        }
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        let req = StartReq {
-            id: task.id.clone(),
-            attempt,
-            at,
-            partition: p,
-            epoch,
-            reply,
-        };
-        let started = match self.starter.send(req) {
-            Ok(()) => answer.await.unwrap_or_else(|_| {
-                Err(StoreError::Unavailable("the fencing thread stopped".into()))
-            }),
-            Err(_) => Err(StoreError::Unavailable("the fencing thread stopped".into())),
-        };
-        match started {
-            Ok(_) => Ok(()),
-            Err(e) => {
-                if kairos_cassandra::fencing::is_fenced(&e) {
-                    self.lost(p, epoch);
-                }
-                Err(e)
-            }
-        }
-    }
-
-    async fn finish(
-        &self,
-        task: &Task,
-        attempt: Attempt,
-        transition: Transition,
-        at: Millis,
-    ) -> Result<Task, StoreError> {
-        let p = task.partition;
-        let (epoch, _) = self.get(p).ok_or_else(|| {
-            StoreError::Conflict(format!(
-                "{NOT_OURS} this node holds no epoch of partition {p}"
-            ))
-        })?;
-        let r = self
-            .store
-            .finish_attempt_fenced(&task.id, attempt, transition, at, epoch)
-            .await;
-        if let Err(e) = &r
-            && kairos_cassandra::fencing::is_fenced(e)
-        {
-            self.lost(p, epoch);
-        }
-        r
-    }
-
-    fn is_fenced(&self, e: &StoreError) -> bool {
-        kairos_cassandra::fencing::is_fenced(e)
-            || matches!(e, StoreError::Conflict(m) if m.starts_with(NOT_OURS))
-    }
-}
-
 /// Kafka's partition events, driving the scheduler.
 pub struct Listener {
     pub scheduler: Arc<Scheduler>,
+    /// How long a revocation waits for the partition's running attempts.
+    pub revoke_grace: Duration,
     pub fence: Arc<EpochFence>,
     pub node_id: String,
 }
@@ -376,7 +207,7 @@ impl PartitionListener for Listener {
         // nor finish the partition's tasks. Waits (with backoff) while Cassandra is down.
         let mut delay = Duration::from_millis(200);
         let epoch = loop {
-            match self.fence.store.acquire(partition, &self.node_id).await {
+            match self.fence.acquire(partition, &self.node_id).await {
                 Ok(e) => break e,
                 Err(e) => {
                     tracing::warn!(partition, error = %e, "cannot take the partition's ownership epoch yet; retrying in {:.1} s", delay.as_secs_f64());
@@ -385,14 +216,20 @@ impl PartitionListener for Listener {
                 }
             }
         };
-        self.fence.set(partition, epoch);
+        self.fence.hold(partition, epoch);
         self.scheduler.assign(partition).await;
         tracing::info!(partition, epoch, node = %self.node_id, "partition owned: scheduler started");
     }
 
     async fn revoked(&self, partition: u32) {
-        self.scheduler.revoke(partition).await;
-        self.fence.clear(partition);
+        if !self.scheduler.revoke(partition, self.revoke_grace).await {
+            tracing::warn!(
+                partition,
+                grace_ms = self.revoke_grace.as_millis() as u64,
+                "attempts of the released partition still running after the grace period; the next owner runs them again if their end is not recorded in time"
+            );
+        }
+        self.fence.release(partition);
         tracing::info!(partition, node = %self.node_id, "partition released: drained and stopped");
     }
 

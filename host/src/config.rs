@@ -259,6 +259,11 @@ pub struct SchedulerSection {
     pub horizon_ms: i64,
     /// On SIGTERM, how long running attempts may take to finish.
     pub shutdown_grace_ms: u64,
+    /// Cluster mode: a task found `running` when this node takes its partition over (the
+    /// previous owner died or was cut off mid-attempt) runs again only this long after that
+    /// attempt started, so it never runs on two nodes at once. Default: the longest plugin
+    /// `timeout_ms` in this config plus 2 s ([`Config::takeover_wait_ms`]).
+    pub takeover_wait_ms: Option<u64>,
 }
 
 impl Default for SchedulerSection {
@@ -268,6 +273,7 @@ impl Default for SchedulerSection {
             window_capacity: 2_000,
             horizon_ms: 60_000,
             shutdown_grace_ms: 30_000,
+            takeover_wait_ms: None,
         }
     }
 }
@@ -319,6 +325,19 @@ fn empty_object() -> serde_json::Value {
 }
 
 impl Config {
+    /// `scheduler.takeover_wait_ms`, or the longest plugin `timeout_ms` configured here plus
+    /// 2 s. (A plugin whose own manifest raises its timeout needs the key set explicitly.)
+    pub fn takeover_wait_ms(&self) -> u64 {
+        self.scheduler.takeover_wait_ms.unwrap_or_else(|| {
+            let longest = self
+                .plugin
+                .values()
+                .filter_map(|g| g.limits.timeout_ms)
+                .fold(self.limits.timeout_ms, u64::max);
+            longest.saturating_add(2_000)
+        })
+    }
+
     /// Reads a config file; every error names the file and the offending key.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)

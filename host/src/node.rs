@@ -145,6 +145,7 @@ impl Node {
             window_capacity: cfg.scheduler.window_capacity,
             horizon_ms: cfg.scheduler.horizon_ms,
             concurrency: cfg.scheduler.concurrency,
+            takeover_wait_ms: i64::try_from(cfg.takeover_wait_ms()).unwrap_or(i64::MAX),
         };
         let scheduler = Scheduler::with_fence(
             store.clone(),

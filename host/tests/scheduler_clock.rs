@@ -10,11 +10,13 @@ use kairos::config::TaskDefaults;
 use kairos::cron::CronService;
 use kairos::enqueue::{EnqueueRequest, Enqueuer, LocalIntake, PluginCatalog};
 use kairos::metrics::Metrics;
-use kairos::scheduler::{ExecOutcome, ExecResult, Executor, OpError, Scheduler, SchedulerConfig};
+use kairos::scheduler::{
+    ExecOutcome, ExecResult, Executor, Fence, OpError, Scheduler, SchedulerConfig,
+};
 use kairos_core::clock::{Clock, ManualClock};
 use kairos_core::embedded::{EmbeddedOptions, EmbeddedStore};
-use kairos_core::model::{Millis, Schedule, Task, TaskState};
-use kairos_core::store::TaskStore;
+use kairos_core::model::{Attempt, Millis, Schedule, Task, TaskState, Transition};
+use kairos_core::store::{StoreError, TaskStore};
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore};
 
@@ -83,7 +85,40 @@ struct Harness {
     enqueuer: Arc<Enqueuer>,
 }
 
+/// A fence that only records through the store, as a cluster node's would (without epochs).
+struct StoreFence(Arc<dyn TaskStore>);
+
+#[async_trait]
+impl Fence for StoreFence {
+    async fn start(&self, task: &Task, attempt: u32, at: Millis) -> Result<(), StoreError> {
+        self.0.start_attempt(&task.id, attempt, at).await
+    }
+    async fn finish(
+        &self,
+        task: &Task,
+        attempt: Attempt,
+        transition: Transition,
+        at: Millis,
+    ) -> Result<Task, StoreError> {
+        self.0
+            .finish_attempt(&task.id, attempt, transition, at)
+            .await
+    }
+    fn is_fenced(&self, _: &StoreError) -> bool {
+        false
+    }
+}
+
 async fn harness(dir: &Path, clock: ManualClock, cfg: SchedulerConfig) -> Harness {
+    harness_with(dir, clock, cfg, false).await
+}
+
+async fn harness_with(
+    dir: &Path,
+    clock: ManualClock,
+    cfg: SchedulerConfig,
+    fenced: bool,
+) -> Harness {
     let store: Arc<dyn TaskStore> = Arc::new(
         EmbeddedStore::open(&dir.join("k.redb"), EmbeddedOptions::default()).expect("open store"),
     );
@@ -94,12 +129,18 @@ async fn harness(dir: &Path, clock: ManualClock, cfg: SchedulerConfig) -> Harnes
     });
     let metrics = Arc::new(Metrics::new(PARTITIONS));
     let clock_dyn: Arc<dyn Clock> = Arc::new(clock.clone());
-    let scheduler = Scheduler::new(
+    let fence: Option<Arc<dyn Fence>> = if fenced {
+        Some(Arc::new(StoreFence(store.clone())))
+    } else {
+        None
+    };
+    let scheduler = Scheduler::with_fence(
         store.clone(),
         exec.clone(),
         clock_dyn.clone(),
         metrics.clone(),
         cfg,
+        fence,
     )
     .await
     .expect("scheduler");
@@ -427,6 +468,48 @@ async fn after_a_restart_every_incomplete_task_runs_however_overdue() {
     assert_eq!(h.state(&later).await.state, TaskState::Scheduled);
 }
 
+/// Cluster mode (a fence): a task found `running` when a node takes its partition over was
+/// started by an owner that died or was cut off mid-attempt. It runs again only once that
+/// attempt's timeout has passed, so it never runs on two nodes at once; its key waits with
+/// it, other keys do not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_task_found_running_on_takeover_waits_out_the_attempt_timeout() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (in_flight, next, other);
+    {
+        let h = harness(dir.path(), ManualClock::new(T0), SchedulerConfig::default()).await;
+        in_flight = h.add("a", T0 + 10, named("in-flight")).await;
+        next = h.add("a", T0 + 20, named("next-of-a")).await;
+        other = h.add("b", T0 + 20, named("other")).await;
+        // The previous owner started it at T0 + 10 and was never heard of again.
+        h.store
+            .start_attempt(&in_flight, 1, T0 + 10)
+            .await
+            .expect("start");
+        assert!(h.scheduler.shutdown(Duration::from_secs(5)).await);
+    }
+    let cfg = SchedulerConfig {
+        takeover_wait_ms: 5_000,
+        ..SchedulerConfig::default()
+    };
+    let h = harness_with(dir.path(), ManualClock::new(T0 + 1_000), cfg, true).await;
+    h.until_state(&other, TaskState::Succeeded).await;
+    h.clock.advance(3_000);
+    h.settle().await;
+    assert_eq!(
+        h.names(),
+        vec!["other"],
+        "the in-doubt task and its key wait"
+    );
+    h.clock.set(T0 + 10 + 5_000);
+    h.until_state(&next, TaskState::Succeeded).await;
+    let ran = h.ran();
+    let order: Vec<&str> = ran.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(order, vec!["other", "in-flight", "next-of-a"]);
+    assert_eq!(ran[1].1, 2, "the in-doubt attempt counts");
+    assert!(ran[1].2 >= T0 + 10 + 5_000, "ran at {}", ran[1].2);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_small_window_still_runs_everything_in_order() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -434,6 +517,7 @@ async fn a_small_window_still_runs_everything_in_order() {
         window_capacity: 8,
         horizon_ms: 60_000,
         concurrency: 4,
+        ..SchedulerConfig::default()
     };
     let h = harness(dir.path(), ManualClock::new(T0), cfg).await;
     let n = 300;

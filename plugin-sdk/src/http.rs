@@ -60,17 +60,23 @@ impl HttpResponse {
 
 /// POSTs `body` as JSON (`content-type: application/json`) to `url` (`http://` or `https://`).
 pub fn post_json<B: Serialize + ?Sized>(url: &str, body: &B) -> Result<HttpResponse, HttpError> {
+    post_json_with(url, &[], body)
+}
+
+/// [`post_json`] with extra request headers, e.g. `[("idempotency-key", task.id.as_str())]`.
+pub fn post_json_with<B: Serialize + ?Sized>(
+    url: &str,
+    extra_headers: &[(&str, &str)],
+    body: &B,
+) -> Result<HttpResponse, HttpError> {
     let body = serde_json::to_vec(body)
         .map_err(|e| HttpError::Other(format!("cannot serialize the body for {url}: {e}")))?;
-    request(
-        "POST",
-        url,
-        &[
-            ("content-type", "application/json"),
-            ("accept", "application/json"),
-        ],
-        &body,
-    )
+    let mut headers = vec![
+        ("content-type", "application/json"),
+        ("accept", "application/json"),
+    ];
+    headers.extend_from_slice(extra_headers);
+    request("POST", url, &headers, &body)
 }
 
 /// GETs `url`.

@@ -47,6 +47,11 @@ async fn notify_delivers_and_classifies_statuses() {
     assert_eq!(body["task_id"], json!(id));
     assert_eq!(body["key"], json!(key));
     assert_eq!(body["attempt"], json!(2));
+    assert_eq!(
+        got[0].idempotency_key.as_deref(),
+        Some(id.as_str()),
+        "the task id is the Idempotency-Key"
+    );
     assert_eq!(body["message"], json!("disk full"));
     assert_eq!(body["severity"], json!("critical"));
     assert!(

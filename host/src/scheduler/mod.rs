@@ -81,6 +81,10 @@ pub struct SchedulerConfig {
     pub horizon_ms: Millis,
     /// Attempts running at once on this node.
     pub concurrency: usize,
+    /// With a fence (cluster mode): a task loaded in state `running` was started by another
+    /// owner (or by this node before its end could be recorded) and runs again only this long
+    /// after that start, once that attempt has certainly hit its timeout.
+    pub takeover_wait_ms: Millis,
 }
 
 impl Default for SchedulerConfig {
@@ -89,6 +93,7 @@ impl Default for SchedulerConfig {
             window_capacity: 2_000,
             horizon_ms: 60_000,
             concurrency: 64,
+            takeover_wait_ms: 12_000,
         }
     }
 }

@@ -114,7 +114,13 @@ impl PartitionActor {
                 let complete = tasks.len() < limit;
                 let last = tasks.last().map(Task::order);
                 let paused = self.shared.paused_snapshot();
-                for t in tasks {
+                let wait = self.shared.cfg.takeover_wait_ms;
+                for mut t in tasks {
+                    if self.shared.fence.is_some() && t.state == TaskState::Running {
+                        // In doubt: its attempt may still run where it started. Not before that
+                        // attempt's timeout has passed (the key waits with it).
+                        t.next_at = t.next_at.max(t.updated_at.saturating_add(wait));
+                    }
                     self.window.insert(t, &paused);
                 }
                 self.cursor = match (complete, last) {

@@ -3,8 +3,9 @@
 //! Payload: a JSON object with a string `url`, plus any fields to deliver, e.g.
 //! `{"url": "http://pager.internal/hook", "message": "disk full", "severity": "critical"}`.
 //! The POST body is every field of the payload (`url` included) plus `task_id`, `key` and
-//! `attempt`, which the receiver can use to drop duplicates (the same `task_id` arrives again
-//! only when an attempt is retried).
+//! `attempt`; the request carries the task id as its `Idempotency-Key` header. A receiver
+//! drops duplicates by it: the same task id arrives again when an attempt is retried, or, after
+//! a node crashed mid-attempt, when its attempt runs again on the partition's next owner.
 //!
 //! | outcome of the POST | task |
 //! |---|---|
@@ -37,7 +38,7 @@ impl Plugin for Notify {
         fields.insert("key".into(), Value::from(task.key.as_str()));
         fields.insert("attempt".into(), Value::from(task.attempt));
 
-        let response = http::post_json(&url, &fields)?;
+        let response = http::post_json_with(&url, &[("idempotency-key", &task.id)], &fields)?;
         log::info(
             "notification posted",
             &[("url", &url), ("status", &response.status)],

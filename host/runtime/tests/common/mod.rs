@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::{Path as UrlPath, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use kairos_runtime::{
@@ -149,6 +149,8 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
 pub struct Received {
     pub path: String,
     pub body: Value,
+    /// The `idempotency-key` request header, if sent.
+    pub idempotency_key: Option<String>,
 }
 
 /// A local HTTP receiver: `POST /status/{code}` answers `code`, `POST /slow/{ms}` answers
@@ -186,23 +188,37 @@ impl Receiver {
 
 type Shared = State<Arc<Mutex<Vec<Received>>>>;
 
-fn record(state: &Shared, path: String, body: &[u8]) {
+fn record(state: &Shared, path: String, headers: &HeaderMap, body: &[u8]) {
     let body = serde_json::from_slice(body).unwrap_or(Value::Null);
-    state.lock().expect("lock").push(Received { path, body });
+    let idempotency_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    state.lock().expect("lock").push(Received {
+        path,
+        body,
+        idempotency_key,
+    });
 }
 
 async fn status(
     state: Shared,
     UrlPath(code): UrlPath<u16>,
+    headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> impl IntoResponse {
-    record(&state, format!("/status/{code}"), &body);
+    record(&state, format!("/status/{code}"), &headers, &body);
     let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     (code, format!("receiver says {}", code.as_u16()))
 }
 
-async fn slow(state: Shared, UrlPath(ms): UrlPath<u64>, body: axum::body::Bytes) -> StatusCode {
-    record(&state, format!("/slow/{ms}"), &body);
+async fn slow(
+    state: Shared,
+    UrlPath(ms): UrlPath<u64>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    record(&state, format!("/slow/{ms}"), &headers, &body);
     tokio::time::sleep(Duration::from_millis(ms)).await;
     StatusCode::OK
 }

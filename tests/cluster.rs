@@ -6,8 +6,8 @@
 //! skip, when the services are unreachable. Each test uses its own topic, group and keyspace.
 //!
 //! (a) runs the 20,000 tasks over 2,000 keys (KAIROS_CLUSTER_TASKS and
-//! KAIROS_CLUSTER_KEYS change that); the others put a steady load on the cluster while a node
-//! dies, joins, or a service restarts.
+//! KAIROS_CLUSTER_KEYS change that); (b)-(d) put a steady load on the cluster while a node
+//! dies, joins, or a service restarts; (e) and (f) check single behaviours.
 
 mod support;
 
@@ -611,4 +611,158 @@ fn d_kafka_then_cassandra_restart_under_load() {
     assert_key_order(&got);
     // Attempts whose end could not be recorded while Cassandra was down run again.
     assert!(dups <= 64, "{dups} duplicate executions");
+}
+
+/// A key whose partition is in `owned` (a partition list from `/healthz`).
+fn key_in(prefix: &str, owned: &[u64]) -> String {
+    (0..10_000)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|k| {
+            owned.contains(&u64::from(kairos_core::partition::partition_for(
+                k, PARTITIONS,
+            )))
+        })
+        .expect("a key in one of the node's partitions")
+}
+
+fn owned_partitions(s: &Server) -> Vec<u64> {
+    s.health()
+        .and_then(|h| {
+            h["partitions"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        })
+        .expect("/healthz lists the owned partitions")
+}
+
+/// Polls `GET /v1/tasks/{id}` on `node` until the owner persisted the task.
+fn wait_stored(node: &Server, id: &str) -> Value {
+    let start = Instant::now();
+    loop {
+        let (code, t) = node.call("GET", &format!("/v1/tasks/{id}"), None);
+        if code == 200 {
+            return t;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "task {id} not stored: {code} {t}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// (f) Task operations through a node that does not own the task's partition are forwarded
+/// to the owner: cancel, reschedule, retry (the owner's 409 passed through), pause and resume
+/// of a key; operations through the owner still work; a forwarded request is never
+/// forwarded again.
+#[test]
+fn f_task_operations_through_any_node_reach_the_owner() {
+    let mut c = Cluster::new("f", "");
+    c.start_nodes(2);
+    c.wait_balanced(Duration::from_secs(60));
+    let (a, b) = (c.node(0), c.node(1));
+    let (on_a, on_b) = (owned_partitions(a), owned_partitions(b));
+    let url = c.rx.url();
+    let key_b = key_in("fwd-b", &on_b);
+    let key_b2 = key_in("fwd-b2", &on_b);
+    let key_a = key_in("fwd-a", &on_a);
+    let hour = 3_600_000;
+    let ids = enqueue(
+        a,
+        vec![
+            notify(&key_b, &url, 1, hour),
+            notify(&key_b2, &url, 2, hour),
+            notify(&key_a, &url, 3, hour),
+        ],
+    );
+    let (t_b, t_b2, t_a) = (&ids[0], &ids[1], &ids[2]);
+    for id in &ids {
+        wait_stored(a, id);
+    }
+
+    // Cancel through the non-owner.
+    let (code, t) = a.call("DELETE", &format!("/v1/tasks/{t_b}"), None);
+    assert_eq!(code, 200, "cancel through node-1 of a task of node-2: {t}");
+    assert_eq!(t["state"], "cancelled", "{t}");
+    for n in [a, b] {
+        let (code, t) = n.call("GET", &format!("/v1/tasks/{t_b}"), None);
+        assert_eq!((code, &t["state"]), (200, &json!("cancelled")), "{t}");
+    }
+    // The owner's answer passes through as is: cancelling again is its 409.
+    match ureq::delete(&format!("{}/v1/tasks/{t_b}", a.base)).call() {
+        Err(ureq::Error::Status(code, r)) => {
+            let served_by = r.header("x-kairos-served-by").map(str::to_string);
+            let text = r.into_string().unwrap_or_default();
+            assert_eq!(code, 409, "{text}");
+            assert_eq!(served_by.as_deref(), Some("node-2"), "{text}");
+        }
+        other => panic!("expected the owner's 409, got {other:?}"),
+    }
+
+    // Reschedule through the non-owner, then through the owner.
+    let later = (chrono::Utc::now() + chrono::Duration::hours(2))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let body = json!({ "run_at": later }).to_string();
+    let (code, t) = a.call("PATCH", &format!("/v1/tasks/{t_b2}"), Some(&body));
+    assert_eq!(code, 200, "reschedule through node-1: {t}");
+    assert_eq!(t["run_at"], json!(later), "{t}");
+    let (_, t) = b.call("GET", &format!("/v1/tasks/{t_b2}"), None);
+    assert_eq!(t["run_at"], json!(later), "read through the owner: {t}");
+    let latest = (chrono::Utc::now() + chrono::Duration::hours(3))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let body = json!({ "run_at": latest }).to_string();
+    let (code, t) = b.call("PATCH", &format!("/v1/tasks/{t_b2}"), Some(&body));
+    assert_eq!(
+        (code, &t["run_at"]),
+        (200, &json!(latest)),
+        "through the owner: {t}"
+    );
+    // Retry of a task that is not dead: the owner's 409, through the non-owner.
+    let (code, t) = a.call("POST", &format!("/v1/tasks/{t_b2}/retry"), Some("{}"));
+    assert_eq!(code, 409, "{t}");
+
+    // The other direction, and an operation on the owner itself.
+    let (code, t) = b.call("DELETE", &format!("/v1/tasks/{t_a}"), None);
+    assert_eq!((code, &t["state"]), (200, &json!("cancelled")), "{t}");
+    let (code, t) = b.call("DELETE", &format!("/v1/tasks/{t_b2}"), None);
+    assert_eq!((code, &t["state"]), (200, &json!("cancelled")), "{t}");
+
+    // A forwarded request that reaches a non-owner is not forwarded again.
+    let res = ureq::delete(&format!("{}/v1/tasks/{t_b2}", a.base))
+        .set("x-kairos-forwarded", "node-x")
+        .call();
+    match res {
+        Err(ureq::Error::Status(code, r)) => {
+            let text = r.into_string().unwrap_or_default();
+            assert_eq!(code, 503, "{text}");
+            assert!(text.contains("moving between nodes"), "{text}");
+        }
+        other => panic!("expected 503, got {other:?}"),
+    }
+
+    // Pause a key of node-2 through node-1: its new task waits; resume releases it.
+    let (code, r) = a.call("POST", &format!("/v1/keys/{key_b}/pause"), Some(""));
+    assert_eq!((code, &r["paused"]), (200, &json!(true)), "{r}");
+    let held = enqueue(a, vec![notify(&key_b, &url, 4, 0)]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(c.rx.received().is_empty(), "a task of a paused key ran");
+    let (code, r) = a.call("POST", &format!("/v1/keys/{key_b}/resume"), Some(""));
+    assert_eq!((code, &r["paused"]), (200, &json!(false)), "{r}");
+    let got =
+        c.rx.wait_for("the resumed key's task", Duration::from_secs(20), |b| {
+            !b.is_empty()
+        });
+    assert_eq!(got[0]["task_id"], json!(held[0]), "{got:?}");
+
+    // The owner gone (kill -9; the group has not noticed yet): a clear 503, nothing hangs.
+    c.nodes[1].take().expect("node-2").kill9();
+    let (code, t) = c.node(0).call("DELETE", &format!("/v1/tasks/{t_b}"), None);
+    assert_eq!(code, 503, "{t}");
+    assert!(
+        t["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not reachable"),
+        "{t}"
+    );
 }

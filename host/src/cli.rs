@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// API listen address.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Cluster mode: `host:port` at which the other nodes reach this node's API (default: the
+    /// bound listen address).
+    #[arg(long)]
+    pub advertise_addr: Option<String>,
     /// Node name.
     #[arg(long)]
     pub node_id: Option<String>,

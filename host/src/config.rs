@@ -17,6 +17,10 @@ pub struct Config {
     pub node_id: String,
     /// HTTP API address.
     pub listen: SocketAddr,
+    /// Cluster mode: the `host:port` at which the other nodes reach this node's API (they
+    /// forward task operations to the owner of the task's partition). Default: the bound
+    /// `listen` address; set it when `listen` is a wildcard (`0.0.0.0`, `[::]`) or behind NAT.
+    pub advertise_addr: Option<String>,
     /// Where the embedded database and the compiled-plugin cache live.
     pub data_dir: PathBuf,
     /// Directory watched for `NAME.wasm` (+ `NAME.toml`) plugins.
@@ -41,6 +45,7 @@ impl Default for Config {
         Self {
             node_id: "node-1".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
+            advertise_addr: None,
             data_dir: PathBuf::from("kairos-data"),
             plugins_dir: PathBuf::from(kairos_runtime::DEFAULT_PLUGINS_DIR),
             partitions: 64,
@@ -365,6 +370,10 @@ impl Config {
             self.tasks.max_attempts >= 1,
             "`tasks.max_attempts` must be at least 1"
         );
+        if let Some(a) = &self.advertise_addr {
+            check_host_port(a)
+                .with_context(|| format!("`advertise_addr` {a:?} is not a `host:port`"))?;
+        }
         if let StoreConfig::Cassandra(c) = &self.store {
             anyhow::ensure!(
                 !c.nodes.is_empty(),
@@ -409,6 +418,27 @@ impl Config {
             }
         }
     }
+}
+
+/// `host:port`, `a.b.c.d:port` or `[v6]:port`, with no scheme or path.
+fn check_host_port(a: &str) -> anyhow::Result<()> {
+    let (host, port) = a
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("no `:port`"))?;
+    port.parse::<u16>()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| anyhow::anyhow!("port {port:?} is not 1-65535"))?;
+    let ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        v6.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty()
+            && host
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_')
+    };
+    anyhow::ensure!(ok, "host {host:?} is not a host name or IP address");
+    Ok(())
 }
 
 #[cfg(test)]
@@ -525,5 +555,26 @@ mod tests {
         let e = Config::parse("[store]\ntype = \"postgres\"").expect_err("unknown backend");
         assert!(format!("{e:#}").contains("postgres"), "{e:#}");
         assert!(Config::parse("partitions = 0").is_err());
+    }
+
+    #[test]
+    fn advertise_addr_is_a_host_and_port() {
+        assert_eq!(Config::parse("").expect("valid").advertise_addr, None);
+        for ok in ["10.0.0.7:7400", "kairos-1.internal:7400", "[::1]:7400"] {
+            let c = Config::parse(&format!("advertise_addr = {ok:?}")).expect(ok);
+            assert_eq!(c.advertise_addr.as_deref(), Some(ok));
+        }
+        for bad in [
+            "10.0.0.7",
+            "http://10.0.0.7:7400",
+            "host:0",
+            "host:99999",
+            ":7400",
+            "::1:7400",
+            "a/b:1",
+        ] {
+            let e = Config::parse(&format!("advertise_addr = {bad:?}")).expect_err(bad);
+            assert!(format!("{e:#}").contains("advertise_addr"), "{e:#}");
+        }
     }
 }

@@ -37,6 +37,10 @@ pub fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     if let Some(n) = &args.node_id {
         cfg.node_id = n.clone();
     }
+    if let Some(a) = &args.advertise_addr {
+        cfg.advertise_addr = Some(a.clone());
+        cfg.validate()?;
+    }
     Ok(cfg)
 }
 

@@ -6,6 +6,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use kairos_cassandra::CassandraStore;
 use kairos_core::clock::{Clock, SystemClock};
 use kairos_core::embedded::{EmbeddedOptions, EmbeddedStore};
 use kairos_core::model::Schedule;
@@ -14,8 +15,8 @@ use kairos_runtime::{Runtime, RuntimeConfig};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState};
-use crate::cluster::{self, ClusterIntake, EpochFence, Listener};
+use crate::api::{self, AppState, Forwarder};
+use crate::cluster::{self, CassandraOwners, ClusterIntake, EpochFence, Listener};
 use crate::config::{Config, QueueConfig, StoreConfig};
 use crate::cron::CronService;
 use crate::enqueue::{Enqueuer, LocalIntake, TaskIntake};
@@ -39,12 +40,17 @@ pub struct Node {
     source: Option<kairos_kafka::KafkaSource>,
 }
 
-/// The store, and in cluster mode its fencing side.
-async fn open_store(cfg: &Config) -> anyhow::Result<(Arc<dyn TaskStore>, Option<Arc<EpochFence>>)> {
+/// The store; in cluster mode also its fencing side and the Cassandra store itself.
+type Opened = (
+    Arc<dyn TaskStore>,
+    Option<(Arc<EpochFence>, Arc<CassandraStore>)>,
+);
+
+async fn open_store(cfg: &Config) -> anyhow::Result<Opened> {
     if let StoreConfig::Cassandra(c) = &cfg.store {
         let store = cluster::connect_cassandra(c).await?;
         let fence = Arc::new(EpochFence::new(store.clone()));
-        return Ok((store, Some(fence)));
+        return Ok((store.clone(), Some((fence, store))));
     }
     Ok((open_embedded(cfg)?, None))
 }
@@ -112,7 +118,9 @@ impl Node {
     pub async fn start(cfg: Config) -> anyhow::Result<Node> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let metrics = Arc::new(Metrics::new(cfg.partitions));
-        let (store, fence) = open_store(&cfg).await?;
+        let (store, cluster_store) = open_store(&cfg).await?;
+        let fence = cluster_store.as_ref().map(|(f, _)| f.clone());
+        let cassandra = cluster_store.map(|(_, c)| c);
 
         let services = Arc::new(StoreServices {
             store: store.clone(),
@@ -220,11 +228,17 @@ impl Node {
             plugins: catalog,
             schedules_changed,
             node_id: cfg.node_id.clone(),
+            forwarder: cassandra
+                .clone()
+                .map(|c| Forwarder::new(Arc::new(CassandraOwners(c)))),
         });
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("binding the API to {}", cfg.listen))?;
         let addr = listener.local_addr()?;
+        if let Some(c) = &cassandra {
+            cluster::register_api(c, &cfg, addr).await?;
+        }
         let stop_http = cancel.clone();
         let http = tokio::spawn(async move {
             let app = api::router(state);

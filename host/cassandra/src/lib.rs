@@ -31,6 +31,7 @@ mod enqueue;
 mod error;
 pub mod fencing;
 mod misc;
+mod nodes;
 mod rows;
 pub mod schema;
 mod stmts;

@@ -16,6 +16,8 @@
 //! plugin_kv        (plugin, key) → updated_at, size, value
 //! partition_owners (partition) → epoch, node_id, acquired_at (fencing, LWT only)
 //! counters         (name) → next ('task_seq': the sequence block allocator, LWT only)
+//! nodes            (node_id) → api_addr, updated_at: where each node's HTTP API is reached
+//!                  (written at start; task operations are forwarded to a partition's owner)
 //! ```
 //!
 //! The index tables (`pending`, `pending_buckets`, `tasks_by_key`) are hints checked against
@@ -95,6 +97,7 @@ const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.partition_owners (
         partition bigint PRIMARY KEY, epoch bigint, node_id text, acquired_at bigint)",
     "CREATE TABLE IF NOT EXISTS {ks}.counters (name text PRIMARY KEY, next bigint)",
+    "CREATE TABLE IF NOT EXISTS {ks}.nodes (node_id text PRIMARY KEY, api_addr text, updated_at bigint)",
 ];
 
 /// Creates the keyspace and the tables if missing, and the sequence counter row.

@@ -45,6 +45,8 @@ pub(crate) struct Stmts {
     pub owner_cas: PreparedStatement,
     pub counter_get: PreparedStatement,
     pub counter_cas: PreparedStatement,
+    pub node_put: PreparedStatement,
+    pub node_get: PreparedStatement,
 }
 
 /// How a statement is run.
@@ -229,6 +231,12 @@ impl Stmts {
                 "UPDATE {ks}.counters SET next = ? WHERE name = ? IF next = ?".into(),
             )
             .await?,
+            node_put: p(
+                Plain,
+                "INSERT INTO {ks}.nodes (node_id, api_addr, updated_at) VALUES (?, ?, ?)".into(),
+            )
+            .await?,
+            node_get: p(Plain, "SELECT api_addr FROM {ks}.nodes WHERE node_id = ?".into()).await?,
         })
     }
 }

@@ -55,6 +55,31 @@ async fn acquire_bumps_the_epoch_and_current_reports_the_owner() {
     );
 }
 
+/// The `nodes` table: where an owner's API is reached (task operations are forwarded there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_register_their_api_address() {
+    let (s, _guard) = common::fresh_store().await;
+    assert_eq!(s.node_addr("node-a").await.expect("lookup"), None);
+    s.register_node("node-a", "10.0.0.1:7400", T0)
+        .await
+        .expect("register");
+    s.register_node("node-b", "10.0.0.2:7400", T0)
+        .await
+        .expect("register");
+    // A restart on another address replaces the old one.
+    s.register_node("node-a", "[::1]:7401", T0 + 1)
+        .await
+        .expect("re-register");
+    assert_eq!(
+        s.node_addr("node-a").await.expect("lookup").as_deref(),
+        Some("[::1]:7401")
+    );
+    assert_eq!(
+        s.node_addr("node-b").await.expect("lookup").as_deref(),
+        Some("10.0.0.2:7400")
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_acquires_get_distinct_epochs() {
     let (s, _guard) = common::fresh_store().await;

@@ -1,16 +1,17 @@
 //! Keys, schedules, plugins, health and metrics.
 
 use axum::Json;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::Path;
-use axum::http::{StatusCode, header};
-use axum::response::IntoResponse;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
 use kairos_core::model::Schedule;
 use kairos_core::partition::partition_for;
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
+use super::forward::{self, OpRequest};
 use super::view::ScheduleView;
 use super::{ApiError, State, read_json};
 use crate::cron::{self, CronSpec};
@@ -21,21 +22,41 @@ fn partitions(st: &State) -> u32 {
     st.enqueuer.partitions
 }
 
-pub async fn pause_key(st: State, Path(key): Path<String>) -> ApiResult<Json<serde_json::Value>> {
-    st.scheduler
-        .pause_key(&key, partition_for(&key, partitions(&st)))
-        .await?;
-    Ok(Json(json!({ "key": key, "paused": true })))
+/// Pausing or resuming a key changes what its partition's actor may start: in cluster mode
+/// it runs on the partition's owner (forwarded there from any other node).
+pub async fn pause_key(
+    st: State,
+    Path(key): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let p = partition_for(&key, partitions(&st));
+    if forward::elsewhere(&st, p).await {
+        let req = OpRequest::new(method, uri, &headers, Bytes::new());
+        return forward::forward(&st, p, req).await;
+    }
+    st.scheduler.pause_key(&key, p).await?;
+    Ok(Json(json!({ "key": key, "paused": true })).into_response())
 }
 
-pub async fn resume_key(st: State, Path(key): Path<String>) -> ApiResult<Json<serde_json::Value>> {
-    let unparked = st
-        .scheduler
-        .resume_key(&key, partition_for(&key, partitions(&st)))
-        .await?;
-    Ok(Json(
-        json!({ "key": key, "paused": false, "unparked_dead_tasks": unparked }),
-    ))
+pub async fn resume_key(
+    st: State,
+    Path(key): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let p = partition_for(&key, partitions(&st));
+    if forward::elsewhere(&st, p).await {
+        let req = OpRequest::new(method, uri, &headers, Bytes::new());
+        return forward::forward(&st, p, req).await;
+    }
+    let unparked = st.scheduler.resume_key(&key, p).await?;
+    Ok(
+        Json(json!({ "key": key, "paused": false, "unparked_dead_tasks": unparked }))
+            .into_response(),
+    )
 }
 
 #[derive(Deserialize)]
@@ -126,7 +147,9 @@ pub async fn plugins(st: State) -> Json<serde_json::Value> {
 
 pub async fn healthz(st: State) -> Json<serde_json::Value> {
     let owned = st.scheduler.owned().await;
-    Json(json!({ "status": "ok", "node_id": st.node_id, "partitions_owned": owned.len() }))
+    Json(
+        json!({ "status": "ok", "node_id": st.node_id, "partitions_owned": owned.len(), "partitions": owned }),
+    )
 }
 
 pub async fn metrics(st: State) -> impl IntoResponse {

@@ -2,8 +2,11 @@
 //! wrong.
 
 mod admin;
+mod forward;
 mod tasks;
 mod view;
+
+pub use forward::{FORWARDED_BY, Forwarder, Owners, SERVED_BY};
 
 use std::sync::Arc;
 
@@ -34,6 +37,9 @@ pub struct AppState {
     pub plugins: Arc<dyn PluginLister>,
     pub schedules_changed: Arc<Notify>,
     pub node_id: String,
+    /// Cluster mode: sends task operations on partitions this node does not own to their
+    /// owner. `None` (embedded): every partition is this node's.
+    pub forwarder: Option<Forwarder>,
 }
 
 pub type State = axum::extract::State<Arc<AppState>>;
@@ -123,19 +129,28 @@ impl From<OpError> for ApiError {
 
 /// Reads a JSON body of at most `limit` bytes into `T`, with errors that say what was wrong.
 pub async fn read_json<T: DeserializeOwned>(body: Body, limit: usize) -> Result<T, ApiError> {
-    let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
+    parse_json(&read_body(body, limit).await?)
+}
+
+/// Reads a body of at most `limit` bytes.
+pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!("request body is over the limit of {limit} bytes"),
         )
-    })?;
+    })
+}
+
+/// Parses a JSON body into `T`, with errors that say what was wrong.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if bytes.is_empty() {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "request body is empty; expected a JSON document",
         ));
     }
-    serde_json::from_slice(&bytes).map_err(|e| {
+    serde_json::from_slice(bytes).map_err(|e| {
         let what = if e.is_syntax() || e.is_eof() {
             "malformed JSON"
         } else {

@@ -1,15 +1,17 @@
 //! `/v1/tasks`: enqueue (one or a batch), inspect, list, cancel, retry, reschedule.
 
 use axum::Json;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
 use chrono::DateTime;
 use kairos_core::model::{EnqueueOutcome, ListFilter, TaskState};
 use serde::Deserialize;
 
+use super::forward::{self, OpRequest};
 use super::view::{Accepted, TaskView, rfc3339};
-use super::{ApiError, State, read_json};
+use super::{ApiError, State, parse_json, read_body, read_json};
 use crate::enqueue::EnqueueRequest;
 
 type ApiResult<T> = Result<T, ApiError>;
@@ -118,9 +120,21 @@ pub async fn list(
     Ok(Json(tasks.iter().map(|t| TaskView::new(t, None)).collect()))
 }
 
-pub async fn cancel(st: State, Path(id): Path<String>) -> ApiResult<Json<TaskView>> {
-    let t = st.scheduler.cancel(&id).await?;
-    Ok(Json(TaskView::new(&t, None)))
+/// The task as an operation left it.
+fn view(t: kairos_core::model::Task) -> Response {
+    Json(TaskView::new(&t, None)).into_response()
+}
+
+pub async fn cancel(
+    st: State,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let r = st.scheduler.cancel(&id).await;
+    let req = OpRequest::new(method, uri, &headers, Bytes::new());
+    forward::answer(&st, r, req, view).await
 }
 
 #[derive(Deserialize, Default)]
@@ -130,7 +144,14 @@ pub struct RetryBody {
     max_attempts: Option<u32>,
 }
 
-pub async fn retry(st: State, Path(id): Path<String>, body: Body) -> ApiResult<Json<TaskView>> {
+pub async fn retry(
+    st: State,
+    Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
     let bytes = axum::body::to_bytes(body, 4096)
         .await
         .map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"))?;
@@ -144,8 +165,10 @@ pub async fn retry(st: State, Path(id): Path<String>, body: Body) -> ApiResult<J
         .max_attempts
         .unwrap_or(st.enqueuer.defaults.max_attempts)
         .max(1);
-    let t = st.scheduler.retry_dead(&id, extra).await?;
-    Ok(Json(TaskView::new(&t, None)))
+    let r = st.scheduler.retry_dead(&id, extra).await;
+    // Forwarded as sent: without `max_attempts`, the owner's default applies.
+    let req = OpRequest::new(method, uri, &headers, bytes);
+    forward::answer(&st, r, req, view).await
 }
 
 #[derive(Deserialize)]
@@ -157,9 +180,13 @@ pub struct PatchBody {
 pub async fn reschedule(
     st: State,
     Path(id): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
     body: Body,
-) -> ApiResult<Json<TaskView>> {
-    let b: PatchBody = read_json(body, 4096).await?;
+) -> ApiResult<Response> {
+    let bytes = read_body(body, 4096).await?;
+    let b: PatchBody = parse_json(&bytes)?;
     let run_at = DateTime::parse_from_rfc3339(&b.run_at)
         .map_err(|e| {
             ApiError::new(
@@ -168,6 +195,7 @@ pub async fn reschedule(
             )
         })?
         .timestamp_millis();
-    let t = st.scheduler.reschedule(&id, run_at).await?;
-    Ok(Json(TaskView::new(&t, None)))
+    let r = st.scheduler.reschedule(&id, run_at).await;
+    let req = OpRequest::new(method, uri, &headers, bytes);
+    forward::answer(&st, r, req, view).await
 }

@@ -10,6 +10,9 @@
 //! - [`EpochFence`]: every start and finish of an attempt goes through the store's fenced
 //!   operations under the epoch this node holds, so a node that lost a partition can neither
 //!   run nor complete its tasks again.
+//! - [`CassandraOwners`]: who owns a partition (`partition_owners`) and where each node's API
+//!   is (`nodes`, written by [`register_api`] at start), so the API forwards task operations
+//!   to the owner of their partition.
 //! - Start-up waits (with backoff and a clear log line) while Kafka or Cassandra are not
 //!   reachable yet.
 
@@ -22,12 +25,14 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use kairos_cassandra::{CassandraOptions, CassandraStore, Replication};
+use kairos_core::fencing::PartitionFencing;
 use kairos_core::model::{EnqueueOutcome, NewTask, Task};
 use kairos_core::store::{StoreError, TaskStore};
 use kairos_kafka::{
     KafkaConfig, KafkaError, KafkaIntake, KafkaSource, PartitionListener, RecordDefaults,
 };
 
+use crate::api::Owners;
 use crate::config::{CassandraSection, Config, KafkaSection};
 use crate::enqueue::TaskIntake;
 use crate::scheduler::Scheduler;
@@ -189,6 +194,46 @@ pub async fn migrate(cfg: &Config) -> anyhow::Result<Vec<String>> {
         ));
     }
     Ok(done)
+}
+
+/// Records where this node's API is reached (`advertise_addr`, else the bound address), so
+/// the other nodes can forward task operations to it. Waits while Cassandra is down.
+pub async fn register_api(
+    store: &CassandraStore,
+    cfg: &Config,
+    bound: std::net::SocketAddr,
+) -> anyhow::Result<String> {
+    let addr = match &cfg.advertise_addr {
+        Some(a) => a.clone(),
+        None => {
+            if bound.ip().is_unspecified() {
+                tracing::warn!(%bound, "the API listens on a wildcard address and `advertise_addr` is not set: other nodes cannot forward task operations to this one; set `advertise_addr` (or --advertise-addr) to an address they reach");
+            }
+            bound.to_string()
+        }
+    };
+    wait_for(
+        "registering the API address",
+        StoreError::is_transient,
+        || store.register_node(&cfg.node_id, &addr, kairos_core::clock::system_now()),
+    )
+    .await?;
+    tracing::info!(node = %cfg.node_id, api = %addr, "API address registered for forwarded task operations");
+    Ok(addr)
+}
+
+/// Partition owners and node addresses in Cassandra, for the API's forwarding.
+pub struct CassandraOwners(pub Arc<CassandraStore>);
+
+#[async_trait]
+impl Owners for CassandraOwners {
+    async fn owner(&self, partition: u32) -> Result<Option<String>, StoreError> {
+        Ok(self.0.current(partition).await?.map(|(_, node)| node))
+    }
+
+    async fn api_addr(&self, node_id: &str) -> Result<Option<String>, StoreError> {
+        self.0.node_addr(node_id).await
+    }
 }
 
 /// Kafka's partition events, driving the scheduler.

@@ -226,6 +226,11 @@ impl Scheduler {
         v
     }
 
+    /// Whether this node runs the partition's actor now.
+    pub async fn owns(&self, partition: u32) -> bool {
+        self.partitions.lock().await.contains_key(&partition)
+    }
+
     /// Drains every partition within `grace`; returns false if attempts were still running.
     pub async fn shutdown(&self, grace: Duration) -> bool {
         let parts: Vec<(u32, PartitionHandle)> = self.partitions.lock().await.drain().collect();

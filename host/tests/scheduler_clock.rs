@@ -510,6 +510,26 @@ async fn a_task_found_running_on_takeover_waits_out_the_attempt_timeout() {
     assert!(ran[1].2 >= T0 + 10 + 5_000, "ran at {}", ran[1].2);
 }
 
+/// A key paused through a partition's previous owner (written to the store while this node
+/// did not own the partition) stays paused when the partition comes to this node.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_paused_elsewhere_stays_paused_when_its_partition_arrives() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let h = harness(dir.path(), ManualClock::new(T0), SchedulerConfig::default()).await;
+    let p = kairos_core::partition::partition_for("moved", PARTITIONS);
+    assert!(h.scheduler.revoke(p, Duration::from_secs(5)).await);
+    h.store.set_key_paused("moved", true).await.expect("pause");
+    h.scheduler.assign(p).await;
+    let held = h.add("moved", T0 + 10, named("held")).await;
+    h.add("other", T0 + 10, named("other")).await;
+    h.clock.advance(100);
+    h.until("the other key", |h| h.names() == vec!["other"]).await;
+    h.settle().await;
+    assert_eq!(h.names(), vec!["other"], "the paused key's task waits");
+    h.scheduler.resume_key("moved", p).await.expect("resume");
+    h.until_state(&held, TaskState::Succeeded).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_small_window_still_runs_everything_in_order() {
     let dir = tempfile::tempdir().expect("tmp");

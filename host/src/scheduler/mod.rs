@@ -196,6 +196,18 @@ impl Scheduler {
         if parts.contains_key(&partition) {
             return;
         }
+        // Keys may have been paused or resumed through the partition's previous owner since
+        // this node loaded them: refresh before the partition's tasks are looked at.
+        match self.shared.store.paused_keys().await {
+            Ok(keys) => {
+                if let Ok(mut p) = self.shared.paused.write() {
+                    *p = keys.into_iter().collect();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(partition, error = %e, "could not refresh the paused keys; using the ones known")
+            }
+        }
         let (tx, rx) = mpsc::channel(1024);
         let stop = CancellationToken::new();
         let actor = PartitionActor::new(partition, self.shared.clone(), rx, stop.clone());
@@ -203,10 +215,8 @@ impl Scheduler {
         parts.insert(partition, PartitionHandle { tx, stop, join });
     }
 
-    /// Stops starting tasks of the partition, waits for its running attempts to finish and
-    /// their results to be stored, then drops it. Other partitions are not touched.
-    /// Stops the partition's actor and waits (up to `grace`) until its running attempts ended
-    /// and were recorded. Returns false if attempts were still running after `grace`: they go
+    /// Stops the partition's actor (other partitions are not touched) and waits, up to
+    /// `grace`, until its running attempts ended and were recorded. Returns false if attempts were still running after `grace`: they go
     /// on in the background, but can no longer record their end once the partition's next
     /// owner holds its epoch (their tasks then run again there).
     pub async fn revoke(&self, partition: u32, grace: Duration) -> bool {

@@ -17,18 +17,19 @@ use crate::node::Node;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Which scenarios: throughput, steady, burst, pending (RSS + restart), or all.
+    /// Which scenarios: throughput, steady, burst, pending (RSS + restart), or all (embedded);
+    /// cluster-throughput, cluster-steady, or cluster (both; needs Kafka and Cassandra).
     #[arg(long, default_value = "all")]
     pub scenario: String,
-    /// Tasks in the throughput run.
-    #[arg(long, default_value_t = 200_000)]
-    pub tasks: usize,
-    /// Repetitions of the throughput run (the median is reported).
+    /// Tasks in the throughput run [default: 200000; cluster: 20000].
+    #[arg(long)]
+    pub tasks: Option<usize>,
+    /// Repetitions of the embedded throughput run (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// Steady rate for the lateness run, tasks/s, and its duration.
-    #[arg(long, default_value_t = 5_000)]
-    pub rate: usize,
+    /// Steady rate for the lateness run, tasks/s [default: 5000; cluster: 2000], and its duration.
+    #[arg(long)]
+    pub rate: Option<usize>,
     #[arg(long, default_value_t = 10)]
     pub seconds: u64,
     /// Tasks due in the same second for the burst run.
@@ -43,9 +44,11 @@ pub struct BenchArgs {
     /// Where the scratch data directories go.
     #[arg(long, default_value = "target/bench-data")]
     pub data: PathBuf,
+    #[command(flatten)]
+    pub cluster: crate::bench_cluster::ClusterArgs,
 }
 
-fn guests_dir(args: &BenchArgs) -> PathBuf {
+pub(crate) fn guests_dir(args: &BenchArgs) -> PathBuf {
     args.plugins.clone().unwrap_or_else(|| {
         Path::new(kairos_runtime::DEFAULT_PLUGINS_DIR)
             .parent()
@@ -70,7 +73,7 @@ fn config(args: &BenchArgs, name: &str) -> anyhow::Result<Config> {
     Ok(cfg)
 }
 
-fn task(key: String, due_at: Millis, now: Millis, partitions: u32) -> NewTask {
+pub(crate) fn task(key: String, due_at: Millis, now: Millis, partitions: u32) -> NewTask {
     NewTask {
         id: new_task_id(),
         partition: partition_for(&key, partitions),
@@ -114,7 +117,7 @@ async fn wait_succeeded(node: &Node, target: u64, timeout: Duration) -> anyhow::
     Ok(())
 }
 
-fn percentile(sorted: &[i64], p: f64) -> i64 {
+pub(crate) fn percentile(sorted: &[i64], p: f64) -> i64 {
     if sorted.is_empty() {
         return 0;
     }
@@ -134,7 +137,7 @@ async fn lateness(node: &Node, ids: &[String]) -> anyhow::Result<Vec<i64>> {
     Ok(out)
 }
 
-fn report_lateness(name: &str, l: &[i64]) {
+pub(crate) fn report_lateness(name: &str, l: &[i64]) {
     println!(
         "| {name} | {} | {} ms | {} ms | {} ms |",
         l.len(),
@@ -145,6 +148,7 @@ fn report_lateness(name: &str, l: &[i64]) {
 }
 
 async fn throughput(args: &BenchArgs) -> anyhow::Result<()> {
+    let tasks = args.tasks.unwrap_or(200_000);
     let mut rates = Vec::new();
     for run in 0..args.runs {
         let cfg = config(args, "throughput")?;
@@ -153,20 +157,19 @@ async fn throughput(args: &BenchArgs) -> anyhow::Result<()> {
         let now = node.enqueuer.clock.now();
         let started = Instant::now();
         let keys = 10_000;
-        for chunk in (0..args.tasks).collect::<Vec<_>>().chunks(1_000) {
+        for chunk in (0..tasks).collect::<Vec<_>>().chunks(1_000) {
             let batch = chunk
                 .iter()
                 .map(|i| task(format!("k{}", i % keys), now, now, partitions))
                 .collect();
             node.enqueuer.submit(batch).await?;
         }
-        wait_succeeded(&node, args.tasks as u64, Duration::from_secs(600)).await?;
+        wait_succeeded(&node, tasks as u64, Duration::from_secs(600)).await?;
         let secs = started.elapsed().as_secs_f64();
-        let rate = args.tasks as f64 / secs;
+        let rate = tasks as f64 / secs;
         println!(
-            "throughput run {}: {} tasks in {secs:.2} s = {rate:.0} tasks/s",
+            "throughput run {}: {tasks} tasks in {secs:.2} s = {rate:.0} tasks/s",
             run + 1,
-            args.tasks
         );
         rates.push(rate);
         node.shutdown().await;
@@ -184,7 +187,8 @@ async fn steady(args: &BenchArgs) -> anyhow::Result<()> {
     let cfg = config(args, "steady")?;
     let partitions = cfg.partitions;
     let node = Node::start(cfg).await?;
-    let per_tick = (args.rate / 100).max(1);
+    let rate = args.rate.unwrap_or(5_000);
+    let per_tick = (rate / 100).max(1);
     let ticks = args.seconds * 100;
     let mut ids = Vec::new();
     let mut next = Instant::now();
@@ -209,8 +213,8 @@ async fn steady(args: &BenchArgs) -> anyhow::Result<()> {
     let l = lateness(&node, &ids).await?;
     report_lateness(
         &format!(
-            "steady {} tasks/s for {} s, due 50 ms after enqueue",
-            args.rate, args.seconds
+            "steady {rate} tasks/s for {} s, due 50 ms after enqueue",
+            args.seconds
         ),
         &l,
     );
@@ -333,6 +337,9 @@ async fn pending(args: &BenchArgs) -> anyhow::Result<()> {
 }
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.scenario.starts_with("cluster") {
+        return crate::bench_cluster::run(&args).await;
+    }
     let all = args.scenario == "all";
     println!("| scenario | figure |\n|---|---|");
     if all || args.scenario == "throughput" {

@@ -32,7 +32,8 @@ pub enum Command {
     /// Manage recurring schedules on a running server.
     #[command(subcommand)]
     Schedule(ScheduleCmd),
-    /// Measure throughput, lateness, memory and restart time on the embedded default.
+    /// Measure throughput, lateness, memory and restart time on the embedded default, or of a
+    /// local cluster (`--scenario cluster`).
     Bench(crate::bench::BenchArgs),
 }
 

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod bench;
+pub mod bench_cluster;
 pub mod cli;
 pub mod client;
 pub mod cluster;

@@ -523,7 +523,8 @@ async fn a_key_paused_elsewhere_stays_paused_when_its_partition_arrives() {
     let held = h.add("moved", T0 + 10, named("held")).await;
     h.add("other", T0 + 10, named("other")).await;
     h.clock.advance(100);
-    h.until("the other key", |h| h.names() == vec!["other"]).await;
+    h.until("the other key", |h| h.names() == vec!["other"])
+        .await;
     h.settle().await;
     assert_eq!(h.names(), vec!["other"], "the paused key's task waits");
     h.scheduler.resume_key("moved", p).await.expect("resume");

@@ -96,14 +96,6 @@ impl EpochFence {
         }
     }
 
-    /// The epoch held for `partition`, if any.
-    pub fn epoch(&self, partition: u32) -> Option<u64> {
-        self.held
-            .read()
-            .ok()
-            .and_then(|m| m.get(&partition).map(|h| h.epoch))
-    }
-
     fn lookup(&self, p: u32) -> Result<(u64, Arc<AtomicBool>, mpsc::Sender<StartReq>), StoreError> {
         let m = self
             .held

@@ -191,6 +191,32 @@ fn enqueue(node: &Server, batch: Vec<Value>) -> Vec<String> {
         .collect()
 }
 
+/// Enqueues `n` notify tasks over `keys` keys through the running nodes in turn, one batch per
+/// round of keys: a key's tasks are enqueued strictly one after another, so per key the
+/// enqueue order is the run order. Task `i` is due `start_ms + i * spread_ms / n` from now.
+/// Returns the acknowledged ids.
+fn enqueue_spread(
+    c: &Cluster,
+    n: usize,
+    keys: usize,
+    start_ms: u64,
+    spread_ms: u64,
+) -> HashSet<String> {
+    let url = c.rx.url();
+    let mut want = HashSet::new();
+    for (b, chunk) in (0..n).collect::<Vec<_>>().chunks(keys).enumerate() {
+        let batch = chunk
+            .iter()
+            .map(|&i| {
+                let delay = start_ms + i as u64 * spread_ms / n as u64;
+                notify(&format!("key-{}", i % keys), &url, i, delay)
+            })
+            .collect();
+        want.extend(enqueue(c.node(b % c.nodes.len()), batch));
+    }
+    want
+}
+
 /// Waits until every id in `want` was received; returns all bodies.
 fn wait_all(c: &Cluster, want: &HashSet<String>, timeout: Duration) -> Vec<Value> {
     let start = Instant::now();
@@ -244,18 +270,9 @@ fn a_three_nodes_every_task_exactly_once_in_key_order() {
     let mut c = Cluster::new("a", "");
     c.start_nodes(3);
     c.wait_balanced(Duration::from_secs(60));
-    let url = c.rx.url();
     let start = Instant::now();
-    let mut want = HashSet::new();
-    // One batch = the next task of every key, through the nodes in turn; a key's tasks are
-    // enqueued strictly one after another, so per key the enqueue order is the run order.
-    for (b, chunk) in (0..n).collect::<Vec<_>>().chunks(keys).enumerate() {
-        let batch = chunk
-            .iter()
-            .map(|&i| notify(&format!("key-{}", i % keys), &url, i, 0))
-            .collect();
-        want.extend(enqueue(c.node(b % 3), batch));
-    }
+    // One batch = the next task of every key, through the nodes in turn.
+    let want = enqueue_spread(&c, n, keys, 0, 0);
     let enqueued = start.elapsed();
     let got = wait_all(&c, &want, Duration::from_secs(300));
     let all_done = start.elapsed();
@@ -400,23 +417,8 @@ fn b_kill_9_one_node_partitions_move_nothing_lost() {
     let mut c = Cluster::new("b", "");
     c.start_nodes(3);
     c.wait_balanced(Duration::from_secs(60));
-    let url = c.rx.url();
     let spread_ms = 25_000u64;
-    let mut want = HashSet::new();
-    for (b, chunk) in (0..n).collect::<Vec<_>>().chunks(keys).enumerate() {
-        let batch = chunk
-            .iter()
-            .map(|&i| {
-                notify(
-                    &format!("key-{}", i % keys),
-                    &url,
-                    i,
-                    3_000 + (i as u64 * spread_ms / n as u64),
-                )
-            })
-            .collect();
-        want.extend(enqueue(c.node(b % 3), batch));
-    }
+    let want = enqueue_spread(&c, n, keys, 3_000, spread_ms);
     // Kill node 2 once about a third of the work is done.
     c.rx.wait_for("a third of the tasks", Duration::from_secs(120), |b| {
         b.len() >= n / 3
@@ -484,23 +486,8 @@ fn c_fourth_node_joins_under_load() {
     let mut c = Cluster::new("c", "");
     c.start_nodes(3);
     c.wait_balanced(Duration::from_secs(60));
-    let url = c.rx.url();
     let spread_ms = 25_000u64;
-    let mut want = HashSet::new();
-    for (b, chunk) in (0..n).collect::<Vec<_>>().chunks(keys).enumerate() {
-        let batch = chunk
-            .iter()
-            .map(|&i| {
-                notify(
-                    &format!("key-{}", i % keys),
-                    &url,
-                    i,
-                    3_000 + (i as u64 * spread_ms / n as u64),
-                )
-            })
-            .collect();
-        want.extend(enqueue(c.node(b % 3), batch));
-    }
+    let want = enqueue_spread(&c, n, keys, 3_000, spread_ms);
     c.rx.wait_for("a fifth of the tasks", Duration::from_secs(120), |b| {
         b.len() >= n / 5
     });
@@ -566,23 +553,8 @@ fn d_kafka_then_cassandra_restart_under_load() {
     let mut c = Cluster::new("d", "");
     c.start_nodes(2);
     c.wait_balanced(Duration::from_secs(60));
-    let url = c.rx.url();
     let spread_ms = 60_000u64;
-    let mut want = HashSet::new();
-    for (b, chunk) in (0..n).collect::<Vec<_>>().chunks(keys).enumerate() {
-        let batch = chunk
-            .iter()
-            .map(|&i| {
-                notify(
-                    &format!("key-{}", i % keys),
-                    &url,
-                    i,
-                    2_000 + (i as u64 * spread_ms / n as u64),
-                )
-            })
-            .collect();
-        want.extend(enqueue(c.node(b % 2), batch));
-    }
+    let want = enqueue_spread(&c, n, keys, 2_000, spread_ms);
     c.rx.wait_for("some tasks", Duration::from_secs(60), |b| b.len() >= n / 10);
     services(&["down", "kafka"]);
     std::thread::sleep(Duration::from_secs(10));

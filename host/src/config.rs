@@ -332,7 +332,12 @@ fn empty_object() -> serde_json::Value {
 impl Config {
     /// `scheduler.takeover_wait_ms`, or the longest plugin `timeout_ms` configured here plus
     /// 2 s. (A plugin whose own manifest raises its timeout needs the key set explicitly.)
+    /// Embedded (local queue) the default is 0: the previous holder of every partition was
+    /// this process before it stopped, so no attempt of it can still run.
     pub fn takeover_wait_ms(&self) -> u64 {
+        if matches!(self.queue, QueueConfig::Local) && self.scheduler.takeover_wait_ms.is_none() {
+            return 0;
+        }
         self.scheduler.takeover_wait_ms.unwrap_or_else(|| {
             let longest = self
                 .plugin

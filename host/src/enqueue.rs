@@ -36,14 +36,15 @@ pub struct LocalIntake {
 impl TaskIntake for LocalIntake {
     async fn submit(&self, batch: Vec<NewTask>) -> Result<Vec<EnqueueOutcome>, StoreError> {
         let outcomes = self.store.enqueue(batch).await?;
-        let created = outcomes
+        // Duplicates too: a pending one may come from an earlier try whose answer was lost,
+        // never handed to the scheduler. (The window ignores tasks it holds already.)
+        let pending = outcomes
             .iter()
-            .filter_map(|o| match o {
-                EnqueueOutcome::Created(t) => Some(t.clone()),
-                EnqueueOutcome::Duplicate(_) => None,
-            })
+            .map(EnqueueOutcome::task)
+            .filter(|t| t.is_pending())
+            .cloned()
             .collect();
-        self.scheduler.deliver(created).await;
+        self.scheduler.deliver(pending).await;
         Ok(outcomes)
     }
 }

@@ -1,5 +1,5 @@
-//! Kairos host: the scheduler, the HTTP API, the CLI and the supervisor that wires them to a
-//! store, a partition source and the Wasm runtime.
+//! Kairos host: the HTTP API, the CLI and the supervisor that wires the scheduler
+//! (`kairos-scheduler`) to a store, a partition source and the Wasm runtime.
 
 pub mod api;
 pub mod bench;
@@ -10,7 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod cron;
 pub mod enqueue;
-pub mod metrics;
 pub mod node;
 pub mod plugins;
-pub mod scheduler;
+pub use kairos_scheduler as scheduler;
+pub use kairos_scheduler::metrics;

@@ -16,13 +16,13 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, Forwarder};
-use crate::cluster::{self, CassandraOwners, ClusterIntake, EpochFence, Listener};
+use crate::cluster::{self, CassandraOwners, ClusterIntake, Listener};
 use crate::config::{Config, QueueConfig, StoreConfig};
 use crate::cron::CronService;
 use crate::enqueue::{Enqueuer, LocalIntake, TaskIntake};
 use crate::metrics::Metrics;
 use crate::plugins::{RuntimeCatalog, StoreServices, WasmExecutor};
-use crate::scheduler::{Fence, Scheduler, SchedulerConfig};
+use crate::scheduler::{Scheduler, SchedulerConfig};
 
 /// A running node.
 pub struct Node {
@@ -40,17 +40,13 @@ pub struct Node {
     source: Option<kairos_kafka::KafkaSource>,
 }
 
-/// The store; in cluster mode also its fencing side and the Cassandra store itself.
-type Opened = (
-    Arc<dyn TaskStore>,
-    Option<(Arc<EpochFence>, Arc<CassandraStore>)>,
-);
+/// The store; in cluster mode also the Cassandra store itself (owners and node addresses).
+type Opened = (Arc<dyn TaskStore>, Option<Arc<CassandraStore>>);
 
 async fn open_store(cfg: &Config) -> anyhow::Result<Opened> {
     if let StoreConfig::Cassandra(c) = &cfg.store {
         let store = cluster::connect_cassandra(c).await?;
-        let fence = Arc::new(EpochFence::new(store.clone()));
-        return Ok((store.clone(), Some((fence, store))));
+        return Ok((store.clone(), Some(store)));
     }
     Ok((open_embedded(cfg)?, None))
 }
@@ -118,9 +114,7 @@ impl Node {
     pub async fn start(cfg: Config) -> anyhow::Result<Node> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let metrics = Arc::new(Metrics::new(cfg.partitions));
-        let (store, cluster_store) = open_store(&cfg).await?;
-        let fence = cluster_store.as_ref().map(|(f, _)| f.clone());
-        let cassandra = cluster_store.map(|(_, c)| c);
+        let (store, cassandra) = open_store(&cfg).await?;
 
         let services = Arc::new(StoreServices {
             store: store.clone(),
@@ -154,14 +148,14 @@ impl Node {
             horizon_ms: cfg.scheduler.horizon_ms,
             concurrency: cfg.scheduler.concurrency,
             takeover_wait_ms: i64::try_from(cfg.takeover_wait_ms()).unwrap_or(i64::MAX),
+            rng_seed: None,
         };
-        let scheduler = Scheduler::with_fence(
+        let scheduler = Scheduler::new(
             store.clone(),
             executor,
             clock.clone(),
             metrics.clone(),
             sched_cfg,
-            fence.clone().map(|f| f as Arc<dyn Fence>),
         )
         .await?;
         let kafka = match &cfg.queue {
@@ -190,22 +184,27 @@ impl Node {
         let _ = services.enqueuer.set(enqueuer.clone());
         declare_schedules(&cfg, store.as_ref(), &enqueuer, clock.now()).await?;
 
-        let source = match (&kafka, &fence) {
-            (Some(kc), Some(fence)) => {
+        let source = match (&kafka, &cassandra) {
+            (Some(kc), Some(_)) => {
                 // Partitions come and go with the consumer group's assignment.
                 let listener = Arc::new(Listener {
                     scheduler: scheduler.clone(),
                     revoke_grace: Duration::from_millis(cfg.scheduler.shutdown_grace_ms),
-                    fence: fence.clone(),
+                    store: store.clone(),
                     node_id: cfg.node_id.clone(),
                 });
                 Some(cluster::start_source(kc, store.clone(), listener).await?)
             }
             (Some(_), None) => anyhow::bail!("a Kafka queue needs the Cassandra store"),
             _ => {
-                // The embedded queue owns every partition.
+                // The local partition source: this process holds every partition, under a
+                // new lease each start (which fences out nothing but its own past).
                 for p in 0..cfg.partitions {
-                    scheduler.assign(p).await;
+                    let lease = store
+                        .acquire_lease(p, &cfg.node_id)
+                        .await
+                        .with_context(|| format!("taking the lease of partition {p}"))?;
+                    scheduler.assign(lease).await;
                 }
                 None
             }

@@ -10,13 +10,11 @@ use kairos::config::TaskDefaults;
 use kairos::cron::CronService;
 use kairos::enqueue::{EnqueueRequest, Enqueuer, LocalIntake, PluginCatalog};
 use kairos::metrics::Metrics;
-use kairos::scheduler::{
-    ExecOutcome, ExecResult, Executor, Fence, OpError, Scheduler, SchedulerConfig,
-};
+use kairos::scheduler::{ExecOutcome, ExecResult, Executor, OpError, Scheduler, SchedulerConfig};
 use kairos_core::clock::{Clock, ManualClock};
 use kairos_core::embedded::{EmbeddedOptions, EmbeddedStore};
-use kairos_core::model::{Attempt, Millis, Schedule, Task, TaskState, Transition};
-use kairos_core::store::{StoreError, TaskStore};
+use kairos_core::model::{Millis, Schedule, Task, TaskState};
+use kairos_core::store::TaskStore;
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore};
 
@@ -85,40 +83,11 @@ struct Harness {
     enqueuer: Arc<Enqueuer>,
 }
 
-/// A fence that only records through the store, as a cluster node's would (without epochs).
-struct StoreFence(Arc<dyn TaskStore>);
-
-#[async_trait]
-impl Fence for StoreFence {
-    async fn start(&self, task: &Task, attempt: u32, at: Millis) -> Result<(), StoreError> {
-        self.0.start_attempt(&task.id, attempt, at).await
-    }
-    async fn finish(
-        &self,
-        task: &Task,
-        attempt: Attempt,
-        transition: Transition,
-        at: Millis,
-    ) -> Result<Task, StoreError> {
-        self.0
-            .finish_attempt(&task.id, attempt, transition, at)
-            .await
-    }
-    fn is_fenced(&self, _: &StoreError) -> bool {
-        false
-    }
-}
-
 async fn harness(dir: &Path, clock: ManualClock, cfg: SchedulerConfig) -> Harness {
-    harness_with(dir, clock, cfg, false).await
+    harness_with(dir, clock, cfg).await
 }
 
-async fn harness_with(
-    dir: &Path,
-    clock: ManualClock,
-    cfg: SchedulerConfig,
-    fenced: bool,
-) -> Harness {
+async fn harness_with(dir: &Path, clock: ManualClock, cfg: SchedulerConfig) -> Harness {
     let store: Arc<dyn TaskStore> = Arc::new(
         EmbeddedStore::open(&dir.join("k.redb"), EmbeddedOptions::default()).expect("open store"),
     );
@@ -129,23 +98,18 @@ async fn harness_with(
     });
     let metrics = Arc::new(Metrics::new(PARTITIONS));
     let clock_dyn: Arc<dyn Clock> = Arc::new(clock.clone());
-    let fence: Option<Arc<dyn Fence>> = if fenced {
-        Some(Arc::new(StoreFence(store.clone())))
-    } else {
-        None
-    };
-    let scheduler = Scheduler::with_fence(
+    let scheduler = Scheduler::new(
         store.clone(),
         exec.clone(),
         clock_dyn.clone(),
         metrics.clone(),
         cfg,
-        fence,
     )
     .await
     .expect("scheduler");
     for p in 0..PARTITIONS {
-        scheduler.assign(p).await;
+        let lease = store.acquire_lease(p, "test").await.expect("lease");
+        scheduler.assign(lease).await;
     }
     let defaults = TaskDefaults {
         backoff_initial_ms: 1_000,
@@ -191,6 +155,12 @@ impl Harness {
 
     fn names(&self) -> Vec<String> {
         self.ran().into_iter().map(|r| r.0).collect()
+    }
+
+    /// The lease under which this harness's scheduler holds the task's partition.
+    async fn lease_of(&self, id: &str) -> kairos_core::ownership::Lease {
+        let p = self.state(id).await.partition;
+        self.scheduler.lease_of(p).await.expect("partition held")
     }
 
     async fn state(&self, id: &str) -> Task {
@@ -445,7 +415,7 @@ async fn after_a_restart_every_incomplete_task_runs_however_overdue() {
         interrupted = h.add("c", T0 + 20, named("interrupted")).await;
         // Simulate a crash mid-attempt: the start is recorded, the end never is.
         h.store
-            .start_attempt(&interrupted, 1, T0 + 20)
+            .start_attempt(&h.lease_of(&interrupted).await, &interrupted, 1, T0 + 20)
             .await
             .expect("start");
         assert!(h.scheduler.shutdown(Duration::from_secs(5)).await);
@@ -468,7 +438,7 @@ async fn after_a_restart_every_incomplete_task_runs_however_overdue() {
     assert_eq!(h.state(&later).await.state, TaskState::Scheduled);
 }
 
-/// Cluster mode (a fence): a task found `running` when a node takes its partition over was
+/// A task found `running` when a node takes its partition over was
 /// started by an owner that died or was cut off mid-attempt. It runs again only once that
 /// attempt's timeout has passed, so it never runs on two nodes at once; its key waits with
 /// it, other keys do not.
@@ -483,7 +453,7 @@ async fn a_task_found_running_on_takeover_waits_out_the_attempt_timeout() {
         other = h.add("b", T0 + 20, named("other")).await;
         // The previous owner started it at T0 + 10 and was never heard of again.
         h.store
-            .start_attempt(&in_flight, 1, T0 + 10)
+            .start_attempt(&h.lease_of(&in_flight).await, &in_flight, 1, T0 + 10)
             .await
             .expect("start");
         assert!(h.scheduler.shutdown(Duration::from_secs(5)).await);
@@ -492,7 +462,7 @@ async fn a_task_found_running_on_takeover_waits_out_the_attempt_timeout() {
         takeover_wait_ms: 5_000,
         ..SchedulerConfig::default()
     };
-    let h = harness_with(dir.path(), ManualClock::new(T0 + 1_000), cfg, true).await;
+    let h = harness_with(dir.path(), ManualClock::new(T0 + 1_000), cfg).await;
     h.until_state(&other, TaskState::Succeeded).await;
     h.clock.advance(3_000);
     h.settle().await;
@@ -519,7 +489,8 @@ async fn a_key_paused_elsewhere_stays_paused_when_its_partition_arrives() {
     let p = kairos_core::partition::partition_for("moved", PARTITIONS);
     assert!(h.scheduler.revoke(p, Duration::from_secs(5)).await);
     h.store.set_key_paused("moved", true).await.expect("pause");
-    h.scheduler.assign(p).await;
+    let lease = h.store.acquire_lease(p, "test").await.expect("lease");
+    h.scheduler.assign(lease).await;
     let held = h.add("moved", T0 + 10, named("held")).await;
     h.add("other", T0 + 10, named("other")).await;
     h.clock.advance(100);

@@ -1,7 +1,7 @@
 //! Kairos task store on Apache Cassandra 5 (or ScyllaDB) through the `scylla` driver, for the
-//! cluster deployment. Implements [`TaskStore`] (passes the shared conformance suite) and
-//! [`PartitionFencing`](kairos_core::fencing::PartitionFencing); see [`fencing`] for how the
-//! ownership epoch guards starting and finishing attempts.
+//! cluster deployment. Implements [`TaskStore`](kairos_core::store::TaskStore), leases
+//! included (passes the shared conformance suite); see [`fencing`] for how a partition's lease
+//! epoch guards every change of its tasks.
 //!
 //! Schema: see [`schema`]. Design choices, in short:
 //! - The `tasks` row is the truth. Index tables (`pending`, `tasks_by_key`) are written
@@ -16,7 +16,7 @@
 //!   `INSERT … IF NOT EXISTS` on the uniqueness index.
 //! - `seq` comes from blocks reserved with an LWT on the `counters` row (one LWT per
 //!   [`CassandraOptions::seq_block`] tasks); a store's seqs are strictly increasing and seqs
-//!   are unique across stores. Taking a partition ([`fencing`]) starts a fresh block, so the new
+//!   are unique across stores. Taking a lease ([`fencing`]) starts a fresh block, so the new
 //!   owner's tasks sort after everything the previous owner enqueued.
 //! - The pending window is bucketed by `(partition, floor(due_at / bucket_ms))`; the
 //!   `pending_buckets` directory lists non-empty buckets, so a task overdue by years is found
@@ -40,6 +40,7 @@ mod transitions;
 mod window;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kairos_core::store::{StoreError, StoreResult};
@@ -138,11 +139,16 @@ struct SeqBlock {
 }
 
 /// [`kairos_core::store::TaskStore`] on Cassandra.
+///
+/// Cloning is cheap: clones share the connection, the reserved sequence block and the lease
+/// state (known epochs, claim batchers).
+#[derive(Clone)]
 pub struct CassandraStore {
-    session: Session,
-    st: Stmts,
-    opts: CassandraOptions,
-    seq: Mutex<SeqBlock>,
+    session: Arc<Session>,
+    st: Arc<Stmts>,
+    opts: Arc<CassandraOptions>,
+    seq: Arc<Mutex<SeqBlock>>,
+    leases: Arc<fencing::Leases>,
 }
 
 impl std::fmt::Debug for CassandraStore {
@@ -183,10 +189,11 @@ impl CassandraStore {
                 e => e,
             })?;
         Ok(Self {
-            session,
-            st,
-            opts,
-            seq: Mutex::new(SeqBlock::default()),
+            session: Arc::new(session),
+            st: Arc::new(st),
+            opts: Arc::new(opts),
+            seq: Arc::new(Mutex::new(SeqBlock::default())),
+            leases: Arc::new(fencing::Leases::default()),
         })
     }
 

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! tasks            (id) → the task record, one column per field, plus
-//!                  owner_epoch (fencing epoch of the node that last claimed it) and
+//!                  owner_epoch (epoch of the lease that last changed it) and
 //!                  rev (compare-and-set revision: every state change is an LWT `IF rev = ?`)
 //! pending          ((partition, bucket), due_at, seq) → id: exactly the pending tasks
 //!                  (Task::is_pending); bucket = floor(due_at / bucket_ms)
@@ -14,7 +14,7 @@
 //! paused_keys      (shard = 0, key): one small partition, listed in one read
 //! schedules        (name) → schedule
 //! plugin_kv        (plugin, key) → updated_at, size, value
-//! partition_owners (partition) → epoch, node_id, acquired_at (fencing, LWT only)
+//! partition_owners (partition) → epoch, node_id, acquired_at (leases, LWT only)
 //! counters         (name) → next ('task_seq': the sequence block allocator, LWT only)
 //! nodes            (node_id) → api_addr, updated_at: where each node's HTTP API is reached
 //!                  (written at start; task operations are forwarded to a partition's owner)

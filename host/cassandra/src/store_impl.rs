@@ -5,6 +5,7 @@ use kairos_core::model::{
     Attempt, EnqueueOutcome, KvEntryMeta, ListFilter, Millis, NewTask, OrderPos, Schedule, Task,
     TaskRecord, Transition,
 };
+use kairos_core::ownership::{Holder, Lease};
 use kairos_core::store::{StoreResult, TaskStore};
 
 use crate::CassandraStore;
@@ -25,18 +26,33 @@ impl TaskStore for CassandraStore {
         self.load_window_impl(partition, after, up_to, limit).await
     }
 
-    async fn start_attempt(&self, id: &str, attempt: u32, at: Millis) -> StoreResult<()> {
-        self.start_impl(id, attempt, at, None).await.map(|_| ())
+    async fn acquire_lease(&self, partition: u32, node_id: &str) -> StoreResult<Lease> {
+        self.acquire_lease_impl(partition, node_id).await
+    }
+
+    async fn lease_holder(&self, partition: u32) -> StoreResult<Option<Holder>> {
+        self.lease_holder_impl(partition).await
+    }
+
+    async fn start_attempt(
+        &self,
+        lease: &Lease,
+        id: &str,
+        attempt: u32,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        self.start_attempt_impl(lease, id, attempt, at).await
     }
 
     async fn finish_attempt(
         &self,
+        lease: &Lease,
         id: &str,
         attempt: Attempt,
         transition: Transition,
         at: Millis,
     ) -> StoreResult<Task> {
-        self.finish_impl(id, &attempt, &transition, at, None).await
+        self.finish_impl(lease, id, &attempt, &transition, at).await
     }
 
     async fn get(&self, id: &str) -> StoreResult<Option<TaskRecord>> {
@@ -51,20 +67,32 @@ impl TaskStore for CassandraStore {
         self.list_impl(filter).await
     }
 
-    async fn cancel(&self, id: &str, at: Millis) -> StoreResult<Task> {
-        self.cancel_impl(id, at).await
+    async fn cancel(&self, lease: &Lease, id: &str, at: Millis) -> StoreResult<Task> {
+        self.cancel_impl(lease, id, at).await
     }
 
-    async fn retry_dead(&self, id: &str, extra_attempts: u32, at: Millis) -> StoreResult<Task> {
-        self.retry_dead_impl(id, extra_attempts, at).await
+    async fn retry_dead(
+        &self,
+        lease: &Lease,
+        id: &str,
+        extra_attempts: u32,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        self.retry_dead_impl(lease, id, extra_attempts, at).await
     }
 
-    async fn reschedule(&self, id: &str, run_at: Millis, at: Millis) -> StoreResult<Task> {
-        self.reschedule_impl(id, run_at, at).await
+    async fn reschedule(
+        &self,
+        lease: &Lease,
+        id: &str,
+        run_at: Millis,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        self.reschedule_impl(lease, id, run_at, at).await
     }
 
-    async fn unpark_key(&self, key: &str, at: Millis) -> StoreResult<u32> {
-        self.unpark_key_impl(key, at).await
+    async fn unpark_key(&self, lease: &Lease, key: &str, at: Millis) -> StoreResult<u32> {
+        self.unpark_key_impl(lease, key, at).await
     }
 
     async fn set_key_paused(&self, key: &str, paused: bool) -> StoreResult<()> {

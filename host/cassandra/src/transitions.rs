@@ -6,8 +6,11 @@
 //! Index upkeep around the CAS: rows the new state needs are written *before* it (if the CAS
 //! loses they are stale and skipped by readers), rows the old state no longer needs are
 //! deleted *after* it (if that fails they are stale and skipped).
+//!
+//! Every change takes the caller's lease: see [`crate::fencing`] for how it is checked.
 
-use kairos_core::model::{Attempt, Task, TaskState, Transition};
+use kairos_core::model::{Attempt, Millis, Task, TaskState, Transition};
+use kairos_core::ownership::Lease;
 use kairos_core::store::{StoreError, StoreResult};
 
 use crate::error::Exec;
@@ -21,16 +24,6 @@ pub(crate) fn conflict(t: &Task, what: &str) -> StoreError {
         "cannot {what} task {}: it is {}",
         t.id,
         t.state.as_str()
-    ))
-}
-
-/// Prefix of the `Conflict` message when a fencing epoch is stale.
-pub const FENCED: &str = "fenced:";
-
-fn fenced(t: &Task, mine: u64, theirs: u64) -> StoreError {
-    StoreError::Conflict(format!(
-        "{FENCED} task {} of partition {} is held by epoch {theirs}, this node has epoch {mine}",
-        t.id, t.partition
     ))
 }
 
@@ -71,60 +64,80 @@ impl CassandraStore {
         )))
     }
 
-    /// `start_attempt`; with `fence`, also refuses when the task was claimed by a newer epoch,
-    /// and stamps the task with `fence`.
+    /// The checks every change under `lease` makes on the task row it read: the task belongs
+    /// to the lease's partition (else `Conflict`) and no newer lease has changed it (else
+    /// `Fenced`).
+    fn check_leased(&self, old: &Stored, lease: &Lease) -> StoreResult<()> {
+        if old.task.partition != lease.partition {
+            return Err(StoreError::Conflict(format!(
+                "task {} belongs to partition {}, not to {lease}",
+                old.task.id, old.task.partition
+            )));
+        }
+        if old.owner_epoch > lease.epoch {
+            return Err(self.leases.fenced_by_stamp(lease, old.owner_epoch));
+        }
+        Ok(())
+    }
+
+    /// One claim of `start_attempt` under `lease` (the caller confirms the lease afterwards):
+    /// refused if a newer lease changed the task; stamps the task with the lease's epoch.
     pub(crate) async fn start_impl(
         &self,
+        lease: &Lease,
         id: &str,
         attempt: u32,
-        at: i64,
-        fence: Option<u64>,
+        at: Millis,
     ) -> StoreResult<Task> {
         let (_, new) = self
             .cas(id, |old| {
-                if old.task.state.is_terminal() {
-                    return Err(conflict(&old.task, "start"));
+                self.check_leased(old, lease)?;
+                let t = &old.task;
+                if t.state.is_terminal() {
+                    return Err(conflict(t, "start"));
                 }
-                if let Some(e) = fence
-                    && old.owner_epoch > e
-                {
-                    return Err(fenced(&old.task, e, old.owner_epoch));
+                // A new attempt, or the same attempt claimed again after its answer was lost.
+                let reclaim = attempt == t.attempts && t.state == TaskState::Running;
+                if attempt <= t.attempts && !reclaim {
+                    return Err(StoreError::Conflict(format!(
+                        "cannot start attempt {attempt} of task {id}: it is {} after {} attempts",
+                        t.state.as_str(),
+                        t.attempts
+                    )));
                 }
-                let mut t = old.task.clone();
+                let mut t = t.clone();
                 t.state = TaskState::Running;
                 t.attempts = attempt;
                 t.updated_at = at;
-                Ok((t, fence.unwrap_or(old.owner_epoch)))
+                Ok((t, lease.epoch))
             })
             .await?;
         Ok(new)
     }
 
-    /// `finish_attempt`; with `fence`, only the epoch that started the attempt may finish it.
+    /// `finish_attempt`: only the epoch that started the attempt may finish it.
     pub(crate) async fn finish_impl(
         &self,
+        lease: &Lease,
         id: &str,
         attempt: &Attempt,
         transition: &Transition,
-        at: i64,
-        fence: Option<u64>,
+        at: Millis,
     ) -> StoreResult<Task> {
+        self.leases.check_not_superseded(lease)?;
         let (_, new) = self
             .cas(id, |old| {
-                if old.task.state.is_terminal() {
+                self.check_leased(old, lease)?;
+                if old.task.state != TaskState::Running {
                     return Err(conflict(&old.task, "finish an attempt of"));
                 }
-                if let Some(e) = fence {
-                    if old.owner_epoch != e {
-                        return Err(fenced(&old.task, e, old.owner_epoch));
-                    }
-                    if old.task.state != TaskState::Running {
-                        return Err(conflict(&old.task, "finish an attempt of"));
-                    }
+                if old.owner_epoch != lease.epoch {
+                    // Running since an older lease claimed it: not an attempt of this lease.
+                    return Err(self.leases.fenced_by_stamp(lease, old.owner_epoch));
                 }
                 let mut t = old.task.clone();
                 t.apply_finish(attempt.number, transition, at);
-                Ok((t, old.owner_epoch))
+                Ok((t, lease.epoch))
             })
             .await?;
         self.session
@@ -145,60 +158,91 @@ impl CassandraStore {
         Ok(new)
     }
 
-    pub(crate) async fn cancel_impl(&self, id: &str, at: i64) -> StoreResult<Task> {
+    /// An operator's change of one task under `lease`: the lease is confirmed current first,
+    /// then `change` (old → new task) is applied with compare-and-set, stamped with the
+    /// lease's epoch.
+    async fn leased_change<F>(&self, lease: &Lease, id: &str, change: F) -> StoreResult<Task>
+    where
+        F: Fn(&Task) -> StoreResult<Task>,
+    {
+        self.confirm_lease(lease).await?;
         let (_, new) = self
-            .cas(id, |old| match old.task.state {
-                TaskState::Scheduled | TaskState::Retrying | TaskState::Dead => {
-                    let mut t = old.task.clone();
-                    t.state = TaskState::Cancelled;
-                    t.updated_at = at;
-                    Ok((t, old.owner_epoch))
-                }
-                _ => Err(conflict(&old.task, "cancel")),
+            .cas(id, |old| {
+                self.check_leased(old, lease)?;
+                Ok((change(&old.task)?, lease.epoch))
             })
             .await?;
         Ok(new)
     }
 
-    pub(crate) async fn retry_dead_impl(&self, id: &str, extra: u32, at: i64) -> StoreResult<Task> {
-        let (_, new) = self
-            .cas(id, |old| {
-                if old.task.state != TaskState::Dead {
-                    return Err(conflict(&old.task, "retry"));
-                }
-                let mut t = old.task.clone();
-                t.state = TaskState::Scheduled;
-                t.next_at = at;
-                t.max_attempts = t.attempts.saturating_add(extra);
+    pub(crate) async fn cancel_impl(
+        &self,
+        lease: &Lease,
+        id: &str,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        self.leased_change(lease, id, |old| match old.state {
+            TaskState::Scheduled | TaskState::Retrying | TaskState::Dead => {
+                let mut t = old.clone();
+                t.state = TaskState::Cancelled;
                 t.updated_at = at;
-                Ok((t, old.owner_epoch))
-            })
-            .await?;
-        Ok(new)
+                Ok(t)
+            }
+            _ => Err(conflict(old, "cancel")),
+        })
+        .await
+    }
+
+    pub(crate) async fn retry_dead_impl(
+        &self,
+        lease: &Lease,
+        id: &str,
+        extra: u32,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        self.leased_change(lease, id, |old| {
+            if old.state != TaskState::Dead {
+                return Err(conflict(old, "retry"));
+            }
+            let mut t = old.clone();
+            t.state = TaskState::Scheduled;
+            t.next_at = at;
+            t.max_attempts = t.attempts.saturating_add(extra);
+            t.updated_at = at;
+            Ok(t)
+        })
+        .await
     }
 
     pub(crate) async fn reschedule_impl(
         &self,
+        lease: &Lease,
         id: &str,
-        run_at: i64,
-        at: i64,
+        run_at: Millis,
+        at: Millis,
     ) -> StoreResult<Task> {
-        let (_, new) = self
-            .cas(id, |old| {
-                if !matches!(old.task.state, TaskState::Scheduled | TaskState::Retrying) {
-                    return Err(conflict(&old.task, "reschedule"));
-                }
-                let mut t = old.task.clone();
-                t.due_at = run_at;
-                t.next_at = run_at;
-                t.updated_at = at;
-                Ok((t, old.owner_epoch))
-            })
-            .await?;
-        Ok(new)
+        self.leased_change(lease, id, |old| {
+            if !matches!(old.state, TaskState::Scheduled | TaskState::Retrying) {
+                return Err(conflict(old, "reschedule"));
+            }
+            let mut t = old.clone();
+            t.due_at = run_at;
+            t.next_at = run_at;
+            t.updated_at = at;
+            Ok(t)
+        })
+        .await
     }
 
-    pub(crate) async fn unpark_key_impl(&self, key: &str, at: i64) -> StoreResult<u32> {
+    /// Unparks the parked dead tasks of `key` in the lease's partition (a key maps to one
+    /// partition; tasks of it stored elsewhere are not this lease's to change).
+    pub(crate) async fn unpark_key_impl(
+        &self,
+        lease: &Lease,
+        key: &str,
+        at: Millis,
+    ) -> StoreResult<u32> {
+        self.confirm_lease(lease).await?;
         let filter = kairos_core::model::ListFilter {
             key: Some(key.to_owned()),
             state: Some(TaskState::Dead),
@@ -206,18 +250,19 @@ impl CassandraStore {
         };
         let mut n = 0;
         for t in self.list_impl(&filter).await? {
-            if !t.park_on_dead {
+            if !t.park_on_dead || t.partition != lease.partition {
                 continue;
             }
             let r = self
                 .cas(&t.id, |old| {
+                    self.check_leased(old, lease)?;
                     if old.task.state != TaskState::Dead || !old.task.park_on_dead {
                         return Err(conflict(&old.task, "unpark"));
                     }
                     let mut t = old.task.clone();
                     t.park_on_dead = false;
                     t.updated_at = at;
-                    Ok((t, old.owner_epoch))
+                    Ok((t, lease.epoch))
                 })
                 .await;
             match r {

@@ -1,16 +1,20 @@
-//! Partition fencing against a real Cassandra (127.0.0.1:9042; run
-//! `scripts/services up cassandra` first).
+//! Partition leases and fencing against a real Cassandra (127.0.0.1:9042; run
+//! `scripts/services up cassandra` first). The conformance suite covers the contract on one
+//! store; these cases add what is particular to Cassandra: several stores (nodes) on one
+//! keyspace, the claim batchers, and the batch claim.
 
 mod common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use kairos_cassandra::fencing::is_fenced;
-use kairos_core::conformance::{T0, enqueue_one, new_task_in, succeeded};
-use kairos_core::fencing::{LocalFencing, PartitionFencing};
+use kairos_cassandra::CassandraStore;
+use kairos_core::conformance::{
+    T0, enqueue_all, enqueue_one, expect_fenced, new_task_in, succeeded,
+};
 use kairos_core::model::{Attempt, AttemptOutcome, TaskState};
-use kairos_core::store::TaskStore;
+use kairos_core::ownership::{Holder, Lease};
+use kairos_core::store::{StoreError, TaskStore};
 
 fn attempt(number: u32) -> Attempt {
     Attempt {
@@ -23,35 +27,52 @@ fn attempt(number: u32) -> Attempt {
     }
 }
 
-fn expect_fenced<T: std::fmt::Debug>(r: kairos_core::store::StoreResult<T>, what: &str) {
-    match r {
-        Err(e) if is_fenced(&e) => {}
-        other => panic!("{what}: expected a fenced Conflict, got {other:?}"),
-    }
+/// A second store (another node) on the keyspace of `guard`.
+async fn other_node(guard: &common::KeyspaceGuard) -> CassandraStore {
+    CassandraStore::connect(common::options(&guard.keyspace))
+        .await
+        .expect("second store")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acquire_bumps_the_epoch_and_current_reports_the_owner() {
+async fn acquire_bumps_the_epoch_and_lease_holder_reports_it() {
     let (s, _guard) = common::fresh_store().await;
-    assert_eq!(s.current(3).await.expect("current"), None);
-    assert_eq!(s.acquire(3, "node-a").await.expect("acquire"), 1);
+    assert_eq!(s.lease_holder(3).await.expect("holder"), None);
     assert_eq!(
-        s.current(3).await.expect("current"),
-        Some((1, "node-a".into()))
+        s.acquire_lease(3, "node-a").await.expect("acquire"),
+        Lease {
+            partition: 3,
+            epoch: 1
+        }
     );
-    assert_eq!(s.acquire(3, "node-b").await.expect("acquire"), 2);
-    assert_eq!(s.acquire(3, "node-b").await.expect("acquire"), 3);
     assert_eq!(
-        s.current(3).await.expect("current"),
-        Some((3, "node-b".into()))
+        s.lease_holder(3).await.expect("holder"),
+        Some(Holder {
+            epoch: 1,
+            node_id: "node-a".into()
+        })
     );
-    assert_eq!(s.acquire(4, "node-a").await.expect("other partition"), 1);
-
-    let local = LocalFencing::new("solo");
-    assert_eq!(local.acquire(0, "solo").await.expect("local"), 1);
     assert_eq!(
-        local.current(7).await.expect("local"),
-        Some((1, "solo".into()))
+        s.acquire_lease(3, "node-b").await.expect("acquire").epoch,
+        2
+    );
+    assert_eq!(
+        s.acquire_lease(3, "node-b").await.expect("acquire").epoch,
+        3
+    );
+    assert_eq!(
+        s.lease_holder(3).await.expect("holder"),
+        Some(Holder {
+            epoch: 3,
+            node_id: "node-b".into()
+        })
+    );
+    assert_eq!(
+        s.acquire_lease(4, "node-a")
+            .await
+            .expect("other partition")
+            .epoch,
+        1
     );
 }
 
@@ -82,13 +103,16 @@ async fn nodes_register_their_api_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_acquires_get_distinct_epochs() {
-    let (s, _guard) = common::fresh_store().await;
-    let s = Arc::new(s);
+    let (s, guard) = common::fresh_store().await;
+    let stores = [Arc::new(s), Arc::new(other_node(&guard).await)];
     let mut handles = Vec::new();
     for n in 0..8 {
-        let s = s.clone();
+        let s = stores[n % 2].clone();
         handles.push(tokio::spawn(async move {
-            s.acquire(0, &format!("node-{n}")).await.expect("acquire")
+            s.acquire_lease(0, &format!("node-{n}"))
+                .await
+                .expect("acquire")
+                .epoch
         }));
     }
     let mut epochs = BTreeSet::new();
@@ -96,85 +120,230 @@ async fn concurrent_acquires_get_distinct_epochs() {
         epochs.insert(h.await.expect("join"));
     }
     assert_eq!(epochs, (1..=8).collect::<BTreeSet<u64>>());
-    let (epoch, _) = s.current(0).await.expect("current").expect("owned");
-    assert_eq!(epoch, 8);
+    let holder = stores[0]
+        .lease_holder(0)
+        .await
+        .expect("holder")
+        .expect("held");
+    assert_eq!(holder.epoch, 8);
 }
 
-/// Node A starts a task, loses the partition to B, B takes the task over: A can no longer
-/// complete it, B can.
+/// Node A starts a task, loses the partition to node B (another store, so A's store learns
+/// of it only from the database), B takes the task over: A can neither complete it nor start
+/// or change the partition's other tasks; B can.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stale_epoch_cannot_complete_a_task() {
-    let (s, _guard) = common::fresh_store().await;
-    let t = enqueue_one(&s, new_task_in(5, "k", T0)).await;
-    let a = s.acquire(5, "node-a").await.expect("acquire a");
-    let running = s
-        .start_attempt_fenced(&t.id, 1, T0, 5, a)
+async fn stale_lease_is_fenced_across_nodes() {
+    let (a_store, guard) = common::fresh_store().await;
+    let b_store = other_node(&guard).await;
+    let t = enqueue_all(
+        &a_store,
+        vec![
+            new_task_in(5, "k1", T0),
+            new_task_in(5, "k2", T0),
+            new_task_in(5, "k3", T0),
+        ],
+    )
+    .await;
+    let a = a_store.acquire_lease(5, "node-a").await.expect("acquire a");
+    let running = a_store
+        .start_attempt(&a, &t[0].id, 1, T0)
         .await
         .expect("a starts");
     assert_eq!(running.state, TaskState::Running);
 
-    let b = s.acquire(5, "node-b").await.expect("acquire b");
-    assert!(b > a);
-    s.start_attempt_fenced(&t.id, 2, T0 + 1, 5, b)
+    let b = b_store.acquire_lease(5, "node-b").await.expect("acquire b");
+    assert!(b.epoch > a.epoch);
+    // B takes the in-flight task over; A's end is refused (by the task's stamp: A's store has
+    // not seen epoch b) and leaves no trace.
+    b_store
+        .start_attempt(&b, &t[0].id, 2, T0 + 1)
         .await
         .expect("b takes the task over");
     expect_fenced(
-        s.finish_attempt_fenced(&t.id, attempt(1), succeeded(Some("from a")), T0 + 2, a)
+        a_store
+            .finish_attempt(&a, &t[0].id, attempt(1), succeeded(Some("from a")), T0 + 2)
             .await,
-        "finish under the stale epoch",
+        &a,
+        "finish under the stale lease",
     );
     expect_fenced(
-        s.start_attempt_fenced(&t.id, 3, T0 + 3, 5, a).await,
-        "start under the stale epoch",
+        a_store.start_attempt(&a, &t[0].id, 3, T0 + 3).await,
+        &a,
+        "start under the stale lease",
     );
-    let done = s
-        .finish_attempt_fenced(&t.id, attempt(2), succeeded(Some("from b")), T0 + 4, b)
+    let done = b_store
+        .finish_attempt(&b, &t[0].id, attempt(2), succeeded(Some("from b")), T0 + 4)
         .await
         .expect("b finishes");
     assert_eq!(done.state, TaskState::Succeeded);
-    let rec = s.get(&t.id).await.expect("get").expect("stored");
+    let rec = b_store.get(&t[0].id).await.expect("get").expect("stored");
     assert_eq!(rec.task.output.as_deref(), Some("from b"));
     assert_eq!(rec.attempts.len(), 1, "the stale finish recorded nothing");
     assert_eq!(rec.attempts[0].number, 2);
+
+    // The operator calls read the partition's epoch and refuse.
+    expect_fenced(a_store.cancel(&a, &t[2].id, T0).await, &a, "cancel under a");
+    expect_fenced(
+        a_store.reschedule(&a, &t[2].id, T0 + 9, T0).await,
+        &a,
+        "reschedule under a",
+    );
+    expect_fenced(a_store.unpark_key(&a, "k3", T0).await, &a, "unpark under a");
+    // From then on A's store knows: a start of a task B never touched is refused at once.
+    expect_fenced(
+        a_store.start_attempt(&a, &t[1].id, 1, T0).await,
+        &a,
+        "start of an untouched task under the stale lease",
+    );
+    let untouched = b_store.get(&t[1].id).await.expect("get").expect("stored");
+    assert_eq!(untouched.task.state, TaskState::Scheduled);
+
+    // B may change the tasks A could not.
+    b_store
+        .reschedule(&b, &t[2].id, T0 + 9, T0)
+        .await
+        .expect("b reschedules");
+    b_store.cancel(&b, &t[2].id, T0).await.expect("b cancels");
 }
 
-/// A node whose epoch was superseded before it claimed a task is told not to run it, even
-/// though the new owner has not touched the task yet; the new owner then claims it.
+/// A node whose lease was superseded before it claimed a task is told not to run it, even
+/// though the new holder has not touched the task yet (the claim is confirmed against
+/// `partition_owners` after it was made); the new holder then claims it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stale_epoch_cannot_start_a_task_the_new_owner_has_not_touched() {
+async fn claim_under_a_superseded_lease_is_not_run() {
+    let (a_store, guard) = common::fresh_store().await;
+    let b_store = other_node(&guard).await;
+    let t = enqueue_one(&a_store, new_task_in(2, "k", T0)).await;
+    let a = a_store.acquire_lease(2, "node-a").await.expect("acquire a");
+    let b = b_store.acquire_lease(2, "node-b").await.expect("acquire b");
+    expect_fenced(
+        a_store.start_attempt(&a, &t.id, 1, T0).await,
+        &a,
+        "claim under a superseded lease",
+    );
+    match a_store.start_attempt(&a, &t.id, 1, T0).await {
+        Err(StoreError::Fenced { current, .. }) => {
+            assert_eq!(current, Some(b.epoch), "a's store now knows the new epoch")
+        }
+        other => panic!("expected Fenced, got {other:?}"),
+    }
+    // The overridden claim is the same attempt to the new holder (the claim is idempotent).
+    let claimed = b_store
+        .start_attempt(&b, &t.id, 1, T0 + 1)
+        .await
+        .expect("b claims");
+    assert_eq!((claimed.state, claimed.attempts), (TaskState::Running, 1));
+    b_store
+        .finish_attempt(&b, &t.id, attempt(1), succeeded(None), T0 + 2)
+        .await
+        .expect("b finishes");
+}
+
+/// The batch claim on one store: under a superseded lease nothing is claimed; under the
+/// current one every task is; a finished task conflicts (it is not fenced).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_claims_are_fenced_as_a_whole() {
     let (s, _guard) = common::fresh_store().await;
     let t1 = enqueue_one(&s, new_task_in(2, "k1", T0)).await;
     let t2 = enqueue_one(&s, new_task_in(2, "k2", T0)).await;
-    let a = s.acquire(2, "node-a").await.expect("acquire a");
-    let b = s.acquire(2, "node-b").await.expect("acquire b");
+    let a = s.acquire_lease(2, "node-a").await.expect("acquire a");
+    let b = s.acquire_lease(2, "node-b").await.expect("acquire b");
     let batch = vec![(t1.id.clone(), 1), (t2.id.clone(), 1)];
     let out = s
-        .start_attempts_fenced(2, a, &batch, T0)
+        .start_attempts_fenced(2, a.epoch, &batch, T0)
         .await
         .expect("batch");
     assert_eq!(out.len(), 2);
     for r in out {
-        expect_fenced(r, "claim under a superseded epoch");
+        expect_fenced(r, &a, "claim under a superseded lease");
+    }
+    for id in [&t1.id, &t2.id] {
+        let t = s.get(id).await.expect("get").expect("stored").task;
+        assert_eq!(
+            (t.state, t.attempts),
+            (TaskState::Scheduled, 0),
+            "untouched"
+        );
     }
     let out = s
-        .start_attempts_fenced(2, b, &batch, T0)
+        .start_attempts_fenced(2, b.epoch, &batch, T0)
         .await
         .expect("batch");
     for r in out {
         assert_eq!(r.expect("b claims").state, TaskState::Running);
     }
     expect_fenced(
-        s.finish_attempt_fenced(&t1.id, attempt(1), succeeded(None), T0, a)
+        s.finish_attempt(&a, &t1.id, attempt(1), succeeded(None), T0)
             .await,
-        "finish under the stale epoch",
+        &a,
+        "finish under the stale lease",
     );
-    s.finish_attempt_fenced(&t1.id, attempt(1), succeeded(None), T0, b)
+    s.finish_attempt(&b, &t1.id, attempt(1), succeeded(None), T0)
         .await
         .expect("b finishes");
-    // Unfenced operations keep working (admin path), and finished tasks stay finished.
-    let r = s.start_attempt_fenced(&t1.id, 2, T0, 2, b).await;
+    let r = s
+        .start_attempts_fenced(2, b.epoch, &[(t1.id.clone(), 2)], T0)
+        .await;
     assert!(
-        matches!(r, Err(kairos_core::store::StoreError::Conflict(ref m)) if !m.starts_with("fenced")),
+        matches!(r.as_deref(), Ok([Err(StoreError::Conflict(_))])),
         "a finished task conflicts, got {r:?}"
     );
+}
+
+/// Many concurrent starts of several partitions go through the claim batchers, one per
+/// lease; a batcher is let go once a newer epoch of its partition is seen, and ends when
+/// it idles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_starts_are_batched_per_lease() {
+    const PER_PARTITION: usize = 300;
+    let (s, _guard) = common::fresh_store().await;
+    let s = Arc::new(s);
+    let mut leases = Vec::new();
+    let mut tasks = Vec::new();
+    for p in 0..3 {
+        leases.push(s.acquire_lease(p, "node-a").await.expect("acquire"));
+        let batch = (0..PER_PARTITION)
+            .map(|i| new_task_in(p, &format!("k{i}"), T0))
+            .collect();
+        tasks.extend(
+            enqueue_all(&*s, batch)
+                .await
+                .into_iter()
+                .map(|t| (t.partition, t.id)),
+        );
+    }
+    let mut handles = Vec::new();
+    for (p, id) in tasks.clone() {
+        let (s, lease) = (s.clone(), leases[p as usize]);
+        handles.push(tokio::spawn(async move {
+            s.start_attempt(&lease, &id, 1, T0).await
+        }));
+    }
+    for h in handles {
+        let t = h.await.expect("join").expect("claimed");
+        assert_eq!((t.state, t.attempts), (TaskState::Running, 1));
+    }
+    assert_eq!(s.claim_batchers(), 3, "one batcher per lease");
+
+    // Partition 0 moves on: its batcher goes; the stale lease is refused at once.
+    let newer = s.acquire_lease(0, "node-b").await.expect("acquire");
+    assert_eq!(s.claim_batchers(), 2);
+    let (_, id0) = &tasks[0];
+    expect_fenced(
+        s.start_attempt(&leases[0], id0, 1, T0).await,
+        &leases[0],
+        "start under the stale lease",
+    );
+    assert_eq!(s.claim_batchers(), 2, "a stale lease starts no batcher");
+    s.start_attempt(&newer, id0, 2, T0).await.expect("takeover");
+    assert_eq!(s.claim_batchers(), 3);
+
+    tokio::time::sleep(kairos_cassandra::fencing::BATCHER_IDLE + std::time::Duration::from_secs(1))
+        .await;
+    assert_eq!(s.claim_batchers(), 0, "idle batchers end");
+    // A new start after that gets a new batcher.
+    let (_, id1) = &tasks[1];
+    s.start_attempt(&newer, id1, 1, T0 + 1)
+        .await
+        .expect("start after idling");
 }

@@ -1,4 +1,6 @@
-//! Throughput of enqueue → fenced start → fenced finish against the local Cassandra.
+//! Throughput of enqueue → fenced start → fenced finish against the local Cassandra. Starts
+//! go through `TaskStore::start_attempt` (so through the store's claim batchers, one per
+//! partition), `START_CONCURRENCY` of them in flight.
 //! Ignored by default (it measures, it does not check):
 //! `cargo test -p kairos-cassandra --release --test throughput -- --ignored --nocapture`
 //! (needs `scripts/services up cassandra`). `KAIROS_BENCH_TASKS` sets the task count.
@@ -10,11 +12,12 @@ use std::time::Instant;
 
 use futures::{StreamExt, stream};
 use kairos_core::conformance::{T0, new_task_in, succeeded};
-use kairos_core::fencing::PartitionFencing;
 use kairos_core::model::{Attempt, AttemptOutcome, Millis, OrderPos};
 use kairos_core::store::TaskStore;
 
 const PARTITIONS: u32 = 16;
+/// Starts in flight at once (as a scheduler with many free workers would have).
+const START_CONCURRENCY: usize = 1_024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: run with --ignored --nocapture"]
@@ -25,9 +28,9 @@ async fn enqueue_start_finish_throughput() {
         .unwrap_or(10_000);
     let (s, _guard) = common::fresh_store().await;
     let s = Arc::new(s);
-    let mut epochs = Vec::new();
+    let mut leases = Vec::new();
     for p in 0..PARTITIONS {
-        epochs.push(s.acquire(p, "bench").await.expect("acquire"));
+        leases.push(s.acquire_lease(p, "bench").await.expect("acquire"));
     }
 
     let t = Instant::now();
@@ -62,25 +65,14 @@ async fn enqueue_start_finish_throughput() {
     let t = Instant::now();
     let starts: Vec<_> = windows
         .iter()
-        .flat_map(|(p, w)| {
-            w.chunks(200)
-                .map(move |c| (*p, c.iter().map(|t| (t.id.clone(), 1)).collect::<Vec<_>>()))
-        })
+        .flat_map(|(p, w)| w.iter().map(move |t| (*p, t.id.clone())))
         .collect();
     stream::iter(starts)
-        .map(|(p, batch)| {
-            let (s, e) = (s.clone(), epochs[p as usize]);
-            async move {
-                for r in s
-                    .start_attempts_fenced(p, e, &batch, T0)
-                    .await
-                    .expect("start")
-                {
-                    r.expect("claimed");
-                }
-            }
+        .map(|(p, id)| {
+            let (s, lease) = (s.clone(), leases[p as usize]);
+            async move { s.start_attempt(&lease, &id, 1, T0).await.expect("claimed") }
         })
-        .buffer_unordered(4)
+        .buffer_unordered(START_CONCURRENCY)
         .collect::<Vec<_>>()
         .await;
     let start = t.elapsed();
@@ -100,9 +92,9 @@ async fn enqueue_start_finish_throughput() {
     };
     stream::iter(finishes)
         .map(|(p, id)| {
-            let (s, e, a) = (s.clone(), epochs[p as usize], done.clone());
+            let (s, lease, a) = (s.clone(), leases[p as usize], done.clone());
             async move {
-                s.finish_attempt_fenced(&id, a, succeeded(None), T0 + 1, e)
+                s.finish_attempt(&lease, &id, a, succeeded(None), T0 + 1)
                     .await
                     .expect("finish")
             }

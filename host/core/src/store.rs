@@ -7,6 +7,7 @@ use crate::model::{
     Attempt, EnqueueOutcome, KvEntryMeta, ListFilter, Millis, NewTask, OrderPos, Schedule, Task,
     TaskRecord, Transition,
 };
+use crate::ownership::{Holder, Lease};
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
@@ -23,12 +24,37 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store error: {0}")]
     Other(String),
+    /// The caller's lease is not the partition's current one: another node (or a later
+    /// incarnation of this one) owns the partition now. Nothing was changed; the caller must
+    /// stop working on the partition.
+    #[error(
+        "fenced: partition {partition} is held under epoch {}, this lease has epoch {epoch}",
+        current.map_or_else(|| "none".to_string(), |c| c.to_string())
+    )]
+    Fenced {
+        partition: u32,
+        epoch: u64,
+        current: Option<u64>,
+    },
 }
 
 impl StoreError {
     /// Whether retrying the same call later may succeed. Drives retries in the scheduler.
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Unavailable(_))
+    }
+
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, Self::Fenced { .. })
+    }
+
+    /// The `Fenced` error for `lease` when the partition's current epoch is `current`.
+    pub fn fenced(lease: &Lease, current: Option<u64>) -> Self {
+        Self::Fenced {
+            partition: lease.partition,
+            epoch: lease.epoch,
+            current,
+        }
     }
 }
 
@@ -57,14 +83,34 @@ pub trait TaskStore: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<Task>>;
 
-    /// Record that attempt number `attempt` (1-based) started: state `running`,
-    /// `attempts = attempt`. `Conflict` if the task is finished (succeeded, dead, cancelled).
-    async fn start_attempt(&self, id: &str, attempt: u32, at: Millis) -> StoreResult<()>;
+    /// Makes `node_id` the holder of `partition` under a new epoch: the previous epoch + 1 (1
+    /// for a partition never held), durable before it returns. From then on every call under
+    /// an older lease of the partition fails with [`StoreError::Fenced`]. Concurrent callers
+    /// each get a distinct epoch; the last one to return holds the partition.
+    async fn acquire_lease(&self, partition: u32, node_id: &str) -> StoreResult<Lease>;
 
-    /// Record a finished attempt in the history and apply `transition`. Returns the updated
-    /// task. `Conflict` if the task was cancelled or already finished meanwhile.
+    /// The partition's current holder, read linearizably; `None` if it was never held.
+    async fn lease_holder(&self, partition: u32) -> StoreResult<Option<Holder>>;
+
+    /// Record, under `lease`, that attempt number `attempt` (1-based) starts: state `running`,
+    /// `attempts = attempt`; returns the task as stored. Idempotent: claiming the same attempt
+    /// again (after an answer was lost) succeeds. `Fenced` if the lease is stale; `Conflict`
+    /// if the task is finished (succeeded, dead, cancelled) or belongs to another partition.
+    async fn start_attempt(
+        &self,
+        lease: &Lease,
+        id: &str,
+        attempt: u32,
+        at: Millis,
+    ) -> StoreResult<Task>;
+
+    /// Record, under `lease`, the end of the attempt started under it, and apply
+    /// `transition`. Returns the updated task. `Fenced` if the lease is stale (including when
+    /// a newer lease claimed the task meanwhile); `Conflict` if the task is not `running`
+    /// (cancelled, finished, or this end was recorded already).
     async fn finish_attempt(
         &self,
+        lease: &Lease,
         id: &str,
         attempt: Attempt,
         transition: Transition,
@@ -80,18 +126,32 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// `scheduled` / `retrying` / `dead` (any dead, parked or not) → `cancelled`.
     /// `Conflict` when running, succeeded or already cancelled; `NotFound` when unknown.
-    async fn cancel(&self, id: &str, at: Millis) -> StoreResult<Task>;
+    /// `Fenced` under a stale lease (so for the next four calls).
+    async fn cancel(&self, lease: &Lease, id: &str, at: Millis) -> StoreResult<Task>;
 
     /// `dead` → `scheduled` with `next_at = at` and `max_attempts = attempts + extra_attempts`.
     /// `Conflict` for any other state.
-    async fn retry_dead(&self, id: &str, extra_attempts: u32, at: Millis) -> StoreResult<Task>;
+    async fn retry_dead(
+        &self,
+        lease: &Lease,
+        id: &str,
+        extra_attempts: u32,
+        at: Millis,
+    ) -> StoreResult<Task>;
 
     /// Move a `scheduled` or `retrying` task: `due_at = next_at = run_at` (it takes its new
     /// ordering position). `Conflict` for any other state.
-    async fn reschedule(&self, id: &str, run_at: Millis, at: Millis) -> StoreResult<Task>;
+    async fn reschedule(
+        &self,
+        lease: &Lease,
+        id: &str,
+        run_at: Millis,
+        at: Millis,
+    ) -> StoreResult<Task>;
 
-    /// Dead tasks that park their key stop doing so (they stay dead). Returns how many.
-    async fn unpark_key(&self, key: &str, at: Millis) -> StoreResult<u32>;
+    /// Dead tasks of `key` (which must map to `lease.partition`) that park their key stop
+    /// doing so (they stay dead). Returns how many.
+    async fn unpark_key(&self, lease: &Lease, key: &str, at: Millis) -> StoreResult<u32>;
 
     async fn set_key_paused(&self, key: &str, paused: bool) -> StoreResult<()>;
     async fn paused_keys(&self) -> StoreResult<Vec<String>>;

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use kairos_core::conformance::{
-    T0, dead, enqueue_all, enqueue_one, new_task, parking, retry, run_attempt, succeeded, window,
-    with_ukey,
+    T0, dead, enqueue_all, enqueue_one, held, lease_for, new_task, parking, retry, run_attempt,
+    succeeded, window, with_ukey,
 };
 use kairos_core::embedded::{EmbeddedOptions, EmbeddedStore};
 use kairos_core::model::{EnqueueOutcome, ListFilter, OrderPos, Schedule, TaskState};
@@ -34,7 +34,7 @@ async fn everything_survives_a_reopen_and_seq_continues() {
     .await;
     run_attempt(&store, &t[0].id, retry(T0 + 500, "flaky")).await;
     store
-        .start_attempt(&t[1].id, 1, T0 + 1)
+        .start_attempt(&lease_for(&store, &t[1].id).await, &t[1].id, 1, T0 + 1)
         .await
         .expect("start");
     run_attempt(&store, &t[2].id, dead("broken")).await;
@@ -125,12 +125,16 @@ async fn concurrent_writes_share_commits() {
     let store = Arc::new(open(&dir.path().join("kairos.redb")));
     let tasks: Vec<_> = (0..500).map(|i| new_task(&format!("k{i}"), T0)).collect();
     let t = enqueue_all(&*store, tasks).await;
+    let lease = held(&*store, 0).await;
     let before = store.commit_stats();
     let mut handles = Vec::new();
     for task in t {
         let store = store.clone();
         handles.push(tokio::spawn(async move {
-            store.start_attempt(&task.id, 1, T0).await.expect("start");
+            store
+                .start_attempt(&lease, &task.id, 1, T0)
+                .await
+                .expect("start");
         }));
     }
     for h in handles {
@@ -187,7 +191,7 @@ async fn corrupt_records_are_reported_and_operations_stay_all_or_nothing() {
         Err(StoreError::Corrupt(_))
     ));
     assert!(matches!(
-        store.cancel("bad", T0).await,
+        store.cancel(&held(&*store, 5).await, "bad", T0).await,
         Err(StoreError::Corrupt(_))
     ));
 

@@ -50,7 +50,8 @@ pub trait PartitionListener: Send + Sync + 'static {
     /// This node loses `partition`: stop starting its tasks and return once its running
     /// attempts finished and were recorded. No `persisted` call for it follows.
     async fn revoked(&self, partition: u32);
-    /// Newly created tasks (duplicates left out), durable in the store, of one owned partition.
+    /// Newly persisted tasks of one owned partition, durable in the store: the created ones
+    /// and pending duplicates (which may be an earlier, unanswered try of the same records).
     async fn persisted(&self, tasks: Vec<Task>);
 }
 

@@ -208,19 +208,30 @@ impl Worker {
         }
     }
 
+    /// Counts the outcomes; returns the tasks to hand to the scheduler: the created ones and
+    /// duplicates that are still pending. A duplicate may be the task of an earlier try of
+    /// this very batch whose answer was lost (a store timeout): it was never handed over, and
+    /// left out it would sit behind the window's cursor while its key's later tasks ran.
     fn count(&self, outcomes: Vec<EnqueueOutcome>) -> Vec<Task> {
         let c = &self.shared.counters;
-        let mut created = Vec::with_capacity(outcomes.len());
+        let mut deliver = Vec::with_capacity(outcomes.len());
+        let mut created = 0u64;
         for o in outcomes {
             match o {
-                EnqueueOutcome::Created(t) => created.push(t),
-                EnqueueOutcome::Duplicate(_) => {
+                EnqueueOutcome::Created(t) => {
+                    created += 1;
+                    deliver.push(t);
+                }
+                EnqueueOutcome::Duplicate(t) => {
                     c.duplicates.fetch_add(1, Relaxed);
+                    if t.is_pending() {
+                        deliver.push(t);
+                    }
                 }
             }
         }
-        c.created.fetch_add(created.len() as u64, Relaxed);
-        created
+        c.created.fetch_add(created, Relaxed);
+        deliver
     }
 
     fn reject(&self, t: &NewTask, e: &str) {

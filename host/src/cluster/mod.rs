@@ -4,12 +4,10 @@
 //! - [`ClusterIntake`]: an enqueue is a record on the task topic, answered once the brokers
 //!   acknowledged it (`acks=all`). The partition's owner persists it to Cassandra and runs it.
 //! - [`Listener`]: the Kafka source's partition events drive the scheduler. On assignment the
-//!   node first takes the partition's ownership epoch in Cassandra (a lightweight
-//!   transaction), then starts the partition's scheduler; on revocation only that partition
-//!   drains.
-//! - [`EpochFence`]: every start and finish of an attempt goes through the store's fenced
-//!   operations under the epoch this node holds, so a node that lost a partition can neither
-//!   run nor complete its tasks again.
+//!   node first takes the partition's lease in Cassandra (a lightweight transaction), then
+//!   starts the partition's scheduler under it; on revocation only that partition drains.
+//!   Every start, finish and task operation then goes through the store under that lease, so
+//!   a node that lost a partition can neither run nor complete its tasks again.
 //! - [`CassandraOwners`]: who owns a partition (`partition_owners`) and where each node's API
 //!   is (`nodes`, written by [`register_api`] at start), so the API forwards task operations
 //!   to the owner of their partition.
@@ -25,7 +23,6 @@ use std::time::Duration;
 use anyhow::Context;
 use async_trait::async_trait;
 use kairos_cassandra::{CassandraOptions, CassandraStore, Replication};
-use kairos_core::fencing::PartitionFencing;
 use kairos_core::model::{EnqueueOutcome, NewTask, Task};
 use kairos_core::store::{StoreError, TaskStore};
 use kairos_kafka::{
@@ -36,9 +33,6 @@ use crate::api::Owners;
 use crate::config::{CassandraSection, Config, KafkaSection};
 use crate::enqueue::TaskIntake;
 use crate::scheduler::Scheduler;
-
-mod fence;
-pub use fence::EpochFence;
 
 /// The store options for `[store] type = "cassandra"`.
 pub fn cassandra_options(c: &CassandraSection) -> CassandraOptions {
@@ -228,7 +222,7 @@ pub struct CassandraOwners(pub Arc<CassandraStore>);
 #[async_trait]
 impl Owners for CassandraOwners {
     async fn owner(&self, partition: u32) -> Result<Option<String>, StoreError> {
-        Ok(self.0.current(partition).await?.map(|(_, node)| node))
+        Ok(self.0.lease_holder(partition).await?.map(|h| h.node_id))
     }
 
     async fn api_addr(&self, node_id: &str) -> Result<Option<String>, StoreError> {
@@ -241,7 +235,7 @@ pub struct Listener {
     pub scheduler: Arc<Scheduler>,
     /// How long a revocation waits for the partition's running attempts.
     pub revoke_grace: Duration,
-    pub fence: Arc<EpochFence>,
+    pub store: Arc<dyn TaskStore>,
     pub node_id: String,
 }
 
@@ -251,9 +245,9 @@ impl PartitionListener for Listener {
         // Take the ownership epoch first: from here on the previous owner can neither start
         // nor finish the partition's tasks. Waits (with backoff) while Cassandra is down.
         let mut delay = Duration::from_millis(200);
-        let epoch = loop {
-            match self.fence.acquire(partition, &self.node_id).await {
-                Ok(e) => break e,
+        let lease = loop {
+            match self.store.acquire_lease(partition, &self.node_id).await {
+                Ok(l) => break l,
                 Err(e) => {
                     tracing::warn!(partition, error = %e, "cannot take the partition's ownership epoch yet; retrying in {:.1} s", delay.as_secs_f64());
                     tokio::time::sleep(delay).await;
@@ -261,9 +255,8 @@ impl PartitionListener for Listener {
                 }
             }
         };
-        self.fence.hold(partition, epoch);
-        self.scheduler.assign(partition).await;
-        tracing::info!(partition, epoch, node = %self.node_id, "partition owned: scheduler started");
+        self.scheduler.assign(lease).await;
+        tracing::info!(partition, epoch = lease.epoch, node = %self.node_id, "partition owned: scheduler started");
     }
 
     async fn revoked(&self, partition: u32) {
@@ -274,7 +267,6 @@ impl PartitionListener for Listener {
                 "attempts of the released partition still running after the grace period; the next owner runs them again if their end is not recorded in time"
             );
         }
-        self.fence.release(partition);
         tracing::info!(partition, node = %self.node_id, "partition released: drained and stopped");
     }
 

@@ -120,7 +120,17 @@ async fn run_once(args: &Args, run: usize) -> Result<RunResult, String> {
         EmbeddedStore::open(&dir.join("bench.redb"), EmbeddedOptions::default())
             .map_err(|e| e.to_string())?,
     );
-    let (tx, rx) = mpsc::channel::<String>(args.tasks);
+    let mut leases = Vec::new();
+    for p in 0..PARTITIONS {
+        leases.push(
+            store
+                .acquire_lease(p, "store-bench")
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+    }
+    let leases = Arc::new(leases);
+    let (tx, rx) = mpsc::channel::<(String, u32)>(args.tasks);
     let rx = Arc::new(Mutex::new(rx));
     let batches = args.tasks / BATCH;
     let cpu_before = stat_cpu(std::path::Path::new("/proc/self/stat"));
@@ -135,7 +145,7 @@ async fn run_once(args: &Args, run: usize) -> Result<RunResult, String> {
             for b in (p..batches).step_by(stride) {
                 let now = system_now();
                 let batch: Vec<_> = (0..BATCH).map(|i| new_task(b * BATCH + i, now)).collect();
-                let ids: Vec<_> = batch.iter().map(|t| t.id.clone()).collect();
+                let ids: Vec<_> = batch.iter().map(|t| (t.id.clone(), t.partition)).collect();
                 store.enqueue(batch).await.map_err(|e| e.to_string())?;
                 for id in ids {
                     tx.send(id).await.map_err(|e| e.to_string())?;
@@ -148,15 +158,16 @@ async fn run_once(args: &Args, run: usize) -> Result<RunResult, String> {
 
     let mut workers = Vec::new();
     for _ in 0..args.workers {
-        let (store, rx) = (store.clone(), rx.clone());
+        let (store, rx, leases) = (store.clone(), rx.clone(), leases.clone());
         workers.push(tokio::spawn(async move {
             loop {
-                let Some(id) = rx.lock().await.recv().await else {
+                let Some((id, p)) = rx.lock().await.recv().await else {
                     return Ok::<_, String>(());
                 };
+                let lease = leases[p as usize];
                 let at = system_now();
                 store
-                    .start_attempt(&id, 1, at)
+                    .start_attempt(&lease, &id, 1, at)
                     .await
                     .map_err(|e| e.to_string())?;
                 let attempt = Attempt {
@@ -169,7 +180,7 @@ async fn run_once(args: &Args, run: usize) -> Result<RunResult, String> {
                 };
                 let done = Transition::Succeeded { output: None };
                 store
-                    .finish_attempt(&id, attempt, done, system_now())
+                    .finish_attempt(&lease, &id, attempt, done, system_now())
                     .await
                     .map_err(|e| e.to_string())?;
             }

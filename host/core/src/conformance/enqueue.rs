@@ -92,7 +92,9 @@ pub async fn uniqueness_holds_after_the_task_finished<S: TaskStore>(s: S) {
     assert_eq!(dup.state, TaskState::Succeeded);
 
     let cancelled = enqueue_one(&s, with_ukey(new_task("k", T0), "u-cancelled")).await;
-    s.cancel(&cancelled.id, T0).await.expect("cancel");
+    s.cancel(&lease_for(&s, &cancelled.id).await, &cancelled.id, T0)
+        .await
+        .expect("cancel");
     let out = s
         .enqueue(vec![with_ukey(new_task("k", T0 + 1), "u-cancelled")])
         .await
@@ -108,7 +110,9 @@ pub async fn uniqueness_holds_after_the_task_finished<S: TaskStore>(s: S) {
 pub async fn reenqueueing_a_stored_id_is_a_duplicate<S: TaskStore>(s: S) {
     let asked = new_task("k", T0);
     let original = enqueue_one(&s, asked.clone()).await;
-    s.start_attempt(&original.id, 1, T0).await.expect("start");
+    s.start_attempt(&lease_for(&s, &original.id).await, &original.id, 1, T0)
+        .await
+        .expect("start");
     let out = s.enqueue(vec![asked]).await.expect("re-enqueue");
     let dup = duplicate(&out[0]);
     assert_eq!(dup.seq, original.seq);
@@ -259,11 +263,15 @@ pub async fn load_window_holds_exactly_the_pending_tasks<S: TaskStore>(s: S) {
     )
     .await;
     run_attempt(&s, &t[0].id, succeeded(None)).await;
-    s.cancel(&t[1].id, T0).await.expect("cancel");
+    s.cancel(&lease_for(&s, &t[1].id).await, &t[1].id, T0)
+        .await
+        .expect("cancel");
     run_attempt(&s, &t[2].id, dead("gone")).await;
     run_attempt(&s, &t[3].id, dead("gone")).await;
     run_attempt(&s, &t[4].id, retry(T0 + 60_000, "later")).await;
-    s.start_attempt(&t[5].id, 1, T0).await.expect("start");
+    s.start_attempt(&lease_for(&s, &t[5].id).await, &t[5].id, 1, T0)
+        .await
+        .expect("start");
 
     let got = window(&s, 0).await;
     assert_eq!(ids(&got), ids(&t[3..]));

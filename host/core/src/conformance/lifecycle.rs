@@ -5,7 +5,9 @@ use crate::model::{ListFilter, TaskState};
 
 pub async fn attempts_are_durable_and_history_ordered<S: TaskStore>(s: S) {
     let t = enqueue_one(&s, new_task("k", T0)).await;
-    s.start_attempt(&t.id, 1, T0 + 1).await.expect("start 1");
+    s.start_attempt(&lease_for(&s, &t.id).await, &t.id, 1, T0 + 1)
+        .await
+        .expect("start 1");
     let running = task(&s, &t.id).await;
     assert_eq!(running.state, TaskState::Running);
     assert_eq!(running.attempts, 1, "the attempt count is stored at start");
@@ -20,7 +22,13 @@ pub async fn attempts_are_durable_and_history_ordered<S: TaskStore>(s: S) {
         plugin_digest: Some("d1".into()),
     };
     let after1 = s
-        .finish_attempt(&t.id, a1.clone(), retry(T0 + 1_000, "e1"), T0 + 2)
+        .finish_attempt(
+            &lease_for(&s, &t.id).await,
+            &t.id,
+            a1.clone(),
+            retry(T0 + 1_000, "e1"),
+            T0 + 2,
+        )
         .await
         .expect("finish 1");
     assert_eq!(after1.state, TaskState::Retrying);
@@ -105,7 +113,9 @@ pub async fn dead_parks_the_key_only_when_asked<S: TaskStore>(s: S) {
 pub async fn finish_after_cancel_or_finish_conflicts<S: TaskStore>(s: S) {
     let t = enqueue_one(&s, new_task("k", T0)).await;
     run_attempt(&s, &t.id, retry(T0 + 100, "again")).await;
-    s.cancel(&t.id, T0 + 50).await.expect("cancel retrying");
+    s.cancel(&lease_for(&s, &t.id).await, &t.id, T0 + 50)
+        .await
+        .expect("cancel retrying");
     let late = Attempt {
         number: 2,
         started_at: T0 + 60,
@@ -115,12 +125,19 @@ pub async fn finish_after_cancel_or_finish_conflicts<S: TaskStore>(s: S) {
         plugin_digest: None,
     };
     expect_conflict(
-        s.finish_attempt(&t.id, late.clone(), succeeded(None), T0 + 70)
-            .await,
+        s.finish_attempt(
+            &lease_for(&s, &t.id).await,
+            &t.id,
+            late.clone(),
+            succeeded(None),
+            T0 + 70,
+        )
+        .await,
         "finish on a cancelled task",
     );
     expect_conflict(
-        s.start_attempt(&t.id, 2, T0 + 80).await,
+        s.start_attempt(&lease_for(&s, &t.id).await, &t.id, 2, T0 + 80)
+            .await,
         "start on a cancelled task",
     );
     let rec = s.get(&t.id).await.expect("get").expect("stored");
@@ -134,15 +151,21 @@ pub async fn finish_after_cancel_or_finish_conflicts<S: TaskStore>(s: S) {
     let ok = enqueue_one(&s, new_task("k", T0)).await;
     run_attempt(&s, &ok.id, succeeded(None)).await;
     expect_conflict(
-        s.finish_attempt(&ok.id, late, dead("x"), T0).await,
+        s.finish_attempt(&lease_for(&s, &ok.id).await, &ok.id, late, dead("x"), T0)
+            .await,
         "finish on a succeeded task",
     );
     expect_conflict(
-        s.start_attempt(&ok.id, 2, T0).await,
+        s.start_attempt(&lease_for(&s, &ok.id).await, &ok.id, 2, T0)
+            .await,
         "start on a succeeded task",
     );
     assert_eq!(task(&s, &ok.id).await.state, TaskState::Succeeded);
-    expect_not_found(s.start_attempt("nope", 1, T0).await, "start unknown");
+    expect_not_found(
+        s.start_attempt(&lease_for(&s, "nope").await, "nope", 1, T0)
+            .await,
+        "start unknown",
+    );
 }
 
 pub async fn cancel_follows_the_state_rules<S: TaskStore>(s: S) {
@@ -158,20 +181,41 @@ pub async fn cancel_follows_the_state_rules<S: TaskStore>(s: S) {
     )
     .await;
     run_attempt(&s, &t[1].id, retry(T0 + 10, "x")).await;
-    s.start_attempt(&t[2].id, 1, T0).await.expect("start");
+    s.start_attempt(&lease_for(&s, &t[2].id).await, &t[2].id, 1, T0)
+        .await
+        .expect("start");
     run_attempt(&s, &t[3].id, succeeded(None)).await;
     run_attempt(&s, &t[4].id, dead("x")).await;
 
-    let c = s.cancel(&t[0].id, T0 + 7).await.expect("cancel scheduled");
+    let c = s
+        .cancel(&lease_for(&s, &t[0].id).await, &t[0].id, T0 + 7)
+        .await
+        .expect("cancel scheduled");
     assert_eq!(c.state, TaskState::Cancelled);
     assert_eq!(c.updated_at, T0 + 7);
     assert_eq!(task(&s, &t[0].id).await, c);
-    s.cancel(&t[1].id, T0).await.expect("cancel retrying");
-    expect_conflict(s.cancel(&t[2].id, T0).await, "cancel running");
-    expect_conflict(s.cancel(&t[3].id, T0).await, "cancel succeeded");
-    expect_conflict(s.cancel(&t[0].id, T0).await, "cancel cancelled");
-    s.cancel(&t[4].id, T0).await.expect("cancel dead");
-    expect_not_found(s.cancel("nope", T0).await, "cancel unknown");
+    s.cancel(&lease_for(&s, &t[1].id).await, &t[1].id, T0)
+        .await
+        .expect("cancel retrying");
+    expect_conflict(
+        s.cancel(&lease_for(&s, &t[2].id).await, &t[2].id, T0).await,
+        "cancel running",
+    );
+    expect_conflict(
+        s.cancel(&lease_for(&s, &t[3].id).await, &t[3].id, T0).await,
+        "cancel succeeded",
+    );
+    expect_conflict(
+        s.cancel(&lease_for(&s, &t[0].id).await, &t[0].id, T0).await,
+        "cancel cancelled",
+    );
+    s.cancel(&lease_for(&s, &t[4].id).await, &t[4].id, T0)
+        .await
+        .expect("cancel dead");
+    expect_not_found(
+        s.cancel(&lease_for(&s, "nope").await, "nope", T0).await,
+        "cancel unknown",
+    );
 
     assert_eq!(task(&s, &t[2].id).await.state, TaskState::Running);
     assert_eq!(
@@ -189,7 +233,10 @@ pub async fn retry_dead_requeues_with_more_attempts<S: TaskStore>(s: S) {
     run_attempt(&s, &t.id, dead("2")).await;
     assert!(window(&s, 0).await.is_empty());
 
-    let back = s.retry_dead(&t.id, 3, T0 + 500).await.expect("retry_dead");
+    let back = s
+        .retry_dead(&lease_for(&s, &t.id).await, &t.id, 3, T0 + 500)
+        .await
+        .expect("retry_dead");
     assert_eq!(back.state, TaskState::Scheduled);
     assert_eq!(back.next_at, T0 + 500);
     assert_eq!(back.attempts, 2);
@@ -197,11 +244,23 @@ pub async fn retry_dead_requeues_with_more_attempts<S: TaskStore>(s: S) {
     assert_eq!(back, task(&s, &t.id).await);
     assert_eq!(ids(&window(&s, 0).await), vec![t.id.as_str()]);
 
-    expect_conflict(s.retry_dead(&t.id, 1, T0).await, "retry a scheduled task");
-    expect_not_found(s.retry_dead("nope", 1, T0).await, "retry unknown");
+    expect_conflict(
+        s.retry_dead(&lease_for(&s, &t.id).await, &t.id, 1, T0)
+            .await,
+        "retry a scheduled task",
+    );
+    expect_not_found(
+        s.retry_dead(&lease_for(&s, "nope").await, "nope", 1, T0)
+            .await,
+        "retry unknown",
+    );
     let done = run_attempt(&s, &t.id, succeeded(None)).await;
     assert_eq!(done.attempts, 3);
-    expect_conflict(s.retry_dead(&t.id, 1, T0).await, "retry a succeeded task");
+    expect_conflict(
+        s.retry_dead(&lease_for(&s, &t.id).await, &t.id, 1, T0)
+            .await,
+        "retry a succeeded task",
+    );
 }
 
 pub async fn reschedule_moves_the_ordering_position<S: TaskStore>(s: S) {
@@ -215,7 +274,7 @@ pub async fn reschedule_moves_the_ordering_position<S: TaskStore>(s: S) {
     )
     .await;
     let moved = s
-        .reschedule(&t[0].id, T0 + 15, T0 + 1)
+        .reschedule(&lease_for(&s, &t[0].id).await, &t[0].id, T0 + 15, T0 + 1)
         .await
         .expect("reschedule");
     assert_eq!((moved.due_at, moved.next_at), (T0 + 15, T0 + 15));
@@ -237,7 +296,7 @@ pub async fn reschedule_moves_the_ordering_position<S: TaskStore>(s: S) {
     // A retrying task can be moved too (earlier this time).
     run_attempt(&s, &t[2].id, retry(T0 + 99_000, "x")).await;
     let r = s
-        .reschedule(&t[2].id, T0 - 5, T0)
+        .reschedule(&lease_for(&s, &t[2].id).await, &t[2].id, T0 - 5, T0)
         .await
         .expect("reschedule");
     assert_eq!(
@@ -246,11 +305,25 @@ pub async fn reschedule_moves_the_ordering_position<S: TaskStore>(s: S) {
     );
     assert_eq!(window(&s, 0).await[0].id, t[2].id);
 
-    s.start_attempt(&t[1].id, 1, T0).await.expect("start");
-    expect_conflict(s.reschedule(&t[1].id, T0, T0).await, "reschedule running");
+    s.start_attempt(&lease_for(&s, &t[1].id).await, &t[1].id, 1, T0)
+        .await
+        .expect("start");
+    expect_conflict(
+        s.reschedule(&lease_for(&s, &t[1].id).await, &t[1].id, T0, T0)
+            .await,
+        "reschedule running",
+    );
     run_attempt(&s, &t[0].id, succeeded(None)).await;
-    expect_conflict(s.reschedule(&t[0].id, T0, T0).await, "reschedule succeeded");
-    expect_not_found(s.reschedule("nope", T0, T0).await, "reschedule unknown");
+    expect_conflict(
+        s.reschedule(&lease_for(&s, &t[0].id).await, &t[0].id, T0, T0)
+            .await,
+        "reschedule succeeded",
+    );
+    expect_not_found(
+        s.reschedule(&lease_for(&s, "nope").await, "nope", T0, T0)
+            .await,
+        "reschedule unknown",
+    );
 }
 
 pub async fn unpark_key_releases_parked_dead_tasks<S: TaskStore>(s: S) {
@@ -269,7 +342,12 @@ pub async fn unpark_key_releases_parked_dead_tasks<S: TaskStore>(s: S) {
     }
     assert_eq!(window(&s, 0).await.len(), 4);
 
-    assert_eq!(s.unpark_key("k", T0 + 9).await.expect("unpark"), 2);
+    assert_eq!(
+        s.unpark_key(&held(&s, 0).await, "k", T0 + 9)
+            .await
+            .expect("unpark"),
+        2
+    );
     assert_eq!(ids(&window(&s, 0).await), vec![&t[2].id, &t[3].id]);
     for i in [0, 1] {
         let after = task(&s, &t[i].id).await;
@@ -281,13 +359,20 @@ pub async fn unpark_key_releases_parked_dead_tasks<S: TaskStore>(s: S) {
         task(&s, &t[3].id).await.park_on_dead,
         "other keys untouched"
     );
-    assert_eq!(s.unpark_key("k", T0).await.expect("unpark again"), 0);
     assert_eq!(
-        s.unpark_key("unknown", T0).await.expect("unpark unknown"),
+        s.unpark_key(&held(&s, 0).await, "k", T0)
+            .await
+            .expect("unpark again"),
+        0
+    );
+    assert_eq!(
+        s.unpark_key(&held(&s, 0).await, "unknown", T0)
+            .await
+            .expect("unpark unknown"),
         0
     );
     // An unparked dead task can still be retried.
-    s.retry_dead(&t[0].id, 1, T0 + 10)
+    s.retry_dead(&lease_for(&s, &t[0].id).await, &t[0].id, 1, T0 + 10)
         .await
         .expect("retry_dead");
     assert_eq!(window(&s, 0).await[0].id, t[0].id);

@@ -18,6 +18,7 @@
 
 mod admin;
 mod enqueue;
+mod fencing;
 mod lifecycle;
 
 use std::future::Future;
@@ -26,10 +27,12 @@ use std::time::Duration;
 use crate::model::{
     Attempt, AttemptOutcome, Backoff, EnqueueOutcome, Millis, NewTask, OrderPos, Task, Transition,
 };
+use crate::ownership::Lease;
 use crate::store::{StoreError, StoreResult, TaskStore};
 
 pub use admin::*;
 pub use enqueue::*;
+pub use fencing::*;
 pub use lifecycle::*;
 
 /// A fixed "now" for the suite (2023-11-14T22:13:20Z).
@@ -86,6 +89,12 @@ macro_rules! store_conformance_tests {
             kv_list_by_prefix_with_limit,
             list_filters_by_key_state_and_limit,
             concurrent_enqueues_get_distinct_increasing_seqs,
+            leases_get_increasing_epochs_per_partition,
+            stale_lease_cannot_start_or_finish,
+            stale_lease_cannot_change_tasks,
+            start_is_idempotent_per_attempt,
+            finish_is_recorded_once,
+            lease_must_match_the_task_partition,
         );
     };
 }
@@ -176,6 +185,39 @@ pub async fn task<S: TaskStore + ?Sized>(s: &S, id: &str) -> Task {
         .task
 }
 
+/// The partition's current lease, acquired for node `conformance` if nobody holds it yet.
+pub async fn held<S: TaskStore + ?Sized>(s: &S, partition: u32) -> Lease {
+    match s.lease_holder(partition).await.expect("lease_holder") {
+        Some(h) => Lease {
+            partition,
+            epoch: h.epoch,
+        },
+        None => s
+            .acquire_lease(partition, "conformance")
+            .await
+            .expect("acquire_lease"),
+    }
+}
+
+/// The current lease of the task's partition (partition 0 for an unknown id).
+pub async fn lease_for<S: TaskStore + ?Sized>(s: &S, id: &str) -> Lease {
+    let partition = s
+        .get(id)
+        .await
+        .expect("get")
+        .map_or(0, |r| r.task.partition);
+    held(s, partition).await
+}
+
+pub fn expect_fenced<T: std::fmt::Debug>(r: StoreResult<T>, lease: &Lease, what: &str) {
+    match r {
+        Err(StoreError::Fenced {
+            partition, epoch, ..
+        }) if partition == lease.partition && epoch == lease.epoch => {}
+        other => panic!("{what}: expected Fenced for {lease}, got {other:?}"),
+    }
+}
+
 /// The whole pending window of a partition.
 pub async fn window<S: TaskStore + ?Sized>(s: &S, partition: u32) -> Vec<Task> {
     s.load_window(partition, OrderPos::MIN, Millis::MAX, 10_000)
@@ -199,7 +241,7 @@ pub fn outcome_of(transition: &Transition) -> (AttemptOutcome, Option<String>) {
 pub async fn run_attempt<S: TaskStore + ?Sized>(s: &S, id: &str, transition: Transition) -> Task {
     let number = task(s, id).await.attempts + 1;
     let started_at = T0 + Millis::from(number) * 1_000;
-    s.start_attempt(id, number, started_at)
+    s.start_attempt(&lease_for(s, id).await, id, number, started_at)
         .await
         .expect("start_attempt");
     let (outcome, error) = outcome_of(&transition);
@@ -211,9 +253,15 @@ pub async fn run_attempt<S: TaskStore + ?Sized>(s: &S, id: &str, transition: Tra
         error,
         plugin_digest: Some(format!("digest-{number}")),
     };
-    s.finish_attempt(id, attempt, transition, started_at + 10)
-        .await
-        .expect("finish_attempt")
+    s.finish_attempt(
+        &lease_for(s, id).await,
+        id,
+        attempt,
+        transition,
+        started_at + 10,
+    )
+    .await
+    .expect("finish_attempt")
 }
 
 pub fn retry(next_at: Millis, error: &str) -> Transition {

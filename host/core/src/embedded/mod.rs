@@ -31,6 +31,7 @@ use crate::model::{
     Attempt, EnqueueOutcome, KvEntryMeta, ListFilter, Millis, NewTask, OrderPos, Schedule, Task,
     TaskRecord, Transition,
 };
+use crate::ownership::{Holder, Lease};
 use crate::store::{StoreError, StoreResult, TaskStore};
 use tables::DbResult;
 pub use writer::CommitStats;
@@ -124,6 +125,7 @@ fn init(db: &Database) -> StoreResult<u64> {
         let _ = txn.open_table(tables::PAUSED).db()?;
         let _ = txn.open_table(tables::SCHEDULES).db()?;
         let _ = txn.open_table(tables::KV).db()?;
+        let _ = txn.open_table(tables::OWNERS).db()?;
         let mut meta = txn.open_table(tables::META).db()?;
         let format = meta.get(tables::META_FORMAT).db()?.map(|v| v.value());
         match format {
@@ -165,20 +167,38 @@ impl TaskStore for EmbeddedStore {
             .await
     }
 
-    async fn start_attempt(&self, id: &str, attempt: u32, at: Millis) -> StoreResult<()> {
-        let id = id.to_owned();
-        self.write(move |w| w.start_attempt(&id, attempt, at)).await
+    async fn acquire_lease(&self, partition: u32, node_id: &str) -> StoreResult<Lease> {
+        let node_id = node_id.to_owned();
+        self.write(move |w| w.acquire_lease(partition, &node_id))
+            .await
+    }
+
+    async fn lease_holder(&self, partition: u32) -> StoreResult<Option<Holder>> {
+        read::lease_holder(&self.db, partition)
+    }
+
+    async fn start_attempt(
+        &self,
+        lease: &Lease,
+        id: &str,
+        attempt: u32,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        let (lease, id) = (*lease, id.to_owned());
+        self.write(move |w| w.start_attempt(&lease, &id, attempt, at))
+            .await
     }
 
     async fn finish_attempt(
         &self,
+        lease: &Lease,
         id: &str,
         attempt: Attempt,
         transition: Transition,
         at: Millis,
     ) -> StoreResult<Task> {
-        let id = id.to_owned();
-        self.write(move |w| w.finish_attempt(&id, &attempt, &transition, at))
+        let (lease, id) = (*lease, id.to_owned());
+        self.write(move |w| w.finish_attempt(&lease, &id, &attempt, &transition, at))
             .await
     }
 
@@ -195,25 +215,38 @@ impl TaskStore for EmbeddedStore {
         self.read_blocking(move |db| read::list(db, &filter)).await
     }
 
-    async fn cancel(&self, id: &str, at: Millis) -> StoreResult<Task> {
-        let id = id.to_owned();
-        self.write(move |w| w.cancel(&id, at)).await
+    async fn cancel(&self, lease: &Lease, id: &str, at: Millis) -> StoreResult<Task> {
+        let (lease, id) = (*lease, id.to_owned());
+        self.write(move |w| w.cancel(&lease, &id, at)).await
     }
 
-    async fn retry_dead(&self, id: &str, extra_attempts: u32, at: Millis) -> StoreResult<Task> {
-        let id = id.to_owned();
-        self.write(move |w| w.retry_dead(&id, extra_attempts, at))
+    async fn retry_dead(
+        &self,
+        lease: &Lease,
+        id: &str,
+        extra_attempts: u32,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        let (lease, id) = (*lease, id.to_owned());
+        self.write(move |w| w.retry_dead(&lease, &id, extra_attempts, at))
             .await
     }
 
-    async fn reschedule(&self, id: &str, run_at: Millis, at: Millis) -> StoreResult<Task> {
-        let id = id.to_owned();
-        self.write(move |w| w.reschedule(&id, run_at, at)).await
+    async fn reschedule(
+        &self,
+        lease: &Lease,
+        id: &str,
+        run_at: Millis,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        let (lease, id) = (*lease, id.to_owned());
+        self.write(move |w| w.reschedule(&lease, &id, run_at, at))
+            .await
     }
 
-    async fn unpark_key(&self, key: &str, at: Millis) -> StoreResult<u32> {
-        let key = key.to_owned();
-        self.write(move |w| w.unpark_key(&key, at)).await
+    async fn unpark_key(&self, lease: &Lease, key: &str, at: Millis) -> StoreResult<u32> {
+        let (lease, key) = (*lease, key.to_owned());
+        self.write(move |w| w.unpark_key(&lease, &key, at)).await
     }
 
     async fn set_key_paused(&self, key: &str, paused: bool) -> StoreResult<()> {

@@ -10,12 +10,13 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::codec;
 use super::tables::{
-    ATTEMPTS, BY_KEY, DbResult, KV, META, META_NEXT_SEQ, PAUSED, PENDING, SCHEDULES, TASKS, UKEYS,
-    indexed_task, key_range_bounds, load_task,
+    ATTEMPTS, BY_KEY, DbResult, KV, META, META_NEXT_SEQ, OWNERS, PAUSED, PENDING, SCHEDULES, TASKS,
+    UKEYS, indexed_task, key_range_bounds, load_task,
 };
 use crate::model::{
     Attempt, EnqueueOutcome, Millis, NewTask, Schedule, Task, TaskState, Transition,
 };
+use crate::ownership::Lease;
 use crate::store::{StoreError, StoreResult};
 
 /// The tables of one write transaction.
@@ -29,6 +30,7 @@ pub(crate) struct WriteTables<'t> {
     paused: Table<'t, &'static str, ()>,
     schedules: Table<'t, &'static str, &'static [u8]>,
     kv: Table<'t, (&'static str, &'static str), (i64, &'static [u8])>,
+    owners: Table<'t, u32, (u64, &'static str)>,
     next_seq: u64,
     first_seq: u64,
     /// Set by every mutation; the writer resets it before each operation so it knows whether a
@@ -72,6 +74,7 @@ impl<'t> WriteTables<'t> {
             paused: txn.open_table(PAUSED).db()?,
             schedules: txn.open_table(SCHEDULES).db()?,
             kv: txn.open_table(KV).db()?,
+            owners: txn.open_table(OWNERS).db()?,
             next_seq,
             first_seq: next_seq,
             dirty: false,
@@ -88,6 +91,40 @@ impl<'t> WriteTables<'t> {
 
     fn require(&self, id: &str) -> StoreResult<Task> {
         load_task(&self.tasks, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))
+    }
+
+    fn epoch_of(&self, partition: u32) -> StoreResult<Option<u64>> {
+        Ok(self.owners.get(partition).db()?.map(|v| v.value().0))
+    }
+
+    /// `Fenced` unless `lease` is its partition's current lease.
+    fn check_lease(&self, lease: &Lease) -> StoreResult<()> {
+        let current = self.epoch_of(lease.partition)?;
+        if current == Some(lease.epoch) {
+            Ok(())
+        } else {
+            Err(StoreError::fenced(lease, current))
+        }
+    }
+
+    /// The task, if `lease` is current and covers its partition.
+    fn require_under(&self, lease: &Lease, id: &str) -> StoreResult<Task> {
+        self.check_lease(lease)?;
+        let t = self.require(id)?;
+        if t.partition != lease.partition {
+            return Err(StoreError::Conflict(format!(
+                "task {id} is in partition {}, not under {lease}",
+                t.partition
+            )));
+        }
+        Ok(t)
+    }
+
+    pub(crate) fn acquire_lease(&mut self, partition: u32, node_id: &str) -> StoreResult<Lease> {
+        let epoch = self.epoch_of(partition)?.unwrap_or(0) + 1;
+        self.dirty = true;
+        self.owners.insert(partition, (epoch, node_id)).db()?;
+        Ok(Lease { partition, epoch })
     }
 
     /// Writes `t`, which was `before` (if it existed), and moves its index entries along.
@@ -174,27 +211,47 @@ impl<'t> WriteTables<'t> {
         Ok(out)
     }
 
-    pub(crate) fn start_attempt(&mut self, id: &str, attempt: u32, at: Millis) -> StoreResult<()> {
-        let mut t = self.require(id)?;
+    pub(crate) fn start_attempt(
+        &mut self,
+        lease: &Lease,
+        id: &str,
+        attempt: u32,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        let mut t = self.require_under(lease, id)?;
         if t.state.is_terminal() {
             return Err(conflict(&t, "start"));
+        }
+        let reclaim = attempt == t.attempts && t.state == TaskState::Running;
+        if attempt < t.attempts || (attempt == t.attempts && !reclaim) {
+            return Err(StoreError::Conflict(format!(
+                "cannot start attempt {attempt} of task {id}: attempt {} {}",
+                t.attempts,
+                if t.state == TaskState::Running {
+                    "runs"
+                } else {
+                    "has ended"
+                }
+            )));
         }
         let before = Before::of(&t);
         t.state = TaskState::Running;
         t.attempts = attempt;
         t.updated_at = at;
-        self.save(Some(before), &t)
+        self.save(Some(before), &t)?;
+        Ok(t)
     }
 
     pub(crate) fn finish_attempt(
         &mut self,
+        lease: &Lease,
         id: &str,
         attempt: &Attempt,
         transition: &Transition,
         at: Millis,
     ) -> StoreResult<Task> {
-        let mut t = self.require(id)?;
-        if t.state.is_terminal() {
+        let mut t = self.require_under(lease, id)?;
+        if t.state != TaskState::Running {
             return Err(conflict(&t, "finish an attempt of"));
         }
         let before = Before::of(&t);
@@ -208,8 +265,8 @@ impl<'t> WriteTables<'t> {
         Ok(t)
     }
 
-    pub(crate) fn cancel(&mut self, id: &str, at: Millis) -> StoreResult<Task> {
-        let mut t = self.require(id)?;
+    pub(crate) fn cancel(&mut self, lease: &Lease, id: &str, at: Millis) -> StoreResult<Task> {
+        let mut t = self.require_under(lease, id)?;
         match t.state {
             TaskState::Scheduled | TaskState::Retrying | TaskState::Dead => {}
             _ => return Err(conflict(&t, "cancel")),
@@ -221,8 +278,14 @@ impl<'t> WriteTables<'t> {
         Ok(t)
     }
 
-    pub(crate) fn retry_dead(&mut self, id: &str, extra: u32, at: Millis) -> StoreResult<Task> {
-        let mut t = self.require(id)?;
+    pub(crate) fn retry_dead(
+        &mut self,
+        lease: &Lease,
+        id: &str,
+        extra: u32,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        let mut t = self.require_under(lease, id)?;
         if t.state != TaskState::Dead {
             return Err(conflict(&t, "retry"));
         }
@@ -235,8 +298,14 @@ impl<'t> WriteTables<'t> {
         Ok(t)
     }
 
-    pub(crate) fn reschedule(&mut self, id: &str, run_at: Millis, at: Millis) -> StoreResult<Task> {
-        let mut t = self.require(id)?;
+    pub(crate) fn reschedule(
+        &mut self,
+        lease: &Lease,
+        id: &str,
+        run_at: Millis,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        let mut t = self.require_under(lease, id)?;
         if !matches!(t.state, TaskState::Scheduled | TaskState::Retrying) {
             return Err(conflict(&t, "reschedule"));
         }
@@ -248,7 +317,8 @@ impl<'t> WriteTables<'t> {
         Ok(t)
     }
 
-    pub(crate) fn unpark_key(&mut self, key: &str, at: Millis) -> StoreResult<u32> {
+    pub(crate) fn unpark_key(&mut self, lease: &Lease, key: &str, at: Millis) -> StoreResult<u32> {
+        self.check_lease(lease)?;
         // Find the parked tasks first (reading only), then update them.
         let mut parked = Vec::new();
         for entry in self.by_key.range(key_range_bounds(key)).db()? {

@@ -7,10 +7,11 @@ use redb::{Database, ReadTransaction, ReadableTable};
 
 use super::codec;
 use super::tables::{
-    ATTEMPTS, BY_KEY, DbResult, KV, PAUSED, PENDING, SCHEDULES, TASKS, UKEYS, indexed_task,
+    ATTEMPTS, BY_KEY, DbResult, KV, OWNERS, PAUSED, PENDING, SCHEDULES, TASKS, UKEYS, indexed_task,
     key_range_bounds, load_attempts, load_task,
 };
 use crate::model::{KvEntryMeta, ListFilter, Millis, OrderPos, Schedule, Task, TaskRecord};
+use crate::ownership::Holder;
 use crate::store::{FirstByPos, StoreResult};
 
 /// `limit` 0 in a [`ListFilter`] means this many.
@@ -28,6 +29,18 @@ pub(super) fn get(db: &Database, id: &str) -> StoreResult<Option<TaskRecord>> {
     };
     let attempts = load_attempts(&txn.open_table(ATTEMPTS).db()?, id)?;
     Ok(Some(TaskRecord { task, attempts }))
+}
+
+pub(super) fn lease_holder(db: &Database, partition: u32) -> StoreResult<Option<Holder>> {
+    let txn = begin(db)?;
+    let owners = txn.open_table(OWNERS).db()?;
+    Ok(owners.get(partition).db()?.map(|v| {
+        let (epoch, node) = v.value();
+        Holder {
+            epoch,
+            node_id: node.to_owned(),
+        }
+    }))
 }
 
 pub(super) fn find_by_uniqueness_key(db: &Database, ukey: &str) -> StoreResult<Option<Task>> {

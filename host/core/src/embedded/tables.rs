@@ -12,6 +12,7 @@
 //! | `paused`     | ordering key                         | ()                            |
 //! | `schedules`  | name                                 | schedule record (codec)       |
 //! | `kv`         | (plugin, key)                        | (updated_at, value bytes)     |
+//! | `owners`     | partition                            | (epoch, node id) — leases     |
 
 use std::ops::RangeInclusive;
 
@@ -30,6 +31,7 @@ pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 pub(super) const PAUSED: TableDefinition<&str, ()> = TableDefinition::new("paused");
 pub(super) const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
 pub(super) const KV: TableDefinition<(&str, &str), (i64, &[u8])> = TableDefinition::new("kv");
+pub(super) const OWNERS: TableDefinition<u32, (u64, &str)> = TableDefinition::new("owners");
 
 pub(super) const META_FORMAT: &str = "format";
 pub(super) const META_NEXT_SEQ: &str = "next_seq";

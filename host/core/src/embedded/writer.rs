@@ -70,13 +70,7 @@ where
 }
 
 fn copy_err(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::NotFound(s) => StoreError::NotFound(s.clone()),
-        StoreError::Conflict(s) => StoreError::Conflict(s.clone()),
-        StoreError::Unavailable(s) => StoreError::Unavailable(s.clone()),
-        StoreError::Corrupt(s) => StoreError::Corrupt(s.clone()),
-        StoreError::Other(s) => StoreError::Other(s.clone()),
-    }
+    e.clone()
 }
 
 /// Counters of the writer thread (for benchmarks and metrics).

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 use async_trait::async_trait;
 use kairos_core::model::*;
+use kairos_core::ownership::{Holder, Lease};
 use kairos_core::store::{StoreError, StoreResult, TaskStore};
 
 pub struct FlakyStore {
@@ -41,17 +42,30 @@ impl TaskStore for FlakyStore {
     ) -> StoreResult<Vec<Task>> {
         self.inner.load_window(p, after, up_to, limit).await
     }
-    async fn start_attempt(&self, id: &str, attempt: u32, at: Millis) -> StoreResult<()> {
-        self.inner.start_attempt(id, attempt, at).await
+    async fn acquire_lease(&self, p: u32, node: &str) -> StoreResult<Lease> {
+        self.inner.acquire_lease(p, node).await
+    }
+    async fn lease_holder(&self, p: u32) -> StoreResult<Option<Holder>> {
+        self.inner.lease_holder(p).await
+    }
+    async fn start_attempt(
+        &self,
+        l: &Lease,
+        id: &str,
+        attempt: u32,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        self.inner.start_attempt(l, id, attempt, at).await
     }
     async fn finish_attempt(
         &self,
+        l: &Lease,
         id: &str,
         a: Attempt,
         t: Transition,
         at: Millis,
     ) -> StoreResult<Task> {
-        self.inner.finish_attempt(id, a, t, at).await
+        self.inner.finish_attempt(l, id, a, t, at).await
     }
     async fn get(&self, id: &str) -> StoreResult<Option<TaskRecord>> {
         self.inner.get(id).await
@@ -62,17 +76,23 @@ impl TaskStore for FlakyStore {
     async fn list(&self, f: &ListFilter) -> StoreResult<Vec<Task>> {
         self.inner.list(f).await
     }
-    async fn cancel(&self, id: &str, at: Millis) -> StoreResult<Task> {
-        self.inner.cancel(id, at).await
+    async fn cancel(&self, l: &Lease, id: &str, at: Millis) -> StoreResult<Task> {
+        self.inner.cancel(l, id, at).await
     }
-    async fn retry_dead(&self, id: &str, extra: u32, at: Millis) -> StoreResult<Task> {
-        self.inner.retry_dead(id, extra, at).await
+    async fn retry_dead(&self, l: &Lease, id: &str, extra: u32, at: Millis) -> StoreResult<Task> {
+        self.inner.retry_dead(l, id, extra, at).await
     }
-    async fn reschedule(&self, id: &str, run_at: Millis, at: Millis) -> StoreResult<Task> {
-        self.inner.reschedule(id, run_at, at).await
+    async fn reschedule(
+        &self,
+        l: &Lease,
+        id: &str,
+        run_at: Millis,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        self.inner.reschedule(l, id, run_at, at).await
     }
-    async fn unpark_key(&self, key: &str, at: Millis) -> StoreResult<u32> {
-        self.inner.unpark_key(key, at).await
+    async fn unpark_key(&self, l: &Lease, key: &str, at: Millis) -> StoreResult<u32> {
+        self.inner.unpark_key(l, key, at).await
     }
     async fn set_key_paused(&self, key: &str, paused: bool) -> StoreResult<()> {
         self.inner.set_key_paused(key, paused).await

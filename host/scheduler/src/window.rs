@@ -157,6 +157,15 @@ impl Window {
         self.rearm(&key, paused);
     }
 
+    /// A task's start could not be recorded (or its outcome is unknown): it keeps its key and
+    /// is armed again at `retry_at` at the earliest.
+    pub fn unstart_until(&mut self, id: &str, retry_at: Millis, paused: &HashSet<String>) {
+        if let Some(t) = self.tasks.get_mut(id) {
+            t.next_at = t.next_at.max(retry_at);
+        }
+        self.unstart(id, paused);
+    }
+
     /// An attempt finished and the store holds `updated`. Succeeded, cancelled and dead
     /// (unparked) tasks leave; a retrying or parked task keeps holding its key.
     pub fn finished(&mut self, updated: Task, paused: &HashSet<String>) {

@@ -1,25 +1,38 @@
 //! The scheduler: one actor per owned partition (see [`partition`]), a node-wide concurrency
 //! limit, and the operations the API needs (cancel, reschedule, retry, pause).
 //!
-//! The scheduler sees only traits: a [`TaskStore`], an [`Executor`] and a [`Clock`]; it does not
-//! know whether it runs embedded or in a cluster.
+//! It sees only contracts: a [`TaskStore`], the [`Lease`] under which it holds each partition
+//! (see [`kairos_core::ownership`] for the protocol), an [`Executor`] and a [`Clock`]; it does
+//! not know whether it runs embedded or in a cluster. There is one code path: every start,
+//! finish and operation goes through the store under the partition's lease.
+//!
+//! What it promises (checked by the deterministic simulation in `tests/sim`):
+//! - per key, attempts start in `(due_at, seq)` order, one at a time; a key's next task never
+//!   starts before its predecessor's end is durable;
+//! - an attempt runs only after its start is durable (so `max_attempts` holds across crashes);
+//! - nothing starts before it is due; a task whose cancel was acknowledged never starts;
+//! - every accepted task reaches a final state once faults stop.
 
+pub mod metrics;
 mod partition;
 mod run;
 pub mod window;
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex as StdMutex, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use kairos_core::clock::Clock;
-use kairos_core::model::{Attempt, Millis, Task, Transition};
+use kairos_core::model::{Millis, Task};
+use kairos_core::ownership::Lease;
 use kairos_core::store::{StoreError, TaskStore};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::Metrics;
+use metrics::Metrics;
 use partition::{Msg, PartitionActor};
 pub use run::decide;
 
@@ -52,27 +65,6 @@ pub trait Executor: Send + Sync + 'static {
     async fn execute(&self, task: &Task, attempt: u32) -> ExecOutcome;
 }
 
-/// Cluster mode: attempts start and finish only under the partition's ownership epoch (a
-/// fencing token), so a node that lost a partition can neither run nor complete its tasks.
-/// Without a fence (embedded: one process owns everything) the store's plain calls are used.
-#[async_trait]
-pub trait Fence: Send + Sync + 'static {
-    /// Claims attempt `attempt` of `task` under the epoch this node holds for its partition.
-    /// An error means: do not run it ([`Fence::is_fenced`]: the partition belongs to another
-    /// node now; `Conflict`: the task is finished already).
-    async fn start(&self, task: &Task, attempt: u32, at: Millis) -> Result<(), StoreError>;
-    /// Records the end of an attempt started with [`Fence::start`].
-    async fn finish(
-        &self,
-        task: &Task,
-        attempt: Attempt,
-        transition: Transition,
-        at: Millis,
-    ) -> Result<Task, StoreError>;
-    /// Whether `e` says this node's epoch is stale.
-    fn is_fenced(&self, e: &StoreError) -> bool;
-}
-
 #[derive(Debug, Clone)]
 pub struct SchedulerConfig {
     /// Most tasks held in memory per partition.
@@ -81,10 +73,13 @@ pub struct SchedulerConfig {
     pub horizon_ms: Millis,
     /// Attempts running at once on this node.
     pub concurrency: usize,
-    /// With a fence (cluster mode): a task loaded in state `running` was started by another
-    /// owner (or by this node before its end could be recorded) and runs again only this long
-    /// after that start, once that attempt has certainly hit its timeout.
+    /// A task found `running` when a partition is taken over was in flight under an older
+    /// lease; it runs again (as its next attempt) only this long after that start was
+    /// recorded, once that attempt has certainly hit its deadline. The embedded deployment
+    /// sets 0: its previous holder was this process before a restart, so nothing still runs.
     pub takeover_wait_ms: Millis,
+    /// Seed of the retry jitter (`None`: from the OS). Simulations fix it.
+    pub rng_seed: Option<u64>,
 }
 
 impl Default for SchedulerConfig {
@@ -94,6 +89,7 @@ impl Default for SchedulerConfig {
             horizon_ms: 60_000,
             concurrency: 64,
             takeover_wait_ms: 12_000,
+            rng_seed: None,
         }
     }
 }
@@ -118,6 +114,7 @@ impl From<StoreError> for OpError {
         match e {
             StoreError::NotFound(id) => OpError::NotFound(id),
             StoreError::Conflict(m) => OpError::Conflict(m),
+            StoreError::Fenced { partition, .. } => OpError::NotOwned(partition),
             other => OpError::Store(other),
         }
     }
@@ -132,7 +129,7 @@ pub(crate) struct Shared {
     pub permits: Arc<Semaphore>,
     pub paused: RwLock<HashSet<String>>,
     pub cfg: SchedulerConfig,
-    pub fence: Option<Arc<dyn Fence>>,
+    pub rng: StdMutex<StdRng>,
 }
 
 impl Shared {
@@ -142,14 +139,26 @@ impl Shared {
 }
 
 struct PartitionHandle {
+    lease: Lease,
     tx: mpsc::Sender<Msg>,
     stop: CancellationToken,
     join: tokio::task::JoinHandle<()>,
 }
 
+/// The partition actors of one node. Dropping it aborts every actor and attempt still
+/// running (a crash); [`Scheduler::shutdown`] drains them first.
 pub struct Scheduler {
     shared: Arc<Shared>,
-    partitions: Mutex<HashMap<u32, PartitionHandle>>,
+    partitions: Mutex<BTreeMap<u32, PartitionHandle>>,
+    /// Every actor started (including those that outlived a revoke's grace period and finish
+    /// in the background), so a crash or drop can stop them all.
+    actors: StdMutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.crash();
+    }
 }
 
 impl Scheduler {
@@ -161,19 +170,11 @@ impl Scheduler {
         metrics: Arc<Metrics>,
         cfg: SchedulerConfig,
     ) -> Result<Arc<Self>, StoreError> {
-        Self::with_fence(store, executor, clock, metrics, cfg, None).await
-    }
-
-    /// [`Scheduler::new`] with an optional [`Fence`] that every start and finish goes through.
-    pub async fn with_fence(
-        store: Arc<dyn TaskStore>,
-        executor: Arc<dyn Executor>,
-        clock: Arc<dyn Clock>,
-        metrics: Arc<Metrics>,
-        cfg: SchedulerConfig,
-        fence: Option<Arc<dyn Fence>>,
-    ) -> Result<Arc<Self>, StoreError> {
         let paused = store.paused_keys().await?.into_iter().collect();
+        let rng = match cfg.rng_seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_entropy(),
+        };
         let shared = Arc::new(Shared {
             store,
             executor,
@@ -182,19 +183,29 @@ impl Scheduler {
             permits: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
             paused: RwLock::new(paused),
             cfg,
-            fence,
+            rng: StdMutex::new(rng),
         });
         Ok(Arc::new(Self {
             shared,
-            partitions: Mutex::new(HashMap::new()),
+            partitions: Mutex::new(BTreeMap::new()),
+            actors: StdMutex::new(Vec::new()),
         }))
     }
 
-    /// Starts the partition's actor: it pages in every incomplete task, however overdue.
-    pub async fn assign(&self, partition: u32) {
+    /// Starts the partition's actor under `lease` (acquired from the store by the partition
+    /// source): it pages in every incomplete task, however overdue. An actor of the same
+    /// partition under an older lease is stopped (it is fenced out anyway).
+    pub async fn assign(&self, lease: Lease) {
+        let partition = lease.partition;
         let mut parts = self.partitions.lock().await;
-        if parts.contains_key(&partition) {
-            return;
+        if let Some(h) = parts.get(&partition) {
+            if h.lease == lease && !h.join.is_finished() {
+                return;
+            }
+            if let Some(old) = parts.remove(&partition) {
+                // It stops on its own (drains what runs); its abort handle stays tracked.
+                old.stop.cancel();
+            }
         }
         // Keys may have been paused or resumed through the partition's previous owner since
         // this node loaded them: refresh before the partition's tasks are looked at.
@@ -210,24 +221,60 @@ impl Scheduler {
         }
         let (tx, rx) = mpsc::channel(1024);
         let stop = CancellationToken::new();
-        let actor = PartitionActor::new(partition, self.shared.clone(), rx, stop.clone());
+        let actor = PartitionActor::new(lease, self.shared.clone(), rx, stop.clone());
         let join = tokio::spawn(actor.run());
-        parts.insert(partition, PartitionHandle { tx, stop, join });
+        if let Ok(mut a) = self.actors.lock() {
+            a.retain(|h| !h.is_finished());
+            a.push(join.abort_handle());
+        }
+        parts.insert(
+            partition,
+            PartitionHandle {
+                lease,
+                tx,
+                stop,
+                join,
+            },
+        );
+    }
+
+    /// Stops everything at once, as a process crash would: every actor and attempt is
+    /// aborted at its next await point, nothing is drained or recorded. The deterministic
+    /// simulation crashes nodes with it; a node stops with [`Scheduler::shutdown`].
+    pub fn crash(&self) {
+        let actors = match self.actors.lock() {
+            Ok(mut a) => std::mem::take(&mut *a),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for a in actors {
+            a.abort();
+        }
     }
 
     /// Stops the partition's actor (other partitions are not touched) and waits, up to
-    /// `grace`, until its running attempts ended and were recorded. Returns false if attempts were still running after `grace`: they go
-    /// on in the background, but can no longer record their end once the partition's next
-    /// owner holds its epoch (their tasks then run again there).
+    /// `grace`, until its running attempts ended and were recorded. Returns false if attempts
+    /// were still running after `grace`: they go on in the background, but can no longer
+    /// record their end once the partition's next owner holds its lease (their tasks then
+    /// run again there, after `takeover_wait_ms`).
     pub async fn revoke(&self, partition: u32, grace: Duration) -> bool {
         let handle = self.partitions.lock().await.remove(&partition);
-        let Some(h) = handle else {
+        let Some(mut h) = handle else {
             return true;
         };
         h.stop.cancel();
-        let drained = tokio::time::timeout(grace, h.join).await.is_ok();
+        // Past `grace` the actor goes on in the background (its abort handle stays tracked).
+        let drained = tokio::time::timeout(grace, &mut h.join).await.is_ok();
         self.shared.metrics.set_window(partition, 0);
         drained
+    }
+
+    /// The lease under which this node runs `partition`, if it does.
+    pub async fn lease_of(&self, partition: u32) -> Option<Lease> {
+        self.partitions
+            .lock()
+            .await
+            .get(&partition)
+            .map(|h| h.lease)
     }
 
     pub async fn owned(&self) -> Vec<u32> {
@@ -243,7 +290,9 @@ impl Scheduler {
 
     /// Drains every partition within `grace`; returns false if attempts were still running.
     pub async fn shutdown(&self, grace: Duration) -> bool {
-        let parts: Vec<(u32, PartitionHandle)> = self.partitions.lock().await.drain().collect();
+        let parts: Vec<(u32, PartitionHandle)> = std::mem::take(&mut *self.partitions.lock().await)
+            .into_iter()
+            .collect();
         for (_, h) in &parts {
             h.stop.cancel();
         }
@@ -263,7 +312,7 @@ impl Scheduler {
     /// Hands newly persisted tasks to their partitions' windows. Tasks of partitions this node
     /// does not own are left to their owner (they are durable already).
     pub async fn deliver(&self, tasks: Vec<Task>) {
-        let mut by_part: HashMap<u32, Vec<Task>> = HashMap::new();
+        let mut by_part: BTreeMap<u32, Vec<Task>> = BTreeMap::new();
         for t in tasks {
             by_part.entry(t.partition).or_default().push(t);
         }
@@ -336,30 +385,26 @@ impl Scheduler {
         let _ = self
             .ask(partition, |reply| Msg::KeyChanged {
                 key: key.to_string(),
+                unpark: false,
                 reply,
             })
             .await;
         Ok(())
     }
 
-    /// Resumes a paused key, and releases it from a dead task that parked it.
+    /// Resumes a paused key, and releases it from a dead task that parked it (under the
+    /// partition's lease: the partition must be owned here).
     pub async fn resume_key(&self, key: &str, partition: u32) -> Result<u32, OpError> {
         self.shared.store.set_key_paused(key, false).await?;
         if let Ok(mut p) = self.shared.paused.write() {
             p.remove(key);
         }
-        let unparked = self
-            .shared
-            .store
-            .unpark_key(key, self.shared.clock.now())
-            .await?;
-        let _ = self
-            .ask(partition, |reply| Msg::KeyChanged {
-                key: key.to_string(),
-                reply,
-            })
-            .await;
-        Ok(unparked)
+        self.ask(partition, |reply| Msg::KeyChanged {
+            key: key.to_string(),
+            unpark: true,
+            reply,
+        })
+        .await
     }
 
     pub fn is_paused(&self, key: &str) -> bool {

@@ -8,11 +8,13 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use kairos_core::model::{Millis, OrderPos, Task, TaskState};
+use kairos_core::ownership::Lease;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::run::{Done, run_attempt};
-use super::window::{Window, pred};
+use super::window::Window;
 use super::{OpError, Shared};
 
 type Reply<T> = oneshot::Sender<Result<T, OpError>>;
@@ -34,15 +36,18 @@ pub(crate) enum Msg {
         extra_attempts: u32,
         reply: Reply<Task>,
     },
-    /// A key was paused, resumed or unparked: re-read its state.
+    /// A key was paused or resumed: re-read its state; with `unpark`, also release it from
+    /// dead tasks that park it (answers how many).
     KeyChanged {
         key: String,
-        reply: Reply<()>,
+        unpark: bool,
+        reply: Reply<u32>,
     },
 }
 
 pub(crate) struct PartitionActor {
     partition: u32,
+    lease: Lease,
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Msg>,
     stop: CancellationToken,
@@ -53,23 +58,24 @@ pub(crate) struct PartitionActor {
     horizon: Millis,
     /// Tasks taken from the window, waiting for a concurrency permit.
     ready: VecDeque<Task>,
-    in_flight: usize,
-    done_tx: mpsc::Sender<Done>,
-    done_rx: mpsc::Receiver<Done>,
+    /// The attempts running (aborted if the actor is dropped: a crash).
+    attempts: JoinSet<Done>,
     /// When paging failed: do not retry before this time.
     retry_load_at: Option<Millis>,
+    /// The store said this lease is stale: the partition is another node's now.
+    fenced: bool,
 }
 
 impl PartitionActor {
     pub fn new(
-        partition: u32,
+        lease: Lease,
         shared: Arc<Shared>,
         rx: mpsc::Receiver<Msg>,
         stop: CancellationToken,
     ) -> Self {
-        let (done_tx, done_rx) = mpsc::channel(shared.cfg.concurrency.max(16));
         Self {
-            partition,
+            partition: lease.partition,
+            lease,
             shared,
             rx,
             stop,
@@ -77,11 +83,22 @@ impl PartitionActor {
             cursor: OrderPos::MIN,
             horizon: Millis::MIN,
             ready: VecDeque::new(),
-            in_flight: 0,
-            done_tx,
-            done_rx,
+            attempts: JoinSet::new(),
             retry_load_at: None,
+            fenced: false,
         }
+    }
+
+    /// A task as stored, ready for the window. One found `running` is in doubt: its attempt
+    /// may still run where it started (a previous holder of the partition, or this node
+    /// before a lost answer). It keeps its key and runs again only once that attempt has
+    /// certainly hit its deadline.
+    fn adopt(&self, mut t: Task) -> Task {
+        if t.state == TaskState::Running {
+            let wait = self.shared.cfg.takeover_wait_ms;
+            t.next_at = t.next_at.max(t.updated_at.saturating_add(wait));
+        }
+        t
     }
 
     fn capacity(&self) -> usize {
@@ -114,13 +131,8 @@ impl PartitionActor {
                 let complete = tasks.len() < limit;
                 let last = tasks.last().map(Task::order);
                 let paused = self.shared.paused_snapshot();
-                let wait = self.shared.cfg.takeover_wait_ms;
-                for mut t in tasks {
-                    if self.shared.fence.is_some() && t.state == TaskState::Running {
-                        // In doubt: its attempt may still run where it started. Not before that
-                        // attempt's timeout has passed (the key waits with it).
-                        t.next_at = t.next_at.max(t.updated_at.saturating_add(wait));
-                    }
+                for t in tasks {
+                    let t = self.adopt(t);
                     self.window.insert(t, &paused);
                 }
                 self.cursor = match (complete, last) {
@@ -152,6 +164,7 @@ impl PartitionActor {
         let paused = self.shared.paused_snapshot();
         for t in tasks {
             if t.order() <= self.cursor {
+                let t = self.adopt(t);
                 self.window.insert(t, &paused);
             }
         }
@@ -174,27 +187,71 @@ impl PartitionActor {
     }
 
     fn on_done(&mut self, done: Done) {
-        self.in_flight -= 1;
         let paused = self.shared.paused_snapshot();
-        match done.result {
-            Ok(task) => self.window.finished(task, &paused),
-            Err(e) if done.dropped => {
-                // Fenced (the partition is another node's now; its revoke follows) or finished
-                // elsewhere: forget the task without paging it in again.
-                tracing::debug!(partition = self.partition, task = %done.id, error = %e, "task dropped from the window");
-                self.window.remove(&done.id, &paused);
+        match done {
+            // The attempt's end is durable (or the task was found changed in the store):
+            // the key moves on only now.
+            Done::Stored(task) => {
+                let task = self.adopt(task);
+                self.window.finished(task, &paused);
             }
-            Err(e) => {
-                // The attempt's end could not be stored: drop the task from memory; it is still
-                // pending in the store and is picked up again by a later page or a restart.
-                tracing::error!(partition = self.partition, task = %done.id, error = %e, "could not record attempt end");
-                if let Some(t) = self.window.remove(&done.id, &paused) {
-                    self.cursor = self.cursor.min(pred(t.order()));
-                }
-                self.retry_load_at = Some(self.shared.clock.now() + 1_000);
+            Done::StartFailed { id, retry_at } => {
+                // Whether the start was recorded is unknown: the task keeps its key and is
+                // claimed again (same attempt number) later; it has not run.
+                self.window.unstart_until(&id, retry_at, &paused);
+            }
+            Done::Gone { id } => {
+                tracing::debug!(partition = self.partition, task = %id, "task finished elsewhere: dropped from the window");
+                self.window.remove(&id, &paused);
+            }
+            Done::Fenced { id } => {
+                tracing::warn!(partition = self.partition, task = %id, lease = %self.lease, "the partition belongs to another node now: stopping its scheduler");
+                self.fenced = true;
             }
         }
         self.publish_window();
+    }
+
+    /// Brings the window in line with an operation's outcome. When the store's answer was
+    /// lost (the change may or may not have happened), the task is read back, retrying until
+    /// the store answers: a task moved or revived without the window knowing would run at
+    /// its old time, or sit behind the cursor while its key's later tasks ran.
+    async fn after_op(&mut self, id: &str, r: &Result<Task, OpError>) {
+        match r {
+            Ok(t) => self.place(t.clone()),
+            Err(OpError::NotOwned(_)) => self.fenced = true,
+            Err(OpError::Store(e)) if !e.is_fenced() => {
+                let mut delay: Millis = 50;
+                loop {
+                    match self.shared.store.get(id).await {
+                        Ok(Some(rec)) => {
+                            let t = self.adopt(rec.task);
+                            if self.window.is_running(id) {
+                                // Its attempt reports the task as stored when it ends.
+                            } else if t.is_pending() {
+                                self.place(t);
+                            } else {
+                                let paused = self.shared.paused_snapshot();
+                                self.window.remove(id, &paused);
+                            }
+                            return;
+                        }
+                        Ok(None) => return,
+                        Err(e) if e.is_fenced() => {
+                            self.fenced = true;
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(partition = self.partition, task = %id, error = %e, "outcome of an operation unknown; reading the task back");
+                            let now = self.shared.clock.now();
+                            self.shared.clock.sleep_until(now + delay).await;
+                            delay = (delay * 2).min(5_000);
+                        }
+                    }
+                }
+            }
+            Err(_) => {}
+        }
     }
 
     async fn on_msg(&mut self, msg: Msg) {
@@ -216,7 +273,10 @@ impl PartitionActor {
                                 "task {id} is dead (finished); use retry to run it again"
                             )))
                         }
-                        Ok(_) => store.cancel(&id, now).await.map_err(OpError::from),
+                        Ok(_) => store
+                            .cancel(&self.lease, &id, now)
+                            .await
+                            .map_err(OpError::from),
                         Err(e) => Err(e.into()),
                     }
                 };
@@ -234,13 +294,11 @@ impl PartitionActor {
                     )))
                 } else {
                     store
-                        .reschedule(&id, run_at, now)
+                        .reschedule(&self.lease, &id, run_at, now)
                         .await
                         .map_err(OpError::from)
                 };
-                if let Ok(t) = &r {
-                    self.place(t.clone());
-                }
+                self.after_op(&id, &r).await;
                 let _ = reply.send(r);
             }
             Msg::RetryDead {
@@ -249,15 +307,24 @@ impl PartitionActor {
                 reply,
             } => {
                 let r = store
-                    .retry_dead(&id, extra_attempts, now)
+                    .retry_dead(&self.lease, &id, extra_attempts, now)
                     .await
                     .map_err(OpError::from);
-                if let Ok(t) = &r {
-                    self.place(t.clone());
-                }
+                self.after_op(&id, &r).await;
                 let _ = reply.send(r);
             }
-            Msg::KeyChanged { key, reply } => {
+            Msg::KeyChanged { key, unpark, reply } => {
+                let unparked = if unpark {
+                    match store.unpark_key(&self.lease, &key, now).await {
+                        Ok(n) => n,
+                        Err(e) => {
+                            let _ = reply.send(Err(e.into()));
+                            return;
+                        }
+                    }
+                } else {
+                    0
+                };
                 let paused = self.shared.paused_snapshot();
                 if paused.contains(&key) {
                     self.window.disarm(&key);
@@ -274,7 +341,7 @@ impl PartitionActor {
                     self.window.rearm(&key, &paused);
                 }
                 self.publish_window();
-                let _ = reply.send(Ok(()));
+                let _ = reply.send(Ok(unparked));
             }
         }
     }
@@ -288,19 +355,22 @@ impl PartitionActor {
             let Some(task) = self.ready.pop_front() else {
                 break;
             };
-            self.in_flight += 1;
-            tokio::spawn(run_attempt(
-                self.shared.clone(),
-                task,
-                permit,
-                self.done_tx.clone(),
-            ));
+            self.spawn_attempt(task, permit);
         }
+    }
+
+    fn spawn_attempt(&mut self, task: Task, permit: tokio::sync::OwnedSemaphorePermit) {
+        self.attempts
+            .spawn(run_attempt(self.shared.clone(), self.lease, task, permit));
     }
 
     pub async fn run(mut self) {
         let mut stopping = false;
         loop {
+            if self.fenced && !stopping {
+                stopping = true;
+                self.unstart_ready();
+            }
             let now = self.shared.clock.now();
             if !stopping && self.wants_page(now) {
                 self.page(now).await;
@@ -311,7 +381,7 @@ impl PartitionActor {
                 self.ready.extend(due);
                 self.start_ready();
             }
-            if stopping && self.in_flight == 0 {
+            if stopping && self.attempts.is_empty() {
                 break;
             }
             let wake = match (self.window.next_timer(), stopping) {
@@ -330,26 +400,36 @@ impl PartitionActor {
                 biased;
                 _ = self.stop.cancelled(), if !stopping => {
                     stopping = true;
-                    // Tasks that were about to start stay pending in the store.
-                    let paused = self.shared.paused_snapshot();
-                    for t in self.ready.drain(..) {
-                        self.window.unstart(&t.id, &paused);
-                    }
+                    self.unstart_ready();
                 }
-                Some(done) = self.done_rx.recv() => self.on_done(done),
+                Some(joined) = self.attempts.join_next(), if !self.attempts.is_empty() => match joined {
+                    Ok(done) => self.on_done(done),
+                    Err(e) => {
+                        // A panicking attempt: its task's state in the store is unknown, so
+                        // its key stays held until the partition is loaded again.
+                        tracing::error!(partition = self.partition, error = %e, "attempt task failed");
+                    }
+                },
                 msg = self.rx.recv(), if !stopping => match msg {
                     Some(m) => self.on_msg(m).await,
                     None => stopping = true,
                 },
                 permit = permits.acquire_owned(), if need_permit => {
                     if let (Ok(permit), Some(task)) = (permit, self.ready.pop_front()) {
-                        self.in_flight += 1;
-                        tokio::spawn(run_attempt(self.shared.clone(), task, permit, self.done_tx.clone()));
+                        self.spawn_attempt(task, permit);
                     }
                 }
                 _ = sleep, if wake.is_some() => {}
             }
         }
         tracing::debug!(partition = self.partition, "partition drained and stopped");
+    }
+
+    /// Tasks that were about to start stay pending in the store.
+    fn unstart_ready(&mut self) {
+        let paused = self.shared.paused_snapshot();
+        for t in self.ready.drain(..) {
+            self.window.unstart(&t.id, &paused);
+        }
     }
 }

@@ -1,0 +1,262 @@
+//! The invariants, checked as the simulation runs (at every attempt start), and the event
+//! trace a failure prints.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use kairos_core::clock::Clock;
+use kairos_core::mem::MemStore;
+use kairos_core::model::{Millis, Task, TaskState};
+
+use super::world::TAKEOVER_WAIT_MS;
+
+/// An attempt running now.
+struct Live {
+    node: usize,
+    id: String,
+    key: String,
+    attempt: u32,
+    started: Millis,
+}
+
+#[derive(Default)]
+struct State {
+    next_token: u64,
+    live: BTreeMap<u64, Live>,
+    /// Cancels acknowledged (200), with their time.
+    cancelled: BTreeMap<String, Millis>,
+    /// Dead tasks sent back by an operator, with the time (they keep their old position).
+    retried: BTreeMap<String, Millis>,
+    /// Tasks acknowledged to clients.
+    acked: BTreeSet<String>,
+    /// When each task's first attempt started.
+    first_start: BTreeMap<String, Millis>,
+    violations: Vec<String>,
+    trace: Vec<(Millis, String, String)>,
+}
+
+pub struct Oracle {
+    pub store: Arc<MemStore>,
+    pub clock: Arc<dyn Clock>,
+    state: Mutex<State>,
+}
+
+impl Oracle {
+    pub fn new(store: Arc<MemStore>, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            store,
+            clock,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        match self.state.lock() {
+            Ok(mut s) => f(&mut s),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+
+    /// Records an event of `key` (the trace a failure prints).
+    pub fn event(&self, key: &str, what: String) {
+        let now = self.clock.now();
+        self.with(|s| s.trace.push((now, key.to_owned(), what)));
+    }
+
+    pub fn acked(&self, t: &Task) {
+        self.event(
+            &t.key,
+            format!("enqueued {} due {} seq {}", t.id, t.due_at, t.seq),
+        );
+        self.with(|s| s.acked.insert(t.id.clone()));
+    }
+
+    pub fn cancelled(&self, t: &Task) {
+        let now = self.clock.now();
+        self.event(&t.key, format!("cancel of {} acknowledged", t.id));
+        self.with(|s| s.cancelled.insert(t.id.clone(), now));
+    }
+
+    pub fn retried(&self, t: &Task) {
+        let now = self.clock.now();
+        self.event(&t.key, format!("dead {} retried by an operator", t.id));
+        self.with(|s| s.retried.insert(t.id.clone(), now));
+    }
+
+    fn violation(&self, key: &str, what: String) {
+        self.event(key, format!("VIOLATION: {what}"));
+        self.with(|s| s.violations.push(format!("key {key}: {what}")));
+    }
+
+    /// Checks the invariants at the start of an attempt; returns a token for its end.
+    pub fn attempt_started(&self, node: usize, task: &Task, attempt: u32) -> u64 {
+        let now = self.clock.now();
+        let id = task.id.as_str();
+        self.event(
+            &task.key,
+            format!("node {node} runs {id} attempt {attempt}"),
+        );
+        // The start is durable before the attempt runs (so max_attempts holds across crashes).
+        let stored = self.store.snapshot_task(id);
+        match &stored {
+            Some(t) if t.state == TaskState::Running && t.attempts == attempt => {}
+            other => self.violation(
+                &task.key,
+                format!(
+                    "{id} attempt {attempt} runs but the store holds {:?}",
+                    other.as_ref().map(|t| (t.state, t.attempts))
+                ),
+            ),
+        }
+        let Some(stored) = stored else {
+            return self.register(node, task, attempt, now);
+        };
+        if attempt > stored.max_attempts {
+            self.violation(
+                &task.key,
+                format!("{id} attempt {attempt} of at most {}", stored.max_attempts),
+            );
+        }
+        if now < stored.due_at || now < task.next_at {
+            self.violation(
+                &task.key,
+                format!(
+                    "{id} starts at {now}, before it is due ({} / next {})",
+                    stored.due_at, task.next_at
+                ),
+            );
+        }
+        if let Some(at) = self.with(|s| s.cancelled.get(id).copied()) {
+            self.violation(
+                &task.key,
+                format!("{id} starts although its cancel was acknowledged at {at}"),
+            );
+        }
+        // Per key, in (due, seq) order: nothing of the key that comes first is still pending
+        // (except a dead task an operator sent back after this one first started: this one
+        // holds the key through its retries).
+        let first_start = self.with(|s| *s.first_start.entry(stored.id.clone()).or_insert(now));
+        for u in self.store.tasks_of_key(&task.key) {
+            if u.id == stored.id || !u.is_pending() || u.order() >= stored.order() {
+                continue;
+            }
+            let retried_later =
+                self.with(|s| s.retried.get(&u.id).is_some_and(|at| *at >= first_start));
+            if !retried_later {
+                self.violation(
+                    &task.key,
+                    format!(
+                        "{id} (due {}, seq {}) starts while {} (due {}, seq {}) is still {} (attempts {}, updated {})",
+                        stored.due_at,
+                        stored.seq,
+                        u.id,
+                        u.due_at,
+                        u.seq,
+                        u.state.as_str(),
+                        u.attempts,
+                        u.updated_at - super::world::T0,
+                    ),
+                );
+            }
+        }
+        // One attempt per key at a time, anywhere; except an orphan that outlived its
+        // deadline, once `takeover_wait_ms` has passed since it started.
+        let overlapping: Vec<String> = self.with(|s| {
+            s.live
+                .values()
+                .filter(|l| l.key == task.key && now - l.started < TAKEOVER_WAIT_MS)
+                .map(|l| {
+                    format!(
+                        "{} attempt {} on node {} since {}",
+                        l.id, l.attempt, l.node, l.started
+                    )
+                })
+                .collect()
+        });
+        for o in overlapping {
+            self.violation(
+                &task.key,
+                format!("{id} attempt {attempt} starts while {o} runs"),
+            );
+        }
+        self.register(node, task, attempt, now)
+    }
+
+    fn register(&self, node: usize, task: &Task, attempt: u32, now: Millis) -> u64 {
+        self.with(|s| {
+            s.next_token += 1;
+            s.live.insert(
+                s.next_token,
+                Live {
+                    node,
+                    id: task.id.clone(),
+                    key: task.key.clone(),
+                    attempt,
+                    started: now,
+                },
+            );
+            s.next_token
+        })
+    }
+
+    pub fn attempt_ended(&self, token: u64) {
+        self.with(|s| s.live.remove(&token));
+    }
+
+    /// A node crashed: its attempts stopped with it.
+    pub fn crashed(&self, node: usize) {
+        self.with(|s| s.live.retain(|_, l| l.node != node));
+    }
+
+    /// Liveness: every acknowledged task is final (succeeded, cancelled, or dead and not
+    /// parking its key). Returns the ones that are not.
+    pub fn unfinished(&self) -> Vec<Task> {
+        let acked = self.with(|s| s.acked.clone());
+        acked
+            .iter()
+            .filter_map(|id| self.store.snapshot_task(id))
+            .filter(|t| t.is_pending())
+            .collect()
+    }
+
+    pub fn report_unfinished(&self, tasks: &[Task]) {
+        for t in tasks {
+            self.violation(
+                &t.key,
+                format!(
+                    "{} never finished after the faults stopped: {} (attempts {}, next_at {})",
+                    t.id,
+                    t.state.as_str(),
+                    t.attempts,
+                    t.next_at
+                ),
+            );
+        }
+    }
+
+    pub fn violations(&self) -> Vec<String> {
+        self.with(|s| s.violations.clone())
+    }
+
+    /// The trace of one key, one event per line.
+    pub fn trace_of(&self, key: &str) -> String {
+        self.with(|s| {
+            s.trace
+                .iter()
+                .filter(|(_, k, _)| k == key)
+                .map(|(at, _, what)| format!("  {:>8} ms  {what}", at - super::world::T0))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+
+    /// A digest of the whole trace (two runs of one seed must agree).
+    pub fn trace_digest(&self) -> String {
+        self.with(|s| {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            s.trace.hash(&mut h);
+            format!("{:016x}/{}", h.finish(), s.trace.len())
+        })
+    }
+}

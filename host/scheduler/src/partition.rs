@@ -192,7 +192,7 @@ impl PartitionActor {
             // The attempt's end is durable (or the task was found changed in the store):
             // the key moves on only now.
             Done::Stored(task) => {
-                let task = self.adopt(task);
+                let task = self.adopt(*task);
                 self.window.finished(task, &paused);
             }
             Done::StartFailed { id, retry_at } => {
@@ -306,10 +306,15 @@ impl PartitionActor {
                 extra_attempts,
                 reply,
             } => {
-                let r = store
-                    .retry_dead(&self.lease, &id, extra_attempts, now)
-                    .await
-                    .map_err(OpError::from);
+                let r = if self.window.is_running(&id) {
+                    // Its attempt's end is still being recorded.
+                    Err(OpError::Conflict(format!("task {id} is running")))
+                } else {
+                    store
+                        .retry_dead(&self.lease, &id, extra_attempts, now)
+                        .await
+                        .map_err(OpError::from)
+                };
                 self.after_op(&id, &r).await;
                 let _ = reply.send(r);
             }

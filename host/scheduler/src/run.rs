@@ -16,7 +16,7 @@ use super::{ExecOutcome, ExecResult, Shared};
 pub(crate) enum Done {
     /// The task as stored now: after this attempt's end was recorded, or as found in the
     /// store when the attempt could not start.
-    Stored(Task),
+    Stored(Box<Task>),
     /// The start could not be recorded, or its outcome is unknown. The attempt did not run.
     StartFailed { id: String, retry_at: Millis },
     /// The task is finished (or gone) in the store: it leaves the window.
@@ -165,7 +165,7 @@ async fn start_failed(shared: &Shared, lease: &Lease, task: Task, e: StoreError)
             // as stored.
             tracing::debug!(task = %id, error = %msg, "start refused; reloading the task");
             match shared.store.get(&id).await {
-                Ok(Some(rec)) if rec.task.is_pending() => Done::Stored(rec.task),
+                Ok(Some(rec)) if rec.task.is_pending() => Done::Stored(Box::new(rec.task)),
                 Ok(_) => Done::Gone { id },
                 Err(_) => Done::StartFailed {
                     retry_at: shared.clock.now() + 1_000,
@@ -202,7 +202,7 @@ async fn record_end(
             .finish_attempt(lease, id, record.clone(), transition.clone(), at)
             .await;
         let err = match res {
-            Ok(t) => return Done::Stored(t),
+            Ok(t) => return Done::Stored(Box::new(t)),
             Err(StoreError::Fenced { .. }) => {
                 tracing::warn!(task = %id, %lease, "attempt result discarded: the partition belongs to another node now");
                 return Done::Fenced { id: id.to_owned() };
@@ -215,7 +215,7 @@ async fn record_end(
                     Ok(Some(rec))
                         if rec.task.state != TaskState::Running || rec.task.attempts != number =>
                     {
-                        return Done::Stored(rec.task);
+                        return Done::Stored(Box::new(rec.task));
                     }
                     Ok(None) => return Done::Gone { id: id.to_owned() },
                     Ok(Some(_)) => StoreError::Conflict(msg),

@@ -1,7 +1,7 @@
 //! The invariants, checked as the simulation runs (at every attempt start), and the event
 //! trace a failure prints.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use kairos_core::clock::Clock;
@@ -28,7 +28,7 @@ struct State {
     /// Dead tasks sent back by an operator, with the time (they keep their old position).
     retried: BTreeMap<String, Millis>,
     /// Tasks acknowledged to clients.
-    acked: BTreeSet<String>,
+    acked: BTreeMap<String, Millis>,
     /// When each task's first attempt started.
     first_start: BTreeMap<String, Millis>,
     violations: Vec<String>,
@@ -68,7 +68,10 @@ impl Oracle {
             &t.key,
             format!("enqueued {} due {} seq {}", t.id, t.due_at, t.seq),
         );
-        self.with(|s| s.acked.insert(t.id.clone()));
+        let now = self.clock.now();
+        self.with(|s| {
+            s.acked.entry(t.id.clone()).or_insert(now);
+        });
     }
 
     pub fn cancelled(&self, t: &Task) {
@@ -213,7 +216,7 @@ impl Oracle {
     pub fn unfinished(&self) -> Vec<Task> {
         let acked = self.with(|s| s.acked.clone());
         acked
-            .iter()
+            .keys()
             .filter_map(|id| self.store.snapshot_task(id))
             .filter(|t| t.is_pending())
             .collect()

@@ -226,6 +226,8 @@ impl CassandraStore {
                 return Err(conflict(old, "reschedule"));
             }
             let mut t = old.clone();
+            // It takes its new position as a scheduled task: a retrying one no longer holds its key.
+            t.state = TaskState::Scheduled;
             t.due_at = run_at;
             t.next_at = run_at;
             t.updated_at = at;

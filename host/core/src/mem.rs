@@ -364,6 +364,8 @@ impl Inner {
         if !matches!(t.state, TaskState::Scheduled | TaskState::Retrying) {
             return Err(conflict(&t, "reschedule"));
         }
+        // It takes its new position as a scheduled task: a retrying one no longer holds its key.
+        t.state = TaskState::Scheduled;
         t.due_at = run_at;
         t.next_at = run_at;
         t.updated_at = at;

@@ -139,8 +139,9 @@ pub trait TaskStore: Send + Sync + 'static {
         at: Millis,
     ) -> StoreResult<Task>;
 
-    /// Move a `scheduled` or `retrying` task: `due_at = next_at = run_at` (it takes its new
-    /// ordering position). `Conflict` for any other state.
+    /// Move a `scheduled` or `retrying` task: `due_at = next_at = run_at`, state `scheduled`
+    /// (it takes its new ordering position; a retrying task no longer holds its key; its
+    /// attempt count stays). `Conflict` for any other state.
     async fn reschedule(
         &self,
         lease: &Lease,

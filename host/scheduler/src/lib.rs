@@ -130,6 +130,22 @@ pub(crate) struct Shared {
     pub paused: RwLock<HashSet<String>>,
     pub cfg: SchedulerConfig,
     pub rng: StdMutex<StdRng>,
+    /// Every actor and attempt task started, so a crash (or drop) stops them all at once.
+    pub tasks: StdMutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Shared {
+    /// Tracks a task for [`Scheduler::crash`].
+    pub fn track(&self, h: tokio::task::AbortHandle) {
+        let mut t = match self.tasks.lock() {
+            Ok(t) => t,
+            Err(p) => p.into_inner(),
+        };
+        if t.len() >= 1_024 {
+            t.retain(|h| !h.is_finished());
+        }
+        t.push(h);
+    }
 }
 
 impl Shared {
@@ -150,9 +166,6 @@ struct PartitionHandle {
 pub struct Scheduler {
     shared: Arc<Shared>,
     partitions: Mutex<BTreeMap<u32, PartitionHandle>>,
-    /// Every actor started (including those that outlived a revoke's grace period and finish
-    /// in the background), so a crash or drop can stop them all.
-    actors: StdMutex<Vec<tokio::task::AbortHandle>>,
 }
 
 impl Drop for Scheduler {
@@ -184,11 +197,11 @@ impl Scheduler {
             paused: RwLock::new(paused),
             cfg,
             rng: StdMutex::new(rng),
+            tasks: StdMutex::new(Vec::new()),
         });
         Ok(Arc::new(Self {
             shared,
             partitions: Mutex::new(BTreeMap::new()),
-            actors: StdMutex::new(Vec::new()),
         }))
     }
 
@@ -223,10 +236,7 @@ impl Scheduler {
         let stop = CancellationToken::new();
         let actor = PartitionActor::new(lease, self.shared.clone(), rx, stop.clone());
         let join = tokio::spawn(actor.run());
-        if let Ok(mut a) = self.actors.lock() {
-            a.retain(|h| !h.is_finished());
-            a.push(join.abort_handle());
-        }
+        self.shared.track(join.abort_handle());
         parts.insert(
             partition,
             PartitionHandle {
@@ -242,7 +252,7 @@ impl Scheduler {
     /// aborted at its next await point, nothing is drained or recorded. The deterministic
     /// simulation crashes nodes with it; a node stops with [`Scheduler::shutdown`].
     pub fn crash(&self) {
-        let actors = match self.actors.lock() {
+        let actors = match self.shared.tasks.lock() {
             Ok(mut a) => std::mem::take(&mut *a),
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
         };

@@ -131,9 +131,24 @@ impl PartitionActor {
                 let complete = tasks.len() < limit;
                 let last = tasks.last().map(Task::order);
                 let paused = self.shared.paused_snapshot();
+                // A task an operator moved or revived (its record changed since it was
+                // created, yet it never started or waits again) may come before the task
+                // holding its key, which may lie beyond this page: fetch that holder too.
+                let mut check: Vec<String> = Vec::new();
                 for t in tasks {
+                    if !complete
+                        && t.state == TaskState::Scheduled
+                        && t.updated_at != t.created_at
+                        && !self.window.key_is_held(&t.key)
+                        && !check.contains(&t.key)
+                    {
+                        check.push(t.key.clone());
+                    }
                     let t = self.adopt(t);
                     self.window.insert(t, &paused);
+                }
+                for key in check {
+                    self.load_key_holder(&key).await;
                 }
                 self.cursor = match (complete, last) {
                     (false, Some(pos)) => pos,
@@ -177,6 +192,42 @@ impl PartitionActor {
     }
 
     /// Puts a task whose state changed (by an operation) back where it belongs.
+    /// A task moved or revived by an operator may now come before the task holding its key
+    /// (running, in doubt, retrying or parked), which can lie beyond the window's cursor. That
+    /// holder is brought into the window first, so the key stays held. Retried until the
+    /// store answers (operations are rare).
+    async fn load_key_holder(&mut self, key: &str) {
+        let filter = kairos_core::model::ListFilter {
+            key: Some(key.to_owned()),
+            state: None,
+            limit: 1_000,
+        };
+        let mut delay: Millis = 50;
+        let tasks = loop {
+            match self.shared.store.list(&filter).await {
+                Ok(t) => break t,
+                Err(e) => {
+                    tracing::warn!(partition = self.partition, %key, error = %e, "cannot read the key's tasks yet; retrying");
+                    let now = self.shared.clock.now();
+                    self.shared.clock.sleep_until(now + delay).await;
+                    delay = (delay * 2).min(5_000);
+                }
+            }
+        };
+        let paused = self.shared.paused_snapshot();
+        for t in tasks {
+            let holds = match t.state {
+                TaskState::Running | TaskState::Retrying => true,
+                TaskState::Dead => t.park_on_dead,
+                _ => false,
+            };
+            if holds && t.partition == self.partition {
+                let t = self.adopt(t);
+                self.window.insert(t, &paused);
+            }
+        }
+    }
+
     fn place(&mut self, task: Task) {
         let paused = self.shared.paused_snapshot();
         self.window.remove(&task.id, &paused);
@@ -218,7 +269,10 @@ impl PartitionActor {
     /// its old time, or sit behind the cursor while its key's later tasks ran.
     async fn after_op(&mut self, id: &str, r: &Result<Task, OpError>) {
         match r {
-            Ok(t) => self.place(t.clone()),
+            Ok(t) => {
+                self.load_key_holder(&t.key).await;
+                self.place(t.clone());
+            }
             Err(OpError::NotOwned(_)) => self.fenced = true,
             Err(OpError::Store(e)) if !e.is_fenced() => {
                 let mut delay: Millis = 50;
@@ -365,8 +419,10 @@ impl PartitionActor {
     }
 
     fn spawn_attempt(&mut self, task: Task, permit: tokio::sync::OwnedSemaphorePermit) {
-        self.attempts
+        let h = self
+            .attempts
             .spawn(run_attempt(self.shared.clone(), self.lease, task, permit));
+        self.shared.track(h);
     }
 
     pub async fn run(mut self) {
@@ -382,24 +438,49 @@ impl PartitionActor {
                 continue;
             }
             if !stopping {
-                let due = self.window.take_due(now, 4_096);
-                self.ready.extend(due);
+                // Messages that queued up while this actor awaited the store (a page, an
+                // operation) come first: a task delivered meanwhile may come before one due.
+                while let Ok(m) = self.rx.try_recv() {
+                    self.on_msg(m).await;
+                }
+            }
+            let now = self.shared.clock.now();
+            if !stopping {
+                // Only as many as there are free run slots: a task taken from the window holds
+                // its key, and one waiting for a slot could not give way to an earlier task of
+                // its key that arrives meanwhile (a retried dead task, a rescheduled one).
+                let free = self.shared.permits.available_permits().min(4_096);
+                if self.ready.is_empty() && free > 0 {
+                    let due = self.window.take_due(now, free);
+                    self.ready.extend(due);
+                }
                 self.start_ready();
             }
             if stopping && self.attempts.is_empty() {
                 break;
             }
+            // Due tasks but no free run slot: wait for a slot, not for the (past) timer.
+            let due_waiting = !stopping
+                && self.ready.is_empty()
+                && self.window.next_timer().is_some_and(|t| t <= now);
             let wake = match (self.window.next_timer(), stopping) {
                 (_, true) => None,
                 (t, false) => {
-                    let page_at = self
-                        .retry_load_at
-                        .unwrap_or(self.horizon - self.shared.cfg.horizon_ms / 2);
-                    Some(t.map_or(page_at, |t| t.min(page_at)))
+                    // A failed page is retried at `retry_load_at`; once that has passed it no
+                    // longer sets a wake-up (waking at a past time would spin the loop while
+                    // the window is too full to page).
+                    let page_at = match self.retry_load_at {
+                        Some(t) if t > now => t,
+                        _ => self.horizon - self.shared.cfg.horizon_ms / 2,
+                    };
+                    match t {
+                        Some(t) if !due_waiting => Some(t.min(page_at)),
+                        _ => Some(page_at),
+                    }
                 }
             };
             let sleep = self.shared.clock.sleep_until(wake.unwrap_or(Millis::MAX));
-            let need_permit = !stopping && !self.ready.is_empty();
+            let need_permit = !stopping && (!self.ready.is_empty() || due_waiting);
             let permits = self.shared.permits.clone();
             tokio::select! {
                 biased;
@@ -420,8 +501,14 @@ impl PartitionActor {
                     None => stopping = true,
                 },
                 permit = permits.acquire_owned(), if need_permit => {
-                    if let (Ok(permit), Some(task)) = (permit, self.ready.pop_front()) {
-                        self.spawn_attempt(task, permit);
+                    if let Ok(permit) = permit {
+                        let next = match self.ready.pop_front() {
+                            Some(t) => Some(t),
+                            None => self.window.take_due(self.shared.clock.now(), 1).pop(),
+                        };
+                        if let Some(task) = next {
+                            self.spawn_attempt(task, permit);
+                        }
                     }
                 }
                 _ = sleep, if wake.is_some() => {}

@@ -224,6 +224,11 @@ impl Window {
         earliest.map(pred)
     }
 
+    /// Whether a task of `key` holds it (running, retrying, in doubt or parked).
+    pub fn key_is_held(&self, key: &str) -> bool {
+        self.keys.get(key).is_some_and(|k| k.active.is_some())
+    }
+
     /// Tasks of `key` in the window (for unpark).
     pub fn ids_of_key(&self, key: &str) -> Vec<String> {
         self.keys

@@ -293,15 +293,16 @@ pub async fn reschedule_moves_the_ordering_position<S: TaskStore>(s: S) {
     };
     assert_eq!(ids(&s.list(&by_key).await.expect("list")), order);
 
-    // A retrying task can be moved too (earlier this time).
+    // A retrying task can be moved too (earlier this time): it takes its new position as a
+    // scheduled task (it no longer holds its key), keeping its attempt count.
     run_attempt(&s, &t[2].id, retry(T0 + 99_000, "x")).await;
     let r = s
         .reschedule(&lease_for(&s, &t[2].id).await, &t[2].id, T0 - 5, T0)
         .await
         .expect("reschedule");
     assert_eq!(
-        (r.due_at, r.next_at, r.state),
-        (T0 - 5, T0 - 5, TaskState::Retrying)
+        (r.due_at, r.next_at, r.state, r.attempts),
+        (T0 - 5, T0 - 5, TaskState::Scheduled, 1)
     );
     assert_eq!(window(&s, 0).await[0].id, t[2].id);
 

@@ -310,6 +310,8 @@ impl<'t> WriteTables<'t> {
             return Err(conflict(&t, "reschedule"));
         }
         let before = Before::of(&t);
+        // It takes its new position as a scheduled task: a retrying one no longer holds its key.
+        t.state = TaskState::Scheduled;
         t.due_at = run_at;
         t.next_at = run_at;
         t.updated_at = at;

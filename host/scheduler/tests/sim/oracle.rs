@@ -25,11 +25,12 @@ struct State {
     live: BTreeMap<u64, Live>,
     /// Cancels acknowledged (200), with their time.
     cancelled: BTreeMap<String, Millis>,
-    /// Dead tasks sent back by an operator, with the time (they keep their old position).
+    /// Tasks an operator sent back (retry of a dead task) or moved (reschedule), with the
+    /// time the store applied it.
     retried: BTreeMap<String, Millis>,
     /// Tasks acknowledged to clients.
     acked: BTreeMap<String, Millis>,
-    /// When each task's first attempt started.
+    /// When each task's start was first issued.
     first_start: BTreeMap<String, Millis>,
     violations: Vec<String>,
     trace: Vec<(Millis, String, String)>,
@@ -63,6 +64,14 @@ impl Oracle {
         self.with(|s| s.trace.push((now, key.to_owned(), what)));
     }
 
+    /// A start was issued (whatever came of it): from here on the task holds its key.
+    /// `at` is when the scheduler issued the claim (the store may apply it later).
+    pub fn claimed(&self, id: &str, at: Millis) {
+        self.with(|s| {
+            s.first_start.entry(id.to_owned()).or_insert(at);
+        });
+    }
+
     pub fn acked(&self, t: &Task) {
         self.event(
             &t.key,
@@ -80,10 +89,11 @@ impl Oracle {
         self.with(|s| s.cancelled.insert(t.id.clone(), now));
     }
 
-    pub fn retried(&self, t: &Task) {
+    /// The store sent a dead task back (an operator's retry: it keeps its old position) or
+    /// moved a task (a reschedule), whether or not the operator heard so.
+    pub fn retried(&self, id: &str) {
         let now = self.clock.now();
-        self.event(&t.key, format!("dead {} retried by an operator", t.id));
-        self.with(|s| s.retried.insert(t.id.clone(), now));
+        self.with(|s| s.retried.insert(id.to_owned(), now));
     }
 
     fn violation(&self, key: &str, what: String) {
@@ -135,17 +145,21 @@ impl Oracle {
                 format!("{id} starts although its cancel was acknowledged at {at}"),
             );
         }
-        // Per key, in (due, seq) order: nothing of the key that comes first is still pending
-        // (except a dead task an operator sent back after this one first started: this one
-        // holds the key through its retries).
+        // Per key, in (due, seq) order: nothing of the key that comes first is still pending.
+        // Measured from when the scheduler committed to this task (its first claim): it
+        // holds the key through its retries.
         let first_start = self.with(|s| *s.first_start.entry(stored.id.clone()).or_insert(now));
         for u in self.store.tasks_of_key(&task.key) {
             if u.id == stored.id || !u.is_pending() || u.order() >= stored.order() {
                 continue;
             }
-            let retried_later =
-                self.with(|s| s.retried.get(&u.id).is_some_and(|at| *at >= first_start));
-            if !retried_later {
+            // A task sent back or moved by an operator, or acknowledged, only after this one
+            // was claimed could not be known to it.
+            let excused = self.with(|s| {
+                s.retried.get(&u.id).is_some_and(|at| *at >= first_start)
+                    || s.acked.get(&u.id).is_none_or(|at| *at > first_start)
+            });
+            if !excused {
                 self.violation(
                     &task.key,
                     format!(

@@ -78,6 +78,8 @@ pub struct FaultyStore {
     pub inner: Arc<MemStore>,
     pub rng: Rand,
     pub faults: Arc<Faults>,
+    /// Where task-changing calls are traced (set once the oracle exists).
+    pub oracle: std::sync::OnceLock<Arc<Oracle>>,
 }
 
 enum Fault {
@@ -117,6 +119,54 @@ impl FaultyStore {
             Fault::None => f.await,
         }
     }
+
+    /// A task-changing call, traced on the task's key with its outcome.
+    async fn traced<T>(
+        &self,
+        id: &str,
+        what: String,
+        f: impl std::future::Future<Output = StoreResult<T>>,
+    ) -> StoreResult<T> {
+        let fault = self.pre().await;
+        let (r, how) = match fault {
+            Fault::Before => (
+                Err(StoreError::Unavailable("sim: request failed".into())),
+                "failed before".to_string(),
+            ),
+            Fault::After => {
+                let r = f.await;
+                let how = match &r {
+                    Ok(_) => "applied, answer lost".to_string(),
+                    Err(e) => format!("refused ({e}), answer lost"),
+                };
+                (
+                    Err(StoreError::Unavailable(
+                        "sim: answer lost (timed out)".into(),
+                    )),
+                    how,
+                )
+            }
+            Fault::None => {
+                let r = f.await;
+                let how = match &r {
+                    Ok(_) => "ok".to_string(),
+                    Err(e) => format!("refused: {e}"),
+                };
+                (r, how)
+            }
+        };
+        if let (Some(o), Some(t)) = (self.oracle.get(), self.inner.snapshot_task(id)) {
+            o.event(
+                &t.key,
+                format!(
+                    "store {what} -> {how} (now {} #{})",
+                    t.state.as_str(),
+                    t.attempts
+                ),
+            );
+        }
+        r
+    }
 }
 
 #[async_trait]
@@ -141,7 +191,14 @@ impl TaskStore for FaultyStore {
         self.call(self.inner.lease_holder(p)).await
     }
     async fn start_attempt(&self, l: &Lease, id: &str, n: u32, at: Millis) -> StoreResult<Task> {
-        self.call(self.inner.start_attempt(l, id, n, at)).await
+        let what = format!("start {id} #{n} e{}", l.epoch);
+        // The scheduler committed to the task when it issued the claim: until its outcome is
+        // known the task holds its key, whether or not the store applied it.
+        if let Some(o) = self.oracle.get() {
+            o.claimed(id, at);
+        }
+        let claim = self.inner.start_attempt(l, id, n, at);
+        self.traced(id, what, claim).await
     }
     async fn finish_attempt(
         &self,
@@ -151,7 +208,9 @@ impl TaskStore for FaultyStore {
         t: Transition,
         at: Millis,
     ) -> StoreResult<Task> {
-        self.call(self.inner.finish_attempt(l, id, a, t, at)).await
+        let what = format!("finish {id} #{} {:?} e{}", a.number, a.outcome, l.epoch);
+        self.traced(id, what, self.inner.finish_attempt(l, id, a, t, at))
+            .await
     }
     async fn get(&self, id: &str) -> StoreResult<Option<TaskRecord>> {
         self.call(self.inner.get(id)).await
@@ -163,13 +222,34 @@ impl TaskStore for FaultyStore {
         self.call(self.inner.list(f)).await
     }
     async fn cancel(&self, l: &Lease, id: &str, at: Millis) -> StoreResult<Task> {
-        self.call(self.inner.cancel(l, id, at)).await
+        let what = format!("cancel {id} e{}", l.epoch);
+        self.traced(id, what, self.inner.cancel(l, id, at)).await
     }
     async fn retry_dead(&self, l: &Lease, id: &str, n: u32, at: Millis) -> StoreResult<Task> {
-        self.call(self.inner.retry_dead(l, id, n, at)).await
+        let what = format!("retry_dead {id} e{}", l.epoch);
+        let retry = async {
+            let r = self.inner.retry_dead(l, id, n, at).await;
+            if r.is_ok()
+                && let Some(o) = self.oracle.get()
+            {
+                o.retried(id);
+            }
+            r
+        };
+        self.traced(id, what, retry).await
     }
     async fn reschedule(&self, l: &Lease, id: &str, to: Millis, at: Millis) -> StoreResult<Task> {
-        self.call(self.inner.reschedule(l, id, to, at)).await
+        let what = format!("reschedule {id} to {} e{}", to - T0, l.epoch);
+        let moved = async {
+            let r = self.inner.reschedule(l, id, to, at).await;
+            if r.is_ok()
+                && let Some(o) = self.oracle.get()
+            {
+                o.retried(id);
+            }
+            r
+        };
+        self.traced(id, what, moved).await
     }
     async fn unpark_key(&self, l: &Lease, key: &str, at: Millis) -> StoreResult<u32> {
         self.call(self.inner.unpark_key(l, key, at)).await

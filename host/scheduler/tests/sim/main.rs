@@ -348,7 +348,7 @@ impl Sim {
         loop {
             // An operator resumes every key now and then: a task that dies parking its key
             // (also one whose interrupted last attempt is found on takeover) waits for that.
-            if rounds % 10 == 0 {
+            if rounds.is_multiple_of(10) {
                 for k in 0..KEYS {
                     let key = format!("k{k}");
                     let p = partition_for(&key, PARTITIONS);

@@ -1,5 +1,6 @@
 //! Command-line interface: `serve`, the plugin author's loop (`plugin list|run`), the client
-//! commands (`task …`, `schedule …`) that talk to a running server, and `bench`.
+//! commands (`task …`, `schedule …`) that talk to a running server. (Benchmarks are the
+//! separate `kairos-bench` binary, `host/bench`.)
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,9 +33,6 @@ pub enum Command {
     /// Manage recurring schedules on a running server.
     #[command(subcommand)]
     Schedule(ScheduleCmd),
-    /// Measure throughput, lateness, memory and restart time on the embedded default, or of a
-    /// local cluster (`--scenario cluster`).
-    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Args, Debug, Default)]

@@ -123,26 +123,29 @@ impl Default for CassandraSection {
     }
 }
 
+// The Cassandra backend owns its defaults (`CassandraOptions::default`).
 fn default_cassandra_nodes() -> Vec<String> {
-    vec!["127.0.0.1:9042".into()]
+    kairos_cassandra::CassandraOptions::default().nodes
 }
 fn default_keyspace() -> String {
-    "kairos".into()
+    kairos_cassandra::CassandraOptions::default().keyspace
 }
 fn default_rf() -> u32 {
     1
 }
 fn default_consistency() -> String {
-    "local_quorum".into()
+    kairos_cassandra::CassandraOptions::default().consistency
 }
 fn default_true() -> bool {
     true
 }
 fn default_bucket_ms() -> i64 {
-    60_000
+    kairos_cassandra::CassandraOptions::default().bucket_ms
 }
 fn default_request_timeout_ms() -> u64 {
-    10_000
+    kairos_cassandra::CassandraOptions::default()
+        .request_timeout
+        .as_millis() as u64
 }
 
 fn default_cache_mb() -> usize {
@@ -237,20 +240,21 @@ impl Default for KafkaSection {
     }
 }
 
+// The Kafka backend owns its defaults; the config only exposes them.
 fn default_topic() -> String {
-    "kairos.tasks".into()
+    kairos_kafka::DEFAULT_TOPIC.into()
 }
 fn default_group() -> String {
-    "kairos".into()
+    kairos_kafka::DEFAULT_GROUP.into()
 }
 fn default_kafka_rf() -> i32 {
-    1
+    kairos_kafka::DEFAULT_REPLICATION_FACTOR
 }
 fn default_session_timeout_ms() -> u64 {
-    6_000
+    kairos_kafka::DEFAULT_SESSION_TIMEOUT.as_millis() as u64
 }
 fn default_produce_timeout_ms() -> u64 {
-    30_000
+    kairos_kafka::DEFAULT_PRODUCE_TIMEOUT.as_millis() as u64
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -2,8 +2,6 @@
 //! (`kairos-scheduler`) to a store, a partition source and the Wasm runtime.
 
 pub mod api;
-pub mod bench;
-pub mod bench_cluster;
 pub mod cli;
 pub mod client;
 pub mod cluster;

@@ -181,7 +181,6 @@ fn main() -> ExitCode {
                     .await?
                     .map(|_| ExitCode::SUCCESS)
             }
-            Command::Bench(args) => kairos::bench::run(args).await.map(|_| ExitCode::SUCCESS),
         }
     });
     match result {

@@ -10,6 +10,7 @@ use kairos_cassandra::CassandraStore;
 use kairos_core::clock::{Clock, SystemClock};
 use kairos_core::embedded::{EmbeddedOptions, EmbeddedStore};
 use kairos_core::model::Schedule;
+use kairos_core::ownership::{LocalSource, PartitionSource};
 use kairos_core::store::TaskStore;
 use kairos_runtime::{Runtime, RuntimeConfig};
 use tokio::sync::Notify;
@@ -36,8 +37,8 @@ pub struct Node {
     http: tokio::task::JoinHandle<()>,
     background: Vec<tokio::task::JoinHandle<()>>,
     grace: Duration,
-    /// Cluster mode: the Kafka consumer that owns this node's partitions.
-    source: Option<kairos_kafka::KafkaSource>,
+    /// Where this node's partitions come from (the local source, or Kafka's consumer group).
+    source: Box<dyn PartitionSource>,
 }
 
 /// The store; in cluster mode also the Cassandra store itself (owners and node addresses).
@@ -184,30 +185,23 @@ impl Node {
         let _ = services.enqueuer.set(enqueuer.clone());
         declare_schedules(&cfg, store.as_ref(), &enqueuer, clock.now()).await?;
 
-        let source = match (&kafka, &cassandra) {
+        // The partition source: Kafka's consumer group (cluster) or the local one (every
+        // partition, each under a new lease). Either hands leases to the scheduler.
+        let listener = Arc::new(Listener {
+            scheduler: scheduler.clone(),
+            revoke_grace: Duration::from_millis(cfg.scheduler.shutdown_grace_ms),
+            node_id: cfg.node_id.clone(),
+        });
+        let source: Box<dyn PartitionSource> = match (&kafka, &cassandra) {
             (Some(kc), Some(_)) => {
-                // Partitions come and go with the consumer group's assignment.
-                let listener = Arc::new(Listener {
-                    scheduler: scheduler.clone(),
-                    revoke_grace: Duration::from_millis(cfg.scheduler.shutdown_grace_ms),
-                    store: store.clone(),
-                    node_id: cfg.node_id.clone(),
-                });
-                Some(cluster::start_source(kc, store.clone(), listener).await?)
+                Box::new(cluster::start_source(kc, store.clone(), listener).await?)
             }
             (Some(_), None) => anyhow::bail!("a Kafka queue needs the Cassandra store"),
-            _ => {
-                // The local partition source: this process holds every partition, under a
-                // new lease each start (which fences out nothing but its own past).
-                for p in 0..cfg.partitions {
-                    let lease = store
-                        .acquire_lease(p, &cfg.node_id)
-                        .await
-                        .with_context(|| format!("taking the lease of partition {p}"))?;
-                    scheduler.assign(lease).await;
-                }
-                None
-            }
+            _ => Box::new(
+                LocalSource::start(store.clone(), cfg.partitions, &cfg.node_id, listener)
+                    .await
+                    .context("taking the partitions' leases")?,
+            ),
         };
 
         let schedules_changed = Arc::new(Notify::new());
@@ -268,11 +262,9 @@ impl Node {
     pub async fn shutdown(self) {
         self.cancel.cancel();
         let _ = self.http.await;
-        if let Some(source) = self.source {
-            // Leaves the consumer group: each partition drains (running attempts finish and
-            // are recorded), its offsets are committed, and the others take it over.
-            source.shutdown().await;
-        }
+        // Every partition drains (running attempts finish and are recorded); Kafka's source
+        // also commits its offsets and leaves the group, so the others take its partitions.
+        self.source.shutdown().await;
         let drained = self.scheduler.shutdown(self.grace).await;
         if !drained {
             tracing::warn!(

@@ -45,3 +45,83 @@ pub struct Holder {
     pub epoch: u64,
     pub node_id: String,
 }
+
+/// What a partition source tells the node: a partition is now its under a lease, is no longer
+/// its, or has newly persisted tasks. Calls for one partition come in order: `assigned`, any
+/// number of `persisted`, `revoked`.
+#[async_trait::async_trait]
+pub trait PartitionListener: Send + Sync + 'static {
+    /// This node holds `lease` (current in the store when handed out): start the partition's
+    /// scheduler (it loads every incomplete task of the partition).
+    async fn assigned(&self, lease: Lease);
+    /// This node loses `partition`: stop starting its tasks and return once its running
+    /// attempts finished and were recorded (or a grace period passed). No `persisted` call
+    /// for it follows.
+    async fn revoked(&self, partition: u32);
+    /// Tasks of an owned partition, durable in the store: the created ones and pending
+    /// duplicates (which may be an earlier, unanswered try of the same records).
+    async fn persisted(&self, tasks: Vec<crate::model::Task>);
+}
+
+/// Hands partitions to a node under leases: the local source (embedded: every partition, at
+/// start) or a Kafka consumer group (cluster). Both pass the conformance cases in
+/// [`crate::conformance::source`].
+#[async_trait::async_trait]
+pub trait PartitionSource: Send + Sync {
+    /// Stops: every partition it assigned is revoked (the listener hears `revoked` and has
+    /// drained), then it returns.
+    async fn shutdown(self: Box<Self>);
+}
+
+/// The embedded partition source: this process holds every partition, each under a new lease
+/// taken at start (which fences out nothing but this process's own past).
+pub struct LocalSource {
+    listener: std::sync::Arc<dyn PartitionListener>,
+    partitions: Vec<u32>,
+}
+
+impl LocalSource {
+    /// Takes the lease of every partition `0..partitions` for `node_id` and hands each to the
+    /// listener. Waits (with backoff) while the store is unavailable; other errors end it.
+    pub async fn start(
+        store: std::sync::Arc<dyn crate::store::TaskStore>,
+        partitions: u32,
+        node_id: &str,
+        listener: std::sync::Arc<dyn PartitionListener>,
+    ) -> crate::store::StoreResult<Self> {
+        let mut held = Vec::with_capacity(partitions as usize);
+        for p in 0..partitions {
+            let mut delay = std::time::Duration::from_millis(100);
+            let lease = loop {
+                match store.acquire_lease(p, node_id).await {
+                    Ok(l) => break l,
+                    Err(e) if e.is_transient() => {
+                        tracing::warn!(partition = p, error = %e, "cannot take the partition's lease yet; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
+            listener.assigned(lease).await;
+            held.push(p);
+        }
+        Ok(Self {
+            listener,
+            partitions: held,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl PartitionSource for LocalSource {
+    async fn shutdown(self: Box<Self>) {
+        // All partitions drain at once (each revoke waits for its running attempts).
+        let mut drains = tokio::task::JoinSet::new();
+        for p in self.partitions.iter().copied() {
+            let listener = self.listener.clone();
+            drains.spawn(async move { listener.revoked(p).await });
+        }
+        while drains.join_next().await.is_some() {}
+    }
+}

@@ -10,6 +10,13 @@ use kairos_core::model::Backoff;
 pub const DEFAULT_TOPIC: &str = "kairos.tasks";
 /// The default consumer group.
 pub const DEFAULT_GROUP: &str = "kairos";
+/// Default group session timeout: how soon a dead node's partitions move. The host's config
+/// (`[queue] session_timeout_ms`) defaults to this.
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(6);
+/// Default wait for the brokers' acknowledgement of a produced record.
+pub const DEFAULT_PRODUCE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default replication factor of a topic Kairos creates (one broker).
+pub const DEFAULT_REPLICATION_FACTOR: i32 = 1;
 
 /// Values for fields a record may leave out (the host passes its `[tasks]` defaults).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,12 +71,12 @@ impl KafkaConfig {
             topic: DEFAULT_TOPIC.to_string(),
             group: DEFAULT_GROUP.to_string(),
             partitions,
-            replication_factor: 1,
+            replication_factor: DEFAULT_REPLICATION_FACTOR,
             create_topic: true,
             client_id: None,
             max_batch: 1_000,
-            produce_timeout: Duration::from_secs(30),
-            session_timeout: Duration::from_secs(10),
+            produce_timeout: DEFAULT_PRODUCE_TIMEOUT,
+            session_timeout: DEFAULT_SESSION_TIMEOUT,
             record_defaults: RecordDefaults::default(),
             extra: BTreeMap::new(),
         }

@@ -21,7 +21,10 @@ pub mod record;
 mod source;
 mod worker;
 
-pub use config::{KafkaConfig, RecordDefaults};
+pub use config::{
+    DEFAULT_GROUP, DEFAULT_PRODUCE_TIMEOUT, DEFAULT_REPLICATION_FACTOR, DEFAULT_SESSION_TIMEOUT,
+    DEFAULT_TOPIC, KafkaConfig, RecordDefaults,
+};
 pub use error::KafkaError;
 pub use producer::KafkaIntake;
 pub use source::{KafkaSource, PartitionListener, SourceStats};

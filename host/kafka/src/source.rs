@@ -26,7 +26,6 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use kairos_core::model::Task;
 use kairos_core::store::TaskStore;
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
@@ -40,20 +39,11 @@ use crate::admin::{apply_extra, base_config, ensure_topic};
 use crate::worker::{Worker, WorkerExit};
 use crate::{KafkaConfig, KafkaError};
 
-/// What the host (its scheduler) is told about partitions. Called from async tasks, never from
-/// librdkafka's threads.
-#[async_trait]
-pub trait PartitionListener: Send + Sync + 'static {
-    /// This node now owns `partition`: start its scheduler (it loads every incomplete task of
-    /// the partition from the store). Called before any of its records is consumed.
-    async fn assigned(&self, partition: u32);
-    /// This node loses `partition`: stop starting its tasks and return once its running
-    /// attempts finished and were recorded. No `persisted` call for it follows.
-    async fn revoked(&self, partition: u32);
-    /// Newly persisted tasks of one owned partition, durable in the store: the created ones
-    /// and pending duplicates (which may be an earlier, unanswered try of the same records).
-    async fn persisted(&self, tasks: Vec<Task>);
-}
+/// What the host (its scheduler) is told about partitions: the shared contract of every
+/// partition source ([`kairos_core::ownership::PartitionListener`]). Called from async tasks,
+/// never from librdkafka's threads; `assigned` comes with the partition's lease, taken from the
+/// store before any of its records is consumed.
+pub use kairos_core::ownership::PartitionListener;
 
 /// Counters since the source started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -443,4 +433,11 @@ fn poll_loop(consumer: Arc<Rd>, stop: Arc<AtomicBool>, done: oneshot::Sender<()>
         std::mem::forget(consumer);
     }
     let _ = done.send(());
+}
+
+#[async_trait]
+impl kairos_core::ownership::PartitionSource for KafkaSource {
+    async fn shutdown(self: Box<Self>) {
+        KafkaSource::shutdown(*self).await;
+    }
 }

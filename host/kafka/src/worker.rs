@@ -62,7 +62,34 @@ impl Worker {
     }
 
     pub async fn run(mut self) -> WorkerExit {
-        self.shared.listener.assigned(self.partition).await;
+        // The partition's lease first: from here on its previous holder can change none of
+        // its tasks. Waits (with backoff) while the store is down, unless told to stop.
+        let node = self
+            .shared
+            .cfg
+            .client_id
+            .clone()
+            .unwrap_or_else(|| self.shared.cfg.group.clone());
+        let mut delay = Duration::from_millis(200);
+        let lease = loop {
+            match self.shared.store.acquire_lease(self.partition, &node).await {
+                Ok(l) => break l,
+                Err(e) => {
+                    tracing::warn!(partition = self.partition, error = %e, "cannot take the partition's lease yet; retrying in {:.1} s", delay.as_secs_f64());
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = self.stop.changed() => {}
+                    }
+                    if *self.stop.borrow() {
+                        return WorkerExit {
+                            persisted_next: None,
+                        };
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        };
+        self.shared.listener.assigned(lease).await;
         let mut persisted_next = None;
         while !*self.stop.borrow() {
             let batch = self.drain();

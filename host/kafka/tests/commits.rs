@@ -187,7 +187,13 @@ async fn a_restart_rereads_only_uncommitted_records_and_replays_are_harmless() {
         (0, 160),
         "replays create nothing: {st:?}"
     );
-    assert_eq!(rec3.persisted_count(), 0);
+    // Duplicates still pending are handed over again: one of them may be the task of an
+    // earlier, unanswered try (the scheduler's window ignores tasks it holds already).
+    assert_eq!(
+        rec3.persisted_count(),
+        160,
+        "pending duplicates are handed over"
+    );
     s3.shutdown().await;
     for r in [&rec1, &rec2, &rec3] {
         assert!(r.violations().is_empty(), "{:?}", r.violations());

@@ -16,7 +16,7 @@ struct Count(AtomicUsize);
 
 #[async_trait]
 impl PartitionListener for Count {
-    async fn assigned(&self, _: u32) {}
+    async fn assigned(&self, _: kairos_core::ownership::Lease) {}
     async fn revoked(&self, _: u32) {}
     async fn persisted(&self, tasks: Vec<Task>) {
         self.0.fetch_add(tasks.len(), Relaxed);

@@ -283,6 +283,7 @@ impl PartitionActor {
                             if self.window.is_running(id) {
                                 // Its attempt reports the task as stored when it ends.
                             } else if t.is_pending() {
+                                self.load_key_holder(&t.key).await;
                                 self.place(t);
                             } else {
                                 let paused = self.shared.paused_snapshot();

@@ -24,6 +24,7 @@ use anyhow::Context;
 use async_trait::async_trait;
 use kairos_cassandra::{CassandraOptions, CassandraStore, Replication};
 use kairos_core::model::{EnqueueOutcome, NewTask, Task};
+use kairos_core::ownership::Lease;
 use kairos_core::store::{StoreError, TaskStore};
 use kairos_kafka::{
     KafkaConfig, KafkaError, KafkaIntake, KafkaSource, PartitionListener, RecordDefaults,
@@ -230,33 +231,19 @@ impl Owners for CassandraOwners {
     }
 }
 
-/// Kafka's partition events, driving the scheduler.
+/// A partition source's events (the local source's or Kafka's), driving the scheduler.
 pub struct Listener {
     pub scheduler: Arc<Scheduler>,
     /// How long a revocation waits for the partition's running attempts.
     pub revoke_grace: Duration,
-    pub store: Arc<dyn TaskStore>,
     pub node_id: String,
 }
 
 #[async_trait]
 impl PartitionListener for Listener {
-    async fn assigned(&self, partition: u32) {
-        // Take the ownership epoch first: from here on the previous owner can neither start
-        // nor finish the partition's tasks. Waits (with backoff) while Cassandra is down.
-        let mut delay = Duration::from_millis(200);
-        let lease = loop {
-            match self.store.acquire_lease(partition, &self.node_id).await {
-                Ok(l) => break l,
-                Err(e) => {
-                    tracing::warn!(partition, error = %e, "cannot take the partition's ownership epoch yet; retrying in {:.1} s", delay.as_secs_f64());
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        };
+    async fn assigned(&self, lease: Lease) {
         self.scheduler.assign(lease).await;
-        tracing::info!(partition, epoch = lease.epoch, node = %self.node_id, "partition owned: scheduler started");
+        tracing::info!(partition = lease.partition, epoch = lease.epoch, node = %self.node_id, "partition owned: scheduler started");
     }
 
     async fn revoked(&self, partition: u32) {

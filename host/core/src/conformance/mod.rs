@@ -20,6 +20,7 @@ mod admin;
 mod enqueue;
 mod fencing;
 mod lifecycle;
+pub mod source;
 
 use std::future::Future;
 use std::time::Duration;

@@ -138,7 +138,8 @@ impl Recorder {
 
 #[async_trait]
 impl PartitionListener for Recorder {
-    async fn assigned(&self, partition: u32) {
+    async fn assigned(&self, lease: kairos_core::ownership::Lease) {
+        let partition = lease.partition;
         self.events.lock().unwrap().push(Ev::Assigned(partition));
         if !self.owned.lock().unwrap().insert(partition) {
             self.violations

@@ -1,7 +1,7 @@
-//! `kairos bench --scenario cluster | cluster-throughput | cluster-steady`: end-to-end figures
+//! `kairos-bench --scenario cluster | cluster-throughput | cluster-steady`: end-to-end figures
 //! of cluster mode on this machine, against the Kafka and Cassandra of a cluster config.
 //!
-//! Each scenario starts its own cluster: `--nodes` child processes of this executable
+//! Each scenario starts its own cluster: `--nodes` child processes of the `kairos` binary next to this one
 //! (`kairos serve`), all on a generated copy of the config with a fresh keyspace, topic and
 //! consumer group (so runs never see each other's data), the no-op plugin (`noop.wasm`, a fresh
 //! Wasm instance per task: what is measured is the scheduler, Kafka and Cassandra). Once the
@@ -33,8 +33,8 @@ use kairos_core::store::TaskStore;
 use kairos_kafka::KafkaIntake;
 
 use crate::bench::{BenchArgs, guests_dir, percentile, report_lateness, task};
-use crate::cluster::{connect_cassandra, connect_intake, kafka_config};
-use crate::config::{CassandraSection, Config, KafkaSection, QueueConfig, StoreConfig};
+use kairos::cluster::{connect_cassandra, connect_intake, kafka_config};
+use kairos::config::{CassandraSection, Config, KafkaSection, QueueConfig, StoreConfig};
 
 /// Flags of the cluster scenarios (`--tasks`, `--rate`, `--seconds` are shared with the
 /// embedded ones, with cluster defaults).
@@ -275,7 +275,15 @@ impl BenchCluster {
             nodes,
             dir.display()
         );
-        let exe = std::env::current_exe().context("locating this executable")?;
+        // The nodes are the product binary, `kairos`, next to this one.
+        let exe = std::env::current_exe()
+            .context("locating this executable")?
+            .with_file_name("kairos");
+        anyhow::ensure!(
+            exe.is_file(),
+            "{} not found: build it with `cargo build --release -p kairos`",
+            exe.display()
+        );
         self.nodes.wanted = nodes;
         for i in 1..=nodes {
             let data = dir.join(format!("node-{i}"));

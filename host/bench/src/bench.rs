@@ -1,4 +1,4 @@
-//! `kairos bench`: end-to-end figures on the embedded default with the no-op plugin (a fresh
+//! `kairos-bench`: end-to-end figures on the embedded default with the no-op plugin (a fresh
 //! Wasm instance per task). Each scenario runs a real node in this process on a fresh data
 //! directory; lateness is read back from the stored attempt history (start − due).
 
@@ -11,9 +11,9 @@ use clap::Args;
 use kairos_core::model::{Backoff, Millis, NewTask};
 use kairos_core::partition::partition_for;
 
-use crate::config::Config;
-use crate::enqueue::new_task_id;
-use crate::node::Node;
+use kairos::config::Config;
+use kairos::enqueue::new_task_id;
+use kairos::node::Node;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -45,7 +45,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "target/bench-data")]
     pub data: PathBuf,
     #[command(flatten)]
-    pub cluster: crate::bench_cluster::ClusterArgs,
+    pub cluster: crate::cluster::ClusterArgs,
 }
 
 pub(crate) fn guests_dir(args: &BenchArgs) -> PathBuf {
@@ -338,7 +338,7 @@ async fn pending(args: &BenchArgs) -> anyhow::Result<()> {
 
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.scenario.starts_with("cluster") {
-        return crate::bench_cluster::run(&args).await;
+        return crate::cluster::run(&args).await;
     }
     let all = args.scenario == "all";
     println!("| scenario | figure |\n|---|---|");

@@ -6,8 +6,8 @@
 //! throughout. The invariants are checked as it runs (see `oracle.rs`); then the faults stop
 //! and every acknowledged task must reach a final state.
 //!
-//! `KAIROS_SIM_SEEDS=N` runs N seeds (default 500), `KAIROS_SIM_SEED=S` one seed, with its
-//! trace. A failure prints the seed and the event trace of the offending key.
+//! `KAIROS_SIM_SEEDS=N` runs N seeds (default 500) from `KAIROS_SIM_FIRST_SEED` (default 1),
+//! `KAIROS_SIM_SEED=S` one seed, with its trace. A failure prints the seed and the event trace of the offending key.
 
 mod oracle;
 mod world;
@@ -422,7 +422,11 @@ fn env_u64(name: &str) -> Option<u64> {
 fn seeds_keep_order_exclusion_and_liveness() {
     let seeds: Vec<u64> = match env_u64("KAIROS_SIM_SEED") {
         Some(s) => vec![s],
-        None => (1..=env_u64("KAIROS_SIM_SEEDS").unwrap_or(500)).collect(),
+        None => {
+            let first = env_u64("KAIROS_SIM_FIRST_SEED").unwrap_or(1);
+            let n = env_u64("KAIROS_SIM_SEEDS").unwrap_or(500);
+            (first..first + n).collect()
+        }
     };
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get())

@@ -60,6 +60,8 @@ pub(crate) struct PartitionActor {
     ready: VecDeque<Task>,
     /// The attempts running (aborted if the actor is dropped: a crash).
     attempts: JoinSet<Done>,
+    /// Which task each running attempt is for (to recover from a panicking attempt).
+    attempt_ids: std::collections::HashMap<tokio::task::Id, String>,
     /// When paging failed: do not retry before this time.
     retry_load_at: Option<Millis>,
     /// The store said this lease is stale: the partition is another node's now.
@@ -84,6 +86,7 @@ impl PartitionActor {
             horizon: Millis::MIN,
             ready: VecDeque::new(),
             attempts: JoinSet::new(),
+            attempt_ids: std::collections::HashMap::new(),
             retry_load_at: None,
             fenced: false,
         }
@@ -197,23 +200,31 @@ impl PartitionActor {
     /// holder is brought into the window first, so the key stays held. Retried until the
     /// store answers (operations are rare).
     async fn load_key_holder(&mut self, key: &str) {
-        let filter = kairos_core::model::ListFilter {
-            key: Some(key.to_owned()),
-            state: None,
-            limit: 1_000,
-        };
-        let mut delay: Millis = 50;
-        let tasks = loop {
-            match self.shared.store.list(&filter).await {
-                Ok(t) => break t,
-                Err(e) => {
-                    tracing::warn!(partition = self.partition, %key, error = %e, "cannot read the key's tasks yet; retrying");
-                    let now = self.shared.clock.now();
-                    self.shared.clock.sleep_until(now + delay).await;
-                    delay = (delay * 2).min(5_000);
+        // By state: a key's finished tasks are kept, so its holder may not be among the
+        // first rows of the key in position order.
+        let mut tasks = Vec::new();
+        for state in [TaskState::Running, TaskState::Retrying, TaskState::Dead] {
+            let filter = kairos_core::model::ListFilter {
+                key: Some(key.to_owned()),
+                state: Some(state),
+                limit: 1_000,
+            };
+            let mut delay: Millis = 50;
+            loop {
+                match self.shared.store.list(&filter).await {
+                    Ok(t) => {
+                        tasks.extend(t);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(partition = self.partition, %key, error = %e, "cannot read the key's tasks yet; retrying");
+                        let now = self.shared.clock.now();
+                        self.shared.clock.sleep_until(now + delay).await;
+                        delay = (delay * 2).min(5_000);
+                    }
                 }
             }
-        };
+        }
         let paused = self.shared.paused_snapshot();
         for t in tasks {
             let holds = match t.state {
@@ -420,9 +431,11 @@ impl PartitionActor {
     }
 
     fn spawn_attempt(&mut self, task: Task, permit: tokio::sync::OwnedSemaphorePermit) {
+        let id = task.id.clone();
         let h = self
             .attempts
             .spawn(run_attempt(self.shared.clone(), self.lease, task, permit));
+        self.attempt_ids.insert(h.id(), id);
         self.shared.track(h);
     }
 
@@ -464,6 +477,9 @@ impl PartitionActor {
             let due_waiting = !stopping
                 && self.ready.is_empty()
                 && self.window.next_timer().is_some_and(|t| t <= now);
+            // Tasks waiting for a run slot (taken, or due): wait for a slot, not for timers
+            // that have passed (waking at a past time would spin the loop).
+            let slot_wait = !stopping && (!self.ready.is_empty() || due_waiting);
             let wake = match (self.window.next_timer(), stopping) {
                 (_, true) => None,
                 (t, false) => {
@@ -472,16 +488,19 @@ impl PartitionActor {
                     // the window is too full to page).
                     let page_at = match self.retry_load_at {
                         Some(t) if t > now => t,
-                        _ => self.horizon - self.shared.cfg.horizon_ms / 2,
+                        _ => self
+                            .horizon
+                            .saturating_sub(self.shared.cfg.horizon_ms / 2)
+                            .max(now),
                     };
                     match t {
-                        Some(t) if !due_waiting => Some(t.min(page_at)),
+                        Some(t) if !slot_wait => Some(t.min(page_at)),
                         _ => Some(page_at),
                     }
                 }
             };
             let sleep = self.shared.clock.sleep_until(wake.unwrap_or(Millis::MAX));
-            let need_permit = !stopping && (!self.ready.is_empty() || due_waiting);
+            let need_permit = slot_wait;
             let permits = self.shared.permits.clone();
             tokio::select! {
                 biased;
@@ -489,12 +508,22 @@ impl PartitionActor {
                     stopping = true;
                     self.unstart_ready();
                 }
-                Some(joined) = self.attempts.join_next(), if !self.attempts.is_empty() => match joined {
-                    Ok(done) => self.on_done(done),
+                Some(joined) = self.attempts.join_next_with_id(), if !self.attempts.is_empty() => match joined {
+                    Ok((tid, done)) => {
+                        self.attempt_ids.remove(&tid);
+                        self.on_done(done);
+                    }
                     Err(e) => {
-                        // A panicking attempt: its task's state in the store is unknown, so
-                        // its key stays held until the partition is loaded again.
+                        // A panicking attempt: whether its start or end was recorded is
+                        // unknown. The task keeps its key and is taken up again as one found
+                        // running (after `takeover_wait_ms`).
                         tracing::error!(partition = self.partition, error = %e, "attempt task failed");
+                        if let Some(id) = self.attempt_ids.remove(&e.id()) {
+                            let now = self.shared.clock.now();
+                            let paused = self.shared.paused_snapshot();
+                            let retry_at = now.saturating_add(self.shared.cfg.takeover_wait_ms);
+                            self.window.unstart_until(&id, retry_at, &paused);
+                        }
                     }
                 },
                 msg = self.rx.recv(), if !stopping => match msg {

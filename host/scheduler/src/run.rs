@@ -25,6 +25,10 @@ pub(crate) enum Done {
     Fenced { id: String },
 }
 
+/// Longest a claim may take before the attempt runs (see `run_attempt`); the takeover wait
+/// must exceed the attempt timeout by more than this.
+const CLAIM_SLACK_MS: Millis = 1_000;
+
 /// First and longest pause between retries of a store call that must succeed.
 const STORE_RETRY_MS: (Millis, Millis) = (50, 5_000);
 
@@ -87,16 +91,32 @@ pub(crate) async fn run_attempt(
     } else {
         task.attempts + 1
     };
-    let started = shared.clock.now();
+    let first_try = shared.clock.now();
     let m = &shared.metrics;
-    let claimed = match shared
-        .store
-        .start_attempt(&lease, &task.id, attempt, started)
-        .await
-    {
-        Ok(t) => t,
-        Err(e) => return start_failed(&shared, &lease, task, e).await,
+    // The start time recorded with the claim is what a next owner's takeover wait counts
+    // from; the attempt's deadline counts from when it runs. A claim that took long is made
+    // again (idempotently, with a fresh time) so the two stay within CLAIM_SLACK_MS.
+    let mut tries = 0;
+    let claimed = loop {
+        let at = shared.clock.now();
+        match shared
+            .store
+            .start_attempt(&lease, &task.id, attempt, at)
+            .await
+        {
+            Ok(t) if shared.clock.now() - at <= CLAIM_SLACK_MS => break t,
+            Ok(_) if tries < 3 => tries += 1,
+            Ok(_) => {
+                tracing::warn!(task = %task.id, %lease, "recording the start keeps taking longer than {CLAIM_SLACK_MS} ms; trying later");
+                return Done::StartFailed {
+                    retry_at: shared.clock.now() + 1_000,
+                    id: task.id,
+                };
+            }
+            Err(e) => return start_failed(&shared, &lease, task, e).await,
+        }
     };
+    let started = first_try;
     let run_from = shared.clock.now();
     m.start_record
         .observe_ms((run_from - started).max(0) as u64);

@@ -435,10 +435,8 @@ fn b_kill_9_one_node_partitions_move_nothing_lost() {
         b.len() >= n / 3
     });
     let victim = c.nodes[1].take().expect("node 2");
-    let owned = victim
-        .health()
-        .and_then(|h| h["partitions_owned"].as_u64())
-        .unwrap_or(0);
+    let victim_partitions = owned_partitions(&victim);
+    let owned = victim_partitions.len();
     let killed_at = Instant::now();
     victim.kill9();
     let before = c.rx.received().len();
@@ -465,19 +463,34 @@ fn b_kill_9_one_node_partitions_move_nothing_lost() {
     // At-least-once across a crash: an attempt whose plugin had already delivered when the
     // node died, but whose end was never recorded, runs again on the new owner (with the same
     // task id, the receiver's idempotency key). Only those can repeat: a task delivered twice
-    // must have been delivered before the kill, and no more than the victim's concurrency (64).
+    // must be of a partition the victim owned, first delivered by the time of the kill (plus
+    // a little for a request in flight at the kill to land; the new owner takes over only
+    // after the 6 s session timeout), and no more than the victim's concurrency (64).
     let mut first_seen: HashMap<&str, Instant> = HashMap::new();
     let mut twice: HashSet<&str> = HashSet::new();
     for (at, b) in &timed {
         let id = b["task_id"].as_str().unwrap_or("");
-        if first_seen.insert(id, *at).is_some() {
+        if first_seen.contains_key(id) {
             twice.insert(id);
+        } else {
+            first_seen.insert(id, *at);
         }
     }
-    for id in &twice {
+    let in_flight_slack = Duration::from_secs(1);
+    for (at, b) in &timed {
+        let id = b["task_id"].as_str().unwrap_or("");
+        if !twice.contains(id) || first_seen[id] != *at {
+            continue;
+        }
+        let p = kairos_core::partition::partition_for(b["key"].as_str().unwrap_or(""), PARTITIONS);
         assert!(
-            first_seen[id] <= killed_at,
-            "task {id} ran twice although its first run came after the kill"
+            victim_partitions.contains(&u64::from(p)),
+            "task {id} ran twice but its partition {p} was not the killed node's ({victim_partitions:?})"
+        );
+        assert!(
+            *at <= killed_at + in_flight_slack,
+            "task {id} ran twice although its first run came {:?} after the kill",
+            *at - killed_at
         );
     }
     assert!(dups <= 64, "{dups} duplicate executions");

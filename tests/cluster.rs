@@ -78,6 +78,8 @@ impl Cluster {
         let config = dir.path().join("cluster.toml");
         let text = format!(
             r#"partitions = {PARTITIONS}
+[api]
+cluster_secret = "cluster-test-secret-{id}"
 [queue]
 type = "kafka"
 brokers = "127.0.0.1:9092"

@@ -33,6 +33,22 @@ pub enum Command {
     /// Manage recurring schedules on a running server.
     #[command(subcommand)]
     Schedule(ScheduleCmd),
+    /// API tokens.
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum TokenCmd {
+    /// Make a new random token; prints it once, and the `[[api.tokens]]` lines (with only its
+    /// SHA-256) to add to the config.
+    New {
+        /// The token's name (in logs and error messages).
+        name: String,
+        /// What it may do: enqueue, read, operate, admin (repeat the flag for several).
+        #[arg(long = "scope", required = true)]
+        scopes: Vec<String>,
+    },
 }
 
 #[derive(Args, Debug, Default)]
@@ -102,6 +118,9 @@ pub struct ServerArg {
         global = true
     )]
     pub server: String,
+    /// API token (`Authorization: Bearer`), when the server has `[[api.tokens]]`.
+    #[arg(long, env = "KAIROS_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -3,14 +3,18 @@
 
 use serde_json::{Value, json};
 
-use crate::cli::{ScheduleCmd, TaskCmd};
+use crate::cli::{ScheduleCmd, ServerArg, TaskCmd};
 
 fn parse_payload(s: &str) -> anyhow::Result<Value> {
     serde_json::from_str(s).map_err(|e| anyhow::anyhow!("--payload is not valid JSON: {e}"))
 }
 
-fn call(method: &str, url: &str, body: Option<Value>) -> anyhow::Result<Value> {
-    let req = ureq::request(method, url);
+fn call(srv: &ServerArg, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    let url = format!("{}{path}", srv.server.trim_end_matches('/'));
+    let mut req = ureq::request(method, &url);
+    if let Some(t) = &srv.token {
+        req = req.set("authorization", &format!("Bearer {t}"));
+    }
     let res = match body {
         Some(b) => req.send_json(b),
         None => req.call(),
@@ -69,13 +73,11 @@ pub fn task(cmd: TaskCmd) -> anyhow::Result<()> {
                     body[k] = v;
                 }
             }
-            call("POST", &format!("{}/v1/tasks", server.server), Some(body))?
+            call(&server, "POST", "/v1/tasks", Some(body))?
         }
-        TaskCmd::Get { id, server } => call(
-            "GET",
-            &format!("{}/v1/tasks/{}", server.server, enc(&id)),
-            None,
-        )?,
+        TaskCmd::Get { id, server } => {
+            call(&server, "GET", &format!("/v1/tasks/{}", enc(&id)), None)?
+        }
         TaskCmd::List {
             key,
             state,
@@ -89,16 +91,15 @@ pub fn task(cmd: TaskCmd) -> anyhow::Result<()> {
             if let Some(s) = state {
                 q += &format!("&state={}", enc(&s));
             }
-            call("GET", &format!("{}/v1/tasks?{q}", server.server), None)?
+            call(&server, "GET", &format!("/v1/tasks?{q}"), None)?
         }
-        TaskCmd::Cancel { id, server } => call(
-            "DELETE",
-            &format!("{}/v1/tasks/{}", server.server, enc(&id)),
-            None,
-        )?,
+        TaskCmd::Cancel { id, server } => {
+            call(&server, "DELETE", &format!("/v1/tasks/{}", enc(&id)), None)?
+        }
         TaskCmd::Retry { id, server } => call(
+            &server,
             "POST",
-            &format!("{}/v1/tasks/{}/retry", server.server, enc(&id)),
+            &format!("/v1/tasks/{}/retry", enc(&id)),
             Some(json!({})),
         )?,
     };
@@ -120,18 +121,13 @@ pub fn schedule(cmd: ScheduleCmd) -> anyhow::Result<()> {
                 "name": name, "cron": cron, "plugin": plugin, "key": key,
                 "payload": parse_payload(&payload)?, "timezone": timezone,
             });
-            call(
-                "POST",
-                &format!("{}/v1/schedules", server.server),
-                Some(body),
-            )?
+            call(&server, "POST", "/v1/schedules", Some(body))?
         }
-        ScheduleCmd::List { server } => {
-            call("GET", &format!("{}/v1/schedules", server.server), None)?
-        }
+        ScheduleCmd::List { server } => call(&server, "GET", "/v1/schedules", None)?,
         ScheduleCmd::Rm { name, server } => call(
+            &server,
             "DELETE",
-            &format!("{}/v1/schedules/{}", server.server, enc(&name)),
+            &format!("/v1/schedules/{}", enc(&name)),
             None,
         )?,
     };

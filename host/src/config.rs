@@ -21,6 +21,8 @@ pub struct Config {
     /// forward task operations to the owner of the task's partition). Default: the bound
     /// `listen` address; set it when `listen` is a wildcard (`0.0.0.0`, `[::]`) or behind NAT.
     pub advertise_addr: Option<String>,
+    /// Who may call the API and how it is exposed (`[api]`, `[[api.tokens]]`).
+    pub api: crate::auth::ApiSection,
     /// Where the embedded database and the compiled-plugin cache live.
     pub data_dir: PathBuf,
     /// Directory watched for `NAME.wasm` (+ `NAME.toml`) plugins.
@@ -46,6 +48,7 @@ impl Default for Config {
             node_id: "node-1".into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 7400)),
             advertise_addr: None,
+            api: crate::auth::ApiSection::default(),
             data_dir: PathBuf::from("kairos-data"),
             plugins_dir: PathBuf::from(kairos_runtime::DEFAULT_PLUGINS_DIR),
             partitions: 64,
@@ -416,6 +419,8 @@ impl Config {
             ),
             _ => {}
         }
+        self.api
+            .validate(matches!(self.queue, QueueConfig::Kafka(_)))?;
         Ok(())
     }
 
@@ -524,6 +529,8 @@ mod tests {
             [store]
             type = "cassandra"
             datacenters = { dc1 = 3, dc2 = 3 }
+            [api]
+            cluster_secret = "0123456789abcdef"
             "#,
         )
         .expect("valid");
@@ -551,7 +558,7 @@ mod tests {
         let e = Config::parse("[queue]\ntype = \"kafka\"").expect_err("kafka needs cassandra");
         assert!(format!("{e:#}").contains("cassandra"), "{e:#}");
         let e = Config::parse(
-            "[queue]\ntype = \"kafka\"\nbrokr = \"x\"\n[store]\ntype = \"cassandra\"",
+            "[queue]\ntype = \"kafka\"\nbrokr = \"x\"\n[store]\ntype = \"cassandra\"\n[api]\ncluster_secret = \"0123456789abcdef\"",
         )
         .expect_err("typo");
         assert!(format!("{e:#}").contains("brokr"), "{e:#}");

@@ -2,6 +2,7 @@
 //! (`kairos-scheduler`) to a store, a partition source and the Wasm runtime.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod cluster;

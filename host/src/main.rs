@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
-use kairos::cli::{Cli, Command, MigrateArgs, PluginCmd, ServeArgs};
+use kairos::cli::{Cli, Command, MigrateArgs, PluginCmd, ServeArgs, TokenCmd};
 use kairos::config::Config;
 use kairos::node::{Node, shutdown_signal};
 use kairos_runtime::{MemoryServices, RunOutcome, RunRequest, Runtime, RuntimeConfig, TaskInfo};
@@ -155,6 +155,28 @@ async fn plugin(cmd: PluginCmd) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn token(cmd: TokenCmd) -> anyhow::Result<()> {
+    let TokenCmd::New { name, scopes } = cmd;
+    for s in &scopes {
+        anyhow::ensure!(
+            matches!(s.as_str(), "enqueue" | "read" | "operate" | "admin"),
+            "unknown scope {s:?}: use enqueue, read, operate or admin"
+        );
+    }
+    let (token, hash) = kairos::auth::new_token();
+    println!(
+        "token (shown once; clients send `Authorization: Bearer TOKEN`, the CLI --token or KAIROS_TOKEN):"
+    );
+    println!("  {token}");
+    println!();
+    println!("add to the config of every node:");
+    println!("[[api.tokens]]");
+    println!("name = {name:?}");
+    println!("hash = {hash:?}");
+    println!("scopes = {scopes:?}");
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
@@ -176,6 +198,7 @@ fn main() -> ExitCode {
             Command::Task(cmd) => tokio::task::spawn_blocking(move || kairos::client::task(cmd))
                 .await?
                 .map(|_| ExitCode::SUCCESS),
+            Command::Token(cmd) => token(cmd).map(|_| ExitCode::SUCCESS),
             Command::Schedule(cmd) => {
                 tokio::task::spawn_blocking(move || kairos::client::schedule(cmd))
                     .await?

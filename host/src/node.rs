@@ -213,6 +213,15 @@ impl Node {
         };
         background.push(tokio::spawn(cron.run(cancel.clone())));
 
+        cfg.api.check_exposure(cfg.listen)?;
+        let forwarder = match (&cassandra, &cfg.api.cluster_secret) {
+            (Some(c), Some(secret)) => Some(Forwarder::new(
+                Arc::new(CassandraOwners(c.clone())),
+                secret.clone(),
+            )),
+            (Some(_), None) => anyhow::bail!("cluster mode needs `api.cluster_secret`"),
+            (None, _) => None,
+        };
         let state = Arc::new(AppState {
             enqueuer: enqueuer.clone(),
             scheduler: scheduler.clone(),
@@ -221,9 +230,7 @@ impl Node {
             plugins: catalog,
             schedules_changed,
             node_id: cfg.node_id.clone(),
-            forwarder: cassandra
-                .clone()
-                .map(|c| Forwarder::new(Arc::new(CassandraOwners(c)))),
+            forwarder,
         });
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
@@ -232,14 +239,25 @@ impl Node {
         if let Some(c) = &cassandra {
             cluster::register_api(c, &cfg, addr).await?;
         }
+        let protection = api::Protection {
+            guard: Arc::new(api::Guard::new(
+                &cfg.api,
+                addr,
+                cfg.advertise_addr.as_deref(),
+            )?),
+            request_timeout: Duration::from_millis(cfg.api.request_timeout_ms),
+            rate_limit_per_s: cfg.api.rate_limit_per_s,
+            tokens_configured: !cfg.api.tokens.is_empty(),
+        };
+        let serve_opts = api::ServeOptions {
+            max_connections: cfg.api.max_connections,
+            header_timeout: Duration::from_millis(cfg.api.header_timeout_ms),
+            drain: Duration::from_millis(cfg.scheduler.shutdown_grace_ms),
+        };
         let stop_http = cancel.clone();
         let http = tokio::spawn(async move {
-            let app = api::router(state);
-            let serve = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop_http.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "HTTP server failed");
-            }
+            let app = api::router(state, protection);
+            api::serve(listener, app, serve_opts, stop_http).await;
         });
         tracing::info!(node = %cfg.node_id, %addr, partitions = cfg.partitions, "kairos is serving");
         Ok(Node {

@@ -5,8 +5,11 @@
 //! forwards the same request (method, path, body) to it, answering with the owner's status
 //! and body as they are.
 //!
-//! A forwarded request carries [`FORWARDED_BY`]; it is never forwarded again (a node that
-//! gets one for a partition it does not own answers 503: the partition is moving).
+//! A forwarded request carries [`FORWARDED_BY`] and [`SIGNATURE`], an HMAC by the cluster
+//! secret over the request (see [`crate::auth::sign_forwarded`]); the caller's own
+//! `Authorization` goes along and is checked again by the owner. A forwarded request is never
+//! forwarded again (a node that gets one for a partition it does not own answers 503: the
+//! partition is moving).
 
 use std::io::Read;
 use std::sync::Arc;
@@ -23,6 +26,8 @@ use crate::scheduler::OpError;
 
 /// Header of a forwarded request: the id of the node that forwarded it.
 pub const FORWARDED_BY: &str = "x-kairos-forwarded";
+/// Header of a forwarded request: its signature by the cluster secret.
+pub const SIGNATURE: &str = "x-kairos-signature";
 /// Header of a forwarded answer: the id of the node that executed the operation.
 pub const SERVED_BY: &str = "x-kairos-served-by";
 
@@ -45,16 +50,22 @@ pub trait Owners: Send + Sync + 'static {
 pub struct Forwarder {
     owners: Arc<dyn Owners>,
     agent: ureq::Agent,
+    /// Signs forwarded requests (`api.cluster_secret`).
+    secret: String,
 }
 
 impl Forwarder {
-    pub fn new(owners: Arc<dyn Owners>) -> Self {
+    pub fn new(owners: Arc<dyn Owners>, secret: String) -> Self {
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(CONNECT_TIMEOUT)
             .timeout(TIMEOUT)
             .redirects(0)
             .build();
-        Self { owners, agent }
+        Self {
+            owners,
+            agent,
+            secret,
+        }
     }
 }
 
@@ -63,6 +74,7 @@ pub struct OpRequest {
     method: Method,
     uri: Uri,
     content_type: Option<HeaderValue>,
+    authorization: Option<HeaderValue>,
     forwarded_by: Option<String>,
     body: Bytes,
 }
@@ -76,6 +88,7 @@ impl OpRequest {
             method,
             uri,
             content_type: headers.get(header::CONTENT_TYPE).cloned(),
+            authorization: headers.get(header::AUTHORIZATION).cloned(),
             forwarded_by,
             body,
         }
@@ -153,12 +166,26 @@ pub async fn forward(st: &State, partition: u32, req: OpRequest) -> Result<Respo
     let agent = fwd.agent.clone();
     let from = st.node_id.clone();
     let method = req.method.to_string();
-    let content_type = req
-        .content_type
-        .and_then(|v| v.to_str().ok().map(str::to_string));
+    let header = |v: Option<HeaderValue>| v.and_then(|v| v.to_str().ok().map(str::to_string));
+    let content_type = header(req.content_type);
+    let authorization = header(req.authorization);
     let body = req.body;
+    let signature = crate::auth::sign_forwarded(
+        &fwd.secret,
+        &method,
+        path,
+        &from,
+        kairos_core::clock::system_now(),
+        &body,
+    );
     let sent = tokio::task::spawn_blocking(move || {
-        send(&agent, &method, &url, &from, content_type.as_deref(), &body)
+        let headers = Outgoing {
+            from: &from,
+            signature: &signature,
+            content_type: content_type.as_deref(),
+            authorization: authorization.as_deref(),
+        };
+        send(&agent, &method, &url, &headers, &body)
     })
     .await
     .map_err(|e| {
@@ -199,18 +226,31 @@ enum Failure {
     NoAnswer(String),
 }
 
+/// The headers a forwarded request carries.
+struct Outgoing<'a> {
+    from: &'a str,
+    signature: &'a str,
+    content_type: Option<&'a str>,
+    authorization: Option<&'a str>,
+}
+
 /// One blocking HTTP exchange: (status, content type, body).
 fn send(
     agent: &ureq::Agent,
     method: &str,
     url: &str,
-    from: &str,
-    content_type: Option<&str>,
+    h: &Outgoing<'_>,
     body: &[u8],
 ) -> Result<(u16, Option<String>, Vec<u8>), Failure> {
-    let mut r = agent.request(method, url).set(FORWARDED_BY, from);
-    if let Some(ct) = content_type {
+    let mut r = agent
+        .request(method, url)
+        .set(FORWARDED_BY, h.from)
+        .set(SIGNATURE, h.signature);
+    if let Some(ct) = h.content_type {
         r = r.set("content-type", ct);
+    }
+    if let Some(a) = h.authorization {
+        r = r.set("authorization", a);
     }
     let res = if body.is_empty() {
         r.call()

@@ -3,10 +3,15 @@
 
 mod admin;
 mod forward;
+mod guard;
+mod limit;
+mod serve;
 mod tasks;
 mod view;
 
-pub use forward::{FORWARDED_BY, Forwarder, Owners, SERVED_BY};
+pub use forward::{FORWARDED_BY, Forwarder, Owners, SERVED_BY, SIGNATURE};
+pub use guard::Guard;
+pub use serve::{ServeOptions, serve};
 
 use std::sync::Arc;
 
@@ -44,7 +49,35 @@ pub struct AppState {
 
 pub type State = axum::extract::State<Arc<AppState>>;
 
-pub fn router(state: Arc<AppState>) -> Router {
+/// How the API is guarded: who may call it (`guard`), how long a request may take, and how
+/// many requests per second a token may make.
+pub struct Protection {
+    pub guard: Arc<Guard>,
+    pub request_timeout: std::time::Duration,
+    /// Per token; 0: unlimited. Applies only with tokens configured.
+    pub rate_limit_per_s: u32,
+    pub tokens_configured: bool,
+}
+
+pub fn router(state: Arc<AppState>, protection: Protection) -> Router {
+    let routes = routes(state);
+    let routes = if protection.tokens_configured {
+        limit::per_token(routes, protection.rate_limit_per_s)
+    } else {
+        routes
+    };
+    routes
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            protection.request_timeout,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            protection.guard,
+            guard::check,
+        ))
+}
+
+fn routes(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/tasks", post(tasks::create).get(tasks::list))
         .route("/v1/tasks/batch", post(tasks::create_batch))

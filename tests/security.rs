@@ -1,0 +1,395 @@
+//! The API's hostile suite: every request below was accepted by an earlier Kairos (c5d4fee)
+//! and must now be refused with a clear JSON error, losing nothing that was accepted.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Receiver, Server, free_port, kairos_bin, write_config};
+
+/// One raw HTTP/1.1 exchange (so that Host, Origin and Content-Type are exactly as written).
+fn raw(base: &str, request: &str) -> (u16, Value) {
+    let addr = base.trim_start_matches("http://");
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    s.write_all(request.as_bytes()).expect("write");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("");
+    (
+        status,
+        serde_json::from_str(body).unwrap_or(Value::String(body.into())),
+    )
+}
+
+fn post(
+    base: &str,
+    host: &str,
+    extra_headers: &str,
+    content_type: &str,
+    body: &str,
+) -> (u16, Value) {
+    raw(
+        base,
+        &format!(
+            "POST /v1/tasks HTTP/1.1\r\nHost: {host}\r\n{extra_headers}Content-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+}
+
+fn host_of(base: &str) -> &str {
+    base.trim_start_matches("http://")
+}
+
+fn task_body(rx: &Receiver, key: &str) -> String {
+    json!({ "plugin": "notify", "key": key, "payload": { "url": rx.url(), "message": key } })
+        .to_string()
+}
+
+fn error_of(v: &Value) -> &str {
+    v["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no JSON error in {v}"))
+}
+
+/// `kairos token new NAME --scope …`: (token, the config lines).
+fn new_token(name: &str, scopes: &[&str]) -> (String, String) {
+    let mut cmd = Command::new(kairos_bin());
+    cmd.args(["token", "new", name]);
+    for s in scopes {
+        cmd.args(["--scope", s]);
+    }
+    let out = cmd.output().expect("kairos token new");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let token = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("kairos_")
+                .map(|t| format!("kairos_{t}"))
+        })
+        .expect("a token line");
+    let config = text[text.find("[[api.tokens]]").expect("config lines")..].to_string();
+    assert!(
+        !config.contains(&token),
+        "the config lines hold only the hash"
+    );
+    (token, config)
+}
+
+fn call_as(
+    s: &Server,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> (u16, Value) {
+    let mut req =
+        ureq::request(method, &format!("{}{path}", s.base)).set("content-type", "application/json");
+    if let Some(t) = token {
+        req = req.set("authorization", &format!("Bearer {t}"));
+    }
+    let res = match body {
+        Some(b) => req.send_string(b),
+        None => req.call(),
+    };
+    let (code, text) = match res {
+        Ok(r) => (r.status(), r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap_or_default()),
+        Err(e) => panic!("{method} {path}: {e}"),
+    };
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[test]
+fn tokens_are_required_and_scopes_decide() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rx = Receiver::start();
+    let (enq, enq_cfg) = new_token("producer", &["enqueue"]);
+    let (reader, reader_cfg) = new_token("dashboard", &["read"]);
+    let (ops, ops_cfg) = new_token("oncall", &["operate", "read"]);
+    let port = free_port();
+    let s = Server::start(&write_config(
+        dir.path(),
+        port,
+        &rx.addr,
+        &format!(
+            "{enq_cfg}
+{reader_cfg}
+{ops_cfg}"
+        ),
+    ));
+
+    // No token, a wrong one: 401 with a JSON error; nothing is stored.
+    let (code, v) = call_as(&s, None, "POST", "/v1/tasks", Some(&task_body(&rx, "a")));
+    assert_eq!(code, 401, "{v}");
+    assert!(error_of(&v).contains("Bearer"), "{v}");
+    let (code, v) = call_as(&s, Some("kairos_0000"), "GET", "/v1/tasks", None);
+    assert_eq!((code, error_of(&v)), (401, "unknown token"));
+    assert_eq!(call_as(&s, None, "GET", "/metrics", None).0, 401);
+    // /healthz stays open for load balancers.
+    assert_eq!(call_as(&s, None, "GET", "/healthz", None).0, 200);
+
+    // Scopes.
+    let (code, created) = call_as(
+        &s,
+        Some(&enq),
+        "POST",
+        "/v1/tasks",
+        Some(&task_body(&rx, "a")),
+    );
+    assert_eq!(code, 201, "{created}");
+    let id = created["id"].as_str().expect("id").to_string();
+    let (code, v) = call_as(&s, Some(&enq), "GET", &format!("/v1/tasks/{id}"), None);
+    assert_eq!(code, 403, "{v}");
+    assert!(error_of(&v).contains("`read`"), "{v}");
+    assert_eq!(
+        call_as(&s, Some(&reader), "GET", &format!("/v1/tasks/{id}"), None).0,
+        200
+    );
+    let (code, v) = call_as(&s, Some(&reader), "POST", "/v1/keys/a/pause", None);
+    assert_eq!(code, 403, "{v}");
+    assert!(error_of(&v).contains("`operate`"), "{v}");
+    let (code, v) = call_as(
+        &s,
+        Some(&reader),
+        "POST",
+        "/v1/tasks",
+        Some(&task_body(&rx, "b")),
+    );
+    assert_eq!(code, 403, "{v}");
+    let (code, v) = call_as(&s, Some(&ops), "POST", "/v1/keys/other-team/pause", None);
+    assert_eq!(code, 200, "{v}");
+    let (code, v) = call_as(
+        &s,
+        Some(&ops),
+        "POST",
+        "/v1/tasks",
+        Some(&task_body(&rx, "c")),
+    );
+    assert_eq!(code, 403, "operate does not include enqueue: {v}");
+
+    // The accepted task ran; the refused ones were never stored.
+    rx.wait_for("the accepted task", Duration::from_secs(20), |b| {
+        !b.is_empty()
+    });
+    let (_, listed) = call_as(&s, Some(&reader), "GET", "/v1/tasks?key=b", None);
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+
+    // The CLI sends its token.
+    let out = Command::new(kairos_bin())
+        .args(["task", "get", &id, "--server", &s.base, "--token", &reader])
+        .output()
+        .expect("kairos task get");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Command::new(kairos_bin())
+        .args(["task", "get", &id, "--server", &s.base])
+        .env_remove("KAIROS_TOKEN")
+        .output()
+        .expect("kairos task get");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}
+
+#[test]
+fn browser_requests_and_rebound_hosts_are_refused() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rx = Receiver::start();
+    let s = Server::start(&write_config(dir.path(), free_port(), &rx.addr, ""));
+    let host = host_of(&s.base).to_string();
+    let body = task_body(&rx, "web");
+
+    // A web page can POST text/plain or a form without a preflight: 415.
+    for ct in [
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+    ] {
+        let (code, v) = post(&s.base, &host, "", ct, &body);
+        assert_eq!(code, 415, "{ct}: {v}");
+        assert!(error_of(&v).contains("application/json"), "{v}");
+    }
+    // DNS rebinding: the page's own name in Host.
+    let (code, v) = post(&s.base, "evil.example", "", "application/json", &body);
+    assert_eq!(code, 421, "{v}");
+    assert!(error_of(&v).contains("evil.example"), "{v}");
+    let (code, _) = raw(
+        &s.base,
+        "GET /v1/tasks HTTP/1.1\r\nHost: evil.example:80\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(code, 421);
+    // A cross-site fetch carries its Origin.
+    let (code, v) = post(
+        &s.base,
+        &host,
+        "Origin: http://evil.example\r\n",
+        "application/json",
+        &body,
+    );
+    assert_eq!(code, 403, "{v}");
+    let (code, _) = post(
+        &s.base,
+        &host,
+        "Origin: null\r\n",
+        "application/json",
+        &body,
+    );
+    assert_eq!(code, 403);
+    // Forwarded-request headers do not make a request trusted.
+    let (code, v) = raw(
+        &s.base,
+        &format!(
+            "DELETE /v1/tasks/x HTTP/1.1\r\nHost: {host}\r\nx-kairos-forwarded: node-9\r\nConnection: close\r\n\r\n"
+        ),
+    );
+    assert_eq!(code, 401, "{v}");
+
+    // Nothing of the above was stored; the same request done right is accepted.
+    let (_, listed) = s.call("GET", "/v1/tasks?key=web", None);
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+    let (code, v) = post(
+        &s.base,
+        &format!("localhost:{}", host.rsplit(':').next().unwrap_or("")),
+        &format!("Origin: http://{host}\r\n"),
+        "application/json; charset=utf-8",
+        &body,
+    );
+    assert_eq!(code, 201, "{v}");
+}
+
+#[test]
+fn an_open_api_is_not_served_beyond_loopback() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rx = Receiver::start();
+    let port = free_port();
+    let config = write_config(dir.path(), port, &rx.addr, "");
+    let out = Command::new(kairos_bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--listen", &format!("0.0.0.0:{port}")])
+        .output()
+        .expect("kairos serve");
+    assert!(
+        !out.status.success(),
+        "serve exposed an unauthenticated API"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to serve the API on 0.0.0.0"),
+        "{err}"
+    );
+    assert!(err.contains("api.tokens"), "{err}");
+}
+
+#[test]
+fn idle_slow_and_excess_connections_are_shed() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rx = Receiver::start();
+    let s = Server::start(&write_config(
+        dir.path(),
+        free_port(),
+        &rx.addr,
+        "[api]\nmax_connections = 8\nheader_timeout_ms = 4000",
+    ));
+    let addr = host_of(&s.base).to_string();
+    // Idle connections and slowloris ones (headers that never end) take the slots; the
+    // first one past the limit is told 503 and closed at once.
+    let mut held = Vec::new();
+    let mut shed = None;
+    for i in 0..12 {
+        let mut c = TcpStream::connect(&addr).expect("connect");
+        if i % 2 == 1 {
+            c.write_all(b"GET /v1/tasks HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .expect("partial headers");
+        }
+        c.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut buf = [0u8; 512];
+        match c.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                shed = Some(String::from_utf8_lossy(&buf[..n]).into_owned());
+                break;
+            }
+            _ => held.push(c),
+        }
+    }
+    let shed = shed.expect("a connection past the limit is answered");
+    assert!(shed.starts_with("HTTP/1.1 503"), "{shed}");
+    assert!(shed.contains("too many open connections"), "{shed}");
+    // (The harness's own pooled connection may hold a slot too.)
+    assert!(
+        (7..=8).contains(&held.len()),
+        "{} held before the 503",
+        held.len()
+    );
+    // The held ones are closed by the header timeout, which frees the slots.
+    let start = Instant::now();
+    for c in &mut held {
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = [0u8; 1024];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => continue, // a 408 before the close
+            }
+        }
+    }
+    let waited = start.elapsed();
+    assert!(
+        waited < Duration::from_secs(8),
+        "connections held for {waited:?}"
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(s.call("GET", "/healthz", None).0, 200);
+}
+
+#[test]
+fn a_token_over_its_rate_gets_429() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rx = Receiver::start();
+    let (token, cfg) = new_token("noisy", &["read"]);
+    let (other, other_cfg) = new_token("quiet", &["read"]);
+    let s = Server::start(&write_config(
+        dir.path(),
+        free_port(),
+        &rx.addr,
+        &format!("[api]\nrate_limit_per_s = 5\n{cfg}\n{other_cfg}"),
+    ));
+    let codes: Vec<u16> = (0..40)
+        .map(|_| call_as(&s, Some(&token), "GET", "/v1/plugins", None).0)
+        .collect();
+    assert!(codes.contains(&429), "{codes:?}");
+    assert!(
+        codes.iter().filter(|c| **c == 200).count() >= 10,
+        "burst of 2x: {codes:?}"
+    );
+    let (code, v) = call_as(&s, Some(&token), "GET", "/v1/plugins", None);
+    assert_eq!(code, 429, "{v}");
+    assert!(error_of(&v).contains("rate limit"), "{v}");
+    // Another token has its own budget.
+    assert_eq!(call_as(&s, Some(&other), "GET", "/v1/plugins", None).0, 200);
+}

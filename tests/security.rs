@@ -393,3 +393,142 @@ fn a_token_over_its_rate_gets_429() {
     // Another token has its own budget.
     assert_eq!(call_as(&s, Some(&other), "GET", "/v1/plugins", None).0, 200);
 }
+
+/// A tmpfs mounted for one test, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).ok()?;
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .ok()?
+            .success();
+        ok.then(|| Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_full_disk_stops_work_and_recovers_without_a_restart() {
+    if !is_root() {
+        eprintln!(
+            "NOT RUN: a_full_disk_stops_work_and_recovers_without_a_restart needs root to mount a tmpfs"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tmp");
+    let mnt = dir.path().join("mnt");
+    let _fs = Tmpfs::mount(&mnt, "48m").expect("mount a 48 MiB tmpfs (running as root)");
+    let rx = Receiver::start();
+    let port = free_port();
+    let config = dir.path().join("kairos.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n[store]\ntype = \"embedded\"\nmin_free_mb = 16\n[scheduler]\nshutdown_grace_ms = 2000\n[plugin.notify]\nallowed_hosts = [\"{}\"]\n",
+            mnt.join("data").display(),
+            rx.addr
+        ),
+    )
+    .expect("config");
+    let s = Server::start(&config);
+    // Accepted before the disk fills: due in 3 s.
+    let mut accepted = Vec::new();
+    for i in 0..5 {
+        let body = json!({ "plugin": "notify", "key": format!("k{i}"), "delay_ms": 3000,
+                           "payload": { "url": rx.url(), "message": i } })
+        .to_string();
+        let (code, v) = s.call("POST", "/v1/tasks", Some(&body));
+        assert_eq!(code, 201, "{v}");
+        accepted.push(v["id"].as_str().expect("id").to_string());
+    }
+    // Fill the disk.
+    let filler = mnt.join("filler");
+    {
+        let mut f = std::fs::File::create(&filler).expect("filler");
+        let chunk = vec![0u8; 256 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    // Enqueues now fail with 503 and a clear message (not 500), and /healthz says why.
+    let big = "x".repeat(200 * 1024);
+    let mut refused = None;
+    for i in 0..100 {
+        let body = json!({ "plugin": "notify", "key": "full", "delay_ms": 600_000, "payload": { "url": rx.url(), "pad": big, "i": i } })
+            .to_string();
+        let (code, v) = s.call("POST", "/v1/tasks", Some(&body));
+        if code != 201 {
+            refused = Some((code, v));
+            break;
+        }
+    }
+    let (code, v) = refused.expect("an enqueue is refused on a full disk");
+    assert_eq!(code, 503, "{v}");
+    assert!(
+        error_of(&v).contains("I/O") || error_of(&v).contains("cannot write"),
+        "{v}"
+    );
+    let (code, h) = s.call("GET", "/healthz", None);
+    assert_eq!(code, 503, "{h}");
+    assert!(error_of(&h).contains("cannot write"), "{h}");
+    // The accepted tasks fall due meanwhile: each runs at most once (an attempt whose start
+    // cannot be recorded does not run, so none repeats).
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(s.call("GET", "/healthz", None).0, 503);
+    let during = rx.received();
+    for id in &accepted {
+        let n = during
+            .iter()
+            .filter(|x| x["task_id"].as_str() == Some(id.as_str()))
+            .count();
+        assert!(
+            n <= 1,
+            "task {id} delivered {n} times while the disk was full"
+        );
+    }
+
+    // Space comes back: the store reopens by itself, with nothing lost.
+    std::fs::remove_file(&filler).expect("free the space");
+    let start = Instant::now();
+    while s.call("GET", "/healthz", None).0 != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the store did not recover"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let body = json!({ "plugin": "notify", "key": "after", "payload": { "url": rx.url(), "message": "after" } })
+        .to_string();
+    let (code, v) = s.call("POST", "/v1/tasks", Some(&body));
+    assert_eq!(code, 201, "{v}");
+    accepted.push(v["id"].as_str().expect("id").to_string());
+    rx.wait_for("every accepted task", Duration::from_secs(60), |b| {
+        accepted
+            .iter()
+            .all(|id| b.iter().any(|x| x["task_id"].as_str() == Some(id.as_str())))
+    });
+    let got = rx.received();
+    for id in &accepted {
+        let n = got
+            .iter()
+            .filter(|x| x["task_id"].as_str() == Some(id.as_str()))
+            .count();
+        assert_eq!(n, 1, "task {id} delivered {n} times");
+    }
+    drop(s);
+}

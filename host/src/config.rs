@@ -74,6 +74,10 @@ pub enum StoreConfig {
         /// redb page cache, MiB.
         #[serde(default = "default_cache_mb")]
         cache_mb: usize,
+        /// Below this much free disk space, MiB, new tasks are refused (503) and /healthz
+        /// answers 503, keeping room for the tasks already accepted. 0: no check.
+        #[serde(default = "default_min_free_mb")]
+        min_free_mb: u64,
     },
     /// Apache Cassandra 5 (or ScyllaDB), shared by every node of a cluster.
     Cassandra(CassandraSection),
@@ -155,11 +159,16 @@ fn default_cache_mb() -> usize {
     64
 }
 
+fn default_min_free_mb() -> u64 {
+    kairos_embedded::EmbeddedOptions::default().min_free_bytes / (1024 * 1024)
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig::Embedded {
             path: None,
             cache_mb: default_cache_mb(),
+            min_free_mb: default_min_free_mb(),
         }
     }
 }
@@ -303,6 +312,8 @@ pub struct TaskDefaults {
     pub max_past_ms: i64,
     /// Most tasks in one batch request.
     pub max_batch: usize,
+    /// Longest ordering key and uniqueness key, bytes.
+    pub max_key_bytes: usize,
 }
 
 impl Default for TaskDefaults {
@@ -314,6 +325,7 @@ impl Default for TaskDefaults {
             max_payload_bytes: 1024 * 1024,
             max_past_ms: 5 * 60 * 1000,
             max_batch: 10_000,
+            max_key_bytes: 1_024,
         }
     }
 }

@@ -168,6 +168,23 @@ impl Enqueuer {
 
     /// The checks every task passes, whatever its origin.
     pub fn task(&self, s: TaskSpec) -> Result<NewTask, Rejection> {
+        let max_key = self.defaults.max_key_bytes;
+        for (what, v) in [
+            ("key", Some(&s.key)),
+            ("uniqueness_key", s.uniqueness_key.as_ref()),
+        ] {
+            if let Some(v) = v
+                && v.len() > max_key
+            {
+                return Err(Rejection {
+                    status: 413,
+                    message: format!(
+                        "`{what}` is {} bytes, over the limit of {max_key} bytes",
+                        v.len()
+                    ),
+                });
+            }
+        }
         if s.payload.len() > self.defaults.max_payload_bytes {
             return Err(Rejection {
                 status: 413,

@@ -54,7 +54,11 @@ async fn open_store(cfg: &Config) -> anyhow::Result<Opened> {
 
 fn open_embedded(cfg: &Config) -> anyhow::Result<Arc<dyn TaskStore>> {
     match &cfg.store {
-        StoreConfig::Embedded { cache_mb, .. } => {
+        StoreConfig::Embedded {
+            cache_mb,
+            min_free_mb,
+            ..
+        } => {
             let path = cfg.store_path();
             if let Some(dir) = path.parent() {
                 std::fs::create_dir_all(dir)
@@ -62,6 +66,7 @@ fn open_embedded(cfg: &Config) -> anyhow::Result<Arc<dyn TaskStore>> {
             }
             let opts = EmbeddedOptions {
                 cache_mb: *cache_mb,
+                min_free_bytes: min_free_mb.saturating_mul(1024 * 1024),
                 ..EmbeddedOptions::default()
             };
             let store = EmbeddedStore::open(&path, opts)

@@ -178,6 +178,12 @@ pub trait TaskStore: Send + Sync + 'static {
         prefix: &str,
         limit: usize,
     ) -> StoreResult<Vec<KvEntryMeta>>;
+
+    /// `Err` while the store cannot write, saying why (`/healthz` answers 503 with it); a
+    /// store that was failing tries to recover here. Stores that cannot tell answer `Ok`.
+    async fn health(&self) -> StoreResult<()> {
+        Ok(())
+    }
 }
 
 /// Keeps the first `limit` tasks by position `(due_at, seq)` out of a scan in any order, holding

@@ -15,6 +15,7 @@
 //! Beyond the trait's contract, re-enqueueing an id that is already stored returns
 //! [`EnqueueOutcome::Duplicate`] with the stored task (a replayed enqueue never resets a task).
 
+mod cell;
 mod codec;
 mod ops;
 mod read;
@@ -44,6 +45,10 @@ pub struct EmbeddedOptions {
     /// Most write operations carried by one commit (one `enqueue` call is one operation,
     /// whatever its batch size). Also the capacity of the writer's queue.
     pub max_batch: usize,
+    /// Below this much free disk space new tasks are refused (503) and the store reports
+    /// itself unhealthy, so that the tasks already accepted can still record their starts
+    /// and ends. 0: no check.
+    pub min_free_bytes: u64,
 }
 
 impl Default for EmbeddedOptions {
@@ -51,6 +56,7 @@ impl Default for EmbeddedOptions {
         Self {
             cache_mb: 64,
             max_batch: 4096,
+            min_free_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -60,7 +66,8 @@ pub struct EmbeddedStore {
     // Field order matters on drop: the writer thread is joined first, then the last handle on
     // the database goes, which releases the file lock.
     writer: writer::Writer,
-    db: Arc<Database>,
+    cell: Arc<cell::DbCell>,
+    min_free_bytes: u64,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -76,14 +83,32 @@ impl EmbeddedStore {
     /// version is refused with [`StoreError::Corrupt`]; a file locked by another process with
     /// [`StoreError::Other`]. Blocking (it may run redb's crash recovery).
     pub fn open(path: &Path, opts: EmbeddedOptions) -> Result<Self, StoreError> {
-        let db = redb::Builder::new()
-            .set_cache_size(opts.cache_mb.saturating_mul(1024 * 1024))
-            .create(path)
-            .db()?;
-        let next_seq = init(&db)?;
-        let db = Arc::new(db);
-        let writer = writer::Writer::spawn(db.clone(), next_seq, opts.max_batch)?;
-        Ok(Self { writer, db })
+        let cell = Arc::new(cell::DbCell::open(
+            path,
+            opts.cache_mb.saturating_mul(1024 * 1024),
+        )?);
+        let next_seq = init(&*cell.get()?)?;
+        let writer = writer::Writer::spawn(cell.clone(), next_seq, opts.max_batch)?;
+        Ok(Self {
+            writer,
+            cell,
+            min_free_bytes: opts.min_free_bytes,
+        })
+    }
+
+    /// `Unavailable` when the disk holding the file has less than `min_free_bytes` free.
+    fn check_space(&self) -> StoreResult<()> {
+        if self.min_free_bytes == 0 {
+            return Ok(());
+        }
+        match cell::free_bytes(self.cell.path()) {
+            Some(free) if free < self.min_free_bytes => Err(StoreError::Unavailable(format!(
+                "embedded store cannot write: the disk is nearly full ({} MiB free, {} MiB kept for the tasks already accepted)",
+                free / (1024 * 1024),
+                self.min_free_bytes / (1024 * 1024)
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Commits and operations so far (operations per commit shows the group-commit factor).
@@ -105,7 +130,7 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&Database) -> StoreResult<T> + Send + 'static,
     {
-        let db = self.db.clone();
+        let db = self.cell.get()?;
         tokio::task::spawn_blocking(move || f(&db))
             .await
             .map_err(|e| StoreError::Other(format!("embedded store read failed: {e}")))?
@@ -113,7 +138,7 @@ impl EmbeddedStore {
 }
 
 /// Creates the tables, checks the format and returns the next sequence number.
-fn init(db: &Database) -> StoreResult<u64> {
+pub(crate) fn init(db: &Database) -> StoreResult<u64> {
     let txn = db.begin_write().db()?;
     let next_seq = {
         // Opening creates the tables of a new file.
@@ -153,6 +178,7 @@ impl TaskStore for EmbeddedStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
+        self.check_space()?;
         self.write(move |w| w.enqueue(&batch)).await
     }
 
@@ -174,7 +200,7 @@ impl TaskStore for EmbeddedStore {
     }
 
     async fn lease_holder(&self, partition: u32) -> StoreResult<Option<Holder>> {
-        read::lease_holder(&self.db, partition)
+        read::lease_holder(&*self.cell.get()?, partition)
     }
 
     async fn start_attempt(
@@ -203,11 +229,11 @@ impl TaskStore for EmbeddedStore {
     }
 
     async fn get(&self, id: &str) -> StoreResult<Option<TaskRecord>> {
-        read::get(&self.db, id)
+        read::get(&*self.cell.get()?, id)
     }
 
     async fn find_by_uniqueness_key(&self, uniqueness_key: &str) -> StoreResult<Option<Task>> {
-        read::find_by_uniqueness_key(&self.db, uniqueness_key)
+        read::find_by_uniqueness_key(&*self.cell.get()?, uniqueness_key)
     }
 
     async fn list(&self, filter: &ListFilter) -> StoreResult<Vec<Task>> {
@@ -263,7 +289,7 @@ impl TaskStore for EmbeddedStore {
     }
 
     async fn get_schedule(&self, name: &str) -> StoreResult<Option<Schedule>> {
-        read::get_schedule(&self.db, name)
+        read::get_schedule(&*self.cell.get()?, name)
     }
 
     async fn list_schedules(&self) -> StoreResult<Vec<Schedule>> {
@@ -282,7 +308,7 @@ impl TaskStore for EmbeddedStore {
     }
 
     async fn kv_get(&self, plugin: &str, key: &str) -> StoreResult<Option<Vec<u8>>> {
-        read::kv_get(&self.db, plugin, key)
+        read::kv_get(&*self.cell.get()?, plugin, key)
     }
 
     async fn kv_set(&self, plugin: &str, key: &str, value: Vec<u8>, at: Millis) -> StoreResult<()> {
@@ -305,5 +331,14 @@ impl TaskStore for EmbeddedStore {
         let (plugin, prefix) = (plugin.to_owned(), prefix.to_owned());
         self.read_blocking(move |db| read::kv_list(db, &plugin, &prefix, limit))
             .await
+    }
+
+    async fn health(&self) -> StoreResult<()> {
+        self.check_space()?;
+        if self.cell.broken().is_none() {
+            return Ok(());
+        }
+        // A write reopens the file first; it succeeds only once writes work again.
+        self.write(|w| w.probe()).await
     }
 }

@@ -10,8 +10,8 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::codec;
 use super::tables::{
-    ATTEMPTS, BY_KEY, DbResult, KV, META, META_NEXT_SEQ, OWNERS, PAUSED, PENDING, SCHEDULES, TASKS,
-    UKEYS, indexed_task, key_range_bounds, load_task,
+    ATTEMPTS, BY_KEY, DbResult, FORMAT, KV, META, META_FORMAT, META_NEXT_SEQ, OWNERS, PAUSED,
+    PENDING, SCHEDULES, TASKS, UKEYS, indexed_task, key_range_bounds, load_task,
 };
 use kairos_core::model::{
     Attempt, EnqueueOutcome, Millis, NewTask, Schedule, Task, TaskState, Transition,
@@ -87,6 +87,12 @@ impl<'t> WriteTables<'t> {
             self.meta.insert(META_NEXT_SEQ, self.next_seq).db()?;
         }
         Ok(self.next_seq)
+    }
+
+    /// A write of no consequence (the health probe): rewrites the format marker.
+    pub(crate) fn probe(&mut self) -> StoreResult<()> {
+        self.meta.insert(META_FORMAT, FORMAT).db()?;
+        Ok(())
     }
 
     fn require(&self, id: &str) -> StoreResult<Task> {

@@ -43,6 +43,9 @@ pub(super) fn db_err(e: impl Into<redb::Error>) -> StoreError {
     let e: redb::Error = e.into();
     match e {
         redb::Error::Io(io) => StoreError::Unavailable(format!("embedded store I/O: {io}")),
+        redb::Error::PreviousIo => StoreError::Unavailable(
+            "embedded store: an earlier write failed (I/O); reopening the file".into(),
+        ),
         redb::Error::Corrupted(msg) => StoreError::Corrupt(msg),
         redb::Error::UpgradeRequired(v) => {
             StoreError::Corrupt(format!("database file format {v} needs an upgrade"))

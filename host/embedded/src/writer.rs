@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 
-use redb::{Database, Durability};
+use redb::Durability;
 use tokio::sync::{mpsc, oneshot};
 
+use super::cell::DbCell;
 use super::ops::WriteTables;
 use super::tables::DbResult;
 use kairos_core::store::{StoreError, StoreResult};
@@ -105,12 +106,12 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn spawn(db: Arc<Database>, next_seq: u64, max_batch: usize) -> StoreResult<Self> {
+    pub(super) fn spawn(cell: Arc<DbCell>, next_seq: u64, max_batch: usize) -> StoreResult<Self> {
         let max_batch = max_batch.max(1);
         let (tx, rx) = mpsc::channel(max_batch);
         let stats = Arc::new(Stats::default());
         let mut state = WriterThread {
-            db,
+            cell,
             rx,
             max_batch,
             next_seq,
@@ -160,7 +161,7 @@ impl Drop for Writer {
 }
 
 struct WriterThread {
-    db: Arc<Database>,
+    cell: Arc<DbCell>,
     rx: mpsc::Receiver<Box<dyn WriteOp>>,
     max_batch: usize,
     /// The next sequence number as of the last commit.
@@ -185,9 +186,23 @@ impl WriterThread {
 
     /// Applies and commits `batch`, answering (and draining) every operation in it.
     fn commit_batch(&mut self, batch: &mut Vec<Box<dyn WriteOp>>) {
+        // After an I/O failure redb refuses everything until the file is opened again: the
+        // batch is retried once on a reopened file.
+        let mut reopened = false;
         loop {
+            if self.cell.broken().is_some() {
+                if let Err(e) = self.recover() {
+                    let err = Err(e);
+                    for op in batch.drain(..) {
+                        op.reply(&err);
+                    }
+                    return;
+                }
+                reopened = true;
+            }
             match self.try_batch(batch) {
                 Attempted::Committed(next_seq) => {
+                    self.cell.mark_healthy();
                     self.next_seq = next_seq;
                     self.stats.commits.fetch_add(1, Ordering::Relaxed);
                     self.stats
@@ -207,6 +222,12 @@ impl WriterThread {
                 }
                 Attempted::Failed(e) => {
                     tracing::error!(error = %e, ops = batch.len(), "embedded store commit failed");
+                    if e.is_transient() {
+                        self.cell.mark_broken(&e);
+                        if !reopened {
+                            continue;
+                        }
+                    }
                     let err = Err(e);
                     for op in batch.drain(..) {
                         op.reply(&err);
@@ -221,8 +242,16 @@ impl WriterThread {
         self.run_batch(batch).unwrap_or_else(Attempted::Failed)
     }
 
+    /// Reopens the database after a failed write, and reads the sequence back from it.
+    fn recover(&mut self) -> StoreResult<()> {
+        let db = self.cell.reopen()?;
+        self.next_seq = super::init(&db)?;
+        Ok(())
+    }
+
     fn run_batch(&self, batch: &mut [Box<dyn WriteOp>]) -> StoreResult<Attempted> {
-        let mut txn = self.db.begin_write().db()?;
+        let db = self.cell.get()?;
+        let mut txn = db.begin_write().db()?;
         txn.set_durability(Durability::Immediate);
         let mut w = WriteTables::open(&txn, self.next_seq)?;
         for (i, op) in batch.iter_mut().enumerate() {

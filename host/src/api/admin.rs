@@ -145,11 +145,26 @@ pub async fn plugins(st: State) -> Json<serde_json::Value> {
     Json(st.plugins.list())
 }
 
-pub async fn healthz(st: State) -> Json<serde_json::Value> {
+/// 200 while the node can take work; 503 with the reason while its store cannot write.
+pub async fn healthz(st: State) -> Response {
     let owned = st.scheduler.owned().await;
-    Json(
-        json!({ "status": "ok", "node_id": st.node_id, "partitions_owned": owned.len(), "partitions": owned }),
-    )
+    match st.store.health().await {
+        Ok(()) => Json(
+            json!({ "status": "ok", "node_id": st.node_id, "partitions_owned": owned.len(), "partitions": owned }),
+        )
+        .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "unavailable",
+                "error": format!("the store cannot write: {e}"),
+                "node_id": st.node_id,
+                "partitions_owned": owned.len(),
+                "partitions": owned,
+            })),
+        )
+            .into_response(),
+    }
 }
 
 pub async fn metrics(st: State) -> impl IntoResponse {

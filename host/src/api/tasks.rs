@@ -86,6 +86,10 @@ pub async fn get(st: State, Path(id): Path<String>) -> ApiResult<Json<TaskView>>
     }
 }
 
+/// Most tasks in one `GET /v1/tasks` answer (each carries its payload, at most
+/// `tasks.max_payload_bytes`).
+const MAX_LIST: usize = 1_000;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
@@ -108,7 +112,7 @@ pub async fn list(
             )
         })?),
     };
-    let limit = q.limit.unwrap_or(100).clamp(1, 10_000);
+    let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
     let tasks = st
         .store
         .list(&ListFilter {

@@ -1,0 +1,106 @@
+//! A real full disk (a small tmpfs; needs root to mount it), with the free-space watermark
+//! off so that the writes themselves fail: a failed write is a transient `Unavailable`, and
+//! the store reopens the file by itself (redb refuses everything after an I/O error until
+//! then, which before this change lasted until a restart), with every acknowledged task
+//! intact.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kairos_conformance::{T0, enqueue_one, new_task};
+use kairos_core::store::TaskStore;
+use kairos_embedded::{EmbeddedOptions, EmbeddedStore};
+
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn mount(at: &Path) -> Tmpfs {
+    std::fs::create_dir_all(at).expect("mount point");
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(at)
+        .status()
+        .expect("run mount")
+        .success();
+    assert!(ok, "mounting a tmpfs failed (running as root)");
+    Tmpfs(at.to_path_buf())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_transient_and_the_store_reopens_itself() {
+    if !is_root() {
+        eprintln!(
+            "NOT RUN: a_full_disk_is_transient_and_the_store_reopens_itself needs root to mount a tmpfs"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mnt = dir.path().join("mnt");
+    let _fs = mount(&mnt);
+    // No free-space watermark: the writes themselves must hit the full disk.
+    let opts = EmbeddedOptions {
+        min_free_bytes: 0,
+        ..EmbeddedOptions::default()
+    };
+    let store = EmbeddedStore::open(&mnt.join("kairos.redb"), opts).expect("open");
+    let mut acked = Vec::new();
+    for i in 0..20 {
+        acked.push(enqueue_one(&store, new_task(&format!("k{i}"), T0)).await);
+    }
+    {
+        let mut f = std::fs::File::create(mnt.join("filler")).expect("filler");
+        let chunk = vec![0u8; 256 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    let mut failed = None;
+    for i in 0..2_000 {
+        let mut t = new_task(&format!("full{i}"), T0);
+        t.payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(64 * 1024));
+        match store.enqueue(vec![t]).await {
+            Ok(_) => continue,
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    let e = failed.expect("a write fails on a full disk");
+    assert!(e.is_transient(), "a full disk is transient, not {e:?}");
+    // The next write reopens the file: what fits in the file's free pages is written
+    // (redb alone would answer "previous I/O error" to everything from now on).
+    let small = enqueue_one(&store, new_task("small", T0)).await;
+    store.health().await.expect("healthy: writes work again");
+    let mut big = new_task("big", T0);
+    big.payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(4 * 1024 * 1024));
+    let e = store
+        .enqueue(vec![big.clone()])
+        .await
+        .expect_err("a write that needs new space still fails");
+    assert!(e.is_transient(), "{e:?}");
+
+    std::fs::remove_file(mnt.join("filler")).expect("free the space");
+    let after = enqueue_one(&store, big).await;
+    acked.push(small);
+    for t in acked.iter().chain(std::iter::once(&after)) {
+        let got = store
+            .get(&t.id)
+            .await
+            .expect("read")
+            .expect("acknowledged task kept");
+        assert_eq!(got.task.key, t.key);
+    }
+}

@@ -125,6 +125,19 @@ fn bad_requests_get_clear_errors_and_lose_nothing() {
             "over the limit",
         ),
         (
+            "oversized key",
+            json!({ "plugin": "notify", "key": "k".repeat(2000) }).to_string(),
+            413,
+            "`key` is 2000 bytes, over the limit of 1024",
+        ),
+        (
+            "oversized uniqueness key",
+            json!({ "plugin": "notify", "key": "k", "uniqueness_key": "u".repeat(5000) })
+                .to_string(),
+            413,
+            "`uniqueness_key` is 5000 bytes",
+        ),
+        (
             "unknown field",
             json!({ "plugin": "notify", "key": "k", "colour": 1 }).to_string(),
             400,

@@ -12,7 +12,6 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -52,14 +51,6 @@ pub struct TokenDecl {
     pub scopes: Vec<Scope>,
 }
 
-/// `[api.tls]`: serve HTTPS with these PEM files.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSection {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-}
-
 /// `[api]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -86,7 +77,6 @@ pub struct ApiSection {
     /// Requests per second per token (with tokens configured), with bursts of twice that;
     /// 0: no limit. Beyond it: 429.
     pub rate_limit_per_s: u32,
-    pub tls: Option<TlsSection>,
 }
 
 impl Default for ApiSection {
@@ -100,7 +90,6 @@ impl Default for ApiSection {
             header_timeout_ms: 10_000,
             request_timeout_ms: 60_000,
             rate_limit_per_s: 1_000,
-            tls: None,
         }
     }
 }

@@ -532,3 +532,22 @@ fn a_full_disk_stops_work_and_recovers_without_a_restart() {
     }
     drop(s);
 }
+
+#[test]
+fn a_claimed_uniqueness_key_does_not_silence_a_plugins_follow_up() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rx = Receiver::start();
+    let s = Server::start(&write_config(dir.path(), free_port(), &rx.addr, ""));
+    // Someone claims the key the escalation's first notification will use, far in the future.
+    let squat = json!({ "plugin": "notify", "key": "squat", "uniqueness_key": "alert:inc-7:0:0",
+                        "delay_ms": 3_600_000, "payload": { "url": rx.url(), "message": "squat" } });
+    assert_eq!(s.call("POST", "/v1/tasks", Some(&squat.to_string())).0, 201);
+    let start = json!({ "plugin": "alerting", "key": "inc-7",
+                        "payload": { "incident": "inc-7", "level": 0,
+                                     "policy": [{ "after_ms": 0, "targets": [rx.url()] }] } });
+    assert_eq!(s.call("POST", "/v1/tasks", Some(&start.to_string())).0, 201);
+    // The page still goes out: the plugin's key lives in its own namespace.
+    rx.wait_for("the escalation's page", Duration::from_secs(20), |b| {
+        b.iter().any(|x| x["key"] == "inc-7")
+    });
+}

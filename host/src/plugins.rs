@@ -90,6 +90,16 @@ pub struct StoreServices {
 
 const KV_LIST_MAX: u32 = 1_000;
 
+/// A follow-up's explicit time may lie this far in the past (clock steps between the plugin's
+/// reading of the time and the host's); older is refused.
+const FOLLOW_UP_PAST_SLACK_MS: i64 = 1_000;
+
+/// The stored uniqueness key of a follow-up: `plugin:NAME:KEY`, the scheduling plugin's
+/// namespace.
+pub fn follow_up_uniqueness_key(plugin: &str, key: &str) -> String {
+    format!("plugin:{plugin}:{key}")
+}
+
 #[async_trait]
 impl HostServices for StoreServices {
     async fn kv_get(&self, plugin: &str, key: &str) -> Result<Option<Vec<u8>>, String> {
@@ -140,8 +150,19 @@ impl HostServices for StoreServices {
         let now = enq.clock.now();
         let due_at = match req.when {
             When::DelayMs(d) => now.saturating_add(d.min(i64::MAX as u64) as i64),
+            When::AtMs(t) if t < now.saturating_sub(FOLLOW_UP_PAST_SLACK_MS) => {
+                return Err(format!(
+                    "follow-up at-ms {t} is {} ms in the past; use a delay (0 runs it now)",
+                    now - t
+                ));
+            }
             When::AtMs(t) => t,
         };
+        // A plugin's uniqueness keys live in its own namespace: no plugin (nor a client that
+        // guesses a key) can claim another's follow-up and silence it. The API may set any.
+        let uniqueness_key = req
+            .uniqueness_key
+            .map(|u| follow_up_uniqueness_key(&origin.plugin, &u));
         serde_json::from_str::<serde::de::IgnoredAny>(&req.payload)
             .map_err(|e| format!("follow-up payload is not JSON: {e}"))?;
         let task = enq
@@ -150,7 +171,7 @@ impl HostServices for StoreServices {
                 key: req.key,
                 due_at,
                 payload: req.payload,
-                uniqueness_key: req.uniqueness_key,
+                uniqueness_key,
                 max_attempts: None,
                 pin_version: None,
                 park_on_dead: false,

@@ -268,8 +268,22 @@ impl Server {
 
     /// Sends a request; returns (status, JSON body).
     pub fn call(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-        let req = ureq::request(method, &format!("{}{path}", self.base))
+        self.call_as(None, method, path, body)
+    }
+
+    /// Sends a request with `Authorization: Bearer TOKEN` when `token` is set.
+    pub fn call_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = ureq::request(method, &format!("{}{path}", self.base))
             .set("content-type", "application/json");
+        if let Some(t) = token {
+            req = req.set("authorization", &format!("Bearer {t}"));
+        }
         let res = match body {
             Some(b) => req.send_string(b),
             None => req.call(),

@@ -65,6 +65,8 @@ struct Cluster {
     config: PathBuf,
     rx: Receiver,
     topic: String,
+    /// `api.cluster_secret` of every node.
+    secret: String,
     nodes: Vec<Option<Server>>,
 }
 
@@ -76,10 +78,11 @@ impl Cluster {
         let id = unique(name);
         let topic = format!("kairos.test.{id}");
         let config = dir.path().join("cluster.toml");
+        let secret = format!("cluster-test-secret-{id}");
         let text = format!(
             r#"partitions = {PARTITIONS}
 [api]
-cluster_secret = "cluster-test-secret-{id}"
+cluster_secret = "{secret}"
 [queue]
 type = "kafka"
 brokers = "127.0.0.1:9092"
@@ -104,6 +107,7 @@ allowed_hosts = ["{rx}"]
             config,
             rx,
             topic,
+            secret,
             nodes: Vec::new(),
         }
     }
@@ -726,9 +730,24 @@ fn f_task_operations_through_any_node_reach_the_owner() {
     let (code, t) = b.call("DELETE", &format!("/v1/tasks/{t_b2}"), None);
     assert_eq!((code, &t["state"]), (200, &json!("cancelled")), "{t}");
 
-    // A forwarded request that reaches a non-owner is not forwarded again.
-    let res = ureq::delete(&format!("{}/v1/tasks/{t_b2}", a.base))
+    // A forwarded request must be signed with the cluster secret; one that is, reaching a
+    // non-owner, is not forwarded again.
+    let path = format!("/v1/tasks/{t_b2}");
+    let forged = ureq::delete(&format!("{}{path}", a.base))
         .set("x-kairos-forwarded", "node-x")
+        .call();
+    match forged {
+        Err(ureq::Error::Status(code, r)) => {
+            let text = r.into_string().unwrap_or_default();
+            assert_eq!(code, 401, "an unsigned forwarded request: {text}");
+        }
+        other => panic!("expected 401, got {other:?}"),
+    }
+    let now = kairos_core::clock::system_now();
+    let signature = kairos::auth::sign_forwarded(&c.secret, "DELETE", &path, "node-x", now, b"");
+    let res = ureq::delete(&format!("{}{path}", a.base))
+        .set("x-kairos-forwarded", "node-x")
+        .set("x-kairos-signature", &signature)
         .call();
     match res {
         Err(ureq::Error::Status(code, r)) => {

@@ -12,9 +12,9 @@ use kairos::enqueue::{EnqueueRequest, Enqueuer, LocalIntake, PluginCatalog};
 use kairos::metrics::Metrics;
 use kairos::scheduler::{ExecOutcome, ExecResult, Executor, OpError, Scheduler, SchedulerConfig};
 use kairos_core::clock::{Clock, ManualClock};
-use kairos_core::embedded::{EmbeddedOptions, EmbeddedStore};
 use kairos_core::model::{Millis, Schedule, Task, TaskState};
 use kairos_core::store::TaskStore;
+use kairos_embedded::{EmbeddedOptions, EmbeddedStore};
 use serde_json::json;
 use tokio::sync::{Notify, Semaphore};
 

@@ -297,8 +297,7 @@ async fn pending(args: &BenchArgs) -> anyhow::Result<()> {
     {
         use kairos_core::store::TaskStore;
         std::fs::create_dir_all(&cfg.data_dir)?;
-        let store =
-            kairos_core::embedded::EmbeddedStore::open(&cfg.store_path(), Default::default())?;
+        let store = kairos_embedded::EmbeddedStore::open(&cfg.store_path(), Default::default())?;
         let now = kairos_core::clock::system_now();
         for chunk in (0..args.pending).collect::<Vec<_>>().chunks(10_000) {
             let batch = chunk

@@ -3,4 +3,4 @@
 
 mod common;
 
-kairos_core::store_conformance_tests!(common::fresh_store);
+kairos_conformance::store_conformance_tests!(common::fresh_store);

@@ -9,9 +9,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use kairos_cassandra::CassandraStore;
-use kairos_core::conformance::{
-    T0, enqueue_all, enqueue_one, expect_fenced, new_task_in, succeeded,
-};
+use kairos_conformance::{T0, enqueue_all, enqueue_one, expect_fenced, new_task_in, succeeded};
 use kairos_core::model::{Attempt, AttemptOutcome, TaskState};
 use kairos_core::ownership::{Holder, Lease};
 use kairos_core::store::{StoreError, TaskStore};

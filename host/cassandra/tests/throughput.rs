@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::{StreamExt, stream};
-use kairos_core::conformance::{T0, new_task_in, succeeded};
+use kairos_conformance::{T0, new_task_in, succeeded};
 use kairos_core::model::{Attempt, AttemptOutcome, Millis, OrderPos};
 use kairos_core::store::TaskStore;
 

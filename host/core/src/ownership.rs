@@ -65,7 +65,7 @@ pub trait PartitionListener: Send + Sync + 'static {
 
 /// Hands partitions to a node under leases: the local source (embedded: every partition, at
 /// start) or a Kafka consumer group (cluster). Both pass the conformance cases in
-/// [`crate::conformance::source`].
+/// `kairos_conformance::source`.
 #[async_trait::async_trait]
 pub trait PartitionSource: Send + Sync {
     /// Stops: every partition it assigned is revoked (the listener hears `revoked` and has

@@ -1,5 +1,5 @@
 //! The durable store contract. Every backend (embedded redb, Cassandra) implements
-//! [`TaskStore`] and passes the shared suite in [`crate::conformance`].
+//! [`TaskStore`] and passes the shared suite in `kairos-conformance`.
 
 use async_trait::async_trait;
 

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::*;
-use kairos_core::conformance::source::{self, SourceFactory};
+use kairos_conformance::source::{self, SourceFactory};
 use kairos_core::ownership::{PartitionListener, PartitionSource};
 use kairos_core::store::TaskStore;
 use kairos_kafka::KafkaSource;

@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use kairos_core::embedded::{EmbeddedOptions, EmbeddedStore};
 use kairos_core::model::{Backoff, NewTask, Task};
 use kairos_core::partition::partition_for;
 use kairos_core::store::TaskStore;
+use kairos_embedded::{EmbeddedOptions, EmbeddedStore};
 use kairos_kafka::{KafkaConfig, PartitionListener};
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -19,8 +19,8 @@ use std::ops::RangeInclusive;
 use redb::{ReadableTable, TableDefinition};
 
 use super::codec;
-use crate::model::{Attempt, Task};
-use crate::store::{StoreError, StoreResult};
+use kairos_core::model::{Attempt, Task};
+use kairos_core::store::{StoreError, StoreResult};
 
 pub(super) const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
 pub(super) const PENDING: TableDefinition<(u32, i64, u64), &str> = TableDefinition::new("pending");

@@ -13,11 +13,11 @@ use super::tables::{
     ATTEMPTS, BY_KEY, DbResult, KV, META, META_NEXT_SEQ, OWNERS, PAUSED, PENDING, SCHEDULES, TASKS,
     UKEYS, indexed_task, key_range_bounds, load_task,
 };
-use crate::model::{
+use kairos_core::model::{
     Attempt, EnqueueOutcome, Millis, NewTask, Schedule, Task, TaskState, Transition,
 };
-use crate::ownership::Lease;
-use crate::store::{StoreError, StoreResult};
+use kairos_core::ownership::Lease;
+use kairos_core::store::{StoreError, StoreResult};
 
 /// The tables of one write transaction.
 pub(crate) struct WriteTables<'t> {

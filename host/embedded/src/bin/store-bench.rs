@@ -3,7 +3,7 @@
 //! concurrent tokio tasks, all durable (group-committed, fsynced).
 //!
 //! ```text
-//! cargo run --release -p kairos-core --bin store-bench -- [--tasks 200000] [--workers 512]
+//! cargo run --release -p kairos-embedded --bin store-bench -- [--tasks 200000] [--workers 512]
 //!     [--producers 4] [--runs 3] [--dir /path/on/the/disk/to/measure]
 //! ```
 //! Prints each run and the median of the runs.
@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kairos_core::clock::system_now;
-use kairos_core::embedded::{EmbeddedOptions, EmbeddedStore};
 use kairos_core::model::{Attempt, AttemptOutcome, Backoff, NewTask, Transition};
 use kairos_core::partition::partition_for;
 use kairos_core::store::TaskStore;
+use kairos_embedded::{EmbeddedOptions, EmbeddedStore};
 use tokio::sync::{Mutex, mpsc};
 
 const BATCH: usize = 1_000;

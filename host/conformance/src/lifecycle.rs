@@ -1,7 +1,7 @@
 //! Cases: attempts, transitions and operator actions on tasks.
 
 use super::*;
-use crate::model::{ListFilter, TaskState};
+use kairos_core::model::{ListFilter, TaskState};
 
 pub async fn attempts_are_durable_and_history_ordered<S: TaskStore>(s: S) {
     let t = enqueue_one(&s, new_task("k", T0)).await;

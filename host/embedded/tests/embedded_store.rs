@@ -4,13 +4,13 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use kairos_core::conformance::{
+use kairos_conformance::{
     T0, dead, enqueue_all, enqueue_one, held, lease_for, new_task, parking, retry, run_attempt,
     succeeded, window, with_ukey,
 };
-use kairos_core::embedded::{EmbeddedOptions, EmbeddedStore};
 use kairos_core::model::{EnqueueOutcome, ListFilter, OrderPos, Schedule, TaskState};
 use kairos_core::store::{StoreError, TaskStore};
+use kairos_embedded::{EmbeddedOptions, EmbeddedStore};
 
 fn open(path: &Path) -> EmbeddedStore {
     EmbeddedStore::open(path, EmbeddedOptions::default()).expect("open embedded store")

@@ -10,9 +10,9 @@ use super::tables::{
     ATTEMPTS, BY_KEY, DbResult, KV, OWNERS, PAUSED, PENDING, SCHEDULES, TASKS, UKEYS, indexed_task,
     key_range_bounds, load_attempts, load_task,
 };
-use crate::model::{KvEntryMeta, ListFilter, Millis, OrderPos, Schedule, Task, TaskRecord};
-use crate::ownership::Holder;
-use crate::store::{FirstByPos, StoreResult};
+use kairos_core::model::{KvEntryMeta, ListFilter, Millis, OrderPos, Schedule, Task, TaskRecord};
+use kairos_core::ownership::Holder;
+use kairos_core::store::{FirstByPos, StoreResult};
 
 /// `limit` 0 in a [`ListFilter`] means this many.
 const DEFAULT_LIST_LIMIT: usize = 100;

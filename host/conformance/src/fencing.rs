@@ -1,15 +1,15 @@
 //! The ownership contract: leases, and fencing of every call that changes a task.
 
 use super::*;
-use crate::model::TaskState;
-use crate::ownership::Holder;
+use kairos_core::model::TaskState;
+use kairos_core::ownership::Holder;
 
 fn attempt(number: u32, at: Millis) -> Attempt {
     Attempt {
         number,
         started_at: at,
         ended_at: at + 1,
-        outcome: crate::model::AttemptOutcome::Succeeded,
+        outcome: kairos_core::model::AttemptOutcome::Succeeded,
         error: None,
         plugin_digest: None,
     }

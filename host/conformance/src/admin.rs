@@ -4,7 +4,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use super::*;
-use crate::model::{KvEntryMeta, ListFilter, Schedule, TaskState};
+use kairos_core::model::{KvEntryMeta, ListFilter, Schedule, TaskState};
 
 pub async fn paused_keys_set_clear_list<S: TaskStore>(s: S) {
     assert!(s.paused_keys().await.expect("list").is_empty());

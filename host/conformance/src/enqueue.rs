@@ -1,7 +1,7 @@
 //! Cases: enqueue, uniqueness, and the pending window.
 
 use super::*;
-use crate::model::TaskState;
+use kairos_core::model::TaskState;
 
 pub async fn enqueue_assigns_increasing_seq<S: TaskStore>(s: S) {
     let first = vec![

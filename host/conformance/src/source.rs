@@ -8,9 +8,9 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::model::Task;
-use crate::ownership::{Lease, PartitionListener, PartitionSource};
-use crate::store::TaskStore;
+use kairos_core::model::Task;
+use kairos_core::ownership::{Lease, PartitionListener, PartitionSource};
+use kairos_core::store::TaskStore;
 
 /// Starts a source for `node_id` reporting to `listener`.
 pub type SourceFactory = Arc<

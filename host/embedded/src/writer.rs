@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::ops::WriteTables;
 use super::tables::DbResult;
-use crate::store::{StoreError, StoreResult};
+use kairos_core::store::{StoreError, StoreResult};
 
 /// One queued write: applied inside a batch transaction (possibly more than once, if the batch
 /// is replayed), answered once after the commit.

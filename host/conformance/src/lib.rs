@@ -5,7 +5,7 @@
 //! one `#[test]` per case, so a failure is reported under the case's name:
 //!
 //! ```ignore
-//! kairos_core::store_conformance_tests!(|| async {
+//! kairos_conformance::store_conformance_tests!(|| async {
 //!     let dir = tempfile::tempdir().unwrap();
 //!     let store = EmbeddedStore::open(&dir.path().join("db"), Default::default()).unwrap();
 //!     (store, dir) // the second value is a guard kept alive until the case ends
@@ -25,11 +25,11 @@ pub mod source;
 use std::future::Future;
 use std::time::Duration;
 
-use crate::model::{
+use kairos_core::model::{
     Attempt, AttemptOutcome, Backoff, EnqueueOutcome, Millis, NewTask, OrderPos, Task, Transition,
 };
-use crate::ownership::Lease;
-use crate::store::{StoreError, StoreResult, TaskStore};
+use kairos_core::ownership::Lease;
+use kairos_core::store::{StoreError, StoreResult, TaskStore};
 
 pub use admin::*;
 pub use enqueue::*;
@@ -107,9 +107,9 @@ macro_rules! __store_conformance_cases {
         $(
             #[test]
             fn $case() {
-                $crate::conformance::run_case(async {
+                $crate::run_case(async {
                     let (store, guard) = ($factory)().await;
-                    $crate::conformance::$case(store).await;
+                    $crate::$case(store).await;
                     drop(guard);
                 });
             }

@@ -27,12 +27,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use redb::{Database, ReadableTable};
 
-use crate::model::{
+use kairos_core::model::{
     Attempt, EnqueueOutcome, KvEntryMeta, ListFilter, Millis, NewTask, OrderPos, Schedule, Task,
     TaskRecord, Transition,
 };
-use crate::ownership::{Holder, Lease};
-use crate::store::{StoreError, StoreResult, TaskStore};
+use kairos_core::ownership::{Holder, Lease};
+use kairos_core::store::{StoreError, StoreResult, TaskStore};
 use tables::DbResult;
 pub use writer::CommitStats;
 

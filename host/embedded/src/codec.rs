@@ -9,8 +9,8 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Attempt, AttemptOutcome, Backoff, Schedule, Task, TaskState};
-use crate::store::{StoreError, StoreResult};
+use kairos_core::model::{Attempt, AttemptOutcome, Backoff, Schedule, Task, TaskState};
+use kairos_core::store::{StoreError, StoreResult};
 
 /// Version byte in front of every encoded record.
 const V1: u8 = 1;

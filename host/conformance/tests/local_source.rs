@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use kairos_core::conformance::source::{self, SourceFactory};
+use kairos_conformance::source::{self, SourceFactory};
 use kairos_core::mem::MemStore;
 use kairos_core::ownership::{LocalSource, PartitionListener, PartitionSource};
 use kairos_core::store::TaskStore;

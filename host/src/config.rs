@@ -335,7 +335,7 @@ fn empty_object() -> serde_json::Value {
 
 impl Config {
     /// `scheduler.takeover_wait_ms`, or the longest plugin `timeout_ms` configured here plus
-    /// 2 s. (A plugin whose own manifest raises its timeout needs the key set explicitly.)
+    /// 2 s. (This config is the ceiling: a plugin's own manifest can only lower its timeout.)
     /// Embedded (local queue) the default is 0: the previous holder of every partition was
     /// this process before it stopped, so no attempt of it can still run.
     pub fn takeover_wait_ms(&self) -> u64 {
@@ -350,6 +350,16 @@ impl Config {
                 .fold(self.limits.timeout_ms, u64::max);
             longest.saturating_add(2_000)
         })
+    }
+
+    /// The Wasm runtime's settings from this config: `[limits]` and the `[plugin.NAME]`
+    /// grants (no compiled-artifact cache; the node sets one under `data_dir`).
+    pub fn runtime_config(&self) -> kairos_runtime::RuntimeConfig {
+        kairos_runtime::RuntimeConfig {
+            defaults: self.limits,
+            grants: self.plugin.clone(),
+            ..kairos_runtime::RuntimeConfig::default()
+        }
     }
 
     /// Reads a config file; every error names the file and the offending key.

@@ -1,12 +1,15 @@
-//! Runtime configuration, host-side plugin grants and the effective settings of a plugin
-//! (defaults ← manifest ← grant).
+//! Runtime configuration, host-side plugin grants and the effective settings of a plugin.
+//!
+//! The operator's config is the ceiling: `[limits]` overlaid with `[plugin.NAME.limits]`, and
+//! `[plugin.NAME] allowed_hosts`. A plugin's own manifest may only narrow it; whatever it asks
+//! beyond is clamped or dropped, with a warning.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::http::AllowedHost;
+use crate::http::{AllowedHost, format_allowlist};
 use crate::limits::{Limits, LimitsOverride};
 use crate::manifest::Manifest;
 
@@ -37,15 +40,16 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// What the host operator grants one plugin, on top of its manifest.
+/// What the host operator grants one plugin: the most it may do.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PluginGrant {
-    /// Extra outbound HTTP hosts (added to the manifest's).
+    /// Outbound HTTP hosts the plugin may call. Its manifest may narrow the list, never
+    /// widen it.
     pub allowed_hosts: Vec<String>,
     /// Configuration values (and secrets); they win over the manifest's.
     pub config: BTreeMap<String, String>,
-    /// Limits; they win over the manifest's.
+    /// Limits over the node's `[limits]`; the manifest may only lower them.
     pub limits: LimitsOverride,
 }
 
@@ -55,36 +59,72 @@ pub(crate) struct Effective {
     pub(crate) limits: Limits,
     pub(crate) allowed_hosts: Vec<AllowedHost>,
     pub(crate) config: BTreeMap<String, String>,
+    /// What the manifest asked beyond the operator's ceiling, and what was done about it.
+    pub(crate) warnings: Vec<String>,
 }
 
 impl Effective {
-    /// defaults ← manifest ← grant: the grant wins for limits and config values, and
-    /// allowed_hosts is the union of both lists.
+    /// The ceiling is `defaults` overlaid with the grant's limits and the grant's hosts. The
+    /// manifest narrows it: each limit is the lower of the two; its hosts count only where
+    /// a grant entry covers them (no manifest hosts: the grant's). Config values: the
+    /// manifest's, then the grant's over them.
     pub(crate) fn resolve(
+        name: &str,
         defaults: &Limits,
         manifest: &Manifest,
         grant: Option<&PluginGrant>,
     ) -> Result<Effective, String> {
-        let mut limits = defaults.with(&manifest.limits);
+        let empty = PluginGrant::default();
+        let grant = grant.unwrap_or(&empty);
+        let ceiling = defaults.with(&grant.limits);
+        let (limits, clamped) = ceiling.narrowed_by(&manifest.limits);
+        let mut warnings: Vec<String> = clamped
+            .into_iter()
+            .map(|(field, asked, ceiling)| {
+                format!(
+                    "manifest {name}.toml asks [limits] {field} = {asked}, above the operator's \
+                     ceiling of {ceiling} ([limits] / [plugin.{name}.limits]): clamped to {ceiling}"
+                )
+            })
+            .collect();
+
         let mut config = manifest.config.clone();
-        let mut hosts: Vec<&str> = manifest.allowed_hosts.iter().map(String::as_str).collect();
-        if let Some(g) = grant {
-            limits = limits.with(&g.limits);
-            config.extend(g.config.iter().map(|(k, v)| (k.clone(), v.clone())));
-            hosts.extend(g.allowed_hosts.iter().map(String::as_str));
+        config.extend(grant.config.iter().map(|(k, v)| (k.clone(), v.clone())));
+
+        let mut granted: Vec<AllowedHost> = Vec::with_capacity(grant.allowed_hosts.len());
+        for h in &grant.allowed_hosts {
+            push_unique(&mut granted, AllowedHost::parse(h)?);
         }
-        let mut allowed_hosts: Vec<AllowedHost> = Vec::with_capacity(hosts.len());
-        for h in hosts {
-            let parsed = AllowedHost::parse(h)?;
-            if !allowed_hosts.contains(&parsed) {
-                allowed_hosts.push(parsed);
+        let allowed_hosts = if manifest.allowed_hosts.is_empty() {
+            granted
+        } else {
+            let mut narrowed = Vec::with_capacity(manifest.allowed_hosts.len());
+            for h in &manifest.allowed_hosts {
+                let wanted = AllowedHost::parse(h)?;
+                if granted.iter().any(|g| g.covers(&wanted)) {
+                    push_unique(&mut narrowed, wanted);
+                } else {
+                    warnings.push(format!(
+                        "manifest {name}.toml asks allowed_hosts entry `{wanted}`, not covered by \
+                         the operator's grant ([plugin.{name}] allowed_hosts = {}): dropped",
+                        format_allowlist(&granted)
+                    ));
+                }
             }
-        }
+            narrowed
+        };
         Ok(Effective {
             limits,
             allowed_hosts,
             config,
+            warnings,
         })
+    }
+}
+
+fn push_unique(list: &mut Vec<AllowedHost>, h: AllowedHost) {
+    if !list.contains(&h) {
+        list.push(h);
     }
 }
 
@@ -92,11 +132,15 @@ impl Effective {
 mod tests {
     use super::*;
 
+    fn hosts(e: &Effective) -> Vec<String> {
+        e.allowed_hosts.iter().map(|h| h.to_string()).collect()
+    }
+
     #[test]
-    fn grant_wins_and_hosts_union() {
+    fn manifest_narrows_within_the_grant_and_grant_config_wins() {
         let manifest = Manifest::parse(
             r#"
-            allowed_hosts = ["a.example.com", "b.example.com:8080"]
+            allowed_hosts = ["a.example.com:443", "hooks.internal:8080"]
             [limits]
             memory_mb = 16
             cpu_ms = 50
@@ -114,17 +158,71 @@ mod tests {
                 ..Default::default()
             },
         };
-        let e = Effective::resolve(&Limits::default(), &manifest, Some(&grant)).unwrap();
-        assert_eq!(e.limits.memory_mb, 16);
-        assert_eq!(e.limits.cpu_ms, 300);
+        let e = Effective::resolve("p", &Limits::default(), &manifest, Some(&grant)).unwrap();
+        assert_eq!(e.limits.memory_mb, 16, "narrowed below the default");
+        assert_eq!(e.limits.cpu_ms, 50, "narrowed below the grant");
         assert_eq!(e.config["url"], "http://grant");
         assert_eq!(e.config["keep"], "yes");
-        let hosts: Vec<String> = e.allowed_hosts.iter().map(|h| h.to_string()).collect();
+        assert_eq!(hosts(&e), ["a.example.com:443", "hooks.internal:8080"]);
+        assert!(e.warnings.is_empty(), "{:?}", e.warnings);
+    }
+
+    /// The probe: a manifest raising memory to 4096 MiB and host calls to 4e9 and allowing
+    /// `127.0.0.1` on every port was accepted as is.
+    #[test]
+    fn manifest_cannot_raise_limits_or_add_hosts() {
+        let manifest = Manifest::parse(
+            "allowed_hosts = [\"127.0.0.1\"]\n[limits]\nmemory_mb = 4096\nmax_host_calls = 4000000000\n",
+        )
+        .unwrap();
+        let e = Effective::resolve("bomb", &Limits::default(), &manifest, None).unwrap();
+        assert_eq!(e.limits.memory_mb, 64);
+        assert_eq!(e.limits.max_host_calls, 1_000);
+        assert!(e.allowed_hosts.is_empty(), "{:?}", hosts(&e));
+        assert_eq!(e.warnings.len(), 3, "{:#?}", e.warnings);
         assert_eq!(
-            hosts,
-            ["a.example.com", "b.example.com:8080", "*.internal"],
-            "union without duplicates"
+            e.warnings[0],
+            "manifest bomb.toml asks [limits] memory_mb = 4096, above the operator's ceiling \
+             of 64 ([limits] / [plugin.bomb.limits]): clamped to 64"
         );
+        assert!(
+            e.warnings[1].contains("max_host_calls = 4000000000"),
+            "{}",
+            e.warnings[1]
+        );
+        assert_eq!(
+            e.warnings[2],
+            "manifest bomb.toml asks allowed_hosts entry `127.0.0.1`, not covered by the \
+             operator's grant ([plugin.bomb] allowed_hosts = []): dropped"
+        );
+
+        // A grant for one port does not cover the manifest's every-port entry either.
+        let grant = PluginGrant {
+            allowed_hosts: vec!["127.0.0.1:8080".into()],
+            limits: LimitsOverride {
+                memory_mb: Some(128),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let e = Effective::resolve("bomb", &Limits::default(), &manifest, Some(&grant)).unwrap();
+        assert_eq!(
+            e.limits.memory_mb, 128,
+            "the grant's ceiling, not the manifest's ask"
+        );
+        assert!(e.allowed_hosts.is_empty(), "{:?}", hosts(&e));
+    }
+
+    #[test]
+    fn manifest_without_hosts_gets_the_grants() {
+        let grant = PluginGrant {
+            allowed_hosts: vec!["127.0.0.1:8080".into(), "*.example.com".into()],
+            ..Default::default()
+        };
+        let e = Effective::resolve("n", &Limits::default(), &Manifest::default(), Some(&grant))
+            .unwrap();
+        assert_eq!(hosts(&e), ["127.0.0.1:8080", "*.example.com"]);
+        assert!(e.warnings.is_empty());
     }
 
     #[test]

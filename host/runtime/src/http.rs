@@ -47,15 +47,39 @@ impl AllowedHost {
         })
     }
 
+    /// Whether every `(host, port)` that `other` matches is matched by `self` too.
+    pub(crate) fn covers(&self, other: &AllowedHost) -> bool {
+        let ports = match (self.port, other.port) {
+            (None, _) => true,
+            (Some(p), Some(q)) => p == q,
+            (Some(_), None) => false,
+        };
+        if !ports {
+            return false;
+        }
+        match (self.wildcard, other.wildcard) {
+            (false, false) => self.host == other.host,
+            (false, true) => false,
+            // `*.d` covers `x.d`, `*.d` and `*.x.d`, not `d`.
+            (true, false) => self.is_subdomain(&other.host),
+            (true, true) => other.host == self.host || self.is_subdomain(&other.host),
+        }
+    }
+
+    /// Whether `host` (lowercase) is a strict subdomain of this entry's domain.
+    fn is_subdomain(&self, host: &str) -> bool {
+        host.len() > self.host.len() + 1
+            && host.ends_with(&self.host)
+            && host.as_bytes()[host.len() - self.host.len() - 1] == b'.'
+    }
+
     pub(crate) fn matches(&self, host: &str, port: u16) -> bool {
         if self.port.is_some_and(|p| p != port) {
             return false;
         }
         let host = host.to_ascii_lowercase();
         if self.wildcard {
-            host.len() > self.host.len() + 1
-                && host.ends_with(&self.host)
-                && host.as_bytes()[host.len() - self.host.len() - 1] == b'.'
+            self.is_subdomain(&host)
         } else {
             host == self.host
         }
@@ -241,6 +265,22 @@ mod tests {
         assert!(!w.matches("example.com", 443));
         assert!(!w.matches("badexample.com", 443));
         assert!(!a("*.example.com:443").matches("a.example.com", 80));
+    }
+
+    #[test]
+    fn coverage_of_one_entry_by_another() {
+        assert!(a("hooks.example.com").covers(&a("hooks.example.com:443")));
+        assert!(a("hooks.example.com:443").covers(&a("hooks.example.com:443")));
+        assert!(!a("hooks.example.com:443").covers(&a("hooks.example.com")));
+        assert!(!a("hooks.example.com:443").covers(&a("hooks.example.com:8443")));
+        assert!(!a("hooks.example.com").covers(&a("other.example.com")));
+        assert!(a("*.example.com").covers(&a("hooks.example.com")));
+        assert!(a("*.example.com").covers(&a("*.a.example.com:443")));
+        assert!(a("*.example.com").covers(&a("*.example.com")));
+        assert!(!a("*.example.com").covers(&a("example.com")));
+        assert!(!a("*.example.com").covers(&a("*.org")));
+        assert!(!a("hooks.example.com").covers(&a("*.hooks.example.com")));
+        assert!(!a("*.example.com").covers(&a("127.0.0.1")));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Per-task resource limits, their overrides (manifest and host grant), and the
-//! memory limiter installed in every task's store.
+//! Per-task resource limits, their overrides (host grant) and narrowing (manifest), and
+//! the memory limiter installed in every task's store.
 
 use serde::{Deserialize, Serialize};
 
@@ -73,6 +73,35 @@ impl Limits {
         self
     }
 
+    /// These limits (the ceiling) narrowed by `o`: a field set in `o` is taken when it is not
+    /// above the ceiling, else the ceiling stays. Returns the narrowed limits and, for each
+    /// field `o` asked to raise, `(field, asked, ceiling)`.
+    pub fn narrowed_by(mut self, o: &LimitsOverride) -> (Limits, Vec<(&'static str, u64, u64)>) {
+        let mut clamped = Vec::new();
+        macro_rules! narrow {
+            ($($f:ident),*) => { $(
+                if let Some(v) = o.$f {
+                    if v <= self.$f {
+                        self.$f = v;
+                    } else {
+                        clamped.push((stringify!($f), u64::from(v), u64::from(self.$f)));
+                    }
+                }
+            )* };
+        }
+        narrow!(
+            memory_mb,
+            cpu_ms,
+            timeout_ms,
+            max_output_bytes,
+            max_host_calls,
+            max_http_requests,
+            http_timeout_ms,
+            max_log_bytes
+        );
+        (self, clamped)
+    }
+
     /// Memory limit in bytes.
     pub fn memory_bytes(&self) -> usize {
         usize::try_from(self.memory_mb.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
@@ -138,6 +167,27 @@ mod tests {
         assert_eq!(l.memory_mb, 8);
         assert_eq!(l.max_http_requests, 2);
         assert_eq!(l.cpu_ms, Limits::default().cpu_ms);
+    }
+
+    #[test]
+    fn narrowing_takes_the_lower_value_and_reports_raises() {
+        let o = LimitsOverride {
+            memory_mb: Some(4096),
+            cpu_ms: Some(50),
+            max_host_calls: Some(4_000_000_000),
+            ..Default::default()
+        };
+        let (l, clamped) = Limits::default().narrowed_by(&o);
+        assert_eq!(l.memory_mb, 64, "raise refused");
+        assert_eq!(l.cpu_ms, 50, "narrowing taken");
+        assert_eq!(l.max_host_calls, 1_000, "raise refused");
+        assert_eq!(
+            clamped,
+            [
+                ("memory_mb", 4096, 64),
+                ("max_host_calls", 4_000_000_000, 1_000)
+            ]
+        );
     }
 
     #[test]

@@ -28,6 +28,8 @@ pub(crate) struct PluginVersion {
     pub(crate) allowed_hosts: Arc<[AllowedHost]>,
     pub(crate) config: Arc<BTreeMap<String, String>>,
     pub(crate) dir: PathBuf,
+    /// What the manifest asked beyond the operator's grant (clamped or dropped).
+    pub(crate) warnings: Vec<String>,
 }
 
 /// A loaded plugin, as listed by [`crate::Runtime::plugins`].
@@ -38,7 +40,7 @@ pub struct PluginInfo {
     pub digest: String,
     pub size_bytes: u64,
     pub loaded_at_ms: i64,
-    /// Effective allowlist (manifest ∪ host grant).
+    /// Effective allowlist (the operator's grant, narrowed by the manifest).
     pub allowed_hosts: Vec<String>,
     /// Digests still runnable, newest (current) first.
     pub versions: Vec<String>,
@@ -49,6 +51,9 @@ pub struct PluginInfo {
     /// Why the latest attempt to load a new version was rejected (the current version
     /// kept serving), if it was.
     pub last_error: Option<String>,
+    /// What the current version's manifest asked beyond the operator's ceiling (limits
+    /// clamped, hosts dropped).
+    pub warnings: Vec<String>,
 }
 
 struct Entry {
@@ -213,6 +218,7 @@ impl Registry {
                     limits: c.limits,
                     dir: c.dir.clone(),
                     last_error: e.last_error.clone(),
+                    warnings: c.warnings.clone(),
                 }
             })
             .collect();

@@ -278,15 +278,20 @@ impl Runtime {
         {
             return Ok(LoadChange::Unchanged { digest });
         }
-        let mut eff = Effective::resolve(&self.cfg.defaults, &manifest, self.cfg.grants.get(name))
-            .map_err(|e| format!("invalid settings: {e}"))?;
+        let mut eff = Effective::resolve(
+            name,
+            &self.cfg.defaults,
+            &manifest,
+            self.cfg.grants.get(name),
+        )
+        .map_err(|e| format!("invalid settings: {e}"))?;
         if eff.limits.memory_bytes() > POOL_MAX_MEMORY {
-            tracing::warn!(
-                plugin = name,
-                "memory_mb {} capped at 4096",
+            let cap = (POOL_MAX_MEMORY >> 20) as u64;
+            eff.warnings.push(format!(
+                "memory_mb {} is above the engine's maximum: capped at {cap}",
                 eff.limits.memory_mb
-            );
-            eff.limits.memory_mb = (POOL_MAX_MEMORY >> 20) as u64;
+            ));
+            eff.limits.memory_mb = cap;
         }
         let pre = match self.registry.find_compiled(&digest) {
             Some(pre) => pre,
@@ -303,7 +308,11 @@ impl Runtime {
             allowed_hosts: eff.allowed_hosts.into(),
             config: Arc::new(eff.config),
             dir: dir.to_path_buf(),
+            warnings: eff.warnings,
         });
+        for w in &version.warnings {
+            tracing::warn!(plugin = name, "plugin `{name}`: {w}");
+        }
         let previous = self.registry.install(version);
         Ok(LoadChange::Loaded { digest, previous })
     }

@@ -247,7 +247,18 @@ async fn manifest_changes_reload_the_plugin() {
     )
     .expect("write");
     assert!(eventually(WAIT, || w.rt.plugins()[0].limits.cpu_ms == 77).await);
-    assert_eq!(w.rt.plugins()[0].allowed_hosts, ["x.example"]);
+    let info = &w.rt.plugins()[0];
+    assert_eq!(
+        info.allowed_hosts,
+        Vec::<String>::new(),
+        "not granted by the operator"
+    );
+    assert_eq!(info.warnings.len(), 1, "{:?}", info.warnings);
+    assert!(
+        info.warnings[0].contains("`x.example`, not covered"),
+        "{:?}",
+        info.warnings
+    );
     assert_eq!(config_of(w.rt.clone()).await, json!({}));
 }
 

@@ -13,6 +13,9 @@ use crate::http::{AllowedHost, format_allowlist};
 use crate::limits::{Limits, LimitsOverride};
 use crate::manifest::Manifest;
 
+/// Default of [`RuntimeConfig::memory_budget_mb`].
+pub const DEFAULT_MEMORY_BUDGET_MB: u64 = 2048;
+
 /// Configuration of a [`crate::Runtime`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -27,6 +30,10 @@ pub struct RuntimeConfig {
     pub grants: BTreeMap<String, PluginGrant>,
     /// Maximum number of concurrently live plugin instances (the pooling allocator's size).
     pub max_instances: u32,
+    /// Node-wide memory budget, MiB: the `memory_mb` of every running attempt adds up to at
+    /// most this much (an attempt waits for room, within its `timeout_ms`). A plugin whose
+    /// `memory_mb` alone is larger is rejected at load.
+    pub memory_budget_mb: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -36,6 +43,7 @@ impl Default for RuntimeConfig {
             defaults: Limits::default(),
             grants: BTreeMap::new(),
             max_instances: 256,
+            memory_budget_mb: DEFAULT_MEMORY_BUDGET_MB,
         }
     }
 }
@@ -230,6 +238,7 @@ mod tests {
         let cfg: RuntimeConfig = toml::from_str(
             r#"
             max_instances = 32
+            memory_budget_mb = 512
             [defaults]
             memory_mb = 32
             [plugin.notify]
@@ -242,6 +251,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.max_instances, 32);
+        assert_eq!(cfg.memory_budget_mb, 512);
+        assert_eq!(RuntimeConfig::default().memory_budget_mb, 2048);
         assert_eq!(cfg.defaults.memory_mb, 32);
         assert_eq!(cfg.defaults.cpu_ms, 1000);
         let g = &cfg.grants["notify"];

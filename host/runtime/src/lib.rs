@@ -24,7 +24,7 @@ mod runtime;
 mod services;
 mod watcher;
 
-pub use config::{PluginGrant, RuntimeConfig};
+pub use config::{DEFAULT_MEMORY_BUDGET_MB, PluginGrant, RuntimeConfig};
 pub use limits::{Limits, LimitsOverride};
 pub use logs::{LogLevel, LogLine, LogSource};
 pub use manifest::Manifest;

@@ -66,9 +66,35 @@ impl Runtime {
             limits.max_log_bytes,
         ));
 
-        let exec = self.execute(&version, req.task, meter.clone(), &stdout, &stderr);
+        // The whole attempt, the wait for room in the memory budget included, is bounded by
+        // timeout_ms (the cluster's takeover wait relies on it).
         let timeout = Duration::from_millis(limits.timeout_ms);
-        let guarded = AssertUnwindSafe(tokio::time::timeout(timeout, exec)).catch_unwind();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mb = u32::try_from(limits.memory_mb).unwrap_or(u32::MAX);
+        let _permit = match tokio::time::timeout_at(deadline, self.memory_budget.acquire_many(mb))
+            .await
+        {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_closed)) => {
+                return self.not_started(
+                    &version,
+                    &meter,
+                    started,
+                    FailureKind::Instantiate,
+                    "the node's memory budget is closed (the runtime is shutting down)".into(),
+                );
+            }
+            Err(_elapsed) => {
+                let message = format!(
+                    "not started: waited {} ms (its timeout_ms) for {} MiB of the node's memory \
+                     budget (memory_budget_mb = {}), all in use by other attempts",
+                    limits.timeout_ms, limits.memory_mb, self.cfg.memory_budget_mb
+                );
+                return self.not_started(&version, &meter, started, FailureKind::Timeout, message);
+            }
+        };
+        let exec = self.execute(&version, req.task, meter.clone(), &stdout, &stderr);
+        let guarded = AssertUnwindSafe(tokio::time::timeout_at(deadline, exec)).catch_unwind();
         let outcome = match guarded.await {
             Ok(Ok(ended)) => classify(ended, &limits, &meter, &stderr),
             Ok(Err(_elapsed)) => {
@@ -103,6 +129,24 @@ impl Runtime {
             outcome,
             digest: Some(version.digest.clone()),
             logs: logs.finish(),
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// The report of an attempt that never got an instance.
+    fn not_started(
+        &self,
+        version: &PluginVersion,
+        meter: &Meter,
+        started: Instant,
+        kind: FailureKind,
+        message: String,
+    ) -> RunReport {
+        meter.host_log(LogLevel::Error, message.clone());
+        RunReport {
+            outcome: RunOutcome::Failed { kind, message },
+            digest: Some(version.digest.clone()),
+            logs: meter.take_logs().finish(),
             elapsed: started.elapsed(),
         }
     }

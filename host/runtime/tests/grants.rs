@@ -75,3 +75,146 @@ async fn manifest_narrowing_the_grant_is_taken() {
     assert_eq!(info.allowed_hosts, ["hooks.example.com:443"]);
     assert!(info.warnings.is_empty(), "{:?}", info.warnings);
 }
+
+/// Copies of the hostile guest under `names`, each granted `127.0.0.1:port` and `memory_mb`
+/// (plus `timeout_ms` where given), in a runtime with a `budget_mb` memory budget.
+fn budgeted(
+    budget_mb: u64,
+    port: u16,
+    plugins: &[(&str, u64, Option<u64>)],
+) -> (std::sync::Arc<kairos_runtime::Runtime>, tempfile::TempDir) {
+    let mut cfg = config();
+    cfg.memory_budget_mb = budget_mb;
+    let host = format!("127.0.0.1:{port}");
+    for (name, memory_mb, timeout_ms) in plugins {
+        cfg.grants.insert(
+            name.to_string(),
+            grant(
+                &[host.as_str()],
+                LimitsOverride {
+                    memory_mb: Some(*memory_mb),
+                    timeout_ms: *timeout_ms,
+                    ..Default::default()
+                },
+            ),
+        );
+    }
+    let (rt, _) = runtime_with(cfg);
+    let files: Vec<(std::path::PathBuf, String)> = plugins
+        .iter()
+        .map(|(name, _, _)| (guest("hostile"), format!("{name}.wasm")))
+        .collect();
+    let refs: Vec<(&std::path::Path, &str)> = files
+        .iter()
+        .map(|(p, n)| (p.as_path(), n.as_str()))
+        .collect();
+    let dir = plugin_dir(&refs);
+    let summary = rt.load_dir(dir.path());
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    (rt, dir)
+}
+
+/// Before: nothing bounded memory per instance × instances, so concurrent memory bombs
+/// could take the node's RSS to gigabytes. Now attempts beyond the budget wait for room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_beyond_the_memory_budget_wait_for_room() {
+    let rx = Receiver::start().await;
+    // Two 32 MiB attempts fit in 64 MiB; four are started at once.
+    let (rt, _dir) = budgeted(64, rx.addr.port(), &[("hostile", 32, None)]);
+    let start = std::time::Instant::now();
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let rt = rt.clone();
+            let url = rx.url("/slow/800");
+            tokio::spawn(async move {
+                rt.run(task("hostile", json!({"mode": "http", "url": url})))
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        rx.received().len(),
+        2,
+        "only two attempts may hold memory at once"
+    );
+    for r in runs {
+        let report = r.await.expect("join");
+        assert!(
+            output(&report).contains("\"status\":200"),
+            "{}",
+            report.outcome
+        );
+    }
+    assert_eq!(rx.received().len(), 4);
+    assert!(
+        start.elapsed() >= std::time::Duration::from_millis(1600),
+        "the last two ran after the first two: {:?}",
+        start.elapsed()
+    );
+}
+
+/// The wait is bounded by the attempt's timeout_ms, and says what it waited for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_wait_for_the_memory_budget_is_bounded() {
+    let rx = Receiver::start().await;
+    let (rt, _dir) = budgeted(
+        64,
+        rx.addr.port(),
+        &[("holder", 32, None), ("waiter", 32, Some(300))],
+    );
+    let holders: Vec<_> = (0..2)
+        .map(|_| {
+            let rt = rt.clone();
+            let url = rx.url("/slow/1500");
+            tokio::spawn(async move {
+                rt.run(task("holder", json!({"mode": "http", "url": url})))
+                    .await
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let start = std::time::Instant::now();
+    let report = rt.run(task("waiter", json!({"mode": "ok"}))).await;
+    let (kind, message) = failed(&report.outcome);
+    assert_eq!(kind, FailureKind::Timeout, "{message}");
+    assert_eq!(
+        message,
+        "not started: waited 300 ms (its timeout_ms) for 32 MiB of the node's memory budget \
+         (memory_budget_mb = 64), all in use by other attempts"
+    );
+    assert!(
+        start.elapsed() < std::time::Duration::from_millis(1000),
+        "{:?}",
+        start.elapsed()
+    );
+    for h in holders {
+        let report = h.await.expect("join");
+        assert!(
+            output(&report).contains("\"status\":200"),
+            "{}",
+            report.outcome
+        );
+    }
+    // Room again: the waiter runs.
+    assert_eq!(
+        output(&rt.run(task("waiter", json!({"mode": "ok"}))).await),
+        "ok"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_larger_than_the_memory_budget_is_rejected_at_load() {
+    let mut cfg = config();
+    cfg.memory_budget_mb = 32;
+    let (rt, _) = runtime_with(cfg);
+    let dir = plugin_dir(&[(&guest("hostile"), "hostile.wasm")]);
+    let summary = rt.load_dir(dir.path());
+    assert!(summary.loaded.is_empty());
+    assert_eq!(summary.errors.len(), 1);
+    assert_eq!(
+        summary.errors[0].message,
+        "its memory_mb of 64 MiB exceeds the node's memory budget (memory_budget_mb = 32): it \
+         could never run; lower [plugin.hostile.limits] memory_mb or raise memory_budget_mb"
+    );
+}

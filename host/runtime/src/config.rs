@@ -55,6 +55,10 @@ pub struct PluginGrant {
     /// Outbound HTTP hosts the plugin may call. Its manifest may narrow the list, never
     /// widen it.
     pub allowed_hosts: Vec<String>,
+    /// Let the allowed hosts resolve to loopback, private, link-local and carrier-grade NAT
+    /// addresses (never to a cloud metadata address: only an entry naming it does that).
+    /// Without it, such an address is reached only through an entry naming it literally.
+    pub allow_private: bool,
     /// Configuration values (and secrets); they win over the manifest's.
     pub config: BTreeMap<String, String>,
     /// Limits over the node's `[limits]`; the manifest may only lower them.
@@ -66,6 +70,7 @@ pub struct PluginGrant {
 pub(crate) struct Effective {
     pub(crate) limits: Limits,
     pub(crate) allowed_hosts: Vec<AllowedHost>,
+    pub(crate) allow_private: bool,
     pub(crate) config: BTreeMap<String, String>,
     /// What the manifest asked beyond the operator's ceiling, and what was done about it.
     pub(crate) warnings: Vec<String>,
@@ -124,6 +129,7 @@ impl Effective {
         Ok(Effective {
             limits,
             allowed_hosts,
+            allow_private: grant.allow_private,
             config,
             warnings,
         })
@@ -159,12 +165,13 @@ mod tests {
         )
         .unwrap();
         let grant = PluginGrant {
-            allowed_hosts: vec!["a.example.com".into(), "*.internal".into()],
+            allowed_hosts: vec!["a.example.com".into(), "*.internal:8080".into()],
             config: BTreeMap::from([("url".to_string(), "http://grant".to_string())]),
             limits: LimitsOverride {
                 cpu_ms: Some(300),
                 ..Default::default()
             },
+            ..Default::default()
         };
         let e = Effective::resolve("p", &Limits::default(), &manifest, Some(&grant)).unwrap();
         assert_eq!(e.limits.memory_mb, 16, "narrowed below the default");
@@ -243,6 +250,7 @@ mod tests {
             memory_mb = 32
             [plugin.notify]
             allowed_hosts = ["hooks.example.com"]
+            allow_private = true
             [plugin.notify.config]
             token = "s3cret"
             [plugin.notify.limits]
@@ -257,6 +265,7 @@ mod tests {
         assert_eq!(cfg.defaults.cpu_ms, 1000);
         let g = &cfg.grants["notify"];
         assert_eq!(g.allowed_hosts, ["hooks.example.com"]);
+        assert!(g.allow_private);
         assert_eq!(g.config["token"], "s3cret");
         assert_eq!(g.limits.timeout_ms, Some(2000));
     }

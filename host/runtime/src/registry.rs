@@ -26,6 +26,7 @@ pub(crate) struct PluginVersion {
     pub(crate) pre: TaskPluginPre<StoreState>,
     pub(crate) limits: Limits,
     pub(crate) allowed_hosts: Arc<[AllowedHost]>,
+    pub(crate) allow_private: bool,
     pub(crate) config: Arc<BTreeMap<String, String>>,
     pub(crate) dir: PathBuf,
     /// What the manifest asked beyond the operator's grant (clamped or dropped).
@@ -42,6 +43,9 @@ pub struct PluginInfo {
     pub loaded_at_ms: i64,
     /// Effective allowlist (the operator's grant, narrowed by the manifest).
     pub allowed_hosts: Vec<String>,
+    /// Whether the allowed hosts may resolve to non-public addresses (the grant's
+    /// `allow_private`).
+    pub allow_private: bool,
     /// Digests still runnable, newest (current) first.
     pub versions: Vec<String>,
     /// Effective limits of the current version.
@@ -211,6 +215,7 @@ impl Registry {
                     size_bytes: c.size_bytes,
                     loaded_at_ms: c.loaded_at_ms,
                     allowed_hosts: c.allowed_hosts.iter().map(ToString::to_string).collect(),
+                    allow_private: c.allow_private,
                     versions: std::iter::once(c)
                         .chain(e.older.iter())
                         .map(|v| v.digest.clone())

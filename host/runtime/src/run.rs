@@ -184,6 +184,7 @@ impl Runtime {
             gate: HttpGate {
                 meter: meter.clone(),
                 allowed: version.allowed_hosts.clone(),
+                allow_private: version.allow_private,
                 timeout: Duration::from_millis(limits.http_timeout_ms),
             },
             limiter: MemoryLimiter::new(limits.memory_bytes()),

@@ -325,6 +325,7 @@ impl Runtime {
             pre,
             limits: eff.limits,
             allowed_hosts: eff.allowed_hosts.into(),
+            allow_private: eff.allow_private,
             config: Arc::new(eff.config),
             dir: dir.to_path_buf(),
             warnings: eff.warnings,

@@ -218,3 +218,146 @@ async fn a_plugin_larger_than_the_memory_budget_is_rejected_at_load() {
          could never run; lower [plugin.hostile.limits] memory_mb or raise memory_budget_mb"
     );
 }
+
+/// The hostile guest granted `hosts` (and `allow_private`).
+fn networked(
+    hosts: &[&str],
+    allow_private: bool,
+) -> (std::sync::Arc<kairos_runtime::Runtime>, tempfile::TempDir) {
+    let mut cfg = config();
+    let mut g = grant(hosts, LimitsOverride::default());
+    g.allow_private = allow_private;
+    cfg.grants.insert("hostile".into(), g);
+    let (rt, _) = runtime_with(cfg);
+    let dir = plugin_dir(&[(&guest("hostile"), "hostile.wasm")]);
+    assert!(rt.load_dir(dir.path()).errors.is_empty());
+    (rt, dir)
+}
+
+fn post(url: String) -> kairos_runtime::RunRequest {
+    task(
+        "hostile",
+        json!({"mode": "http", "url": url, "body": {"n": 1}}),
+    )
+}
+
+fn denied(report: &kairos_runtime::RunReport) {
+    match &report.outcome {
+        RunOutcome::Permanent { message } => assert!(message.contains("denied"), "{message}"),
+        other => panic!(
+            "expected a denied request, got {other}\n{}",
+            logs_text(report)
+        ),
+    }
+}
+
+/// The probe: the allowlist matched names only, so an allowed name resolving to 127.0.0.1
+/// got through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_name_resolving_to_loopback_is_refused() {
+    let rx = Receiver::start().await;
+    let port = rx.addr.port();
+    let (rt, _dir) = networked(&[&format!("localhost:{port}")], false);
+    let report = rt
+        .run(post(format!("http://localhost:{port}/status/200")))
+        .await;
+    denied(&report);
+    let logs = logs_text(&report);
+    assert!(
+        logs.contains(&format!(
+            "outbound HTTP to localhost:{port} refused: localhost resolves to"
+        )) && logs
+            .contains("a loopback address; allow it with an allowed_hosts entry naming the IP"),
+        "{logs}"
+    );
+    assert!(rx.received().is_empty(), "nothing may reach the receiver");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_private_lets_an_allowed_name_reach_loopback() {
+    let rx = Receiver::start().await;
+    let port = rx.addr.port();
+    let (rt, _dir) = networked(&[&format!("localhost:{port}")], true);
+    assert!(rt.plugins()[0].allow_private);
+    let report = rt
+        .run(post(format!("http://localhost:{port}/status/201")))
+        .await;
+    assert!(
+        output(&report).contains("\"status\":201"),
+        "{}",
+        logs_text(&report)
+    );
+    assert_eq!(rx.received()[0].body, json!({"n": 1}));
+}
+
+/// An entry naming the IP literally reaches it (the tour's `127.0.0.1:8080`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_literal_ip_grant_reaches_loopback() {
+    let rx = Receiver::start().await;
+    let (rt, _dir) = networked(&[&rx.addr.to_string()], false);
+    let report = rt.run(post(rx.url("/status/200"))).await;
+    assert!(
+        output(&report).contains("\"status\":200"),
+        "{}",
+        logs_text(&report)
+    );
+    assert_eq!(rx.received().len(), 1);
+}
+
+/// The probe: a bare-host entry allowed every port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_host_entry_allows_ports_80_and_443_only() {
+    let rx = Receiver::start().await;
+    let (rt, _dir) = networked(&["127.0.0.1"], false);
+    let report = rt.run(post(rx.url("/status/200"))).await;
+    denied(&report);
+    assert!(
+        logs_text(&report).contains(&format!(
+            "outbound HTTP to {} refused: not in allowed_hosts of plugin `hostile` (allowed: \
+             [127.0.0.1])",
+            rx.addr
+        )),
+        "{}",
+        logs_text(&report)
+    );
+    assert!(rx.received().is_empty());
+}
+
+/// Redirects are handed to the plugin, not followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redirects_are_not_followed() {
+    let rx = Receiver::start().await;
+    let (rt, _dir) = networked(&[&rx.addr.to_string()], false);
+    let report = rt.run(post(rx.url("/status/307"))).await;
+    assert!(
+        output(&report).contains("\"status\":307"),
+        "{}",
+        logs_text(&report)
+    );
+    assert_eq!(rx.received().len(), 1);
+}
+
+/// `https` goes through TLS to the checked address (here a plain HTTP server: the
+/// handshake fails, a retryable connection error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_is_tls_to_the_checked_address() {
+    let rx = Receiver::start().await;
+    let (rt, _dir) = networked(&[&rx.addr.to_string()], false);
+    let report = rt
+        .run(post(format!("https://{}/status/200", rx.addr)))
+        .await;
+    assert!(
+        matches!(report.outcome, RunOutcome::Retryable { .. }),
+        "{}",
+        report.outcome
+    );
+    let logs = logs_text(&report);
+    assert!(
+        logs.contains(&format!(
+            "outbound HTTP POST https://{}/status/200 failed: TLS error",
+            rx.addr
+        )),
+        "{logs}"
+    );
+    assert!(rx.received().is_empty());
+}

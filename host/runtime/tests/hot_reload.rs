@@ -264,10 +264,14 @@ async fn manifest_changes_reload_the_plugin() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_tasks_finish_on_their_version_and_pins_work() {
+    let rx = Receiver::start().await;
     let mut cfg = config();
     cfg.grants.insert(
         "pin".into(),
-        grant(&["127.0.0.1"], kairos_runtime::LimitsOverride::default()),
+        grant(
+            &[&rx.addr.to_string()],
+            kairos_runtime::LimitsOverride::default(),
+        ),
     );
     let (rt, _) = runtime_with(cfg);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -276,7 +280,6 @@ async fn running_tasks_finish_on_their_version_and_pins_work() {
     let v1 = sha256_hex(&v1_bytes);
     std::fs::write(&path, &v1_bytes).expect("write");
     assert!(rt.load_dir(dir.path()).errors.is_empty());
-    let rx = Receiver::start().await;
 
     let slow = {
         let rt = rt.clone();

@@ -12,7 +12,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::bindings::kairos::plugin::{config, kv, log, scheduler, types};
 use crate::http::HttpGate;
 use crate::limits::MemoryLimiter;
-use crate::logs::{LogBuffer, LogLevel, LogLine, LogSource, now_ms};
+use crate::logs::{LogBuffer, LogCaps, LogLevel, LogLine, LogSource, now_ms};
 use crate::services::{FollowUp, HostServices, KvEntry, TaskInfo, When};
 
 /// Accounting of one task attempt, shared by the store, the HTTP hooks and the runner
@@ -41,7 +41,7 @@ impl Meter {
         task_id: &str,
         max_host_calls: u32,
         max_http_requests: u32,
-        max_log_bytes: u64,
+        log_caps: LogCaps,
     ) -> Meter {
         Meter {
             plugin: plugin.to_string(),
@@ -51,7 +51,7 @@ impl Meter {
             host_calls: AtomicU32::new(0),
             http_requests: AtomicU32::new(0),
             limit_hit: Mutex::new(None),
-            logs: Mutex::new(LogBuffer::new(max_log_bytes)),
+            logs: Mutex::new(LogBuffer::new(log_caps)),
         }
     }
 
@@ -104,22 +104,45 @@ impl Meter {
         lock(&self.limit_hit).clone()
     }
 
-    pub(crate) fn push(&self, line: LogLine) {
-        lock(&self.logs).push(line);
+    /// Adds a line to the attempt's log and, if it was kept (within the log caps, truncated
+    /// to `max_log_line_bytes`), to the host's log through tracing. Dropped lines reach
+    /// neither.
+    pub(crate) fn log(&self, line: LogLine) {
+        let mut logs = lock(&self.logs);
+        let Some(l) = logs.push(line) else {
+            return;
+        };
+        let (plugin, task_id, message, fields) =
+            (&self.plugin, &self.task_id, &l.message, &l.fields);
+        match (l.source, l.level) {
+            (LogSource::Host, LogLevel::Error) => {
+                tracing::error!(%plugin, %task_id, "{message}")
+            }
+            (LogSource::Host, LogLevel::Warn) => {
+                tracing::warn!(%plugin, %task_id, "{message}")
+            }
+            (LogSource::Host, _) => tracing::debug!(%plugin, %task_id, "{message}"),
+            (_, LogLevel::Trace) => {
+                tracing::trace!(target: "kairos::plugin", %plugin, %task_id, ?fields, "{message}")
+            }
+            (_, LogLevel::Debug) => {
+                tracing::debug!(target: "kairos::plugin", %plugin, %task_id, ?fields, "{message}")
+            }
+            (_, LogLevel::Info) => {
+                tracing::info!(target: "kairos::plugin", %plugin, %task_id, ?fields, "{message}")
+            }
+            (_, LogLevel::Warn) => {
+                tracing::warn!(target: "kairos::plugin", %plugin, %task_id, ?fields, "{message}")
+            }
+            (_, LogLevel::Error) => {
+                tracing::error!(target: "kairos::plugin", %plugin, %task_id, ?fields, "{message}")
+            }
+        }
     }
 
     /// A host note in the task log (also sent to tracing).
     pub(crate) fn host_log(&self, level: LogLevel, message: String) {
-        match level {
-            LogLevel::Error => {
-                tracing::error!(plugin = %self.plugin, task_id = %self.task_id, "{message}")
-            }
-            LogLevel::Warn => {
-                tracing::warn!(plugin = %self.plugin, task_id = %self.task_id, "{message}")
-            }
-            _ => tracing::debug!(plugin = %self.plugin, task_id = %self.task_id, "{message}"),
-        }
-        self.push(LogLine {
+        self.log(LogLine {
             at_ms: now_ms(),
             level,
             source: LogSource::Host,
@@ -128,10 +151,24 @@ impl Meter {
         });
     }
 
+    /// The attempt's log so far (the meter keeps an empty one with the same caps).
     pub(crate) fn take_logs(&self) -> LogBuffer {
         let mut logs = lock(&self.logs);
-        let max = logs.max_bytes();
-        std::mem::replace(&mut *logs, LogBuffer::new(max))
+        let caps = logs.caps();
+        std::mem::replace(&mut *logs, LogBuffer::new(caps))
+    }
+
+    /// The attempt's final log lines; says once in the host's log how many were dropped.
+    pub(crate) fn finish_logs(&self, logs: LogBuffer) -> Vec<LogLine> {
+        if logs.dropped() > 0 {
+            let caps = logs.caps();
+            tracing::warn!(
+                plugin = %self.plugin, task_id = %self.task_id,
+                "{} log line(s) of this attempt dropped (max_log_lines {}, max_log_bytes {})",
+                logs.dropped(), caps.max_lines, caps.max_bytes
+            );
+        }
+        logs.finish()
     }
 }
 
@@ -194,25 +231,7 @@ impl log::Host for StoreState {
             log::Level::Warn => LogLevel::Warn,
             log::Level::Error => LogLevel::Error,
         };
-        let (plugin, task_id) = (&self.meter.plugin, &self.meter.task_id);
-        match level {
-            LogLevel::Trace => {
-                tracing::trace!(target: "kairos::plugin", %plugin, %task_id, ?fields, "{message}")
-            }
-            LogLevel::Debug => {
-                tracing::debug!(target: "kairos::plugin", %plugin, %task_id, ?fields, "{message}")
-            }
-            LogLevel::Info => {
-                tracing::info!(target: "kairos::plugin", %plugin, %task_id, ?fields, "{message}")
-            }
-            LogLevel::Warn => {
-                tracing::warn!(target: "kairos::plugin", %plugin, %task_id, ?fields, "{message}")
-            }
-            LogLevel::Error => {
-                tracing::error!(target: "kairos::plugin", %plugin, %task_id, ?fields, "{message}")
-            }
-        }
-        self.meter.push(LogLine {
+        self.meter.log(LogLine {
             at_ms: now_ms(),
             level,
             source: LogSource::Plugin,

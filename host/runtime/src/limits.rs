@@ -21,8 +21,14 @@ pub struct Limits {
     pub max_http_requests: u32,
     /// Timeout of one outbound HTTP request (connect, first byte, between bytes).
     pub http_timeout_ms: u64,
-    /// Maximum bytes of log lines (plugin logs, stdout, stderr) kept per attempt.
+    /// Maximum bytes of log lines (plugin logs, stdout, stderr) kept per attempt; further
+    /// lines are dropped (counted in one closing line) and never reach the host's log.
     pub max_log_bytes: u64,
+    /// Maximum number of log lines kept per attempt; further lines are dropped likewise.
+    pub max_log_lines: u32,
+    /// Maximum size of one log line (message and fields); a longer one is truncated, with
+    /// a marker saying so.
+    pub max_log_line_bytes: u64,
 }
 
 impl Default for Limits {
@@ -36,6 +42,8 @@ impl Default for Limits {
             max_http_requests: 16,
             http_timeout_ms: 5_000,
             max_log_bytes: 64 * 1024,
+            max_log_lines: 1_000,
+            max_log_line_bytes: 8 * 1024,
         }
     }
 }
@@ -52,6 +60,8 @@ pub struct LimitsOverride {
     pub max_http_requests: Option<u32>,
     pub http_timeout_ms: Option<u64>,
     pub max_log_bytes: Option<u64>,
+    pub max_log_lines: Option<u32>,
+    pub max_log_line_bytes: Option<u64>,
 }
 
 impl Limits {
@@ -68,7 +78,9 @@ impl Limits {
             max_host_calls,
             max_http_requests,
             http_timeout_ms,
-            max_log_bytes
+            max_log_bytes,
+            max_log_lines,
+            max_log_line_bytes
         );
         self
     }
@@ -97,7 +109,9 @@ impl Limits {
             max_host_calls,
             max_http_requests,
             http_timeout_ms,
-            max_log_bytes
+            max_log_bytes,
+            max_log_lines,
+            max_log_line_bytes
         );
         (self, clamped)
     }

@@ -16,7 +16,7 @@ use crate::engine::TICK;
 use crate::host_impl::{Meter, StoreState};
 use crate::http::HttpGate;
 use crate::limits::{Limits, MemoryLimiter};
-use crate::logs::{CapturePipe, LogLevel, LogSource};
+use crate::logs::{CapturePipe, LogCaps, LogLevel, LogSource};
 use crate::outcome::{FailureKind, RunOutcome, RunReport, RunRequest};
 use crate::registry::PluginVersion;
 use crate::runtime::Runtime;
@@ -63,7 +63,7 @@ impl Runtime {
             &req.task.id,
             limits.max_host_calls,
             limits.max_http_requests,
-            limits.max_log_bytes,
+            LogCaps::of(&limits),
         ));
 
         // The whole attempt, the wait for room in the memory budget included, is bounded by
@@ -128,7 +128,7 @@ impl Runtime {
         RunReport {
             outcome,
             digest: Some(version.digest.clone()),
-            logs: logs.finish(),
+            logs: meter.finish_logs(logs),
             elapsed: started.elapsed(),
         }
     }
@@ -146,7 +146,7 @@ impl Runtime {
         RunReport {
             outcome: RunOutcome::Failed { kind, message },
             digest: Some(version.digest.clone()),
-            logs: meter.take_logs().finish(),
+            logs: meter.finish_logs(meter.take_logs()),
             elapsed: started.elapsed(),
         }
     }

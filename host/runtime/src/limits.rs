@@ -29,6 +29,12 @@ pub struct Limits {
     /// Maximum size of one log line (message and fields); a longer one is truncated, with
     /// a marker saying so.
     pub max_log_line_bytes: u64,
+    /// Maximum length of a kv key (set, get, delete; list prefix), bytes.
+    pub kv_key_max_bytes: u64,
+    /// Maximum size of the value of one `kv set`, bytes.
+    pub kv_value_max_bytes: u64,
+    /// Maximum bytes (keys plus values) written by `kv set` in one attempt.
+    pub kv_write_max_bytes: u64,
 }
 
 impl Default for Limits {
@@ -44,6 +50,9 @@ impl Default for Limits {
             max_log_bytes: 64 * 1024,
             max_log_lines: 1_000,
             max_log_line_bytes: 8 * 1024,
+            kv_key_max_bytes: 512,
+            kv_value_max_bytes: 64 * 1024,
+            kv_write_max_bytes: 1024 * 1024,
         }
     }
 }
@@ -62,6 +71,9 @@ pub struct LimitsOverride {
     pub max_log_bytes: Option<u64>,
     pub max_log_lines: Option<u32>,
     pub max_log_line_bytes: Option<u64>,
+    pub kv_key_max_bytes: Option<u64>,
+    pub kv_value_max_bytes: Option<u64>,
+    pub kv_write_max_bytes: Option<u64>,
 }
 
 impl Limits {
@@ -80,7 +92,10 @@ impl Limits {
             http_timeout_ms,
             max_log_bytes,
             max_log_lines,
-            max_log_line_bytes
+            max_log_line_bytes,
+            kv_key_max_bytes,
+            kv_value_max_bytes,
+            kv_write_max_bytes
         );
         self
     }
@@ -111,7 +126,10 @@ impl Limits {
             http_timeout_ms,
             max_log_bytes,
             max_log_lines,
-            max_log_line_bytes
+            max_log_line_bytes,
+            kv_key_max_bytes,
+            kv_value_max_bytes,
+            kv_write_max_bytes
         );
         (self, clamped)
     }

@@ -6,7 +6,7 @@ mod common;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use common::*;
-use kairos_runtime::{LimitsOverride, LogSource, Runtime};
+use kairos_runtime::{LimitsOverride, LogSource, MemoryServices, RunOutcome, Runtime};
 use serde_json::json;
 
 /// Everything logged through `tracing` in this test binary (what the daemon writes to stderr).
@@ -46,13 +46,35 @@ fn host_log_bytes(needle: &str) -> usize {
 }
 
 fn hostile_with(limits: LimitsOverride) -> (Arc<Runtime>, tempfile::TempDir) {
+    let (rt, _, dir) = hostile_kv(limits);
+    (rt, dir)
+}
+
+fn hostile_kv(limits: LimitsOverride) -> (Arc<Runtime>, Arc<MemoryServices>, tempfile::TempDir) {
     captured();
     let mut cfg = config();
     cfg.grants.insert("hostile".into(), grant(&[], limits));
-    let (rt, _) = runtime_with(cfg);
+    let (rt, services) = runtime_with(cfg);
     let dir = plugin_dir(&[(&guest("hostile"), "hostile.wasm")]);
     assert!(rt.load_dir(dir.path()).errors.is_empty());
-    (rt, dir)
+    (rt, services, dir)
+}
+
+fn retryable(report: &kairos_runtime::RunReport) -> &str {
+    match &report.outcome {
+        RunOutcome::Retryable { message, .. } => message,
+        other => panic!("expected a retryable error, got {other}"),
+    }
+}
+
+/// Bytes of values the plugin holds in kv.
+fn stored_bytes(services: &MemoryServices) -> usize {
+    services
+        .keys("hostile")
+        .iter()
+        .filter_map(|k| services.get("hostile", k))
+        .map(|v| v.len())
+        .sum()
 }
 
 /// The probe: a plugin logging 1 MiB lines wrote 280 MB to the daemon's stderr in 1 s.
@@ -122,4 +144,89 @@ async fn a_flood_of_small_log_lines_is_capped_by_count() {
             .count()
     };
     assert_eq!(host_lines, 101, "100 lines and one note about the rest");
+}
+
+/// The probe: kv accepted ~700 MB from one attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kv_writes_of_one_attempt_are_capped() {
+    let (rt, services, _dir) = hostile_kv(LimitsOverride::default());
+    let report = rt
+        .run(task(
+            "hostile",
+            json!({"mode": "kv_flood", "value_size": 60_000}),
+        ))
+        .await;
+    let message = retryable(&report);
+    // 17 sets of 18-byte keys and 60,000-byte values fit in 1 MiB; the 18th does not.
+    assert!(
+        message.starts_with("kv_flood: set #17 refused: ")
+            && message.ends_with(
+                "kv set refused: this attempt has written 1020306 bytes to kv; 60018 more \
+                 would exceed kv_write_max_bytes (1048576)"
+            ),
+        "{message}"
+    );
+    assert_eq!(services.keys("hostile").len(), 17);
+    assert_eq!(stored_bytes(&services), 17 * 60_000);
+    assert!(
+        logs_text(&report).contains("[host warn] kv set refused: this attempt has written"),
+        "{}",
+        logs_text(&report)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kv_value_over_the_cap_is_refused() {
+    let (rt, services, _dir) = hostile_kv(LimitsOverride::default());
+    let report = rt
+        .run(task(
+            "hostile",
+            json!({"mode": "kv_flood", "value_size": 100_000}),
+        ))
+        .await;
+    let message = retryable(&report);
+    assert!(
+        message.starts_with("kv_flood: set #0 refused: ")
+            && message.ends_with(
+                "kv set refused: value of 100000 bytes exceeds kv_value_max_bytes (65536)"
+            ),
+        "{message}"
+    );
+    assert!(services.keys("hostile").is_empty());
+
+    let report = rt
+        .run(task(
+            "hostile",
+            json!({"mode": "kv_set", "value_size": 65_536}),
+        ))
+        .await;
+    assert_eq!(output(&report), "stored", "a value at the cap is stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kv_key_over_the_cap_is_refused() {
+    let (rt, services, _dir) = hostile_kv(LimitsOverride {
+        kv_key_max_bytes: Some(64),
+        ..Default::default()
+    });
+    let key = "k".repeat(65);
+    let report = rt
+        .run(task(
+            "hostile",
+            json!({"mode": "kv_set", "key": key, "value_size": 1}),
+        ))
+        .await;
+    let message = retryable(&report);
+    assert!(
+        message.ends_with("kv set refused: key of 65 bytes exceeds kv_key_max_bytes (64)"),
+        "{message}"
+    );
+    assert!(services.keys("hostile").is_empty());
+    let report = rt
+        .run(task(
+            "hostile",
+            json!({"mode": "kv_set", "key": "k".repeat(64)}),
+        ))
+        .await;
+    assert_eq!(output(&report), "stored");
 }

@@ -53,6 +53,12 @@ pub fn kv_flood(value_size: usize) -> Result<Outcome, TaskError> {
     }
 }
 
+pub fn kv_set(key: &str, value_size: usize) -> Result<Outcome, TaskError> {
+    kv::set(key, vec![b'v'; value_size])
+        .map_err(|e| TaskError::retryable(format!("kv_set refused: {e}")))?;
+    Ok(Outcome::with_output("stored"))
+}
+
 pub fn log_flood(lines: u64, line_size: usize) -> Result<Outcome, TaskError> {
     let line = "x".repeat(line_size);
     for n in 0..lines {

@@ -83,10 +83,14 @@ pub struct MigrateArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum PluginCmd {
-    /// List the plugins in a directory with their digests.
+    /// List the plugins in a directory with their digests, and what their manifests ask
+    /// beyond the operator's config (clamped or dropped).
     List {
         #[arg(long)]
         plugins: Option<PathBuf>,
+        /// Config file whose `[limits]` and `[plugin.NAME]` grants are the ceiling.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Run one task at once in the same sandbox as the server (no scheduling) and print the
     /// outcome, the plugin's logs and the timing.

@@ -35,6 +35,8 @@ pub struct Config {
     pub tasks: TaskDefaults,
     /// Default sandbox limits for every plugin.
     pub limits: Limits,
+    /// Node-wide settings of the Wasm runtime.
+    pub runtime: RuntimeSection,
     /// Grants per plugin: `[plugin.NAME] allowed_hosts = [...]`, `[plugin.NAME.config]`,
     /// `[plugin.NAME.limits]`.
     pub plugin: BTreeMap<String, PluginGrant>,
@@ -57,6 +59,7 @@ impl Default for Config {
             scheduler: SchedulerSection::default(),
             tasks: TaskDefaults::default(),
             limits: Limits::default(),
+            runtime: RuntimeSection::default(),
             plugin: BTreeMap::new(),
             schedule: Vec::new(),
         }
@@ -269,6 +272,24 @@ fn default_produce_timeout_ms() -> u64 {
     kairos_kafka::DEFAULT_PRODUCE_TIMEOUT.as_millis() as u64
 }
 
+/// `[runtime]`: node-wide settings of the Wasm runtime.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSection {
+    /// The `memory_mb` of all running attempts adds up to at most this many MiB; an attempt
+    /// waits for room (within its `timeout_ms`), a plugin needing more than all of it is
+    /// rejected at load.
+    pub memory_budget_mb: u64,
+}
+
+impl Default for RuntimeSection {
+    fn default() -> Self {
+        Self {
+            memory_budget_mb: kairos_runtime::DEFAULT_MEMORY_BUDGET_MB,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerSection {
@@ -350,7 +371,7 @@ fn empty_object() -> serde_json::Value {
 
 impl Config {
     /// `scheduler.takeover_wait_ms`, or the longest plugin `timeout_ms` configured here plus
-    /// 2 s. (A plugin whose own manifest raises its timeout needs the key set explicitly.)
+    /// 2 s. (This config is the ceiling: a plugin's own manifest can only lower its timeout.)
     /// Embedded (local queue) the default is 0: the previous holder of every partition was
     /// this process before it stopped, so no attempt of it can still run.
     pub fn takeover_wait_ms(&self) -> u64 {
@@ -365,6 +386,17 @@ impl Config {
                 .fold(self.limits.timeout_ms, u64::max);
             longest.saturating_add(2_000)
         })
+    }
+
+    /// The Wasm runtime's settings from this config: `[limits]` and the `[plugin.NAME]`
+    /// grants (no compiled-artifact cache; the node sets one under `data_dir`).
+    pub fn runtime_config(&self) -> kairos_runtime::RuntimeConfig {
+        kairos_runtime::RuntimeConfig {
+            defaults: self.limits,
+            grants: self.plugin.clone(),
+            memory_budget_mb: self.runtime.memory_budget_mb,
+            ..kairos_runtime::RuntimeConfig::default()
+        }
     }
 
     /// Reads a config file; every error names the file and the offending key.
@@ -478,6 +510,17 @@ mod tests {
         assert_eq!(c.partitions, 64);
         assert!(matches!(c.store, StoreConfig::Embedded { .. }));
         assert!(matches!(c.queue, QueueConfig::Local));
+        assert_eq!(c.runtime_config().memory_budget_mb, 2048);
+    }
+
+    #[test]
+    fn runtime_section_reaches_the_runtime_config() {
+        let c = Config::parse("[runtime]\nmemory_budget_mb = 512\n[limits]\nmemory_mb = 32\n")
+            .expect("valid");
+        let rc = c.runtime_config();
+        assert_eq!(rc.memory_budget_mb, 512);
+        assert_eq!(rc.defaults.memory_mb, 32);
+        assert!(Config::parse("[runtime]\nmemory_budget = 1\n").is_err());
     }
 
     #[test]
@@ -512,6 +555,7 @@ mod tests {
         let c = Config::load(&dir.join("embedded.toml")).expect("config/embedded.toml is valid");
         assert_eq!(c.plugin["notify"].allowed_hosts, ["127.0.0.1:8080"]);
         assert_eq!(c.scheduler.window_capacity, 2_000);
+        assert_eq!(c.runtime.memory_budget_mb, 2048);
         let c = Config::load(&dir.join("cluster.toml")).expect("config/cluster.toml is valid");
         assert_eq!(c.partitions, 16);
         let QueueConfig::Kafka(k) = &c.queue else {

@@ -7,7 +7,7 @@ use clap::Parser;
 use kairos::cli::{Cli, Command, MigrateArgs, PluginCmd, ServeArgs, TokenCmd};
 use kairos::config::Config;
 use kairos::node::{Node, shutdown_signal};
-use kairos_runtime::{MemoryServices, RunOutcome, RunRequest, Runtime, RuntimeConfig, TaskInfo};
+use kairos_runtime::{MemoryServices, RunOutcome, RunRequest, Runtime, TaskInfo};
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -70,13 +70,24 @@ fn plugins_dir(p: Option<PathBuf>) -> PathBuf {
 
 async fn plugin(cmd: PluginCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        PluginCmd::List { plugins } => {
-            let dir = plugins_dir(plugins);
-            let rt = Runtime::new(RuntimeConfig::default(), Arc::new(MemoryServices::new()))?;
+        PluginCmd::List { plugins, config } => {
+            let cfg = match &config {
+                Some(path) => Config::load(path)?,
+                None => Config::default(),
+            };
+            let dir = plugins.unwrap_or(if config.is_some() {
+                cfg.plugins_dir.clone()
+            } else {
+                plugins_dir(None)
+            });
+            let rt = Runtime::new(cfg.runtime_config(), Arc::new(MemoryServices::new()))?;
             let summary = rt.load_dir(&dir);
             println!("{:<16} {:<66} {:>10}", "NAME", "DIGEST (sha256)", "BYTES");
             for p in rt.plugins() {
                 println!("{:<16} {:<66} {:>10}", p.name, p.digest, p.size_bytes);
+                for w in &p.warnings {
+                    println!("  warning: {w}");
+                }
             }
             for err in &summary.errors {
                 println!("rejected {err}");
@@ -103,12 +114,7 @@ async fn plugin(cmd: PluginCmd) -> anyhow::Result<ExitCode> {
                 plugins_dir(None)
             });
             let services = Arc::new(MemoryServices::new());
-            let rt_cfg = RuntimeConfig {
-                defaults: cfg.limits,
-                grants: cfg.plugin.clone(),
-                ..RuntimeConfig::default()
-            };
-            let rt = Runtime::new(rt_cfg, services.clone())?;
+            let rt = Runtime::new(cfg.runtime_config(), services.clone())?;
             let summary = rt.load_dir(&dir);
             for err in &summary.errors {
                 eprintln!("rejected {err}");

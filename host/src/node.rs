@@ -129,9 +129,8 @@ impl Node {
         let runtime = Runtime::new(
             RuntimeConfig {
                 cache_dir: Some(cfg.data_dir.join("wasm-cache")),
-                defaults: cfg.limits,
-                grants: cfg.plugin.clone(),
                 max_instances: (cfg.scheduler.concurrency as u32).saturating_mul(2).max(16),
+                ..cfg.runtime_config()
             },
             services.clone(),
         )

@@ -44,7 +44,8 @@
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2` (once:
 //! `rustup target add wasm32-wasip2`) and drop `target/wasm32-wasip2/release/hello.wasm`,
-//! with its `hello.toml` manifest, into the host's plugin directory.
+//! into the host's plugin directory; the hosts it calls are granted in the host config
+//! (`[plugin.hello] allowed_hosts`).
 //!
 //! # Errors and retries
 //!

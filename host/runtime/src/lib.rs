@@ -3,7 +3,8 @@
 //! Runs task plugins (WebAssembly components of the `kairos:plugin/task-plugin` world,
 //! `wit/plugin.wit`) in a sandbox: one wasmtime engine with a pooling allocator, a fresh
 //! store and instance per task, memory / CPU / wall-clock / output / host-call limits,
-//! WASI that grants nothing, and outbound HTTP only to the plugin's `allowed_hosts`.
+//! WASI that grants nothing, and outbound HTTP only to the plugin's `allowed_hosts`, checked
+//! by name and by resolved address.
 //! Plugins are loaded from a directory (`NAME.wasm` + optional `NAME.toml` manifest),
 //! identified by the sha256 of their bytes, and hot-swapped when the files change.
 //!
@@ -11,6 +12,7 @@
 
 mod bindings;
 mod config;
+mod egress;
 mod engine;
 mod host_impl;
 mod http;
@@ -24,7 +26,7 @@ mod runtime;
 mod services;
 mod watcher;
 
-pub use config::{PluginGrant, RuntimeConfig};
+pub use config::{DEFAULT_MEMORY_BUDGET_MB, PluginGrant, RuntimeConfig};
 pub use limits::{Limits, LimitsOverride};
 pub use logs::{LogLevel, LogLine, LogSource};
 pub use manifest::Manifest;

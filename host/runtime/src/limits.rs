@@ -1,5 +1,5 @@
-//! Per-task resource limits, their overrides (manifest and host grant), and the
-//! memory limiter installed in every task's store.
+//! Per-task resource limits, their overrides (host grant) and narrowing (manifest), and
+//! the memory limiter installed in every task's store.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,8 +21,20 @@ pub struct Limits {
     pub max_http_requests: u32,
     /// Timeout of one outbound HTTP request (connect, first byte, between bytes).
     pub http_timeout_ms: u64,
-    /// Maximum bytes of log lines (plugin logs, stdout, stderr) kept per attempt.
+    /// Maximum bytes of log lines (plugin logs, stdout, stderr) kept per attempt; further
+    /// lines are dropped (counted in one closing line) and never reach the host's log.
     pub max_log_bytes: u64,
+    /// Maximum number of log lines kept per attempt; further lines are dropped likewise.
+    pub max_log_lines: u32,
+    /// Maximum size of one log line (message and fields); a longer one is truncated, with
+    /// a marker saying so.
+    pub max_log_line_bytes: u64,
+    /// Maximum length of a kv key (set, get, delete; list prefix), bytes.
+    pub kv_key_max_bytes: u64,
+    /// Maximum size of the value of one `kv set`, bytes.
+    pub kv_value_max_bytes: u64,
+    /// Maximum bytes (keys plus values) written by `kv set` in one attempt.
+    pub kv_write_max_bytes: u64,
 }
 
 impl Default for Limits {
@@ -36,6 +48,11 @@ impl Default for Limits {
             max_http_requests: 16,
             http_timeout_ms: 5_000,
             max_log_bytes: 64 * 1024,
+            max_log_lines: 1_000,
+            max_log_line_bytes: 8 * 1024,
+            kv_key_max_bytes: 512,
+            kv_value_max_bytes: 64 * 1024,
+            kv_write_max_bytes: 1024 * 1024,
         }
     }
 }
@@ -52,6 +69,11 @@ pub struct LimitsOverride {
     pub max_http_requests: Option<u32>,
     pub http_timeout_ms: Option<u64>,
     pub max_log_bytes: Option<u64>,
+    pub max_log_lines: Option<u32>,
+    pub max_log_line_bytes: Option<u64>,
+    pub kv_key_max_bytes: Option<u64>,
+    pub kv_value_max_bytes: Option<u64>,
+    pub kv_write_max_bytes: Option<u64>,
 }
 
 impl Limits {
@@ -68,9 +90,48 @@ impl Limits {
             max_host_calls,
             max_http_requests,
             http_timeout_ms,
-            max_log_bytes
+            max_log_bytes,
+            max_log_lines,
+            max_log_line_bytes,
+            kv_key_max_bytes,
+            kv_value_max_bytes,
+            kv_write_max_bytes
         );
         self
+    }
+
+    /// These limits (the ceiling) narrowed by `o`: a field set in `o` is taken when it is not
+    /// above the ceiling, else the ceiling stays. Returns the narrowed limits and, for each
+    /// field `o` asked to raise, `(field, asked, ceiling)`.
+    pub fn narrowed_by(mut self, o: &LimitsOverride) -> (Limits, Vec<(&'static str, u64, u64)>) {
+        let mut clamped = Vec::new();
+        macro_rules! narrow {
+            ($($f:ident),*) => { $(
+                if let Some(v) = o.$f {
+                    if v <= self.$f {
+                        self.$f = v;
+                    } else {
+                        clamped.push((stringify!($f), u64::from(v), u64::from(self.$f)));
+                    }
+                }
+            )* };
+        }
+        narrow!(
+            memory_mb,
+            cpu_ms,
+            timeout_ms,
+            max_output_bytes,
+            max_host_calls,
+            max_http_requests,
+            http_timeout_ms,
+            max_log_bytes,
+            max_log_lines,
+            max_log_line_bytes,
+            kv_key_max_bytes,
+            kv_value_max_bytes,
+            kv_write_max_bytes
+        );
+        (self, clamped)
     }
 
     /// Memory limit in bytes.
@@ -138,6 +199,27 @@ mod tests {
         assert_eq!(l.memory_mb, 8);
         assert_eq!(l.max_http_requests, 2);
         assert_eq!(l.cpu_ms, Limits::default().cpu_ms);
+    }
+
+    #[test]
+    fn narrowing_takes_the_lower_value_and_reports_raises() {
+        let o = LimitsOverride {
+            memory_mb: Some(4096),
+            cpu_ms: Some(50),
+            max_host_calls: Some(4_000_000_000),
+            ..Default::default()
+        };
+        let (l, clamped) = Limits::default().narrowed_by(&o);
+        assert_eq!(l.memory_mb, 64, "raise refused");
+        assert_eq!(l.cpu_ms, 50, "narrowing taken");
+        assert_eq!(l.max_host_calls, 1_000, "raise refused");
+        assert_eq!(
+            clamped,
+            [
+                ("memory_mb", 4096, 64),
+                ("max_host_calls", 4_000_000_000, 1_000)
+            ]
+        );
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Task log lines: plugin `log` calls, captured guest stdout/stderr and host notes
-//! (refused HTTP requests, limits hit), bounded by `max_log_bytes`.
+//! (refused HTTP requests, limits hit), bounded per line by `max_log_line_bytes` and per
+//! attempt by `max_log_lines` and `max_log_bytes`.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -92,55 +93,138 @@ pub(crate) fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Log lines of one task, bounded in total bytes.
+/// The bounds of one attempt's log (from its [`crate::Limits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LogCaps {
+    pub(crate) max_bytes: u64,
+    pub(crate) max_lines: u32,
+    pub(crate) max_line_bytes: u64,
+}
+
+impl LogCaps {
+    pub(crate) fn of(limits: &crate::Limits) -> LogCaps {
+        LogCaps {
+            max_bytes: limits.max_log_bytes,
+            max_lines: limits.max_log_lines,
+            max_line_bytes: limits.max_log_line_bytes,
+        }
+    }
+}
+
+fn line_size(line: &LogLine) -> u64 {
+    let fields: usize = line.fields.iter().map(|(k, v)| k.len() + v.len()).sum();
+    (line.message.len() + fields) as u64
+}
+
+/// Cuts `s` to at most `max` bytes, on a char boundary.
+fn cut(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut at = max;
+        while !s.is_char_boundary(at) {
+            at -= 1;
+        }
+        s.truncate(at);
+    }
+}
+
+/// Truncates a line longer than `max` bytes (message first, then fields in order) and
+/// marks it.
+fn cap_line(line: &mut LogLine, max: u64) {
+    let size = line_size(line);
+    if size <= max {
+        return;
+    }
+    let mut room = usize::try_from(max).unwrap_or(usize::MAX);
+    cut(&mut line.message, room);
+    room -= line.message.len();
+    let mut kept = Vec::new();
+    for (mut k, mut v) in std::mem::take(&mut line.fields) {
+        if room == 0 {
+            break;
+        }
+        cut(&mut k, room);
+        room -= k.len();
+        cut(&mut v, room);
+        room -= v.len();
+        kept.push((k, v));
+    }
+    line.fields = kept;
+    line.message.push_str(&format!(
+        " … [line of {size} bytes truncated to max_log_line_bytes ({max})]"
+    ));
+}
+
+/// Log lines of one attempt, bounded in line size, line count and total bytes. Lines past
+/// a bound are dropped and counted.
 #[derive(Debug)]
 pub(crate) struct LogBuffer {
     lines: Vec<LogLine>,
     bytes: u64,
-    max_bytes: u64,
+    caps: LogCaps,
     dropped: u64,
+    dropped_for_lines: bool,
+    dropped_for_bytes: bool,
 }
 
 impl LogBuffer {
-    pub(crate) fn new(max_bytes: u64) -> Self {
+    pub(crate) fn new(caps: LogCaps) -> Self {
         LogBuffer {
             lines: Vec::new(),
             bytes: 0,
-            max_bytes,
+            caps,
             dropped: 0,
+            dropped_for_lines: false,
+            dropped_for_bytes: false,
         }
     }
 
-    pub(crate) fn max_bytes(&self) -> u64 {
-        self.max_bytes
+    pub(crate) fn caps(&self) -> LogCaps {
+        self.caps
     }
 
-    pub(crate) fn push(&mut self, line: LogLine) {
-        let size = line.message.len()
-            + line
-                .fields
-                .iter()
-                .map(|(k, v)| k.len() + v.len())
-                .sum::<usize>();
-        let size = size as u64;
-        if self.bytes + size > self.max_bytes {
+    /// Lines dropped so far.
+    pub(crate) fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Keeps `line` (truncated to `max_line_bytes`) if the attempt's log has room for it,
+    /// and returns it as kept; `None` when it was dropped.
+    pub(crate) fn push(&mut self, mut line: LogLine) -> Option<&LogLine> {
+        cap_line(&mut line, self.caps.max_line_bytes);
+        let size = line_size(&line);
+        if self.lines.len() as u64 >= u64::from(self.caps.max_lines) {
             self.dropped += 1;
-            return;
+            self.dropped_for_lines = true;
+            return None;
+        }
+        if self.bytes.saturating_add(size) > self.caps.max_bytes {
+            self.dropped += 1;
+            self.dropped_for_bytes = true;
+            return None;
         }
         self.bytes += size;
         self.lines.push(line);
+        self.lines.last()
     }
 
-    /// The lines, with a final note when some were dropped.
+    /// The lines, with one closing note when some were dropped.
     pub(crate) fn finish(mut self) -> Vec<LogLine> {
         if self.dropped > 0 {
+            let mut reached = Vec::new();
+            if self.dropped_for_lines {
+                reached.push(format!("max_log_lines ({})", self.caps.max_lines));
+            }
+            if self.dropped_for_bytes {
+                reached.push(format!("max_log_bytes ({} bytes)", self.caps.max_bytes));
+            }
             self.lines.push(LogLine {
                 at_ms: now_ms(),
                 level: LogLevel::Warn,
                 source: LogSource::Host,
                 message: format!(
-                    "{} log line(s) dropped: the task's log exceeded max_log_bytes ({} bytes)",
-                    self.dropped, self.max_bytes
+                    "{} log line(s) dropped: the attempt's log reached {}",
+                    self.dropped,
+                    reached.join(" and ")
                 ),
                 fields: Vec::new(),
             });
@@ -289,21 +373,77 @@ impl tokio::io::AsyncWrite for CapturePipe {
 mod tests {
     use super::*;
 
+    fn caps(max_bytes: u64, max_lines: u32, max_line_bytes: u64) -> LogCaps {
+        LogCaps {
+            max_bytes,
+            max_lines,
+            max_line_bytes,
+        }
+    }
+
+    fn line(message: &str, fields: &[(&str, &str)]) -> LogLine {
+        LogLine {
+            at_ms: 0,
+            level: LogLevel::Info,
+            source: LogSource::Plugin,
+            message: message.to_string(),
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
     #[test]
-    fn log_buffer_is_bounded_and_says_so() {
-        let mut b = LogBuffer::new(10);
+    fn log_buffer_is_bounded_in_bytes_and_says_so() {
+        let mut b = LogBuffer::new(caps(10, 100, 100));
         for i in 0..5 {
-            b.push(LogLine {
-                at_ms: 0,
-                level: LogLevel::Info,
-                source: LogSource::Plugin,
-                message: format!("msg{i}"),
-                fields: vec![],
-            });
+            b.push(line(&format!("msg{i}"), &[]));
         }
         let lines = b.finish();
         assert_eq!(lines.len(), 3, "{lines:?}");
-        assert!(lines[2].message.contains("3 log line(s) dropped"));
+        assert_eq!(
+            lines[2].message,
+            "3 log line(s) dropped: the attempt's log reached max_log_bytes (10 bytes)"
+        );
+    }
+
+    #[test]
+    fn log_buffer_is_bounded_in_lines_and_says_so_once() {
+        let mut b = LogBuffer::new(caps(1 << 20, 3, 100));
+        for i in 0..10 {
+            let kept = b.push(line(&format!("m{i}"), &[])).is_some();
+            assert_eq!(kept, i < 3);
+        }
+        assert_eq!(b.dropped(), 7);
+        let lines = b.finish();
+        assert_eq!(lines.len(), 4);
+        assert_eq!(
+            lines[3].message,
+            "7 log line(s) dropped: the attempt's log reached max_log_lines (3)"
+        );
+    }
+
+    #[test]
+    fn long_lines_are_truncated_with_a_marker() {
+        let mut b = LogBuffer::new(caps(1 << 20, 100, 8));
+        let kept = b
+            .push(line("héllo world", &[("key", "value"), ("other", "x")]))
+            .expect("kept")
+            .clone();
+        assert_eq!(
+            kept.message,
+            "héllo w … [line of 26 bytes truncated to max_log_line_bytes (8)]"
+        );
+        assert!(kept.fields.is_empty(), "{:?}", kept.fields);
+        let kept = b
+            .push(line("ab", &[("key", "value"), ("other", "x")]))
+            .expect("kept")
+            .clone();
+        assert_eq!(kept.fields, [("key".to_string(), "val".to_string())]);
+        assert!(kept.message.starts_with("ab … [line of 16 bytes"));
+        let short = b.push(line("ok", &[("k", "v")])).expect("kept").clone();
+        assert_eq!(short, line("ok", &[("k", "v")]), "short lines untouched");
     }
 
     #[test]

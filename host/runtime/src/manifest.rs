@@ -1,4 +1,5 @@
-//! `NAME.toml`, the optional manifest next to `NAME.wasm`.
+//! `NAME.toml`, the optional manifest next to `NAME.wasm`. It can only narrow what the
+//! operator's config grants (see [`crate::config`]).
 //!
 //! ```toml
 //! allowed_hosts = ["hooks.example.com", "*.pagerduty.com", "127.0.0.1:8080"]
@@ -19,8 +20,9 @@ use crate::limits::LimitsOverride;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Manifest {
-    /// Outbound HTTP hosts the plugin may call: `host:port` (exact), `host` (any port)
-    /// or `*.example.com` (any subdomain).
+    /// Outbound HTTP hosts the plugin asks for: `host:port` (exact), `host` (any port)
+    /// or `*.example.com` (any subdomain). Only those an entry of the operator's grant
+    /// covers are kept.
     pub allowed_hosts: Vec<String>,
     pub limits: LimitsOverride,
     /// String values readable through the `config` import.

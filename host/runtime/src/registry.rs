@@ -26,8 +26,11 @@ pub(crate) struct PluginVersion {
     pub(crate) pre: TaskPluginPre<StoreState>,
     pub(crate) limits: Limits,
     pub(crate) allowed_hosts: Arc<[AllowedHost]>,
+    pub(crate) allow_private: bool,
     pub(crate) config: Arc<BTreeMap<String, String>>,
     pub(crate) dir: PathBuf,
+    /// What the manifest asked beyond the operator's grant (clamped or dropped).
+    pub(crate) warnings: Vec<String>,
 }
 
 /// A loaded plugin, as listed by [`crate::Runtime::plugins`].
@@ -38,8 +41,11 @@ pub struct PluginInfo {
     pub digest: String,
     pub size_bytes: u64,
     pub loaded_at_ms: i64,
-    /// Effective allowlist (manifest ∪ host grant).
+    /// Effective allowlist (the operator's grant, narrowed by the manifest).
     pub allowed_hosts: Vec<String>,
+    /// Whether the allowed hosts may resolve to non-public addresses (the grant's
+    /// `allow_private`).
+    pub allow_private: bool,
     /// Digests still runnable, newest (current) first.
     pub versions: Vec<String>,
     /// Effective limits of the current version.
@@ -49,6 +55,9 @@ pub struct PluginInfo {
     /// Why the latest attempt to load a new version was rejected (the current version
     /// kept serving), if it was.
     pub last_error: Option<String>,
+    /// What the current version's manifest asked beyond the operator's ceiling (limits
+    /// clamped, hosts dropped).
+    pub warnings: Vec<String>,
 }
 
 struct Entry {
@@ -206,6 +215,7 @@ impl Registry {
                     size_bytes: c.size_bytes,
                     loaded_at_ms: c.loaded_at_ms,
                     allowed_hosts: c.allowed_hosts.iter().map(ToString::to_string).collect(),
+                    allow_private: c.allow_private,
                     versions: std::iter::once(c)
                         .chain(e.older.iter())
                         .map(|v| v.digest.clone())
@@ -213,6 +223,7 @@ impl Registry {
                     limits: c.limits,
                     dir: c.dir.clone(),
                     last_error: e.last_error.clone(),
+                    warnings: c.warnings.clone(),
                 }
             })
             .collect();

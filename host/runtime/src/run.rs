@@ -13,10 +13,10 @@ use wasmtime_wasi_http::WasiHttpCtx;
 
 use crate::bindings::{Outcome, Task, TaskError};
 use crate::engine::TICK;
-use crate::host_impl::{Meter, StoreState};
+use crate::host_impl::{KvQuota, Meter, StoreState};
 use crate::http::HttpGate;
 use crate::limits::{Limits, MemoryLimiter};
-use crate::logs::{CapturePipe, LogLevel, LogSource};
+use crate::logs::{CapturePipe, LogCaps, LogLevel, LogSource};
 use crate::outcome::{FailureKind, RunOutcome, RunReport, RunRequest};
 use crate::registry::PluginVersion;
 use crate::runtime::Runtime;
@@ -63,12 +63,38 @@ impl Runtime {
             &req.task.id,
             limits.max_host_calls,
             limits.max_http_requests,
-            limits.max_log_bytes,
+            LogCaps::of(&limits),
         ));
 
-        let exec = self.execute(&version, req.task, meter.clone(), &stdout, &stderr);
+        // The whole attempt, the wait for room in the memory budget included, is bounded by
+        // timeout_ms (the cluster's takeover wait relies on it).
         let timeout = Duration::from_millis(limits.timeout_ms);
-        let guarded = AssertUnwindSafe(tokio::time::timeout(timeout, exec)).catch_unwind();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mb = u32::try_from(limits.memory_mb).unwrap_or(u32::MAX);
+        let _permit = match tokio::time::timeout_at(deadline, self.memory_budget.acquire_many(mb))
+            .await
+        {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_closed)) => {
+                return self.not_started(
+                    &version,
+                    &meter,
+                    started,
+                    FailureKind::Instantiate,
+                    "the node's memory budget is closed (the runtime is shutting down)".into(),
+                );
+            }
+            Err(_elapsed) => {
+                let message = format!(
+                    "not started: waited {} ms (its timeout_ms) for {} MiB of the node's memory \
+                     budget (memory_budget_mb = {}), all in use by other attempts",
+                    limits.timeout_ms, limits.memory_mb, self.cfg.memory_budget_mb
+                );
+                return self.not_started(&version, &meter, started, FailureKind::Timeout, message);
+            }
+        };
+        let exec = self.execute(&version, req.task, meter.clone(), &stdout, &stderr);
+        let guarded = AssertUnwindSafe(tokio::time::timeout_at(deadline, exec)).catch_unwind();
         let outcome = match guarded.await {
             Ok(Ok(ended)) => classify(ended, &limits, &meter, &stderr),
             Ok(Err(_elapsed)) => {
@@ -102,7 +128,25 @@ impl Runtime {
         RunReport {
             outcome,
             digest: Some(version.digest.clone()),
-            logs: logs.finish(),
+            logs: meter.finish_logs(logs),
+            elapsed: started.elapsed(),
+        }
+    }
+
+    /// The report of an attempt that never got an instance.
+    fn not_started(
+        &self,
+        version: &PluginVersion,
+        meter: &Meter,
+        started: Instant,
+        kind: FailureKind,
+        message: String,
+    ) -> RunReport {
+        meter.host_log(LogLevel::Error, message.clone());
+        RunReport {
+            outcome: RunOutcome::Failed { kind, message },
+            digest: Some(version.digest.clone()),
+            logs: meter.finish_logs(meter.take_logs()),
             elapsed: started.elapsed(),
         }
     }
@@ -140,6 +184,7 @@ impl Runtime {
             gate: HttpGate {
                 meter: meter.clone(),
                 allowed: version.allowed_hosts.clone(),
+                allow_private: version.allow_private,
                 timeout: Duration::from_millis(limits.http_timeout_ms),
             },
             limiter: MemoryLimiter::new(limits.memory_bytes()),
@@ -147,6 +192,7 @@ impl Runtime {
             services: self.services.clone(),
             task,
             config: version.config.clone(),
+            kv_quota: KvQuota::of(limits),
             ticks: 0,
             max_ticks: limits.cpu_ms.div_ceil(tick_ms).max(1),
             cpu_exhausted: false,

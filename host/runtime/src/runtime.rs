@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
 
@@ -30,6 +31,8 @@ pub struct Runtime {
     compiler: Compiler,
     /// Serializes loads (two loads of one plugin must not interleave).
     load_lock: Mutex<()>,
+    /// The node's memory budget, one permit per MiB (see [`RuntimeConfig::memory_budget_mb`]).
+    pub(crate) memory_budget: Semaphore,
     _ticker: Ticker,
 }
 
@@ -98,6 +101,13 @@ impl Runtime {
                     .map_err(|e| anyhow::anyhow!("host config [plugin.{name}]: {e}"))?;
             }
         }
+        anyhow::ensure!(
+            cfg.memory_budget_mb >= 1,
+            "memory_budget_mb must be at least 1 (MiB)"
+        );
+        let budget_permits = usize::try_from(cfg.memory_budget_mb)
+            .unwrap_or(usize::MAX)
+            .min(Semaphore::MAX_PERMITS);
         let engine = build_engine(cfg.max_instances)?;
         let mut linker = Linker::<StoreState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -119,6 +129,7 @@ impl Runtime {
             registry: Registry::default(),
             compiler,
             load_lock: Mutex::new(()),
+            memory_budget: Semaphore::new(budget_permits),
             _ticker: ticker,
         }))
     }
@@ -278,15 +289,28 @@ impl Runtime {
         {
             return Ok(LoadChange::Unchanged { digest });
         }
-        let mut eff = Effective::resolve(&self.cfg.defaults, &manifest, self.cfg.grants.get(name))
-            .map_err(|e| format!("invalid settings: {e}"))?;
+        let mut eff = Effective::resolve(
+            name,
+            &self.cfg.defaults,
+            &manifest,
+            self.cfg.grants.get(name),
+        )
+        .map_err(|e| format!("invalid settings: {e}"))?;
         if eff.limits.memory_bytes() > POOL_MAX_MEMORY {
-            tracing::warn!(
-                plugin = name,
-                "memory_mb {} capped at 4096",
+            let cap = (POOL_MAX_MEMORY >> 20) as u64;
+            eff.warnings.push(format!(
+                "memory_mb {} is above the engine's maximum: capped at {cap}",
                 eff.limits.memory_mb
-            );
-            eff.limits.memory_mb = (POOL_MAX_MEMORY >> 20) as u64;
+            ));
+            eff.limits.memory_mb = cap;
+        }
+        if eff.limits.memory_mb > self.cfg.memory_budget_mb {
+            return Err(format!(
+                "its memory_mb of {} MiB exceeds the node's memory budget (memory_budget_mb = {}): \
+                 it could never run; lower [plugin.{name}.limits] memory_mb or raise \
+                 memory_budget_mb",
+                eff.limits.memory_mb, self.cfg.memory_budget_mb
+            ));
         }
         let pre = match self.registry.find_compiled(&digest) {
             Some(pre) => pre,
@@ -301,9 +325,14 @@ impl Runtime {
             pre,
             limits: eff.limits,
             allowed_hosts: eff.allowed_hosts.into(),
+            allow_private: eff.allow_private,
             config: Arc::new(eff.config),
             dir: dir.to_path_buf(),
+            warnings: eff.warnings,
         });
+        for w in &version.warnings {
+            tracing::warn!(plugin = name, "plugin `{name}`: {w}");
+        }
         let previous = self.registry.install(version);
         Ok(LoadChange::Loaded { digest, previous })
     }

@@ -226,8 +226,8 @@ async fn http_outside_the_allowlist_is_denied_and_logged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_to_an_allowed_host_goes_through() {
-    let (rt, _dir) = hostile_with(LimitsOverride::default(), &["127.0.0.1"]);
     let rx = Receiver::start().await;
+    let (rt, _dir) = hostile_with(LimitsOverride::default(), &[&rx.addr.to_string()]);
     let report = rt
         .run(task(
             "hostile",
@@ -241,14 +241,15 @@ async fn http_to_an_allowed_host_goes_through() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_requests_are_limited_and_timed_out() {
+    let rx = Receiver::start().await;
+    let granted = rx.addr.to_string();
     let (rt, _dir) = hostile_with(
         LimitsOverride {
             http_timeout_ms: Some(200),
             ..Default::default()
         },
-        &["127.0.0.1"],
+        &[&granted],
     );
-    let rx = Receiver::start().await;
     let start = Instant::now();
     let report = rt
         .run(task(
@@ -277,7 +278,7 @@ async fn http_requests_are_limited_and_timed_out() {
             max_http_requests: Some(0),
             ..Default::default()
         },
-        &["127.0.0.1"],
+        &[&granted],
     );
     let report = rt
         .run(task(

@@ -247,16 +247,31 @@ async fn manifest_changes_reload_the_plugin() {
     )
     .expect("write");
     assert!(eventually(WAIT, || w.rt.plugins()[0].limits.cpu_ms == 77).await);
-    assert_eq!(w.rt.plugins()[0].allowed_hosts, ["x.example"]);
+    let info = &w.rt.plugins()[0];
+    assert_eq!(
+        info.allowed_hosts,
+        Vec::<String>::new(),
+        "not granted by the operator"
+    );
+    assert_eq!(info.warnings.len(), 1, "{:?}", info.warnings);
+    assert!(
+        info.warnings[0].contains("`x.example`, not covered"),
+        "{:?}",
+        info.warnings
+    );
     assert_eq!(config_of(w.rt.clone()).await, json!({}));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn running_tasks_finish_on_their_version_and_pins_work() {
+    let rx = Receiver::start().await;
     let mut cfg = config();
     cfg.grants.insert(
         "pin".into(),
-        grant(&["127.0.0.1"], kairos_runtime::LimitsOverride::default()),
+        grant(
+            &[&rx.addr.to_string()],
+            kairos_runtime::LimitsOverride::default(),
+        ),
     );
     let (rt, _) = runtime_with(cfg);
     let dir = tempfile::tempdir().expect("tempdir");
@@ -265,7 +280,6 @@ async fn running_tasks_finish_on_their_version_and_pins_work() {
     let v1 = sha256_hex(&v1_bytes);
     std::fs::write(&path, &v1_bytes).expect("write");
     assert!(rt.load_dir(dir.path()).errors.is_empty());
-    let rx = Receiver::start().await;
 
     let slow = {
         let rt = rt.clone();

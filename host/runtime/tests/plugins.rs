@@ -9,14 +9,12 @@ use common::*;
 use kairos_runtime::{FailureKind, LimitsOverride, MemoryServices, RunOutcome, Runtime, When};
 use serde_json::{Value, json};
 
-/// A runtime with the standard plugins loaded, allowed to call 127.0.0.1.
-fn standard() -> (Arc<Runtime>, Arc<MemoryServices>) {
+/// A runtime with the standard plugins loaded, allowed to call `hosts` (`127.0.0.1:PORT`).
+fn standard(hosts: &[&str]) -> (Arc<Runtime>, Arc<MemoryServices>) {
     let mut cfg = config();
     for name in ["notify", "chores", "alerting"] {
-        cfg.grants.insert(
-            name.to_string(),
-            grant(&["127.0.0.1"], LimitsOverride::default()),
-        );
+        cfg.grants
+            .insert(name.to_string(), grant(hosts, LimitsOverride::default()));
     }
     let (rt, services) = runtime_with(cfg);
     let summary = rt.load_dir(&plugins_dir());
@@ -29,8 +27,9 @@ fn standard() -> (Arc<Runtime>, Arc<MemoryServices>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_delivers_and_classifies_statuses() {
-    let (rt, _) = standard();
     let rx = Receiver::start().await;
+    let closed = closed_port();
+    let (rt, _) = standard(&[&rx.addr.to_string(), &format!("127.0.0.1:{closed}")]);
 
     let mut req = task(
         "notify",
@@ -79,7 +78,7 @@ async fn notify_delivers_and_classifies_statuses() {
         other => panic!("4xx must be permanent, got {other}"),
     }
 
-    let url = format!("http://127.0.0.1:{}/hook", closed_port());
+    let url = format!("http://127.0.0.1:{closed}/hook");
     let report = rt.run(task("notify", json!({ "url": url }))).await;
     assert!(
         matches!(report.outcome, RunOutcome::Retryable { .. }),
@@ -123,8 +122,8 @@ fn policy(rx: &Receiver) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn alerting_escalates_until_acknowledged() {
-    let (rt, services) = standard();
     let rx = Receiver::start().await;
+    let (rt, services) = standard(&[&rx.addr.to_string()]);
 
     let report = rt
         .run(task(
@@ -180,8 +179,8 @@ async fn alerting_escalates_until_acknowledged() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chores_reminder_posts_and_schedules_the_next() {
-    let (rt, services) = standard();
     let rx = Receiver::start().await;
+    let (rt, services) = standard(&[&rx.addr.to_string()]);
     let shift = 1_800_000_000_000i64;
     let report = rt
         .run(task(
@@ -215,7 +214,7 @@ async fn chores_reminder_posts_and_schedules_the_next() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chores_purge_deletes_old_entries_only() {
-    let (rt, services) = standard();
+    let (rt, services) = standard(&[]);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
@@ -249,16 +248,16 @@ async fn chores_purge_deletes_old_entries_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sdk_hello_example_runs() {
+    let rx = Receiver::start().await;
     let mut cfg = config();
     cfg.grants.insert(
         "hello".into(),
-        grant(&["127.0.0.1"], LimitsOverride::default()),
+        grant(&[&rx.addr.to_string()], LimitsOverride::default()),
     );
     let (rt, services) = runtime_with(cfg);
     let dir = plugin_dir(&[(&guest("hello"), "hello.wasm")]);
     let summary = rt.load_dir(dir.path());
     assert_eq!(summary.loaded, ["hello"], "{:?}", summary.errors);
-    let rx = Receiver::start().await;
     let req = task(
         "hello",
         json!({"name": "Ada", "url": rx.url("/status/200")}),

@@ -3,7 +3,8 @@ use std::fmt;
 /// Why a request got no response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HttpError {
-    /// The host refused the request: its host is not in this plugin's `allowed_hosts`.
+    /// The host refused the request: its host (or an address it resolves to) is not allowed
+    /// by this plugin's `allowed_hosts`.
     Denied {
         /// The host name (without port) that was refused.
         host: String,
@@ -23,7 +24,8 @@ impl fmt::Display for HttpError {
         match self {
             HttpError::Denied { host } => write!(
                 f,
-                "outbound HTTP to {host} denied: host not in this plugin's allowed_hosts"
+                "outbound HTTP to {host} denied: not allowed by this plugin's allowed_hosts \
+                 (by name or by address; the task log says why)"
             ),
             HttpError::Connection(m)
             | HttpError::Timeout(m)

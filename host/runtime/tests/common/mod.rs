@@ -48,6 +48,7 @@ pub fn config() -> RuntimeConfig {
 pub fn grant(hosts: &[&str], limits: LimitsOverride) -> PluginGrant {
     PluginGrant {
         allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        allow_private: false,
         config: BTreeMap::new(),
         limits,
     }

@@ -12,6 +12,8 @@
 //! | `big_output` | output of `size` bytes (default 10 MiB) of `x` |
 //! | `http` | POSTs `body` (default `{"from":"hostile"}`) to `url`; output `{"status":S,"body":TEXT}` for any status, or the SDK's error (denied → permanent, connection/timeout → retryable) |
 //! | `kv_flood` | `kv set` of `flood/{n}` keys (values of `value_size` bytes, default 1024) in an unbounded loop; when a set is refused, a retryable error `kv_flood: set #N refused: ...` |
+//! | `kv_set` | one `kv set` of `key` (default `k`) with a value of `value_size` bytes (default 1024); output `stored`, or a retryable error `kv_set refused: ...` |
+//! | `log_flood` | logs `lines` (default 100) info lines of `line_size` bytes (default 1 MiB) of `x`, with a field `n`; output `logged N` |
 //! | `echo` | output: the task as JSON `{"id","key","plugin","attempt","due_at_ms","payload"}` (`payload` the raw payload string) |
 //! | `config` | output: every config value as a JSON object `{name: value}` |
 //! | `fail` | retryable error `hostile guest failing on purpose (attempt N)`, with `retry_after_ms` when given |
@@ -33,6 +35,9 @@ struct Payload {
     body: Option<Value>,
     value_size: Option<usize>,
     retry_after_ms: Option<u64>,
+    lines: Option<u64>,
+    key: Option<String>,
+    line_size: Option<usize>,
 }
 
 struct Hostile;
@@ -51,6 +56,13 @@ impl Plugin for Hostile {
             ))),
             "http" => modes::http(p.url, p.body),
             "kv_flood" => modes::kv_flood(p.value_size.unwrap_or(1024)),
+            "kv_set" => modes::kv_set(
+                p.key.as_deref().unwrap_or("k"),
+                p.value_size.unwrap_or(1024),
+            ),
+            "log_flood" => {
+                modes::log_flood(p.lines.unwrap_or(100), p.line_size.unwrap_or(1024 * 1024))
+            }
             "echo" => modes::echo(&task),
             "config" => modes::config(),
             "fail" => {
@@ -68,7 +80,7 @@ impl Plugin for Hostile {
             )),
             other => Err(TaskError::permanent(format!(
                 "unknown mode `{other}`: expected ok, loop, memory, trap, panic, big_output, \
-                 http, kv_flood, echo, config, fail or permanent"
+                 http, kv_flood, kv_set, log_flood, echo, config, fail or permanent"
             ))),
         }
     }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use kairos_plugin_sdk::serde_json::{Value, json};
-use kairos_plugin_sdk::{Outcome, Task, TaskError, config, http, kv};
+use kairos_plugin_sdk::{Outcome, Task, TaskError, config, http, kv, log};
 
 /// Spins without host calls until the host interrupts it (epoch deadline or fuel).
 pub fn spin() -> ! {
@@ -51,6 +51,20 @@ pub fn kv_flood(value_size: usize) -> Result<Outcome, TaskError> {
         }
         n += 1;
     }
+}
+
+pub fn kv_set(key: &str, value_size: usize) -> Result<Outcome, TaskError> {
+    kv::set(key, vec![b'v'; value_size])
+        .map_err(|e| TaskError::retryable(format!("kv_set refused: {e}")))?;
+    Ok(Outcome::with_output("stored"))
+}
+
+pub fn log_flood(lines: u64, line_size: usize) -> Result<Outcome, TaskError> {
+    let line = "x".repeat(line_size);
+    for n in 0..lines {
+        log::info(&line, &[("n", &n)]);
+    }
+    Ok(Outcome::with_output(format!("logged {lines}")))
 }
 
 pub fn echo(task: &Task) -> Result<Outcome, TaskError> {

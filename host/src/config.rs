@@ -369,6 +369,10 @@ fn empty_object() -> serde_json::Value {
     serde_json::Value::Object(Default::default())
 }
 
+/// Grants the standard plugins get when the config has no `[plugin.NAME]` table of theirs:
+/// `alerting` schedules `notify` for each target of an escalation level.
+pub const STANDARD_GRANTS: &[(&str, &[&str])] = &[("alerting", &["notify"])];
+
 impl Config {
     /// `scheduler.takeover_wait_ms`, or the longest plugin `timeout_ms` configured here plus
     /// 2 s. (This config is the ceiling: a plugin's own manifest can only lower its timeout.)
@@ -391,9 +395,19 @@ impl Config {
     /// The Wasm runtime's settings from this config: `[limits]` and the `[plugin.NAME]`
     /// grants (no compiled-artifact cache; the node sets one under `data_dir`).
     pub fn runtime_config(&self) -> kairos_runtime::RuntimeConfig {
+        let mut grants = self.plugin.clone();
+        // The standard plugins' grants, unless the file has its own `[plugin.NAME]` table.
+        for (plugin, may_schedule) in STANDARD_GRANTS {
+            grants
+                .entry((*plugin).to_string())
+                .or_insert_with(|| PluginGrant {
+                    may_schedule: may_schedule.iter().map(|p| (*p).to_string()).collect(),
+                    ..PluginGrant::default()
+                });
+        }
         kairos_runtime::RuntimeConfig {
             defaults: self.limits,
-            grants: self.plugin.clone(),
+            grants,
             memory_budget_mb: self.runtime.memory_budget_mb,
             ..kairos_runtime::RuntimeConfig::default()
         }

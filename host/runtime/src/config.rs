@@ -63,6 +63,9 @@ pub struct PluginGrant {
     pub config: BTreeMap<String, String>,
     /// Limits over the node's `[limits]`; the manifest may only lower them.
     pub limits: LimitsOverride,
+    /// Other plugins this one may schedule follow-ups of (`"*"`: any). A plugin may always
+    /// schedule itself.
+    pub may_schedule: Vec<String>,
 }
 
 /// The settings one plugin version runs with.
@@ -71,6 +74,7 @@ pub(crate) struct Effective {
     pub(crate) limits: Limits,
     pub(crate) allowed_hosts: Vec<AllowedHost>,
     pub(crate) allow_private: bool,
+    pub(crate) may_schedule: Vec<String>,
     pub(crate) config: BTreeMap<String, String>,
     /// What the manifest asked beyond the operator's ceiling, and what was done about it.
     pub(crate) warnings: Vec<String>,
@@ -130,6 +134,7 @@ impl Effective {
             limits,
             allowed_hosts,
             allow_private: grant.allow_private,
+            may_schedule: grant.may_schedule.clone(),
             config,
             warnings,
         })

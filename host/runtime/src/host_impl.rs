@@ -175,6 +175,32 @@ impl Meter {
 
 /// The kv bounds of one attempt, and what it has written so far.
 #[derive(Debug)]
+/// What follow-ups one attempt may schedule: its own plugin and those granted by
+/// `may_schedule`, at most `max` of them.
+pub(crate) struct FollowUpQuota {
+    pub(crate) may_schedule: Arc<[String]>,
+    pub(crate) max: u32,
+    pub(crate) scheduled: u32,
+}
+
+impl FollowUpQuota {
+    pub(crate) fn admit(&mut self, from: &str, plugin: &str) -> Result<(), String> {
+        if plugin != from && !self.may_schedule.iter().any(|p| p == plugin || p == "*") {
+            return Err(format!(
+                "plugin `{from}` may not schedule plugin `{plugin}`: the operator grants it with [plugin.{from}] may_schedule = [\"{plugin}\"]"
+            ));
+        }
+        if self.scheduled >= self.max {
+            return Err(format!(
+                "follow-up refused: this attempt already scheduled {} (max_follow_ups)",
+                self.max
+            ));
+        }
+        self.scheduled += 1;
+        Ok(())
+    }
+}
+
 pub(crate) struct KvQuota {
     key_max: u64,
     value_max: u64,
@@ -239,6 +265,7 @@ pub(crate) struct StoreState {
     pub(crate) task: TaskInfo,
     pub(crate) config: Arc<BTreeMap<String, String>>,
     pub(crate) kv_quota: KvQuota,
+    pub(crate) follow_ups: FollowUpQuota,
     /// Epoch ticks observed while guest code ran, and the CPU budget in ticks.
     pub(crate) ticks: u64,
     pub(crate) max_ticks: u64,
@@ -368,6 +395,9 @@ impl scheduler::Host for StoreState {
         task: scheduler::FollowUp,
     ) -> wasmtime::Result<Result<String, String>> {
         self.charge("scheduler.schedule")?;
+        if let Err(why) = self.follow_ups.admit(&self.task.plugin, &task.plugin) {
+            return Ok(Err(why));
+        }
         let req = FollowUp {
             plugin: task.plugin,
             key: task.key,

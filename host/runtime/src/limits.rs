@@ -35,6 +35,8 @@ pub struct Limits {
     pub kv_value_max_bytes: u64,
     /// Maximum bytes (keys plus values) written by `kv set` in one attempt.
     pub kv_write_max_bytes: u64,
+    /// Maximum follow-up tasks one attempt may schedule.
+    pub max_follow_ups: u32,
 }
 
 impl Default for Limits {
@@ -53,6 +55,7 @@ impl Default for Limits {
             kv_key_max_bytes: 512,
             kv_value_max_bytes: 64 * 1024,
             kv_write_max_bytes: 1024 * 1024,
+            max_follow_ups: 32,
         }
     }
 }
@@ -74,6 +77,7 @@ pub struct LimitsOverride {
     pub kv_key_max_bytes: Option<u64>,
     pub kv_value_max_bytes: Option<u64>,
     pub kv_write_max_bytes: Option<u64>,
+    pub max_follow_ups: Option<u32>,
 }
 
 impl Limits {
@@ -95,7 +99,8 @@ impl Limits {
             max_log_line_bytes,
             kv_key_max_bytes,
             kv_value_max_bytes,
-            kv_write_max_bytes
+            kv_write_max_bytes,
+            max_follow_ups
         );
         self
     }
@@ -129,7 +134,8 @@ impl Limits {
             max_log_line_bytes,
             kv_key_max_bytes,
             kv_value_max_bytes,
-            kv_write_max_bytes
+            kv_write_max_bytes,
+            max_follow_ups
         );
         (self, clamped)
     }

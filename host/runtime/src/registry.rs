@@ -27,6 +27,7 @@ pub(crate) struct PluginVersion {
     pub(crate) limits: Limits,
     pub(crate) allowed_hosts: Arc<[AllowedHost]>,
     pub(crate) allow_private: bool,
+    pub(crate) may_schedule: Arc<[String]>,
     pub(crate) config: Arc<BTreeMap<String, String>>,
     pub(crate) dir: PathBuf,
     /// What the manifest asked beyond the operator's grant (clamped or dropped).
@@ -46,6 +47,8 @@ pub struct PluginInfo {
     /// Whether the allowed hosts may resolve to non-public addresses (the grant's
     /// `allow_private`).
     pub allow_private: bool,
+    /// Other plugins it may schedule (the grant's `may_schedule`).
+    pub may_schedule: Vec<String>,
     /// Digests still runnable, newest (current) first.
     pub versions: Vec<String>,
     /// Effective limits of the current version.
@@ -216,6 +219,7 @@ impl Registry {
                     loaded_at_ms: c.loaded_at_ms,
                     allowed_hosts: c.allowed_hosts.iter().map(ToString::to_string).collect(),
                     allow_private: c.allow_private,
+                    may_schedule: c.may_schedule.to_vec(),
                     versions: std::iter::once(c)
                         .chain(e.older.iter())
                         .map(|v| v.digest.clone())

@@ -13,7 +13,7 @@ use wasmtime_wasi_http::WasiHttpCtx;
 
 use crate::bindings::{Outcome, Task, TaskError};
 use crate::engine::TICK;
-use crate::host_impl::{KvQuota, Meter, StoreState};
+use crate::host_impl::{FollowUpQuota, KvQuota, Meter, StoreState};
 use crate::http::HttpGate;
 use crate::limits::{Limits, MemoryLimiter};
 use crate::logs::{CapturePipe, LogCaps, LogLevel, LogSource};
@@ -193,6 +193,11 @@ impl Runtime {
             task,
             config: version.config.clone(),
             kv_quota: KvQuota::of(limits),
+            follow_ups: FollowUpQuota {
+                may_schedule: version.may_schedule.clone(),
+                max: limits.max_follow_ups,
+                scheduled: 0,
+            },
             ticks: 0,
             max_ticks: limits.cpu_ms.div_ceil(tick_ms).max(1),
             cpu_exhausted: false,

@@ -326,6 +326,7 @@ impl Runtime {
             limits: eff.limits,
             allowed_hosts: eff.allowed_hosts.into(),
             allow_private: eff.allow_private,
+            may_schedule: eff.may_schedule.into(),
             config: Arc::new(eff.config),
             dir: dir.to_path_buf(),
             warnings: eff.warnings,

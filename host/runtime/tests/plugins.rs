@@ -16,6 +16,9 @@ fn standard(hosts: &[&str]) -> (Arc<Runtime>, Arc<MemoryServices>) {
         cfg.grants
             .insert(name.to_string(), grant(hosts, LimitsOverride::default()));
     }
+    if let Some(g) = cfg.grants.get_mut("alerting") {
+        g.may_schedule = vec!["notify".into()];
+    }
     let (rt, services) = runtime_with(cfg);
     let summary = rt.load_dir(&plugins_dir());
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);
@@ -250,10 +253,9 @@ async fn chores_purge_deletes_old_entries_only() {
 async fn sdk_hello_example_runs() {
     let rx = Receiver::start().await;
     let mut cfg = config();
-    cfg.grants.insert(
-        "hello".into(),
-        grant(&[&rx.addr.to_string()], LimitsOverride::default()),
-    );
+    let mut g = grant(&[&rx.addr.to_string()], LimitsOverride::default());
+    g.may_schedule = vec!["notify".into()];
+    cfg.grants.insert("hello".into(), g);
     let (rt, services) = runtime_with(cfg);
     let dir = plugin_dir(&[(&guest("hello"), "hello.wasm")]);
     let summary = rt.load_dir(dir.path());
@@ -283,4 +285,53 @@ async fn sdk_hello_example_runs() {
         report.outcome.failure_kind(),
         Some(FailureKind::UnknownPlugin)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn follow_ups_need_a_grant_for_another_plugin_and_are_capped_per_attempt() {
+    let rx = Receiver::start().await;
+    let hosts = [rx.addr.to_string()];
+    let mut cfg = config();
+    for name in ["notify", "alerting"] {
+        cfg.grants.insert(
+            name.to_string(),
+            grant(&[&hosts[0]], LimitsOverride::default()),
+        );
+    }
+    let (rt, services) = runtime_with(cfg);
+    let summary = rt.load_dir(&plugins_dir());
+    assert!(summary.errors.is_empty(), "{:?}", summary.errors);
+    // Without `may_schedule`, alerting cannot borrow notify (and its HTTP grant).
+    let report = rt
+        .run(task(
+            "alerting",
+            json!({"incident": "db-7", "policy": policy(&rx), "level": 0, "message": "x"}),
+        ))
+        .await;
+    let text = format!("{:?}", report.outcome);
+    assert!(text.contains("may not schedule plugin `notify`"), "{text}");
+    assert!(services.follow_ups().iter().all(|f| f.plugin != "notify"));
+
+    // Granted, but at most `max_follow_ups` per attempt: level 0 of this policy schedules
+    // 2 notifications and the next level, 3 in all.
+    let mut cfg = config();
+    for name in ["notify", "alerting"] {
+        let mut g = grant(&[&hosts[0]], LimitsOverride::default());
+        if name == "alerting" {
+            g.may_schedule = vec!["notify".into()];
+            g.limits.max_follow_ups = Some(2);
+        }
+        cfg.grants.insert(name.to_string(), g);
+    }
+    let (rt, services) = runtime_with(cfg);
+    rt.load_dir(&plugins_dir());
+    let report = rt
+        .run(task(
+            "alerting",
+            json!({"incident": "db-8", "policy": policy(&rx), "level": 0, "message": "x"}),
+        ))
+        .await;
+    let text = format!("{:?}", report.outcome);
+    assert!(text.contains("max_follow_ups"), "{text}");
+    assert_eq!(services.follow_ups().len(), 2);
 }

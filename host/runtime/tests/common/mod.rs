@@ -51,6 +51,7 @@ pub fn grant(hosts: &[&str], limits: LimitsOverride) -> PluginGrant {
         allow_private: false,
         config: BTreeMap::new(),
         limits,
+        ..PluginGrant::default()
     }
 }
 

@@ -80,13 +80,11 @@ pub struct LimitsOverride {
     pub max_follow_ups: Option<u32>,
 }
 
-impl Limits {
-    /// These limits with every field set in `o` replaced.
-    pub fn with(mut self, o: &LimitsOverride) -> Limits {
-        macro_rules! apply {
-            ($($f:ident),*) => { $( if let Some(v) = o.$f { self.$f = v; } )* };
-        }
-        apply!(
+/// Calls the macro `$m` with every field of [`Limits`] (and of [`LimitsOverride`]), the one
+/// list of them that the overlay and the narrowing share.
+macro_rules! each_limit {
+    ($m:ident) => {
+        $m!(
             memory_mb,
             cpu_ms,
             timeout_ms,
@@ -101,7 +99,17 @@ impl Limits {
             kv_value_max_bytes,
             kv_write_max_bytes,
             max_follow_ups
-        );
+        )
+    };
+}
+
+impl Limits {
+    /// These limits with every field set in `o` replaced.
+    pub fn with(mut self, o: &LimitsOverride) -> Limits {
+        macro_rules! apply {
+            ($($f:ident),*) => { $( if let Some(v) = o.$f { self.$f = v; } )* };
+        }
+        each_limit!(apply);
         self
     }
 
@@ -121,22 +129,7 @@ impl Limits {
                 }
             )* };
         }
-        narrow!(
-            memory_mb,
-            cpu_ms,
-            timeout_ms,
-            max_output_bytes,
-            max_host_calls,
-            max_http_requests,
-            http_timeout_ms,
-            max_log_bytes,
-            max_log_lines,
-            max_log_line_bytes,
-            kv_key_max_bytes,
-            kv_value_max_bytes,
-            kv_write_max_bytes,
-            max_follow_ups
-        );
+        each_limit!(narrow);
         (self, clamped)
     }
 

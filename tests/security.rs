@@ -93,16 +93,6 @@ fn new_token(name: &str, scopes: &[&str]) -> (String, String) {
     (token, config)
 }
 
-fn call_as(
-    s: &Server,
-    token: Option<&str>,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-) -> (u16, Value) {
-    s.call_as(token, method, path, body)
-}
-
 #[test]
 fn tokens_are_required_and_scopes_decide() {
     let dir = tempfile::tempdir().expect("tmp");
@@ -123,59 +113,47 @@ fn tokens_are_required_and_scopes_decide() {
     ));
 
     // No token, a wrong one: 401 with a JSON error; nothing is stored.
-    let (code, v) = call_as(&s, None, "POST", "/v1/tasks", Some(&task_body(&rx, "a")));
+    let (code, v) = s.call_as(None, "POST", "/v1/tasks", Some(&task_body(&rx, "a")));
     assert_eq!(code, 401, "{v}");
     assert!(error_of(&v).contains("Bearer"), "{v}");
-    let (code, v) = call_as(&s, Some("kairos_0000"), "GET", "/v1/tasks", None);
+    let (code, v) = s.call_as(Some("kairos_0000"), "GET", "/v1/tasks", None);
     assert_eq!((code, error_of(&v)), (401, "unknown token"));
-    assert_eq!(call_as(&s, None, "GET", "/metrics", None).0, 401);
+    assert_eq!(s.call_as(None, "GET", "/metrics", None).0, 401);
     // /healthz stays open for load balancers.
-    assert_eq!(call_as(&s, None, "GET", "/healthz", None).0, 200);
+    assert_eq!(s.call_as(None, "GET", "/healthz", None).0, 200);
 
     // Scopes.
-    let (code, created) = call_as(
-        &s,
-        Some(&enq),
-        "POST",
-        "/v1/tasks",
-        Some(&task_body(&rx, "a")),
-    );
+    let (code, created) = s.call_as(Some(&enq), "POST", "/v1/tasks", Some(&task_body(&rx, "a")));
     assert_eq!(code, 201, "{created}");
     let id = created["id"].as_str().expect("id").to_string();
-    let (code, v) = call_as(&s, Some(&enq), "GET", &format!("/v1/tasks/{id}"), None);
+    let (code, v) = s.call_as(Some(&enq), "GET", &format!("/v1/tasks/{id}"), None);
     assert_eq!(code, 403, "{v}");
     assert!(error_of(&v).contains("`read`"), "{v}");
     assert_eq!(
-        call_as(&s, Some(&reader), "GET", &format!("/v1/tasks/{id}"), None).0,
+        s.call_as(Some(&reader), "GET", &format!("/v1/tasks/{id}"), None)
+            .0,
         200
     );
-    let (code, v) = call_as(&s, Some(&reader), "POST", "/v1/keys/a/pause", None);
+    let (code, v) = s.call_as(Some(&reader), "POST", "/v1/keys/a/pause", None);
     assert_eq!(code, 403, "{v}");
     assert!(error_of(&v).contains("`operate`"), "{v}");
-    let (code, v) = call_as(
-        &s,
+    let (code, v) = s.call_as(
         Some(&reader),
         "POST",
         "/v1/tasks",
         Some(&task_body(&rx, "b")),
     );
     assert_eq!(code, 403, "{v}");
-    let (code, v) = call_as(&s, Some(&ops), "POST", "/v1/keys/other-team/pause", None);
+    let (code, v) = s.call_as(Some(&ops), "POST", "/v1/keys/other-team/pause", None);
     assert_eq!(code, 200, "{v}");
-    let (code, v) = call_as(
-        &s,
-        Some(&ops),
-        "POST",
-        "/v1/tasks",
-        Some(&task_body(&rx, "c")),
-    );
+    let (code, v) = s.call_as(Some(&ops), "POST", "/v1/tasks", Some(&task_body(&rx, "c")));
     assert_eq!(code, 403, "operate does not include enqueue: {v}");
 
     // The accepted task ran; the refused ones were never stored.
     rx.wait_for("the accepted task", Duration::from_secs(20), |b| {
         !b.is_empty()
     });
-    let (_, listed) = call_as(&s, Some(&reader), "GET", "/v1/tasks?key=b", None);
+    let (_, listed) = s.call_as(Some(&reader), "GET", "/v1/tasks?key=b", None);
     assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
 
     // The CLI sends its token.
@@ -363,18 +341,18 @@ fn a_token_over_its_rate_gets_429() {
         &format!("[api]\nrate_limit_per_s = 5\n{cfg}\n{other_cfg}"),
     ));
     let codes: Vec<u16> = (0..40)
-        .map(|_| call_as(&s, Some(&token), "GET", "/v1/plugins", None).0)
+        .map(|_| s.call_as(Some(&token), "GET", "/v1/plugins", None).0)
         .collect();
     assert!(codes.contains(&429), "{codes:?}");
     assert!(
         codes.iter().filter(|c| **c == 200).count() >= 10,
         "burst of 2x: {codes:?}"
     );
-    let (code, v) = call_as(&s, Some(&token), "GET", "/v1/plugins", None);
+    let (code, v) = s.call_as(Some(&token), "GET", "/v1/plugins", None);
     assert_eq!(code, 429, "{v}");
     assert!(error_of(&v).contains("rate limit"), "{v}");
     // Another token has its own budget.
-    assert_eq!(call_as(&s, Some(&other), "GET", "/v1/plugins", None).0, 200);
+    assert_eq!(s.call_as(Some(&other), "GET", "/v1/plugins", None).0, 200);
 }
 
 /// A tmpfs mounted for one test, unmounted on drop.

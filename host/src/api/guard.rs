@@ -161,7 +161,7 @@ pub async fn check(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Res
             );
         }
     }
-    let req = if req.headers().contains_key(FORWARDED_BY) {
+    let mut req = if req.headers().contains_key(FORWARDED_BY) {
         match verify_forwarded(&g, req).await {
             Ok(req) => req,
             Err(resp) => return resp,
@@ -169,7 +169,6 @@ pub async fn check(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Res
     } else {
         req
     };
-    let mut req = req;
     if !g.tokens.is_empty() && req.uri().path() != "/healthz" {
         let token = req
             .headers()

@@ -7,6 +7,18 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// Logs to stderr, filtered by `RUST_LOG` (default: info, with wasmtime and cranelift at
+/// warn). For the `kairos` and `kairos-bench` binaries.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "kairos",

@@ -9,16 +9,6 @@ use kairos::config::Config;
 use kairos::node::{Node, shutdown_signal};
 use kairos_runtime::{MemoryServices, RunOutcome, RunRequest, Runtime, TaskInfo};
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,wasmtime=warn,cranelift=warn")
-    });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 /// Flags over the config file over the defaults.
 pub fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     let mut cfg = match &args.config {
@@ -185,7 +175,7 @@ fn token(cmd: TokenCmd) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    kairos::cli::init_tracing();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -293,8 +293,13 @@ impl Default for RuntimeSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerSection {
-    /// Attempts running at once on this node.
+    /// Attempts running at once on this node (its run slots).
     pub concurrency: usize,
+    /// Run slots no single plugin takes by default (its cap is `concurrency` less these, unless
+    /// `[plugin.NAME] max_concurrency` says otherwise), so another plugin's task starts at once
+    /// while one plugin is busy. Once free slots are down to these, only plugins below their
+    /// weighted share (`[plugin.NAME] weight`) take them. Default: an eighth of `concurrency`.
+    pub reserved_slots: Option<usize>,
     /// Most tasks held in memory per partition.
     pub window_capacity: usize,
     /// How far ahead the window is loaded, milliseconds.
@@ -312,6 +317,7 @@ impl Default for SchedulerSection {
     fn default() -> Self {
         Self {
             concurrency: 64,
+            reserved_slots: None,
             window_capacity: 2_000,
             horizon_ms: 60_000,
             shutdown_grace_ms: 30_000,
@@ -413,6 +419,25 @@ impl Config {
         }
     }
 
+    /// How the scheduler shares its run slots between plugins.
+    pub fn slot_shares(&self) -> kairos_scheduler::SlotShares {
+        kairos_scheduler::SlotShares {
+            reserve: self.scheduler.reserved_slots,
+            plugins: self
+                .plugin
+                .iter()
+                .map(|(name, g)| {
+                    let share = kairos_scheduler::PluginShare {
+                        weight: g.weight.unwrap_or(1),
+                        max_concurrency: g.max_concurrency,
+                    };
+                    (name.clone(), share)
+                })
+                .collect(),
+            memory_budget_mb: Some(self.runtime.memory_budget_mb),
+        }
+    }
+
     /// Reads a config file; every error names the file and the offending key.
     pub fn load(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
@@ -432,6 +457,27 @@ impl Config {
             self.scheduler.concurrency >= 1,
             "`scheduler.concurrency` must be at least 1"
         );
+        if let Some(r) = self.scheduler.reserved_slots {
+            anyhow::ensure!(
+                r < self.scheduler.concurrency,
+                "`scheduler.reserved_slots` ({r}) must be below `scheduler.concurrency` ({})",
+                self.scheduler.concurrency
+            );
+        }
+        for (name, g) in &self.plugin {
+            if let Some(w) = g.weight {
+                anyhow::ensure!(
+                    (1..=1_000).contains(&w),
+                    "`plugin.{name}.weight` must be between 1 and 1000, not {w}"
+                );
+            }
+            if let Some(m) = g.max_concurrency {
+                anyhow::ensure!(
+                    m >= 1,
+                    "`plugin.{name}.max_concurrency` must be at least 1 (remove the plugin's file to stop it)"
+                );
+            }
+        }
         anyhow::ensure!(
             self.scheduler.horizon_ms >= 1_000,
             "`scheduler.horizon_ms` must be at least 1000"

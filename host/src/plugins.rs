@@ -61,6 +61,10 @@ impl Executor for WasmExecutor {
             digest: report.digest,
         }
     }
+
+    fn reservation_mb(&self, plugin: &str) -> u64 {
+        self.runtime.reservation_mb(plugin)
+    }
 }
 
 /// The runtime's registry as the enqueue path sees it.

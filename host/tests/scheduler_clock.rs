@@ -10,7 +10,9 @@ use kairos::config::TaskDefaults;
 use kairos::cron::CronService;
 use kairos::enqueue::{EnqueueRequest, Enqueuer, LocalIntake, PluginCatalog};
 use kairos::metrics::Metrics;
-use kairos::scheduler::{ExecOutcome, ExecResult, Executor, OpError, Scheduler, SchedulerConfig};
+use kairos::scheduler::{
+    ExecOutcome, ExecResult, Executor, OpError, PluginShare, Scheduler, SchedulerConfig, SlotShares,
+};
 use kairos_core::clock::{Clock, ManualClock};
 use kairos_core::model::{Millis, Schedule, Task, TaskState};
 use kairos_core::store::TaskStore;
@@ -27,6 +29,8 @@ struct Scripted {
     clock: ManualClock,
     ran: Mutex<Vec<(String, u32, Millis)>>,
     gate: Semaphore,
+    /// Attempts waiting at the gate now.
+    blocked: std::sync::atomic::AtomicUsize,
 }
 
 #[async_trait]
@@ -34,7 +38,10 @@ impl Executor for Scripted {
     async fn execute(&self, task: &Task, attempt: u32) -> ExecOutcome {
         let p: serde_json::Value = serde_json::from_str(&task.payload).unwrap_or_default();
         if p["block"] == true {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.blocked.fetch_add(1, SeqCst);
             let _ = self.gate.acquire().await.map(|g| g.forget());
+            self.blocked.fetch_sub(1, SeqCst);
         }
         if let Ok(mut ran) = self.ran.lock() {
             ran.push((
@@ -67,7 +74,7 @@ impl Executor for Scripted {
 struct AnyPlugin;
 impl PluginCatalog for AnyPlugin {
     fn check(&self, plugin: &str, _: Option<&str>) -> Result<(), String> {
-        if plugin == "p" {
+        if ["p", "busy", "other"].contains(&plugin) {
             Ok(())
         } else {
             Err(format!("unknown plugin `{plugin}`"))
@@ -95,6 +102,7 @@ async fn harness_with(dir: &Path, clock: ManualClock, cfg: SchedulerConfig) -> H
         clock: clock.clone(),
         ran: Mutex::new(Vec::new()),
         gate: Semaphore::new(0),
+        blocked: Default::default(),
     });
     let metrics = Arc::new(Metrics::new(PARTITIONS));
     let clock_dyn: Arc<dyn Clock> = Arc::new(clock.clone());
@@ -500,6 +508,63 @@ async fn a_key_paused_elsewhere_stays_paused_when_its_partition_arrives() {
     assert_eq!(h.names(), vec!["other"], "the paused key's task waits");
     h.scheduler.resume_key("moved", p).await.expect("resume");
     h.until_state(&held, TaskState::Succeeded).await;
+}
+
+/// 20 attempts of one plugin that never end, enqueued first, then 5 of another plugin:
+/// `expected_busy` of the first hold slots and the other plugin's all run.
+async fn a_busy_plugin_leaves_slots_for_another(shares: SlotShares, expected_busy: usize) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = SchedulerConfig {
+        concurrency: 8,
+        shares,
+        ..SchedulerConfig::default()
+    };
+    let h = harness(dir.path(), ManualClock::new(T0), cfg).await;
+    for i in 0..20 {
+        h.add_with(
+            json!({ "plugin": "busy", "key": format!("b{i}"), "payload": { "block": true } }),
+        )
+        .await;
+    }
+    h.until("the busy plugin to fill its slots", |h| {
+        h.exec.blocked.load(std::sync::atomic::Ordering::SeqCst) >= expected_busy
+    })
+    .await;
+    let mut others = Vec::new();
+    for i in 0..5 {
+        others.push(
+            h.add_with(json!({ "plugin": "other", "key": format!("o{i}"), "payload": named(&format!("o{i}")) }))
+                .await,
+        );
+    }
+    for id in &others {
+        h.until_state(id, TaskState::Succeeded).await;
+    }
+    h.settle().await;
+    assert_eq!(
+        h.exec.blocked.load(std::sync::atomic::Ordering::SeqCst),
+        expected_busy,
+        "attempts of the busy plugin holding slots"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_that_never_finishes_leaves_the_reserved_slot_to_others() {
+    // 8 slots, an eighth reserved: the busy plugin holds 7.
+    a_busy_plugin_leaves_slots_for_another(SlotShares::default(), 7).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_concurrency_caps_a_plugin() {
+    let mut shares = SlotShares::default();
+    shares.plugins.insert(
+        "busy".into(),
+        PluginShare {
+            weight: 1,
+            max_concurrency: Some(3),
+        },
+    );
+    a_busy_plugin_leaves_slots_for_another(shares, 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

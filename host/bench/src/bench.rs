@@ -17,7 +17,8 @@ use kairos::node::Node;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Which scenarios: throughput, steady, burst, pending (RSS + restart), or all (embedded);
+    /// Which scenarios: throughput, steady, burst, pending (RSS + restart), fair (another
+    /// plugin's lateness while 150 tasks of one plugin spin), or all (embedded);
     /// cluster-throughput, cluster-steady, or cluster (both; needs Kafka and Cassandra).
     #[arg(long, default_value = "all")]
     pub scenario: String,
@@ -335,6 +336,53 @@ async fn pending(args: &BenchArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// 150 tasks of the hostile plugin spin (each until its 10 s deadline); meanwhile the noop
+/// plugin gets 25 tasks/s, each due 50 ms after it is enqueued, for `--seconds` (at most 8).
+async fn fair(args: &BenchArgs) -> anyhow::Result<()> {
+    let mut cfg = config(args, "fair")?;
+    cfg.plugin
+        .entry("hostile".into())
+        .or_default()
+        .limits
+        .timeout_ms = Some(10_000);
+    let partitions = cfg.partitions;
+    let slots = cfg.scheduler.concurrency;
+    let node = Node::start(cfg).await?;
+    let now = node.enqueuer.clock.now();
+    let spinners: Vec<NewTask> = (0..150)
+        .map(|i| NewTask {
+            plugin: "hostile".into(),
+            payload: r#"{"mode":"loop"}"#.into(),
+            max_attempts: 1,
+            ..task(format!("spin{i}"), now, now, partitions)
+        })
+        .collect();
+    node.enqueuer.submit(spinners).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let spinning = node.metrics.running.load(Relaxed);
+    let mut ids = Vec::new();
+    let ticks = args.seconds.min(8) * 25;
+    let mut next = Instant::now();
+    for i in 0..ticks {
+        let now = node.enqueuer.clock.now();
+        let t = task(format!("other{i}"), now + 50, now, partitions);
+        ids.push(t.id.clone());
+        node.enqueuer.submit(vec![t]).await?;
+        next += Duration::from_millis(40);
+        tokio::time::sleep_until(next.into()).await;
+    }
+    wait_succeeded(&node, ids.len() as u64, Duration::from_secs(30)).await?;
+    let l = lateness(&node, &ids).await?;
+    report_lateness(
+        &format!(
+            "noop at 25/s, due 50 ms after enqueue, while 150 hostile tasks spin ({spinning} of {slots} slots)"
+        ),
+        &l,
+    );
+    node.shutdown().await;
+    Ok(())
+}
+
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.scenario.starts_with("cluster") {
         return crate::cluster::run(&args).await;
@@ -344,7 +392,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if all || args.scenario == "throughput" {
         throughput(&args).await?;
     }
-    if all || args.scenario == "steady" || args.scenario == "burst" {
+    if all || ["steady", "burst", "fair"].contains(&args.scenario.as_str()) {
         println!("\n| lateness scenario | tasks | p50 | p99 | max |\n|---|---|---|---|---|");
     }
     if all || args.scenario == "steady" {
@@ -352,6 +400,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if all || args.scenario == "burst" {
         burst(&args).await?;
+    }
+    if all || args.scenario == "fair" {
+        fair(&args).await?;
     }
     if all || args.scenario == "pending" {
         pending(&args).await?;

@@ -66,6 +66,11 @@ pub struct PluginGrant {
     /// Other plugins this one may schedule follow-ups of (`"*"`: any). A plugin may always
     /// schedule itself.
     pub may_schedule: Vec<String>,
+    /// Most attempts of this plugin running at once on a node (default: the node's run slots
+    /// less `scheduler.reserved_slots`). Enforced by the scheduler, not the sandbox.
+    pub max_concurrency: Option<usize>,
+    /// Weight in the fair share of contended run slots (default 1).
+    pub weight: Option<u32>,
 }
 
 /// The settings one plugin version runs with.

@@ -13,7 +13,7 @@ use wasmtime::component::Component;
 use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// Epoch tick period: the resolution of the CPU budget and of yields to the executor.
-pub(crate) const TICK: Duration = Duration::from_millis(10);
+pub(crate) const TICK: Duration = Duration::from_millis(1);
 
 /// Linear memory slot cap of the pool (the per-plugin `memory_mb` limit is enforced
 /// below it by the store's limiter).

@@ -362,6 +362,14 @@ impl Runtime {
             .map(|v| v.digest.clone())
     }
 
+    /// What an attempt of `name`'s current version reserves from the memory budget, MiB (0 for
+    /// a plugin not loaded: it fails without instantiating).
+    pub fn reservation_mb(&self, name: &str) -> u64 {
+        self.registry
+            .current(name)
+            .map_or(0, |v| v.limits.memory_mb.min(self.cfg.memory_budget_mb))
+    }
+
     /// Unloads `name` (all versions). Returns whether it was loaded.
     pub fn unload(&self, name: &str) -> bool {
         self.registry.remove(name).is_some()

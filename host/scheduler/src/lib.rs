@@ -1,5 +1,5 @@
-//! The scheduler: one actor per owned partition (see [`partition`]), a node-wide concurrency
-//! limit, and the operations the API needs (cancel, reschedule, retry, pause).
+//! The scheduler: one actor per owned partition (see [`partition`]), run slots shared fairly
+//! between plugins (see [`slots`]), and the operations the API needs (cancel, reschedule, retry, pause).
 //!
 //! It sees only contracts: a [`TaskStore`], the [`Lease`] under which it holds each partition
 //! (see [`kairos_core::ownership`] for the protocol), an [`Executor`] and a [`Clock`]; it does
@@ -16,6 +16,7 @@
 pub mod metrics;
 mod partition;
 mod run;
+pub mod slots;
 pub mod window;
 
 use std::collections::{BTreeMap, HashSet};
@@ -29,12 +30,13 @@ use kairos_core::ownership::Lease;
 use kairos_core::store::{StoreError, TaskStore};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
-use tokio::sync::{Mutex, Semaphore, mpsc, oneshot};
+use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use metrics::Metrics;
 use partition::{Msg, PartitionActor};
 pub use run::decide;
+pub use slots::{PluginShare, SlotShares};
 
 /// What one attempt produced.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +65,12 @@ pub struct ExecOutcome {
 #[async_trait]
 pub trait Executor: Send + Sync + 'static {
     async fn execute(&self, task: &Task, attempt: u32) -> ExecOutcome;
+
+    /// Memory an attempt of `plugin` reserves from the executor's budget, MiB (see
+    /// [`SlotShares::memory_budget_mb`]).
+    fn reservation_mb(&self, _plugin: &str) -> u64 {
+        0
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -71,8 +79,10 @@ pub struct SchedulerConfig {
     pub window_capacity: usize,
     /// How far ahead of now the window is loaded.
     pub horizon_ms: Millis,
-    /// Attempts running at once on this node.
+    /// Attempts running at once on this node (its run slots).
     pub concurrency: usize,
+    /// How the run slots are shared between plugins (caps, weights, the reserve).
+    pub shares: SlotShares,
     /// A task found `running` when a partition is taken over was in flight under an older
     /// lease; it runs again (as its next attempt) only this long after that start was
     /// recorded, once that attempt has certainly hit its deadline. The embedded deployment
@@ -88,6 +98,7 @@ impl Default for SchedulerConfig {
             window_capacity: 2_000,
             horizon_ms: 60_000,
             concurrency: 64,
+            shares: SlotShares::default(),
             takeover_wait_ms: 12_000,
             rng_seed: None,
         }
@@ -126,7 +137,7 @@ pub(crate) struct Shared {
     pub executor: Arc<dyn Executor>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
-    pub permits: Arc<Semaphore>,
+    pub slots: Arc<slots::SlotPool>,
     pub paused: RwLock<HashSet<String>>,
     pub cfg: SchedulerConfig,
     pub rng: StdMutex<StdRng>,
@@ -188,12 +199,18 @@ impl Scheduler {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_entropy(),
         };
+        let exec = executor.clone();
+        let slots = slots::SlotPool::new(
+            cfg.concurrency,
+            cfg.shares.clone(),
+            Arc::new(move |p: &str| exec.reservation_mb(p)),
+        );
         let shared = Arc::new(Shared {
             store,
             executor,
             clock,
             metrics,
-            permits: Arc::new(Semaphore::new(cfg.concurrency.max(1))),
+            slots,
             paused: RwLock::new(paused),
             cfg,
             rng: StdMutex::new(rng),

@@ -4,7 +4,6 @@
 //! Timer-driven: it sleeps until the earliest armed task (or the next page of the horizon),
 //! so a task due now starts as soon as it is delivered, with no polling tick.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 
 use kairos_core::model::{Millis, OrderPos, Task, TaskState};
@@ -56,8 +55,8 @@ pub(crate) struct PartitionActor {
     cursor: OrderPos,
     /// The window is loaded up to this due time (when not capacity-bound).
     horizon: Millis,
-    /// Tasks taken from the window, waiting for a concurrency permit.
-    ready: VecDeque<Task>,
+    /// Woken by the slot pool once a slot for one of the plugins this actor waits for is free.
+    slot_notify: Arc<tokio::sync::Notify>,
     /// The attempts running (aborted if the actor is dropped: a crash).
     attempts: JoinSet<Done>,
     /// Which task each running attempt is for (to recover from a panicking attempt).
@@ -84,7 +83,7 @@ impl PartitionActor {
             window: Window::default(),
             cursor: OrderPos::MIN,
             horizon: Millis::MIN,
-            ready: VecDeque::new(),
+            slot_notify: Arc::new(tokio::sync::Notify::new()),
             attempts: JoinSet::new(),
             attempt_ids: std::collections::HashMap::new(),
             retry_load_at: None,
@@ -417,24 +416,20 @@ impl PartitionActor {
         }
     }
 
-    /// Starts ready tasks while permits are free.
-    fn start_ready(&mut self) {
-        while !self.ready.is_empty() {
-            let Ok(permit) = self.shared.permits.clone().try_acquire_owned() else {
-                break;
-            };
-            let Some(task) = self.ready.pop_front() else {
-                break;
-            };
-            self.spawn_attempt(task, permit);
+    /// Starts the due tasks whose plugins get a run slot.
+    fn start_due(&mut self, now: Millis) {
+        let slots = self.shared.slots.clone();
+        let limit = slots.total();
+        for (task, slot) in self.window.take_due(now, limit, |p| slots.try_acquire(p)) {
+            self.spawn_attempt(task, slot);
         }
     }
 
-    fn spawn_attempt(&mut self, task: Task, permit: tokio::sync::OwnedSemaphorePermit) {
+    fn spawn_attempt(&mut self, task: Task, slot: crate::slots::Slot) {
         let id = task.id.clone();
         let h = self
             .attempts
-            .spawn(run_attempt(self.shared.clone(), self.lease, task, permit));
+            .spawn(run_attempt(self.shared.clone(), self.lease, task, slot));
         self.attempt_ids.insert(h.id(), id);
         self.shared.track(h);
     }
@@ -444,7 +439,6 @@ impl PartitionActor {
         loop {
             if self.fenced && !stopping {
                 stopping = true;
-                self.unstart_ready();
             }
             let now = self.shared.clock.now();
             if !stopping && self.wants_page(now) {
@@ -460,29 +454,25 @@ impl PartitionActor {
             }
             let now = self.shared.clock.now();
             if !stopping {
-                // Only as many as there are free run slots: a task taken from the window holds
-                // its key, and one waiting for a slot could not give way to an earlier task of
-                // its key that arrives meanwhile (a retried dead task, a rescheduled one).
-                let free = self.shared.permits.available_permits().min(4_096);
-                if self.ready.is_empty() && free > 0 {
-                    let due = self.window.take_due(now, free);
-                    self.ready.extend(due);
-                }
-                self.start_ready();
+                self.start_due(now);
             }
             if stopping && self.attempts.is_empty() {
                 break;
             }
-            // Due tasks but no free run slot: wait for a slot, not for the (past) timer.
-            let due_waiting = !stopping
-                && self.ready.is_empty()
-                && self.window.next_timer().is_some_and(|t| t <= now);
-            // Tasks waiting for a run slot (taken, or due): wait for a slot, not for timers
-            // that have passed (waking at a past time would spin the loop).
-            let slot_wait = !stopping && (!self.ready.is_empty() || due_waiting);
-            let wake = match (self.window.next_timer(), stopping) {
-                (_, true) => None,
-                (t, false) => {
+            // Due tasks whose plugins got no run slot: wait for the pool to free one they may
+            // take, not for timers that have passed (waking at a past time would spin).
+            let due_plugins = if stopping {
+                Vec::new()
+            } else {
+                self.window.due_plugins(now)
+            };
+            let slot_wait = !due_plugins.is_empty();
+            if slot_wait {
+                self.shared.slots.wait_for(&self.slot_notify, due_plugins);
+            }
+            let wake = match stopping {
+                true => None,
+                false => {
                     // A failed page is retried at `retry_load_at`; once that has passed it no
                     // longer sets a wake-up (waking at a past time would spin the loop while
                     // the window is too full to page).
@@ -493,20 +483,19 @@ impl PartitionActor {
                             .saturating_sub(self.shared.cfg.horizon_ms / 2)
                             .max(now),
                     };
-                    match t {
-                        Some(t) if !slot_wait => Some(t.min(page_at)),
-                        _ => Some(page_at),
+                    // Timers already past belong to plugins waiting for a slot (above).
+                    match self.window.next_timer_after(now) {
+                        Some(t) => Some(t.min(page_at)),
+                        None => Some(page_at),
                     }
                 }
             };
             let sleep = self.shared.clock.sleep_until(wake.unwrap_or(Millis::MAX));
-            let need_permit = slot_wait;
-            let permits = self.shared.permits.clone();
+            let slot_notify = self.slot_notify.clone();
             tokio::select! {
                 biased;
                 _ = self.stop.cancelled(), if !stopping => {
                     stopping = true;
-                    self.unstart_ready();
                 }
                 Some(joined) = self.attempts.join_next_with_id(), if !self.attempts.is_empty() => match joined {
                     Ok((tid, done)) => {
@@ -530,28 +519,10 @@ impl PartitionActor {
                     Some(m) => self.on_msg(m).await,
                     None => stopping = true,
                 },
-                permit = permits.acquire_owned(), if need_permit => {
-                    if let Ok(permit) = permit {
-                        let next = match self.ready.pop_front() {
-                            Some(t) => Some(t),
-                            None => self.window.take_due(self.shared.clock.now(), 1).pop(),
-                        };
-                        if let Some(task) = next {
-                            self.spawn_attempt(task, permit);
-                        }
-                    }
-                }
+                _ = slot_notify.notified(), if slot_wait => {}
                 _ = sleep, if wake.is_some() => {}
             }
         }
         tracing::debug!(partition = self.partition, "partition drained and stopped");
-    }
-
-    /// Tasks that were about to start stay pending in the store.
-    fn unstart_ready(&mut self) {
-        let paused = self.shared.paused_snapshot();
-        for t in self.ready.drain(..) {
-            self.window.unstart(&t.id, &paused);
-        }
     }
 }

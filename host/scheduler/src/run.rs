@@ -8,7 +8,6 @@ use kairos_core::model::{Attempt, AttemptOutcome, Millis, Task, TaskState, Trans
 use kairos_core::ownership::Lease;
 use kairos_core::store::StoreError;
 use rand::Rng;
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::{ExecOutcome, ExecResult, Shared};
 
@@ -74,14 +73,14 @@ fn outcome_of(result: &ExecResult) -> (AttemptOutcome, Option<String>) {
     }
 }
 
-/// Runs one attempt and reports to the partition actor. Holds a concurrency permit
+/// Runs one attempt and reports to the partition actor. Holds a run slot
 /// throughout. The attempt runs only once its start is durable; its end is retried until it is
 /// durable too, so the key's next task cannot start before this one's end is known.
 pub(crate) async fn run_attempt(
     shared: Arc<Shared>,
     lease: Lease,
     task: Task,
-    permit: OwnedSemaphorePermit,
+    slot: crate::slots::Slot,
 ) -> Done {
     // A task found running (in doubt) whose interrupted attempt was its last: it is claimed
     // under this lease and recorded dead without running again.
@@ -170,7 +169,7 @@ pub(crate) async fn run_attempt(
     let done = record_end(&shared, &lease, &task.id, record, transition, ended).await;
     m.finish_record
         .observe_ms((shared.clock.now() - ended).max(0) as u64);
-    drop(permit);
+    drop(slot);
     done
 }
 

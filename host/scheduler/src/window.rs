@@ -17,7 +17,8 @@ struct KeyState {
     active: Option<String>,
     running: bool,
     waiting: BTreeMap<OrderPos, String>,
-    armed: Option<TimerEntry>,
+    /// The armed entry and the plugin whose timer set holds it.
+    armed: Option<(String, TimerEntry)>,
 }
 
 type TimerEntry = (Millis, OrderPos, String);
@@ -27,7 +28,19 @@ pub struct Window {
     tasks: HashMap<String, Task>,
     by_pos: BTreeMap<OrderPos, String>,
     keys: HashMap<String, KeyState>,
-    timers: BTreeSet<TimerEntry>,
+    /// Armed entries per plugin, so due tasks of a plugin without a free run slot are passed
+    /// over without scanning them.
+    timers: BTreeMap<String, BTreeSet<TimerEntry>>,
+}
+
+fn unarm(timers: &mut BTreeMap<String, BTreeSet<TimerEntry>>, armed: (String, TimerEntry)) {
+    let (plugin, entry) = armed;
+    if let Some(set) = timers.get_mut(&plugin) {
+        set.remove(&entry);
+        if set.is_empty() {
+            timers.remove(&plugin);
+        }
+    }
 }
 
 /// Whether a task loaded from the store had already started (it holds its key).
@@ -82,7 +95,7 @@ impl Window {
             return;
         };
         if let Some(old) = ks.armed.take() {
-            self.timers.remove(&old);
+            unarm(&mut self.timers, old);
         }
         if ks.running || paused.contains(key) {
             return;
@@ -93,8 +106,11 @@ impl Window {
         };
         if let Some(t) = candidate {
             let entry = (t.next_at, t.order(), t.id.clone());
-            self.timers.insert(entry.clone());
-            ks.armed = Some(entry);
+            self.timers
+                .entry(t.plugin.clone())
+                .or_default()
+                .insert(entry.clone());
+            ks.armed = Some((t.plugin.clone(), entry));
         }
     }
 
@@ -103,7 +119,7 @@ impl Window {
         if let Some(ks) = self.keys.get_mut(key)
             && let Some(old) = ks.armed.take()
         {
-            self.timers.remove(&old);
+            unarm(&mut self.timers, old);
         }
     }
 
@@ -112,23 +128,61 @@ impl Window {
     }
 
     pub fn next_timer(&self) -> Option<Millis> {
-        self.timers.first().map(|e| e.0)
+        self.timers
+            .values()
+            .filter_map(|set| set.first())
+            .map(|e| e.0)
+            .min()
     }
 
-    /// Takes every task whose time has come, marks it running (its key is now held) and
-    /// returns them in start order.
-    pub fn take_due(&mut self, now: Millis, max: usize) -> Vec<Task> {
+    /// The earliest armed time after `now`.
+    pub fn next_timer_after(&self, now: Millis) -> Option<Millis> {
+        self.timers
+            .values()
+            .filter_map(|set| set.first())
+            .map(|e| e.0)
+            .filter(|t| *t > now)
+            .min()
+    }
+
+    /// Plugins with a task due at `now` that has not started.
+    pub fn due_plugins(&self, now: Millis) -> Vec<String> {
+        self.timers
+            .iter()
+            .filter(|(_, set)| set.first().is_some_and(|e| e.0 <= now))
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+
+    /// Takes tasks whose time has come, earliest first, each with what `admit` gives for its
+    /// plugin (a run slot); a plugin refused once is passed over for the rest of the call.
+    /// Marks each taken task running (its key is now held).
+    pub fn take_due<S>(
+        &mut self,
+        now: Millis,
+        max: usize,
+        mut admit: impl FnMut(&str) -> Option<S>,
+    ) -> Vec<(Task, S)> {
         let mut out = Vec::new();
+        let mut refused: Vec<String> = Vec::new();
         while out.len() < max {
-            let Some(first) = self.timers.first() else {
+            // The earliest due entry among plugins not refused.
+            let next = self
+                .timers
+                .iter()
+                .filter(|(p, _)| !refused.contains(p))
+                .filter_map(|(p, set)| set.first().filter(|e| e.0 <= now).map(|e| (e, p)))
+                .min_by(|a, b| a.0.cmp(b.0))
+                .map(|(e, p)| (e.clone(), p.clone()));
+            let Some((entry, plugin)) = next else {
                 break;
             };
-            if first.0 > now {
-                break;
-            }
-            let Some((_, pos, id)) = self.timers.pop_first() else {
-                break;
+            let Some(slot) = admit(&plugin) else {
+                refused.push(plugin);
+                continue;
             };
+            unarm(&mut self.timers, (plugin, entry.clone()));
+            let (_, pos, id) = entry;
             let Some(task) = self.tasks.get(&id) else {
                 continue;
             };
@@ -141,7 +195,7 @@ impl Window {
                 ks.active = Some(id.clone());
             }
             ks.running = true;
-            out.push(task.clone());
+            out.push((task.clone(), slot));
         }
         out
     }
@@ -197,7 +251,7 @@ impl Window {
             }
             if ks.active.is_none() && ks.waiting.is_empty() {
                 if let Some(old) = ks.armed.take() {
-                    self.timers.remove(&old);
+                    unarm(&mut self.timers, old);
                 }
                 self.keys.remove(&key);
             } else {
@@ -292,6 +346,35 @@ mod tests {
         ts.iter().map(|t| t.id.as_str()).collect()
     }
 
+    fn take(w: &mut Window, now: Millis, max: usize) -> Vec<Task> {
+        w.take_due(now, max, |_| Some(()))
+            .into_iter()
+            .map(|(t, ())| t)
+            .collect()
+    }
+
+    #[test]
+    fn a_plugin_without_a_slot_is_passed_over_and_keeps_its_tasks_due() {
+        let mut w = Window::default();
+        let none = HashSet::new();
+        let mut spin = task("s1", "k1", 10, 1);
+        spin.plugin = "spin".into();
+        let mut spin2 = task("s2", "k2", 11, 2);
+        spin2.plugin = "spin".into();
+        w.insert(spin, &none);
+        w.insert(spin2, &none);
+        w.insert(task("p1", "k3", 20, 3), &none);
+        let taken = w.take_due(30, 10, |p| (p != "spin").then_some(()));
+        assert_eq!(
+            ids(&taken.into_iter().map(|(t, ())| t).collect::<Vec<_>>()),
+            ["p1"]
+        );
+        assert_eq!(w.due_plugins(30), ["spin"]);
+        assert_eq!(w.next_timer(), Some(10));
+        assert_eq!(ids(&take(&mut w, 30, 10)), ["s1", "s2"]);
+        assert!(w.due_plugins(30).is_empty());
+    }
+
     #[test]
     fn one_task_per_key_in_order_other_keys_independent() {
         let none = HashSet::new();
@@ -299,14 +382,14 @@ mod tests {
         w.insert(task("a2", "a", 20, 2), &none);
         w.insert(task("a1", "a", 10, 1), &none);
         w.insert(task("b1", "b", 15, 3), &none);
-        assert!(w.take_due(5, 10).is_empty());
-        assert_eq!(ids(&w.take_due(30, 10)), ["a1", "b1"]);
+        assert!(take(&mut w, 5, 10).is_empty());
+        assert_eq!(ids(&take(&mut w, 30, 10)), ["a1", "b1"]);
         // a2 is due but a1 still holds key a.
-        assert!(w.take_due(40, 10).is_empty());
+        assert!(take(&mut w, 40, 10).is_empty());
         let mut done = task("a1", "a", 10, 1);
         done.state = TaskState::Succeeded;
         w.finished(done, &none);
-        assert_eq!(ids(&w.take_due(40, 10)), ["a2"]);
+        assert_eq!(ids(&take(&mut w, 40, 10)), ["a2"]);
     }
 
     #[test]
@@ -315,16 +398,16 @@ mod tests {
         let mut w = Window::default();
         w.insert(task("a1", "a", 10, 1), &none);
         w.insert(task("a2", "a", 11, 2), &none);
-        assert_eq!(ids(&w.take_due(10, 10)), ["a1"]);
+        assert_eq!(ids(&take(&mut w, 10, 10)), ["a1"]);
         let mut retry = task("a1", "a", 10, 1);
         retry.state = TaskState::Retrying;
         retry.next_at = 100;
         w.finished(retry, &none);
         assert!(
-            w.take_due(50, 10).is_empty(),
+            take(&mut w, 50, 10).is_empty(),
             "a2 must wait behind the retrying a1"
         );
-        assert_eq!(ids(&w.take_due(100, 10)), ["a1"]);
+        assert_eq!(ids(&take(&mut w, 100, 10)), ["a1"]);
     }
 
     #[test]
@@ -334,7 +417,7 @@ mod tests {
         w.insert(task("a1", "a", 1, 1), &paused);
         w.insert(task("b1", "b", 2, 2), &paused);
         w.insert(task("b2", "b", 3, 3), &paused);
-        assert_eq!(ids(&w.take_due(10, 10)), ["b1"]);
+        assert_eq!(ids(&take(&mut w, 10, 10)), ["b1"]);
         let cursor = w.evict_to(1, &paused);
         assert_eq!(cursor, Some(OrderPos { due_at: 1, seq: 0 }));
         assert!(w.get("b1").is_some(), "the running task stays");

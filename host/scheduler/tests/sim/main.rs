@@ -22,7 +22,7 @@ use kairos_core::model::{Backoff, Millis, NewTask, TaskState};
 use kairos_core::partition::partition_for;
 use kairos_core::store::TaskStore;
 use kairos_scheduler::metrics::Metrics;
-use kairos_scheduler::{Scheduler, SchedulerConfig};
+use kairos_scheduler::{PluginShare, Scheduler, SchedulerConfig, SlotShares};
 use oracle::Oracle;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -31,6 +31,17 @@ use world::*;
 const NODES: usize = 3;
 const PARTITIONS: u32 = 4;
 const KEYS: u64 = 10;
+/// Plugins of the simulated tasks; each node shares its run slots between them.
+const PLUGINS: &[&str] = &["sim-a", "sim-b", "sim-c"];
+
+/// What an attempt of each plugin reserves from a node's memory budget, MiB.
+pub fn reservation_mb(plugin: &str) -> u64 {
+    match plugin {
+        "sim-a" => 10,
+        "sim-b" => 30,
+        _ => 60,
+    }
+}
 const FAULT_PHASE_MS: u64 = 30_000;
 const HEAL_LIMIT_MS: u64 = 180_000;
 
@@ -88,8 +99,40 @@ impl Sim {
     }
 
     async fn start_node(&mut self, n: usize) {
+        let concurrency = 1 + below(&self.rng, 8) as usize;
+        // Run slots shared between the plugins with random weights and caps.
+        let mut shares = SlotShares {
+            reserve: match below(&self.rng, 3) {
+                0 => None,
+                r => Some(r as usize - 1),
+            },
+            plugins: Default::default(),
+            memory_budget_mb: match below(&self.rng, 2) {
+                0 => None,
+                _ => Some(60 + below(&self.rng, 200)),
+            },
+        };
+        let mut caps = std::collections::BTreeMap::new();
+        for p in PLUGINS {
+            let max = match below(&self.rng, 3) {
+                0 => None,
+                _ => Some(1 + below(&self.rng, concurrency as u64) as usize),
+            };
+            shares.plugins.insert(
+                (*p).to_string(),
+                PluginShare {
+                    weight: 1 + below(&self.rng, 4) as u32,
+                    max_concurrency: max,
+                },
+            );
+            if let Some(m) = max {
+                caps.insert((*p).to_string(), m);
+            }
+        }
+        let life = self.oracle.node_started(caps, shares.memory_budget_mb);
         let exec = Arc::new(SimExecutor {
             node: n,
+            life,
             oracle: self.oracle.clone(),
             rng: self.rng.clone(),
             faults: self.faults.clone(),
@@ -97,7 +140,8 @@ impl Sim {
         let cfg = SchedulerConfig {
             window_capacity: 8 + below(&self.rng, 40) as usize,
             horizon_ms: 2_000 + below(&self.rng, 20_000) as Millis,
-            concurrency: 1 + below(&self.rng, 8) as usize,
+            concurrency,
+            shares,
             takeover_wait_ms: TAKEOVER_WAIT_MS,
             rng_seed: Some(self.seed.wrapping_mul(31).wrapping_add(n as u64)),
         };
@@ -187,7 +231,7 @@ impl Sim {
             batch.push(NewTask {
                 id: format!("t{:05}", self.next_id),
                 partition: partition_for(&key, PARTITIONS),
-                plugin: "sim".into(),
+                plugin: PLUGINS[below(&self.rng, PLUGINS.len() as u64) as usize].into(),
                 pin_version: None,
                 key,
                 due_at: now + below(&self.rng, 5_000) as Millis,

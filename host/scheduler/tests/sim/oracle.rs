@@ -13,6 +13,9 @@ use super::world::TAKEOVER_WAIT_MS;
 /// An attempt running now.
 struct Live {
     node: usize,
+    /// Which start of the node (its scheduler instance) runs it.
+    life: u64,
+    plugin: String,
     id: String,
     key: String,
     attempt: u32,
@@ -22,6 +25,11 @@ struct Live {
 #[derive(Default)]
 struct State {
     next_token: u64,
+    /// Per start of a node (scheduler instance): each plugin's concurrency cap.
+    caps: BTreeMap<u64, BTreeMap<String, usize>>,
+    /// Per start of a node: its memory budget, MiB, if accounted.
+    budgets: BTreeMap<u64, u64>,
+    next_life: u64,
     live: BTreeMap<u64, Live>,
     /// Cancels acknowledged (200), with their time.
     cancelled: BTreeMap<String, Millis>,
@@ -101,10 +109,61 @@ impl Oracle {
         self.with(|s| s.violations.push(format!("key {key}: {what}")));
     }
 
+    /// A node starts a scheduler whose run slots cap each plugin as in `caps`; returns the
+    /// id its executor reports attempts under.
+    pub fn node_started(&self, caps: BTreeMap<String, usize>, budget_mb: Option<u64>) -> u64 {
+        self.with(|s| {
+            s.next_life += 1;
+            s.caps.insert(s.next_life, caps);
+            if let Some(b) = budget_mb {
+                s.budgets.insert(s.next_life, b);
+            }
+            s.next_life
+        })
+    }
+
     /// Checks the invariants at the start of an attempt; returns a token for its end.
-    pub fn attempt_started(&self, node: usize, task: &Task, attempt: u32) -> u64 {
+    pub fn attempt_started(&self, node: usize, life: u64, task: &Task, attempt: u32) -> u64 {
         let now = self.clock.now();
         let id = task.id.as_str();
+        // The run slots' per-plugin cap holds.
+        let (running, cap, mem, budget) = self.with(|s| {
+            let running = s
+                .live
+                .values()
+                .filter(|l| l.life == life && l.plugin == task.plugin)
+                .count();
+            let mem: u64 = s
+                .live
+                .values()
+                .filter(|l| l.life == life)
+                .map(|l| super::reservation_mb(&l.plugin))
+                .sum();
+            let cap = s.caps.get(&life).and_then(|c| c.get(&task.plugin)).copied();
+            (running, cap, mem, s.budgets.get(&life).copied())
+        });
+        // And the memory budget (a plugin bigger than the whole budget runs alone).
+        let need = super::reservation_mb(&task.plugin);
+        if let Some(b) = budget
+            && mem > 0
+            && mem + need > b
+        {
+            self.violation(
+                &task.key,
+                format!("{id} starts on node {node} with {mem} of {b} MiB reserved (needs {need})"),
+            );
+        }
+        if let Some(cap) = cap
+            && running >= cap
+        {
+            self.violation(
+                &task.key,
+                format!(
+                    "{id} of plugin {} starts on node {node} while {running} of its attempts run (cap {cap})",
+                    task.plugin
+                ),
+            );
+        }
         self.event(
             &task.key,
             format!("node {node} runs {id} attempt {attempt}"),
@@ -122,7 +181,7 @@ impl Oracle {
             ),
         }
         let Some(stored) = stored else {
-            return self.register(node, task, attempt, now);
+            return self.register(node, life, task, attempt, now);
         };
         if attempt > stored.max_attempts {
             self.violation(
@@ -196,16 +255,18 @@ impl Oracle {
                 format!("{id} attempt {attempt} starts while {o} runs"),
             );
         }
-        self.register(node, task, attempt, now)
+        self.register(node, life, task, attempt, now)
     }
 
-    fn register(&self, node: usize, task: &Task, attempt: u32, now: Millis) -> u64 {
+    fn register(&self, node: usize, life: u64, task: &Task, attempt: u32, now: Millis) -> u64 {
         self.with(|s| {
             s.next_token += 1;
             s.live.insert(
                 s.next_token,
                 Live {
                     node,
+                    life,
+                    plugin: task.plugin.clone(),
                     id: task.id.clone(),
                     key: task.key.clone(),
                     attempt,

@@ -292,6 +292,8 @@ impl TaskStore for FaultyStore {
 /// One node's executor: reports every attempt to the oracle, which checks the invariants.
 pub struct SimExecutor {
     pub node: usize,
+    /// This start of the node (see [`Oracle::node_started`]).
+    pub life: u64,
     pub oracle: Arc<Oracle>,
     pub rng: Rand,
     pub faults: Arc<Faults>,
@@ -300,7 +302,9 @@ pub struct SimExecutor {
 #[async_trait]
 impl Executor for SimExecutor {
     async fn execute(&self, task: &Task, attempt: u32) -> ExecOutcome {
-        let token = self.oracle.attempt_started(self.node, task, attempt);
+        let token = self
+            .oracle
+            .attempt_started(self.node, self.life, task, attempt);
         let (ms, result) = if !self.faults.on() {
             (below(&self.rng, 50), ExecResult::Success { output: None })
         } else {
@@ -343,5 +347,9 @@ impl Executor for SimExecutor {
             result,
             digest: None,
         }
+    }
+
+    fn reservation_mb(&self, plugin: &str) -> u64 {
+        super::reservation_mb(plugin)
     }
 }

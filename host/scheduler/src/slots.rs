@@ -1,0 +1,411 @@
+//! Run slots shared between plugins: per-plugin caps and a weighted fair share.
+//!
+//! A node has `total` slots. A plugin may hold at most its cap (`max_concurrency`, default
+//! `total - reserve`), so one plugin busy with long or spinning tasks never takes the last
+//! `reserve` slots and another plugin's task starts at once. When free slots are down to the
+//! reserve, only a plugin below its weighted share of the slots — `total × weight / Σ weight`
+//! over the plugins running or waiting — may take one, so contended slots drift to the plugins
+//! under their share as attempts finish.
+//!
+//! Memory is shared the same way when the executor reserves it per attempt (the Wasm runtime's
+//! memory budget): a slot is given only with its plugin's reservation free, so an attempt never
+//! holds a slot while it queues for memory, one plugin holds at most the budget less its
+//! reserve, and the reserve goes only to plugins below their share.
+//!
+//! Partition actors take slots without waiting ([`SlotPool::try_acquire`]); one that has due
+//! tasks it could not start registers which plugins it wants ([`SlotPool::wait_for`]) and is
+//! woken — one actor per freed slot, the one whose plugin is furthest below its share — when
+//! a slot it could take is released.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, Weak};
+
+use tokio::sync::Notify;
+
+/// One plugin's share settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PluginShare {
+    /// Relative weight (≥ 1) in the fair share of contended slots.
+    pub weight: u32,
+    /// Most attempts of the plugin at once on this node (`None`: `total - reserve`).
+    pub max_concurrency: Option<usize>,
+}
+
+impl Default for PluginShare {
+    fn default() -> Self {
+        Self {
+            weight: 1,
+            max_concurrency: None,
+        }
+    }
+}
+
+/// How the run slots are shared.
+#[derive(Debug, Clone, Default)]
+pub struct SlotShares {
+    /// Slots kept from any one plugin's default cap and handed out, once free slots are down
+    /// to it, only to plugins below their share (`None`: an eighth of the slots, at least 1
+    /// when there are 2 or more).
+    pub reserve: Option<usize>,
+    /// Per plugin; the rest get [`PluginShare::default`].
+    pub plugins: HashMap<String, PluginShare>,
+    /// The executor's memory budget, MiB, shared like the slots (each attempt costs what
+    /// [`crate::Executor::reservation_mb`] says for its plugin); `None`: not accounted here.
+    pub memory_budget_mb: Option<u64>,
+}
+
+/// What one attempt of a plugin reserves from the memory budget, MiB.
+pub type CostFn = Arc<dyn Fn(&str) -> u64 + Send + Sync>;
+
+struct Waiter {
+    notify: Weak<Notify>,
+    plugins: Vec<String>,
+}
+
+#[derive(Default)]
+struct State {
+    free: usize,
+    mem_free: u64,
+    /// Per plugin: slots and memory held.
+    running: HashMap<String, (usize, u64)>,
+    /// The last known reservation of each plugin asking (for waking waiters).
+    costs: HashMap<String, u64>,
+    waiters: VecDeque<Waiter>,
+}
+
+pub struct SlotPool {
+    total: usize,
+    reserve: usize,
+    /// Budget and reserve, MiB (0 and 0 when memory is not accounted).
+    mem_total: u64,
+    mem_reserve: u64,
+    cost: CostFn,
+    shares: HashMap<String, PluginShare>,
+    state: Mutex<State>,
+}
+
+/// A run slot held by one attempt; released on drop.
+pub struct Slot {
+    pool: Arc<SlotPool>,
+    plugin: String,
+    mem: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.pool.release(&self.plugin, self.mem);
+    }
+}
+
+impl SlotPool {
+    /// `cost` is used only when `shares.memory_budget_mb` is set.
+    pub fn new(total: usize, shares: SlotShares, cost: CostFn) -> Arc<Self> {
+        let total = total.max(1);
+        let reserve = shares
+            .reserve
+            .unwrap_or(if total >= 2 { (total / 8).max(1) } else { 0 })
+            .min(total - 1);
+        let mem_total = shares.memory_budget_mb.unwrap_or(0);
+        // The same fraction of the memory as of the slots.
+        let mem_reserve = (mem_total as u128 * reserve as u128 / total as u128) as u64;
+        Arc::new(Self {
+            total,
+            reserve,
+            mem_total,
+            mem_reserve,
+            cost,
+            shares: shares.plugins,
+            state: Mutex::new(State {
+                free: total,
+                mem_free: mem_total,
+                ..State::default()
+            }),
+        })
+    }
+
+    fn cost_of(&self, plugin: &str) -> u64 {
+        if self.mem_total == 0 {
+            0
+        } else {
+            (self.cost)(plugin)
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        match self.state.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    fn share_of(&self, plugin: &str) -> PluginShare {
+        self.shares.get(plugin).copied().unwrap_or_default()
+    }
+
+    fn cap(&self, plugin: &str) -> usize {
+        self.share_of(plugin)
+            .max_concurrency
+            .unwrap_or(self.total - self.reserve)
+            .clamp(1, self.total)
+    }
+
+    /// Slots free now.
+    pub fn available(&self) -> usize {
+        self.lock().free
+    }
+
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
+    /// Attempts of `plugin` holding a slot now.
+    pub fn running(&self, plugin: &str) -> usize {
+        self.lock().running.get(plugin).map_or(0, |r| r.0)
+    }
+
+    /// Whether `plugin`, whose attempt reserves `cost` MiB, may take a slot in state `s`.
+    fn admits(&self, s: &State, plugin: &str, cost: u64) -> bool {
+        let (running, held) = s.running.get(plugin).copied().unwrap_or((0, 0));
+        if s.free == 0 || running >= self.cap(plugin) || cost > s.mem_free {
+            return false;
+        }
+        // Like its slots, one plugin's memory stops short of the reserve.
+        if self.mem_total > 0 && held + cost > self.mem_total - self.mem_reserve && running > 0 {
+            return false;
+        }
+        if s.free > self.reserve && s.mem_free - cost >= self.mem_reserve {
+            return true;
+        }
+        // Down to the reserve: only a plugin below its weighted share.
+        let mut weights: u64 = 0;
+        let mut counted = |p: &str, seen: &mut Vec<String>| {
+            if !seen.iter().any(|q| q == p) {
+                seen.push(p.to_string());
+                weights += u64::from(self.share_of(p).weight.max(1));
+            }
+        };
+        let mut seen = Vec::new();
+        counted(plugin, &mut seen);
+        for (p, (n, _)) in &s.running {
+            if *n > 0 {
+                counted(p, &mut seen);
+            }
+        }
+        for w in &s.waiters {
+            for p in &w.plugins {
+                counted(p, &mut seen);
+            }
+        }
+        let own = u64::from(self.share_of(plugin).weight.max(1));
+        // running < total × own / weights, without rounding.
+        (running as u64).saturating_mul(weights) < (self.total as u64).saturating_mul(own)
+    }
+
+    /// A slot for an attempt of `plugin`, if its cap and share allow one now.
+    pub fn try_acquire(self: &Arc<Self>, plugin: &str) -> Option<Slot> {
+        let cost = self.cost_of(plugin);
+        let mut s = self.lock();
+        if s.costs.get(plugin) != Some(&cost) {
+            s.costs.insert(plugin.to_string(), cost);
+        }
+        if !self.admits(&s, plugin, cost) {
+            return None;
+        }
+        s.free -= 1;
+        s.mem_free -= cost;
+        let r = s.running.entry(plugin.to_string()).or_default();
+        r.0 += 1;
+        r.1 += cost;
+        Some(Slot {
+            pool: self.clone(),
+            plugin: plugin.to_string(),
+            mem: cost,
+        })
+    }
+
+    fn last_cost(s: &State, plugin: &str) -> u64 {
+        s.costs.get(plugin).copied().unwrap_or(0)
+    }
+
+    /// Registers that the owner of `notify` has due tasks of `plugins` it could not start; it
+    /// is notified once a slot one of them may take is freed. Replaces its earlier
+    /// registration. If one may be taken already, notifies at once.
+    pub fn wait_for(&self, notify: &Arc<Notify>, plugins: Vec<String>) {
+        let mut s = self.lock();
+        s.waiters
+            .retain(|w| w.notify.strong_count() > 0 && !w.notify.ptr_eq(&Arc::downgrade(notify)));
+        if plugins
+            .iter()
+            .any(|p| self.admits(&s, p, Self::last_cost(&s, p)))
+        {
+            notify.notify_one();
+            return;
+        }
+        s.waiters.push_back(Waiter {
+            notify: Arc::downgrade(notify),
+            plugins,
+        });
+    }
+
+    fn release(&self, plugin: &str, mem: u64) {
+        let mut s = self.lock();
+        s.free += 1;
+        s.mem_free += mem;
+        if let Some(r) = s.running.get_mut(plugin) {
+            r.0 = r.0.saturating_sub(1);
+            r.1 = r.1.saturating_sub(mem);
+            if r.0 == 0 {
+                s.running.remove(plugin);
+            }
+        }
+        // Wake the live waiter that may take this slot with the plugin furthest below its
+        // share (lowest running / weight); on a tie, the one waiting longest.
+        s.waiters.retain(|w| w.notify.strong_count() > 0);
+        let mut best: Option<(usize, u64, u64)> = None;
+        for (i, w) in s.waiters.iter().enumerate() {
+            for p in &w.plugins {
+                if !self.admits(&s, p, Self::last_cost(&s, p)) {
+                    continue;
+                }
+                let running = s.running.get(p.as_str()).map_or(0, |r| r.0) as u64;
+                let weight = u64::from(self.share_of(p).weight.max(1));
+                let better = match best {
+                    None => true,
+                    // running/weight < best_running/best_weight
+                    Some((_, br, bw)) => running * bw < br * weight,
+                };
+                if better {
+                    best = Some((i, running, weight));
+                }
+            }
+        }
+        if let Some((i, _, _)) = best
+            && let Some(w) = s.waiters.remove(i)
+            && let Some(n) = w.notify.upgrade()
+        {
+            n.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(total: usize, plugins: &[(&str, PluginShare)]) -> Arc<SlotPool> {
+        SlotPool::new(
+            total,
+            SlotShares {
+                reserve: None,
+                plugins: plugins
+                    .iter()
+                    .map(|(n, s)| ((*n).to_string(), *s))
+                    .collect(),
+                memory_budget_mb: None,
+            },
+            Arc::new(|_| 0),
+        )
+    }
+
+    #[test]
+    fn memory_is_shared_like_the_slots() {
+        // 64 slots but memory for 32 attempts of 64 MiB: one plugin stops at 7/8 of the
+        // memory (28) and another still starts.
+        let p = SlotPool::new(
+            64,
+            SlotShares {
+                memory_budget_mb: Some(2_048),
+                ..SlotShares::default()
+            },
+            Arc::new(|p| if p == "small" { 8 } else { 64 }),
+        );
+        let held: Vec<Slot> = std::iter::from_fn(|| p.try_acquire("big")).collect();
+        assert_eq!(held.len(), 28);
+        let small: Vec<Slot> = std::iter::from_fn(|| p.try_acquire("small")).collect();
+        assert_eq!(small.len(), 32, "256 MiB left, 8 each");
+        drop(held);
+        drop(small);
+        assert_eq!(p.available(), 64);
+        assert_eq!(p.lock().mem_free, 2_048);
+    }
+
+    #[test]
+    fn one_plugin_never_takes_the_reserve() {
+        let p = pool(16, &[]);
+        let held: Vec<Slot> = std::iter::from_fn(|| p.try_acquire("spin")).collect();
+        assert_eq!(held.len(), 14, "16 slots, reserve 2");
+        assert!(
+            p.try_acquire("other").is_some(),
+            "another plugin starts at once"
+        );
+    }
+
+    #[test]
+    fn max_concurrency_caps_a_plugin() {
+        let p = pool(
+            16,
+            &[(
+                "slow",
+                PluginShare {
+                    weight: 1,
+                    max_concurrency: Some(3),
+                },
+            )],
+        );
+        let held: Vec<Slot> = std::iter::from_fn(|| p.try_acquire("slow")).collect();
+        assert_eq!(held.len(), 3);
+        drop(held);
+        assert_eq!(p.available(), 16);
+        assert_eq!(p.running("slow"), 0);
+    }
+
+    #[test]
+    fn contended_slots_go_to_the_plugin_below_its_weighted_share() {
+        let heavy = PluginShare {
+            weight: 3,
+            max_concurrency: None,
+        };
+        let p = pool(8, &[("b", heavy)]);
+        // a fills its cap (7), b takes the last slot.
+        let mut a: Vec<Slot> = std::iter::from_fn(|| p.try_acquire("a")).collect();
+        assert_eq!(a.len(), 7);
+        let mut b = vec![p.try_acquire("b").expect("reserve slot")];
+        // Both keep wanting slots; each freed slot goes to b until b holds 3/4 of 8.
+        let nb = Arc::new(Notify::new());
+        p.wait_for(&nb, vec!["b".into()]);
+        let na = Arc::new(Notify::new());
+        p.wait_for(&na, vec!["a".into()]);
+        while let Some(s) = a.pop() {
+            drop(s);
+            if let Some(s) = p.try_acquire("b") {
+                b.push(s);
+                p.wait_for(&nb, vec!["b".into()]);
+            } else if let Some(s) = p.try_acquire("a") {
+                a.insert(0, s);
+                break;
+            }
+        }
+        assert_eq!(b.len(), 6, "b's share of 8 at weight 3 of 4");
+        assert_eq!(a.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_freed_slot_wakes_a_waiter_that_may_take_it() {
+        let p = pool(2, &[]);
+        let s1 = p.try_acquire("a").expect("slot");
+        assert!(p.try_acquire("a").is_none(), "cap is total - reserve = 1");
+        let s2 = p.try_acquire("b").expect("the reserve slot");
+        let n = Arc::new(Notify::new());
+        p.wait_for(&n, vec!["a".into()]);
+        drop(s2);
+        // b's slot freed, but a is at its cap: not woken.
+        let woken = tokio::time::timeout(std::time::Duration::from_millis(20), n.notified()).await;
+        assert!(woken.is_err(), "woken for a slot it may not take");
+        p.wait_for(&n, vec!["a".into()]);
+        drop(s1);
+        tokio::time::timeout(std::time::Duration::from_secs(1), n.notified())
+            .await
+            .expect("woken once a's own slot is freed");
+        assert!(p.try_acquire("a").is_some());
+    }
+}

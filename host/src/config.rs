@@ -341,6 +341,9 @@ pub struct TaskDefaults {
     pub max_batch: usize,
     /// Longest ordering key and uniqueness key, bytes.
     pub max_key_bytes: usize,
+    /// Most generations of follow-ups: a task from the API is generation 0, a task a plugin
+    /// schedules is one more than the task that scheduled it; beyond this, scheduling fails.
+    pub max_follow_up_depth: u32,
 }
 
 impl Default for TaskDefaults {
@@ -353,6 +356,7 @@ impl Default for TaskDefaults {
             max_past_ms: 5 * 60 * 1000,
             max_batch: 10_000,
             max_key_bytes: 1_024,
+            max_follow_up_depth: 8,
         }
     }
 }

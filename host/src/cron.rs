@@ -82,6 +82,7 @@ fn spec_for(s: &Schedule, occurrence: Millis, enqueuer: &Enqueuer) -> TaskSpec {
         max_attempts: None,
         pin_version: None,
         park_on_dead: false,
+        generation: 0,
         backoff: enqueuer.default_backoff(),
         now: enqueuer.clock.now(),
     }

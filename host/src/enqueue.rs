@@ -161,6 +161,7 @@ impl Enqueuer {
             max_attempts: req.max_attempts,
             pin_version: req.pin_version,
             park_on_dead: req.park_on_dead,
+            generation: 0,
             backoff,
             now,
         })
@@ -213,6 +214,7 @@ impl Enqueuer {
             max_attempts: s.max_attempts.unwrap_or(self.defaults.max_attempts),
             backoff: s.backoff,
             park_on_dead: s.park_on_dead,
+            generation: s.generation,
             created_at: s.now,
         })
     }
@@ -249,6 +251,8 @@ pub struct TaskSpec {
     pub max_attempts: Option<u32>,
     pub pin_version: Option<String>,
     pub park_on_dead: bool,
+    /// Follow-up generation (0 unless a plugin schedules it).
+    pub generation: u32,
     pub backoff: Backoff,
     pub now: Millis,
 }

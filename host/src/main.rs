@@ -119,6 +119,7 @@ async fn plugin(cmd: PluginCmd) -> anyhow::Result<ExitCode> {
                         attempt,
                         due_at_ms: now,
                         payload,
+                        generation: 0,
                     },
                     pin_version: None,
                 })

@@ -32,6 +32,7 @@ impl Executor for WasmExecutor {
                     attempt,
                     due_at_ms: task.due_at,
                     payload: task.payload.clone(),
+                    generation: task.generation,
                 },
                 pin_version: task.pin_version.clone(),
             })
@@ -151,6 +152,14 @@ impl HostServices for StoreServices {
 
     async fn schedule(&self, origin: &TaskInfo, req: FollowUp) -> Result<String, String> {
         let enq = self.enqueuer.get().ok_or("the node is still starting")?;
+        let generation = origin.generation.saturating_add(1);
+        if generation > enq.defaults.max_follow_up_depth {
+            return Err(format!(
+                "follow-up depth limit: task {} is itself generation {} of follow-ups, and \
+                 tasks.max_follow_up_depth = {}",
+                origin.id, origin.generation, enq.defaults.max_follow_up_depth
+            ));
+        }
         let now = enq.clock.now();
         let due_at = match req.when {
             When::DelayMs(d) => now.saturating_add(d.min(i64::MAX as u64) as i64),
@@ -179,6 +188,7 @@ impl HostServices for StoreServices {
                 max_attempts: None,
                 pin_version: None,
                 park_on_dead: false,
+                generation,
                 backoff: enq.default_backoff(),
                 now,
             })

@@ -87,6 +87,7 @@ pub(crate) fn task(key: String, due_at: Millis, now: Millis, partitions: u32) ->
         max_attempts: 3,
         backoff: Backoff::default(),
         park_on_dead: false,
+        generation: 0,
         created_at: now,
     }
 }

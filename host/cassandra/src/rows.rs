@@ -9,7 +9,8 @@ use scylla::{DeserializeRow, SerializeRow};
 /// The columns of `tasks`, in the order of [`TaskRow`].
 pub(crate) const TASK_COLS: &str = "id, partition, seq, plugin, pin_version, key, due_at, \
     next_at, payload, uniqueness_key, max_attempts, backoff_initial_ms, backoff_max_ms, \
-    park_on_dead, state, attempts, created_at, updated_at, last_error, output, owner_epoch, rev";
+    park_on_dead, state, attempts, created_at, updated_at, last_error, output, owner_epoch, rev, \
+    generation";
 
 #[derive(Debug, Clone, DeserializeRow, SerializeRow)]
 pub(crate) struct TaskRow {
@@ -35,6 +36,8 @@ pub(crate) struct TaskRow {
     pub output: Option<String>,
     pub owner_epoch: i64,
     pub rev: i64,
+    /// Added after the first release: null in rows written before (generation 0).
+    pub generation: Option<i64>,
 }
 
 /// Values of the compare-and-set update (`UPDATE tasks SET … WHERE id = :id IF rev = :expected_rev`).
@@ -96,6 +99,7 @@ impl TaskRow {
             output: t.output.clone(),
             owner_epoch: to_db("owner_epoch", owner_epoch)?,
             rev,
+            generation: Some(i64::from(t.generation)),
         })
     }
 
@@ -122,6 +126,7 @@ impl TaskRow {
                 max_ms: u64_of("backoff_max_ms", self.backoff_max_ms)?,
             },
             park_on_dead: self.park_on_dead,
+            generation: u32_of("generation", self.generation.unwrap_or(0))?,
             state,
             attempts: u32_of("attempts", self.attempts)?,
             created_at: self.created_at,

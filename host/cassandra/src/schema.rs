@@ -66,6 +66,9 @@ fn replication_map(r: &Replication) -> StoreResult<String> {
     })
 }
 
+/// Columns added to a table after its first definition: (table, column, type).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("tasks", "generation", "bigint")];
+
 /// The table definitions, `{ks}` replaced by the keyspace.
 const TABLES: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS {ks}.tasks (
@@ -73,7 +76,8 @@ const TABLES: &[&str] = &[
         key text, due_at bigint, next_at bigint, payload text, uniqueness_key text,
         max_attempts bigint, backoff_initial_ms bigint, backoff_max_ms bigint,
         park_on_dead boolean, state text, attempts bigint, created_at bigint,
-        updated_at bigint, last_error text, output text, owner_epoch bigint, rev bigint)",
+        updated_at bigint, last_error text, output text, owner_epoch bigint, rev bigint,
+        generation bigint)",
     "CREATE TABLE IF NOT EXISTS {ks}.pending (
         partition bigint, bucket bigint, due_at bigint, seq bigint, id text,
         PRIMARY KEY ((partition, bucket), due_at, seq)) WITH gc_grace_seconds = 3600",
@@ -117,6 +121,20 @@ pub(crate) async fn migrate(session: &Session, opts: &CassandraOptions) -> Store
             .query_unpaged(t.replace("{ks}", ks), ())
             .await
             .exec()?;
+    }
+    // Columns added since the first release, for keyspaces created before them.
+    for (table, column, ty) in ADDED_COLUMNS {
+        let added = session
+            .query_unpaged(format!("ALTER TABLE {ks}.{table} ADD {column} {ty}"), ())
+            .await;
+        if let Err(e) = added {
+            let message = e.to_string();
+            let exists = message.contains("already exist") || message.contains("conflicts with");
+            if !exists {
+                tracing::error!(%table, %column, error = %message, "adding a column failed");
+                return Err(crate::error::exec_err(e));
+            }
+        }
     }
     session
         .query_unpaged(

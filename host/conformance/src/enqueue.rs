@@ -7,7 +7,11 @@ pub async fn enqueue_assigns_increasing_seq<S: TaskStore>(s: S) {
     let first = vec![
         new_task("k1", T0),
         new_task("k2", T0 - 10),
-        new_task_in(3, "k1", T0 + 10),
+        // A plugin's follow-up: its generation is kept.
+        NewTask {
+            generation: 2,
+            ..new_task_in(3, "k1", T0 + 10)
+        },
     ];
     let out = enqueue_all(&s, first.clone()).await;
     for (stored, asked) in out.iter().zip(&first) {

@@ -138,6 +138,7 @@ pub fn new_task_in(partition: u32, key: &str, due_at: Millis) -> NewTask {
         max_attempts: 3,
         backoff: Backoff::default(),
         park_on_dead: false,
+        generation: 0,
         created_at: T0,
     }
 }

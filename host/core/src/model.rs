@@ -101,6 +101,10 @@ pub struct NewTask {
     /// When the last attempt fails, keep the key parked (blocked) until an operator acts,
     /// instead of letting the next task of the key run.
     pub park_on_dead: bool,
+    /// 0 for a task enqueued through the API or a schedule; a plugin's follow-up is one more
+    /// than the task that scheduled it (capped by `tasks.max_follow_up_depth`).
+    #[serde(default)]
+    pub generation: u32,
     pub created_at: Millis,
 }
 
@@ -124,6 +128,9 @@ pub struct Task {
     pub max_attempts: u32,
     pub backoff: Backoff,
     pub park_on_dead: bool,
+    /// See [`NewTask::generation`].
+    #[serde(default)]
+    pub generation: u32,
     pub state: TaskState,
     /// Attempts started so far (durable: survives restarts and rebalances).
     pub attempts: u32,
@@ -150,6 +157,7 @@ impl Task {
             max_attempts: t.max_attempts,
             backoff: t.backoff,
             park_on_dead: t.park_on_dead,
+            generation: t.generation,
             state: TaskState::Scheduled,
             attempts: 0,
             created_at: t.created_at,

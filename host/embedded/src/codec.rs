@@ -14,27 +14,43 @@ use kairos_core::store::{StoreError, StoreResult};
 
 /// Version byte in front of every encoded record.
 const V1: u8 = 1;
+/// Tasks only: [`TaskV1`] followed by the follow-up generation (a `u32`).
+const V2: u8 = 2;
 
 fn encode<T: Serialize>(what: &str, value: &T, size_hint: usize) -> StoreResult<Vec<u8>> {
+    encode_as(V1, what, value, size_hint)
+}
+
+fn encode_as<T: Serialize>(
+    version: u8,
+    what: &str,
+    value: &T,
+    size_hint: usize,
+) -> StoreResult<Vec<u8>> {
     let mut buf = Vec::with_capacity(size_hint + 1);
-    buf.push(V1);
+    buf.push(version);
     postcard::to_extend(value, buf).map_err(|e| StoreError::Other(format!("encoding {what}: {e}")))
 }
 
 fn decode<'a, T: Deserialize<'a>>(what: &str, bytes: &'a [u8]) -> StoreResult<T> {
     match bytes.split_first() {
-        Some((&V1, body)) => match postcard::take_from_bytes::<T>(body) {
-            Ok((value, [])) => Ok(value),
-            Ok((_, rest)) => Err(StoreError::Corrupt(format!(
-                "{what}: {} trailing bytes",
-                rest.len()
-            ))),
-            Err(e) => Err(StoreError::Corrupt(format!("{what}: {e}"))),
-        },
+        Some((&V1, body)) => whole(what, body),
         Some((v, _)) => Err(StoreError::Corrupt(format!(
             "{what}: unknown record format version {v}"
         ))),
         None => Err(StoreError::Corrupt(format!("{what}: empty record"))),
+    }
+}
+
+/// `body` holds exactly one `T`.
+fn whole<'a, T: Deserialize<'a>>(what: &str, body: &'a [u8]) -> StoreResult<T> {
+    match postcard::take_from_bytes::<T>(body) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(StoreError::Corrupt(format!(
+            "{what}: {} trailing bytes",
+            rest.len()
+        ))),
+        Err(e) => Err(StoreError::Corrupt(format!("{what}: {e}"))),
     }
 }
 
@@ -126,6 +142,7 @@ pub(super) fn encode_task(t: &Task) -> StoreResult<Vec<u8>> {
         max_attempts,
         backoff: Backoff { initial_ms, max_ms },
         park_on_dead,
+        generation,
         state,
         attempts,
         created_at,
@@ -133,34 +150,41 @@ pub(super) fn encode_task(t: &Task) -> StoreResult<Vec<u8>> {
         last_error,
         output,
     } = t;
-    let stored = TaskV1 {
-        id: Cow::Borrowed(id),
-        partition: *partition,
-        seq: *seq,
-        plugin: Cow::Borrowed(plugin),
-        pin_version: pin_version.as_deref().map(Cow::Borrowed),
-        key: Cow::Borrowed(key),
-        due_at: *due_at,
-        next_at: *next_at,
-        payload: Cow::Borrowed(payload),
-        uniqueness_key: uniqueness_key.as_deref().map(Cow::Borrowed),
-        max_attempts: *max_attempts,
-        backoff_initial_ms: *initial_ms,
-        backoff_max_ms: *max_ms,
-        park_on_dead: *park_on_dead,
-        state: state_code(*state),
-        attempts: *attempts,
-        created_at: *created_at,
-        updated_at: *updated_at,
-        last_error: last_error.as_deref().map(Cow::Borrowed),
-        output: output.as_deref().map(Cow::Borrowed),
-    };
+    let stored = (
+        TaskV1 {
+            id: Cow::Borrowed(id),
+            partition: *partition,
+            seq: *seq,
+            plugin: Cow::Borrowed(plugin),
+            pin_version: pin_version.as_deref().map(Cow::Borrowed),
+            key: Cow::Borrowed(key),
+            due_at: *due_at,
+            next_at: *next_at,
+            payload: Cow::Borrowed(payload),
+            uniqueness_key: uniqueness_key.as_deref().map(Cow::Borrowed),
+            max_attempts: *max_attempts,
+            backoff_initial_ms: *initial_ms,
+            backoff_max_ms: *max_ms,
+            park_on_dead: *park_on_dead,
+            state: state_code(*state),
+            attempts: *attempts,
+            created_at: *created_at,
+            updated_at: *updated_at,
+            last_error: last_error.as_deref().map(Cow::Borrowed),
+            output: output.as_deref().map(Cow::Borrowed),
+        },
+        *generation,
+    );
     let hint = 64 + id.len() + plugin.len() + key.len() + payload.len();
-    encode("task", &stored, hint)
+    encode_as(V2, "task", &stored, hint)
 }
 
 pub(super) fn decode_task(bytes: &[u8]) -> StoreResult<Task> {
-    let s: TaskV1<'_> = decode("task", bytes)?;
+    // V1 (before follow-up generations): generation 0.
+    let (s, generation): (TaskV1<'_>, u32) = match bytes.split_first() {
+        Some((&V2, body)) => whole("task", body)?,
+        _ => (decode("task", bytes)?, 0),
+    };
     Ok(Task {
         id: own(s.id),
         partition: s.partition,
@@ -178,6 +202,7 @@ pub(super) fn decode_task(bytes: &[u8]) -> StoreResult<Task> {
             max_ms: s.backoff_max_ms,
         },
         park_on_dead: s.park_on_dead,
+        generation,
         state: state_from(s.state)?,
         attempts: s.attempts,
         created_at: s.created_at,
@@ -301,6 +326,7 @@ mod tests {
                 max_ms: 20,
             },
             park_on_dead: true,
+            generation: 3,
             state: TaskState::Retrying,
             attempts: 2,
             created_at: 1,
@@ -314,8 +340,47 @@ mod tests {
     fn task_round_trips() {
         let t = task();
         let bytes = encode_task(&t).expect("encode");
-        assert_eq!(bytes[0], V1);
+        assert_eq!(bytes[0], V2);
         assert_eq!(decode_task(&bytes).expect("decode"), t);
+    }
+
+    #[test]
+    fn a_task_written_before_generations_reads_as_generation_0() {
+        let t = task();
+        // The record as the first format (V1, no generation) wrote it.
+        let v1 = TaskV1 {
+            id: Cow::Borrowed(&t.id),
+            partition: t.partition,
+            seq: t.seq,
+            plugin: Cow::Borrowed(&t.plugin),
+            pin_version: t.pin_version.as_deref().map(Cow::Borrowed),
+            key: Cow::Borrowed(&t.key),
+            due_at: t.due_at,
+            next_at: t.next_at,
+            payload: Cow::Borrowed(&t.payload),
+            uniqueness_key: t.uniqueness_key.as_deref().map(Cow::Borrowed),
+            max_attempts: t.max_attempts,
+            backoff_initial_ms: t.backoff.initial_ms,
+            backoff_max_ms: t.backoff.max_ms,
+            park_on_dead: t.park_on_dead,
+            state: state_code(t.state),
+            attempts: t.attempts,
+            created_at: t.created_at,
+            updated_at: t.updated_at,
+            last_error: t.last_error.as_deref().map(Cow::Borrowed),
+            output: t.output.as_deref().map(Cow::Borrowed),
+        };
+        let bytes = encode("task", &v1, 64).expect("encode");
+        assert_eq!(bytes[0], V1);
+        let read = decode_task(&bytes).expect("decode");
+        assert_eq!(read.generation, 0);
+        assert_eq!(
+            Task {
+                generation: 3,
+                ..read
+            },
+            t
+        );
     }
 
     #[test]
@@ -353,6 +418,7 @@ mod tests {
         let good = encode_task(&task()).expect("encode");
         let cases: Vec<Vec<u8>> = vec![
             vec![],
+            vec![3, 0, 0],
             vec![2, 0, 0],
             good[..good.len() / 2].to_vec(),
             [good.as_slice(), &[0]].concat(),

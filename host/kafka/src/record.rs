@@ -52,6 +52,9 @@ pub struct WireTask {
     pub pin_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub park_on_dead: Option<bool>,
+    /// Follow-up generation (absent: 0, a task from a client).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backoff_initial_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -78,6 +81,7 @@ pub fn encode(task: &NewTask) -> Result<Vec<u8>, String> {
         max_attempts: Some(task.max_attempts),
         pin_version: task.pin_version.clone(),
         park_on_dead: task.park_on_dead.then_some(true),
+        generation: (task.generation > 0).then_some(task.generation),
         backoff_initial_ms: Some(task.backoff.initial_ms),
         backoff_max_ms: Some(task.backoff.max_ms),
         created_at_ms: Some(task.created_at),
@@ -205,6 +209,7 @@ pub fn decode(
                 max_ms: wire.backoff_max_ms.unwrap_or(defaults.backoff.max_ms),
             },
             park_on_dead: wire.park_on_dead.unwrap_or(false),
+            generation: wire.generation.unwrap_or(0),
             created_at: wire.created_at_ms.unwrap_or(stamp),
         },
         misrouted,

@@ -22,6 +22,9 @@ pub struct TaskInfo {
     pub due_at_ms: i64,
     /// JSON document.
     pub payload: String,
+    /// Follow-up generation: 0 for a task from the API or a schedule; a follow-up of this
+    /// task gets one more.
+    pub generation: u32,
 }
 
 /// Metadata of one key-value entry.
@@ -210,6 +213,7 @@ mod tests {
             attempt: 1,
             due_at_ms: 0,
             payload: "{}".into(),
+            generation: 0,
         }
     }
 

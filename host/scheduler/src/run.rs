@@ -277,6 +277,7 @@ mod tests {
                 max_ms: 8_000,
             },
             park_on_dead: false,
+            generation: 0,
             state: TaskState::Running,
             attempts: 0,
             created_at: 0,

@@ -333,6 +333,7 @@ mod tests {
             max_attempts: 3,
             backoff: Backoff::default(),
             park_on_dead: false,
+            generation: 0,
             state: TaskState::Scheduled,
             attempts: 0,
             created_at: 0,

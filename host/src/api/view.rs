@@ -31,6 +31,8 @@ pub struct TaskView {
     pub max_attempts: u32,
     pub uniqueness_key: Option<String>,
     pub park_on_dead: bool,
+    /// Follow-up generation: 0 from a client or schedule, +1 per plugin follow-up.
+    pub generation: u32,
     pub payload: Box<RawValue>,
     pub created_at: String,
     pub updated_at: String,
@@ -65,6 +67,7 @@ impl TaskView {
             max_attempts: t.max_attempts,
             uniqueness_key: t.uniqueness_key.clone(),
             park_on_dead: t.park_on_dead,
+            generation: t.generation,
             payload: raw(&t.payload),
             created_at: rfc3339(t.created_at),
             updated_at: rfc3339(t.updated_at),

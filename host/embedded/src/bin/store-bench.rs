@@ -69,6 +69,7 @@ fn new_task(i: usize, now: i64) -> NewTask {
         max_attempts: 5,
         backoff: Backoff::default(),
         park_on_dead: false,
+        generation: 0,
         created_at: now,
     }
 }

@@ -26,6 +26,7 @@ fn task(key: &str, partitions: u32) -> NewTask {
             max_ms: 20,
         },
         park_on_dead: true,
+        generation: 0,
         created_at: 1_699_999_999_000,
     }
 }

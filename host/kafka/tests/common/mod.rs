@@ -81,6 +81,7 @@ pub fn task(key: &str, n: usize, partitions: u32) -> NewTask {
         max_attempts: 3,
         backoff: Backoff::default(),
         park_on_dead: false,
+        generation: 0,
         created_at: 1_700_000_000_000,
     }
 }

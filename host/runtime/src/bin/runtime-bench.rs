@@ -161,6 +161,7 @@ fn noop_request(n: usize) -> RunRequest {
             attempt: 1,
             due_at_ms: 0,
             payload: "{}".into(),
+            generation: 0,
         },
         pin_version: None,
     }

@@ -108,6 +108,7 @@ pub fn task(plugin: &str, payload: Value) -> RunRequest {
             attempt: 1,
             due_at_ms: 1_700_000_000_000,
             payload: payload.to_string(),
+            generation: 0,
         },
         pin_version: None,
     }

@@ -243,6 +243,7 @@ impl Sim {
                     max_ms: 2_000,
                 },
                 park_on_dead: roll(&self.rng, 0.1),
+                generation: 0,
                 created_at: now,
             });
         }

@@ -16,6 +16,7 @@
 //! | `log_flood` | logs `lines` (default 100) info lines of `line_size` bytes (default 1 MiB) of `x`, with a field `n`; output `logged N` |
 //! | `echo` | output: the task as JSON `{"id","key","plugin","attempt","due_at_ms","payload"}` (`payload` the raw payload string) |
 //! | `config` | output: every config value as a JSON object `{name: value}` |
+//! | `fork` | schedules `fanout` (default 2) follow-ups of itself, keys `{key}.{i}`, due now, with the same payload; output `forked N`, or a permanent error `fork refused: ...` when a schedule is refused |
 //! | `fail` | retryable error `hostile guest failing on purpose (attempt N)`, with `retry_after_ms` when given |
 //! | `permanent` | permanent error `hostile guest failing permanently on purpose` |
 //!
@@ -38,6 +39,7 @@ struct Payload {
     lines: Option<u64>,
     key: Option<String>,
     line_size: Option<usize>,
+    fanout: Option<u32>,
 }
 
 struct Hostile;
@@ -64,6 +66,7 @@ impl Plugin for Hostile {
                 modes::log_flood(p.lines.unwrap_or(100), p.line_size.unwrap_or(1024 * 1024))
             }
             "echo" => modes::echo(&task),
+            "fork" => modes::fork(&task, p.fanout.unwrap_or(2)),
             "config" => modes::config(),
             "fail" => {
                 let message = format!(

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::hint::black_box;
 
 use kairos_plugin_sdk::serde_json::{Value, json};
-use kairos_plugin_sdk::{Outcome, Task, TaskError, config, http, kv, log};
+use kairos_plugin_sdk::{
+    FollowUp, Outcome, Task, TaskError, When, config, http, kv, log, schedule,
+};
 
 /// Spins without host calls until the host interrupts it (epoch deadline or fuel).
 pub fn spin() -> ! {
@@ -76,6 +78,22 @@ pub fn echo(task: &Task) -> Result<Outcome, TaskError> {
         "due_at_ms": task.due_at_ms,
         "payload": task.payload,
     }))
+}
+
+/// Schedules `fanout` copies of this task (same plugin and payload) on keys `{key}.{i}`.
+pub fn fork(task: &Task, fanout: u32) -> Result<Outcome, TaskError> {
+    let payload: Value = task.payload_json()?;
+    for i in 0..fanout {
+        let follow_up = FollowUp::new(
+            task.plugin.clone(),
+            format!("{}.{i}", task.key),
+            When::Delay(0),
+            payload.clone(),
+        );
+        schedule(follow_up)
+            .map_err(|e| TaskError::permanent(format!("fork refused: {e}")))?;
+    }
+    Ok(Outcome::with_output(format!("forked {fanout}")))
 }
 
 pub fn config() -> Result<Outcome, TaskError> {

@@ -512,3 +512,145 @@ fn a_claimed_uniqueness_key_does_not_silence_a_plugins_follow_up() {
         b.iter().any(|x| x["key"] == "inc-7")
     });
 }
+
+/// One HTTPS GET over a client that trusts only `ca` (DER); the status line, or the error.
+fn https_get(port: u16, ca: &[u8], path: &str) -> Result<String, String> {
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto::ring};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(rustls_pki_types::CertificateDer::from(ca.to_vec()))
+            .map_err(|e| e.to_string())?;
+        let cfg =
+            ClientConfig::builder_with_provider(std::sync::Arc::new(ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let name =
+            rustls_pki_types::ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+        let mut tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let req =
+            format!("GET {path} HTTP/1.1\r\nhost: localhost:{port}\r\nconnection: close\r\n\r\n");
+        tls.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        let _ = tls.read_to_end(&mut out).await;
+        let text = String::from_utf8_lossy(&out).to_string();
+        Ok(text.lines().next().unwrap_or_default().to_string())
+    })
+}
+
+#[test]
+fn the_api_serves_https_with_the_configured_certificate_and_no_plain_http() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_pem, cert.cert.pem()).expect("write cert");
+    std::fs::write(&key_pem, cert.key_pair.serialize_pem()).expect("write key");
+    let rx = Receiver::start();
+    let port = free_port();
+    let tls = format!(
+        "[api.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert_pem.display(),
+        key_pem.display()
+    );
+    let config = write_config(dir.path(), port, &rx.addr, &tls);
+    let _node = Server::spawn_node(&config, "tls", port, &dir.path().join("data"));
+    let ca = cert.cert.der().to_vec();
+    let start = Instant::now();
+    let status = loop {
+        match https_get(port, &ca, "/healthz") {
+            Ok(s) if !s.is_empty() => break s,
+            other => {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "no HTTPS answer: {other:?}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    };
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let tasks = https_get(port, &ca, "/v1/tasks?limit=1").expect("https");
+    assert!(tasks.starts_with("HTTP/1.1 200"), "{tasks}");
+    // The CLI trusts the certificate it is given (and only then).
+    let server = format!("https://localhost:{port}");
+    let cli = |ca: Option<&std::path::Path>| {
+        let mut c = Command::new(kairos_bin());
+        c.args(["task", "list", "--server", &server]);
+        if let Some(ca) = ca {
+            c.arg("--ca").arg(ca);
+        }
+        c.output().expect("run kairos task list")
+    };
+    let ok = cli(Some(&cert_pem));
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let untrusted = cli(None);
+    assert!(!untrusted.status.success(), "trusted a self-signed certificate");
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(stderr.contains("cannot reach"), "{stderr}");
+    // Plain HTTP on the same port gets no HTTP answer.
+    let mut plain = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    plain
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+        .expect("write");
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("200 OK"),
+        "plain HTTP was served"
+    );
+    // A client that does not trust the certificate cannot connect.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
+    let refused = https_get(port, other.cert.der(), "/healthz");
+    assert!(
+        refused.as_ref().is_err_and(|e| e.contains("handshake")),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn a_bad_tls_file_stops_serve_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rx = Receiver::start();
+    let missing = dir.path().join("missing.pem");
+    let junk = dir.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate").expect("write");
+    for (cert, key, expect) in [
+        (&missing, &junk, "api.tls.cert"),
+        (&junk, &junk, "holds no certificate"),
+    ] {
+        let tls = format!(
+            "[api.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            cert.display(),
+            key.display()
+        );
+        let config = write_config(dir.path(), free_port(), &rx.addr, &tls);
+        let out = Command::new(kairos_bin())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("run kairos serve");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "served with a bad TLS file");
+        assert!(stderr.contains(expect), "{stderr}");
+    }
+}

@@ -77,6 +77,18 @@ pub struct ApiSection {
     /// Requests per second per token (with tokens configured), with bursts of twice that;
     /// 0: no limit. Beyond it: 429.
     pub rate_limit_per_s: u32,
+    /// Serve HTTPS (rustls) instead of plain HTTP.
+    pub tls: Option<TlsSection>,
+}
+
+/// `[api.tls]`: PEM files; read when the node starts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// The certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
 }
 
 impl Default for ApiSection {
@@ -90,6 +102,7 @@ impl Default for ApiSection {
             header_timeout_ms: 10_000,
             request_timeout_ms: 60_000,
             rate_limit_per_s: 1_000,
+            tls: None,
         }
     }
 }
@@ -99,6 +112,12 @@ pub const MIN_SECRET_LEN: usize = 16;
 
 impl ApiSection {
     pub fn validate(&self, cluster: bool) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            !(cluster && self.tls.is_some()),
+            "`api.tls` serves HTTPS on the embedded deployment only: cluster nodes forward \
+             requests to each other over plain HTTP (signed with the cluster secret). In cluster \
+             mode terminate TLS in a proxy in front of each node"
+        );
         let mut names = std::collections::BTreeSet::new();
         for t in &self.tokens {
             anyhow::ensure!(

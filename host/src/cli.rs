@@ -137,6 +137,10 @@ pub struct ServerArg {
     /// API token (`Authorization: Bearer`), when the server has `[[api.tokens]]`.
     #[arg(long, env = "KAIROS_TOKEN", hide_env_values = true, global = true)]
     pub token: Option<String>,
+    /// PEM file of the certificate(s) to trust for an `https://` server (its own
+    /// self-signed certificate, or a private CA); without it, the public web PKI roots.
+    #[arg(long, env = "KAIROS_CA", global = true)]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -237,6 +237,7 @@ impl Node {
             node_id: cfg.node_id.clone(),
             forwarder,
         });
+        let tls = cfg.api.tls.as_ref().map(api::tls::acceptor).transpose()?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
             .with_context(|| format!("binding the API to {}", cfg.listen))?;
@@ -256,6 +257,7 @@ impl Node {
         };
         let serve_opts = api::ServeOptions {
             max_connections: cfg.api.max_connections,
+            tls,
             header_timeout: Duration::from_millis(cfg.api.header_timeout_ms),
             drain: Duration::from_millis(cfg.scheduler.shutdown_grace_ms),
         };

@@ -7,6 +7,7 @@ mod guard;
 mod limit;
 mod serve;
 mod tasks;
+pub mod tls;
 mod view;
 
 pub use forward::{FORWARDED_BY, Forwarder, Owners, SERVED_BY, SIGNATURE};

@@ -1,7 +1,8 @@
 //! The API's accept loop (HTTP/1.1): at most `api.max_connections` open connections (one
 //! more is answered 503 and closed), request headers within `api.header_timeout_ms` (a slow
 //! client's connection, or an idle keep-alive one, is closed), and a graceful stop that lets
-//! requests in flight finish.
+//! requests in flight finish. With `[api.tls]`, each connection first completes a TLS
+//! handshake, within the header timeout.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 pub struct ServeOptions {
     pub max_connections: usize,
+    /// HTTPS when set.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     pub header_timeout: Duration,
     /// How long requests in flight may take to finish once the stop is asked for.
     pub drain: Duration,
@@ -72,14 +75,45 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let conn = http.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "API connection ended with an error");
+        match &opts.tls {
+            None => {
+                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "API connection ended with an error");
+                    }
+                    drop(permit);
+                });
             }
-            drop(permit);
-        });
+            Some(acceptor) => {
+                // The handshake runs in the connection's task (a slow one holds only its own
+                // slot, and only for the header timeout); the connection joins the graceful
+                // drain once it is HTTP.
+                let (acceptor, http, watcher) =
+                    (acceptor.clone(), http.clone(), graceful.watcher());
+                let handshake_timeout = opts.header_timeout;
+                tokio::spawn(async move {
+                    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(stream))
+                        .await
+                    {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let conn = watcher.watch(http.serve_connection(TokioIo::new(tls), service));
+                    if let Err(e) = conn.await {
+                        tracing::debug!(%peer, error = %e, "API connection ended with an error");
+                    }
+                    drop(permit);
+                });
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(opts.drain, graceful.shutdown())

@@ -118,9 +118,10 @@ fn tokens_are_required_and_scopes_decide() {
     assert!(error_of(&v).contains("Bearer"), "{v}");
     let (code, v) = s.call_as(Some("kairos_0000"), "GET", "/v1/tasks", None);
     assert_eq!((code, error_of(&v)), (401, "unknown token"));
-    assert_eq!(s.call_as(None, "GET", "/metrics", None).0, 401);
-    // /healthz stays open for load balancers.
+    // /healthz stays open for load balancers, /metrics for scrapers (unless
+    // `api.metrics_token`, below).
     assert_eq!(s.call_as(None, "GET", "/healthz", None).0, 200);
+    assert_eq!(s.call_as(None, "GET", "/metrics", None).0, 200);
 
     // Scopes.
     let (code, created) = s.call_as(Some(&enq), "POST", "/v1/tasks", Some(&task_body(&rx, "a")));
@@ -555,6 +556,50 @@ fn https_get(port: u16, ca: &[u8], path: &str) -> Result<String, String> {
 }
 
 #[test]
+fn metrics_needs_a_token_with_metrics_token() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rx = Receiver::start();
+    // The issue's spelling of the command: `token create --name N --scopes a,b`.
+    let out = Command::new(kairos_bin())
+        .args([
+            "token",
+            "create",
+            "--name",
+            "scraper",
+            "--scopes",
+            "read,enqueue",
+        ])
+        .output()
+        .expect("kairos token create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let token = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("kairos_"))
+        .expect("token line")
+        .to_string();
+    let cfg_lines: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("[[api.tokens]]"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(
+        cfg_lines.contains(r#"scopes = ["read", "enqueue"]"#),
+        "{cfg_lines}"
+    );
+    let extra = format!("[api]\nmetrics_token = true\n{cfg_lines}");
+    let s = Server::start(&write_config(dir.path(), free_port(), &rx.addr, &extra));
+    assert_eq!(s.call_as(None, "GET", "/metrics", None).0, 401);
+    assert_eq!(s.call_as(Some(&token), "GET", "/metrics", None).0, 200);
+    assert_eq!(s.call_as(None, "GET", "/healthz", None).0, 200);
+}
+
+#[test]
 fn the_api_serves_https_with_the_configured_certificate_and_no_plain_http() {
     let dir = tempfile::tempdir().expect("tmp");
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("cert");
@@ -598,9 +643,16 @@ fn the_api_serves_https_with_the_configured_certificate_and_no_plain_http() {
         c.output().expect("run kairos task list")
     };
     let ok = cli(Some(&cert_pem));
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     let untrusted = cli(None);
-    assert!(!untrusted.status.success(), "trusted a self-signed certificate");
+    assert!(
+        !untrusted.status.success(),
+        "trusted a self-signed certificate"
+    );
     let stderr = String::from_utf8_lossy(&untrusted.stderr);
     assert!(stderr.contains("cannot reach"), "{stderr}");
     // Plain HTTP on the same port gets no HTTP answer.

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 pub enum Scope {
     /// Create tasks (`POST /v1/tasks`, `/v1/tasks/batch`).
     Enqueue,
-    /// Every `GET` (tasks, schedules, plugins, metrics).
+    /// Every `GET` (tasks, schedules, plugins; metrics with `api.metrics_token`).
     Read,
     /// Cancel, retry, reschedule, pause and resume keys, manage schedules.
     Operate,
@@ -79,6 +79,9 @@ pub struct ApiSection {
     pub rate_limit_per_s: u32,
     /// Serve HTTPS (rustls) instead of plain HTTP.
     pub tls: Option<TlsSection>,
+    /// With tokens configured, `/metrics` needs one with the `read` scope too (default: open,
+    /// like `/healthz`, for scrapers).
+    pub metrics_token: bool,
 }
 
 /// `[api.tls]`: PEM files; read when the node starts.
@@ -103,6 +106,7 @@ impl Default for ApiSection {
             request_timeout_ms: 60_000,
             rate_limit_per_s: 1_000,
             tls: None,
+            metrics_token: false,
         }
     }
 }

@@ -53,12 +53,24 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum TokenCmd {
     /// Make a new random token; prints it once, and the `[[api.tokens]]` lines (with only its
-    /// SHA-256) to add to the config.
+    /// SHA-256) to add to the config. `kairos token create --name N --scopes enqueue,read`
+    /// says the same.
+    #[command(alias = "create")]
     New {
         /// The token's name (in logs and error messages).
-        name: String,
-        /// What it may do: enqueue, read, operate, admin (repeat the flag for several).
-        #[arg(long = "scope", required = true)]
+        #[arg(required_unless_present = "name_flag")]
+        name: Option<String>,
+        /// The name, as a flag.
+        #[arg(long = "name", conflicts_with = "name")]
+        name_flag: Option<String>,
+        /// What it may do: enqueue, read, operate, admin (comma-separated, or the flag
+        /// repeated).
+        #[arg(
+            long = "scope",
+            alias = "scopes",
+            required = true,
+            value_delimiter = ','
+        )]
         scopes: Vec<String>,
     },
 }

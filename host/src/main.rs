@@ -153,7 +153,15 @@ async fn plugin(cmd: PluginCmd) -> anyhow::Result<ExitCode> {
 }
 
 fn token(cmd: TokenCmd) -> anyhow::Result<()> {
-    let TokenCmd::New { name, scopes } = cmd;
+    let TokenCmd::New {
+        name,
+        name_flag,
+        scopes,
+    } = cmd;
+    let name = name
+        .or(name_flag)
+        .ok_or_else(|| anyhow::anyhow!("the token needs a name"))?;
+    anyhow::ensure!(!name.is_empty(), "the token needs a non-empty name");
     for s in &scopes {
         anyhow::ensure!(
             matches!(s.as_str(), "enqueue" | "read" | "operate" | "admin"),

@@ -30,6 +30,8 @@ pub struct Guard {
     /// `None`: any host (`allowed_hosts = ["*"]`).
     hosts: Option<HashSet<String>>,
     cluster_secret: Option<String>,
+    /// `/metrics` needs a token too.
+    metrics_token: bool,
 }
 
 impl Guard {
@@ -57,6 +59,7 @@ impl Guard {
         };
         Ok(Self {
             tokens: Tokens::new(&api.tokens)?,
+            metrics_token: api.metrics_token,
             hosts,
             cluster_secret: api.cluster_secret.clone(),
         })
@@ -169,7 +172,12 @@ pub async fn check(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Res
     } else {
         req
     };
-    if !g.tokens.is_empty() && req.uri().path() != "/healthz" {
+    let open = match req.uri().path() {
+        "/healthz" => true,
+        "/metrics" => !g.metrics_token,
+        _ => false,
+    };
+    if !g.tokens.is_empty() && !open {
         let token = req
             .headers()
             .get(header::AUTHORIZATION)

@@ -344,6 +344,28 @@ pub struct TaskDefaults {
     /// Most generations of follow-ups: a task from the API is generation 0, a task a plugin
     /// schedules is one more than the task that scheduled it; beyond this, scheduling fails.
     pub max_follow_up_depth: u32,
+    /// How long finished tasks (succeeded, cancelled, dead without parking their key) are
+    /// kept, with their attempts and uniqueness keys: `30s`, `15m`, `24h`, `7d`; `"forever"`
+    /// keeps them.
+    pub retention: String,
+    /// How often retention sweeps, milliseconds.
+    pub retention_sweep_ms: u64,
+}
+
+impl TaskDefaults {
+    /// `None`: kept forever.
+    pub fn retention(&self) -> anyhow::Result<Option<std::time::Duration>> {
+        if self.retention.trim() == "forever" {
+            return Ok(None);
+        }
+        let d = crate::retention::parse_duration(&self.retention)?;
+        anyhow::ensure!(
+            d >= std::time::Duration::from_secs(1),
+            "{:?} is shorter than a second",
+            self.retention
+        );
+        Ok(Some(d))
+    }
 }
 
 impl Default for TaskDefaults {
@@ -357,6 +379,8 @@ impl Default for TaskDefaults {
             max_batch: 10_000,
             max_key_bytes: 1_024,
             max_follow_up_depth: 8,
+            retention: "7d".into(),
+            retention_sweep_ms: 60_000,
         }
     }
 }
@@ -460,6 +484,11 @@ impl Config {
         anyhow::ensure!(
             self.scheduler.concurrency >= 1,
             "`scheduler.concurrency` must be at least 1"
+        );
+        self.tasks.retention().context("`tasks.retention`")?;
+        anyhow::ensure!(
+            self.tasks.retention_sweep_ms >= 100,
+            "`tasks.retention_sweep_ms` must be at least 100"
         );
         if let Some(r) = self.scheduler.reserved_slots {
             anyhow::ensure!(

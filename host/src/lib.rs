@@ -11,5 +11,6 @@ pub mod cron;
 pub mod enqueue;
 pub mod node;
 pub mod plugins;
+pub mod retention;
 pub use kairos_scheduler as scheduler;
 pub use kairos_scheduler::metrics;

@@ -217,6 +217,17 @@ impl Node {
             changed: schedules_changed.clone(),
         };
         background.push(tokio::spawn(cron.run(cancel.clone())));
+        if let Some(keep) = cfg.tasks.retention()? {
+            let retention = crate::retention::RetentionService {
+                store: store.clone(),
+                scheduler: scheduler.clone(),
+                clock: clock.clone(),
+                metrics: metrics.clone(),
+                keep,
+                every: Duration::from_millis(cfg.tasks.retention_sweep_ms),
+            };
+            background.push(tokio::spawn(retention.run(cancel.clone())));
+        }
 
         cfg.api.check_exposure(cfg.listen)?;
         let forwarder = match (&cassandra, &cfg.api.cluster_secret) {

@@ -32,6 +32,7 @@ mod error;
 pub mod fencing;
 mod misc;
 mod nodes;
+mod retention;
 mod rows;
 pub mod schema;
 mod stmts;

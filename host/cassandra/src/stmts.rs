@@ -13,6 +13,11 @@ pub(crate) struct Stmts {
     pub task_insert: PreparedStatement,
     pub task_cas: PreparedStatement,
     pub task_scan: PreparedStatement,
+    pub task_page_first: PreparedStatement,
+    pub task_page_after: PreparedStatement,
+    pub task_purge: PreparedStatement,
+    pub attempts_delete: PreparedStatement,
+    pub ukey_release: PreparedStatement,
     pub pending_insert: PreparedStatement,
     pub pending_delete: PreparedStatement,
     pub pending_delete_at: PreparedStatement,
@@ -106,6 +111,19 @@ impl Stmts {
             .await?,
             task_cas: p(Lwt, task_cas_cql.into()).await?,
             task_scan: p(Plain, format!("SELECT {TASK_COLS} FROM {{ks}}.tasks")).await?,
+            task_page_first: p(Plain, format!("SELECT {TASK_COLS} FROM {{ks}}.tasks LIMIT ?")).await?,
+            task_page_after: p(
+                Plain,
+                format!("SELECT {TASK_COLS} FROM {{ks}}.tasks WHERE token(id) > token(?) LIMIT ?"),
+            )
+            .await?,
+            task_purge: p(Lwt, "DELETE FROM {ks}.tasks WHERE id = ? IF rev = ?".into()).await?,
+            attempts_delete: p(Plain, "DELETE FROM {ks}.attempts WHERE task_id = ?".into()).await?,
+            ukey_release: p(
+                Lwt,
+                "DELETE FROM {ks}.uniqueness WHERE ukey = ? IF task_id = ?".into(),
+            )
+            .await?,
             pending_insert: p(
                 Plain,
                 "INSERT INTO {ks}.pending (partition, bucket, due_at, seq, id) VALUES (?, ?, ?, ?, ?)".into(),

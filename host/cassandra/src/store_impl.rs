@@ -6,7 +6,7 @@ use kairos_core::model::{
     TaskRecord, Transition,
 };
 use kairos_core::ownership::{Holder, Lease};
-use kairos_core::store::{StoreResult, TaskStore};
+use kairos_core::store::{Purged, StoreResult, TaskStore};
 
 use crate::CassandraStore;
 
@@ -142,5 +142,14 @@ impl TaskStore for CassandraStore {
         limit: usize,
     ) -> StoreResult<Vec<KvEntryMeta>> {
         self.kv_list_impl(plugin, prefix, limit).await
+    }
+
+    async fn purge_finished(
+        &self,
+        before: Millis,
+        after: Option<&str>,
+        scan: usize,
+    ) -> StoreResult<Purged> {
+        self.purge_finished_impl(before, after, scan).await
     }
 }

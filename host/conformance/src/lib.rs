@@ -20,6 +20,7 @@ mod admin;
 mod enqueue;
 mod fencing;
 mod lifecycle;
+mod retention;
 pub mod source;
 
 use std::future::Future;
@@ -35,6 +36,7 @@ pub use admin::*;
 pub use enqueue::*;
 pub use fencing::*;
 pub use lifecycle::*;
+pub use retention::*;
 
 /// A fixed "now" for the suite (2023-11-14T22:13:20Z).
 pub const T0: Millis = 1_700_000_000_000;
@@ -96,6 +98,7 @@ macro_rules! store_conformance_tests {
             start_is_idempotent_per_attempt,
             finish_is_recorded_once,
             lease_must_match_the_task_partition,
+            retention_purges_only_finished_tasks_past_the_cutoff,
         );
     };
 }

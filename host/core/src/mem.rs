@@ -26,7 +26,7 @@ use crate::model::{
     TaskRecord, TaskState, Transition,
 };
 use crate::ownership::{Holder, Lease};
-use crate::store::{FirstByPos, StoreError, StoreResult, TaskStore};
+use crate::store::{FirstByPos, Purged, StoreError, StoreResult, TaskStore};
 
 /// `limit` 0 in a [`ListFilter`] means this many.
 const DEFAULT_LIST_LIMIT: usize = 100;
@@ -579,5 +579,45 @@ impl TaskStore for MemStore {
         limit: usize,
     ) -> StoreResult<Vec<KvEntryMeta>> {
         Ok(self.lock().kv_list(plugin, prefix, limit))
+    }
+
+    async fn purge_finished(
+        &self,
+        before: Millis,
+        after: Option<&str>,
+        scan: usize,
+    ) -> StoreResult<Purged> {
+        let mut inner = self.lock();
+        let from = match after {
+            Some(a) => Bound::Excluded(a.to_string()),
+            None => Bound::Unbounded,
+        };
+        let seen: Vec<(String, bool)> = inner
+            .tasks
+            .range((from, Bound::Unbounded))
+            .take(scan.max(1))
+            .map(|(id, t)| (id.clone(), t.expired(before)))
+            .collect();
+        let next = (seen.len() == scan.max(1))
+            .then(|| seen.last().map(|(id, _)| id.clone()))
+            .flatten();
+        let mut deleted = 0;
+        for (id, expired) in seen {
+            if !expired {
+                continue;
+            }
+            let Some(t) = inner.tasks.remove(&id) else {
+                continue;
+            };
+            inner.attempts.remove(&id);
+            inner.by_key.remove(&(t.key.clone(), t.order()));
+            if let Some(u) = &t.uniqueness_key
+                && inner.ukeys.get(u) == Some(&id)
+            {
+                inner.ukeys.remove(u);
+            }
+            deleted += 1;
+        }
+        Ok(Purged { deleted, next })
     }
 }

@@ -202,6 +202,12 @@ impl Task {
     pub fn is_pending(&self) -> bool {
         !self.state.is_terminal() || (self.state == TaskState::Dead && self.park_on_dead)
     }
+
+    /// Whether retention may delete it at a cutoff of `before`: finished (not pending) and
+    /// last updated before it.
+    pub fn expired(&self, before: Millis) -> bool {
+        !self.is_pending() && self.updated_at < before
+    }
 }
 
 /// Position of a task in its partition: `(due_at, seq)`, compared lexicographically.

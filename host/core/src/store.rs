@@ -184,6 +184,27 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn health(&self) -> StoreResult<()> {
         Ok(())
     }
+
+    /// Retention: looks at up to `scan` tasks after id `after` (in the store's own order of
+    /// ids; `None`: from the start) and deletes those that are finished — not
+    /// [`Task::is_pending`]: succeeded, cancelled, or dead without parking their key — and
+    /// were last updated before `before`, with their attempts, their key-index entries and
+    /// their uniqueness keys (which may then be claimed again). A task changed meanwhile is
+    /// left alone.
+    async fn purge_finished(
+        &self,
+        before: Millis,
+        after: Option<&str>,
+        scan: usize,
+    ) -> StoreResult<Purged>;
+}
+
+/// What one [`TaskStore::purge_finished`] call did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Purged {
+    pub deleted: usize,
+    /// Where the next call continues; `None`: the scan reached the last task.
+    pub next: Option<String>,
 }
 
 /// Keeps the first `limit` tasks by position `(due_at, seq)` out of a scan in any order, holding

@@ -33,7 +33,7 @@ use kairos_core::model::{
     TaskRecord, Transition,
 };
 use kairos_core::ownership::{Holder, Lease};
-use kairos_core::store::{StoreError, StoreResult, TaskStore};
+use kairos_core::store::{Purged, StoreError, StoreResult, TaskStore};
 use tables::DbResult;
 pub use writer::CommitStats;
 
@@ -330,6 +330,17 @@ impl TaskStore for EmbeddedStore {
     ) -> StoreResult<Vec<KvEntryMeta>> {
         let (plugin, prefix) = (plugin.to_owned(), prefix.to_owned());
         self.read_blocking(move |db| read::kv_list(db, &plugin, &prefix, limit))
+            .await
+    }
+
+    async fn purge_finished(
+        &self,
+        before: Millis,
+        after: Option<&str>,
+        scan: usize,
+    ) -> StoreResult<Purged> {
+        let after = after.map(str::to_owned);
+        self.write(move |w| w.purge_finished(before, after.as_deref(), scan))
             .await
     }
 

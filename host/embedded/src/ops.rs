@@ -17,7 +17,8 @@ use kairos_core::model::{
     Attempt, EnqueueOutcome, Millis, NewTask, Schedule, Task, TaskState, Transition,
 };
 use kairos_core::ownership::Lease;
-use kairos_core::store::{StoreError, StoreResult};
+use kairos_core::store::{Purged, StoreError, StoreResult};
+use std::ops::Bound;
 
 /// The tables of one write transaction.
 pub(crate) struct WriteTables<'t> {
@@ -170,6 +171,57 @@ impl<'t> WriteTables<'t> {
                 .db()?;
         }
         Ok(())
+    }
+
+    /// See [`kairos_core::store::TaskStore::purge_finished`]. A record that does not decode is
+    /// left alone (and reported by `get`).
+    pub(crate) fn purge_finished(
+        &mut self,
+        before: Millis,
+        after: Option<&str>,
+        scan: usize,
+    ) -> StoreResult<Purged> {
+        let scan = scan.max(1);
+        let mut expired = Vec::new();
+        let mut seen = 0;
+        let mut last = None;
+        {
+            let range = match after {
+                Some(a) => self
+                    .tasks
+                    .range::<&str>((Bound::Excluded(a), Bound::Unbounded))
+                    .db()?,
+                None => self.tasks.range::<&str>(..).db()?,
+            };
+            for entry in range.take(scan) {
+                let (id, bytes) = entry.db()?;
+                seen += 1;
+                last = Some(id.value().to_string());
+                if let Ok(t) = codec::decode_task(bytes.value())
+                    && t.expired(before)
+                {
+                    expired.push(t);
+                }
+            }
+        }
+        for t in &expired {
+            self.dirty = true;
+            self.tasks.remove(t.id.as_str()).db()?;
+            for n in 1..=t.attempts {
+                self.attempts.remove((t.id.as_str(), n)).db()?;
+            }
+            self.by_key.remove((t.key.as_str(), t.due_at, t.seq)).db()?;
+            if let Some(u) = &t.uniqueness_key {
+                let holder = self.ukeys.get(u.as_str()).db()?.map(|v| v.value() == t.id);
+                if holder == Some(true) {
+                    self.ukeys.remove(u.as_str()).db()?;
+                }
+            }
+        }
+        Ok(Purged {
+            deleted: expired.len(),
+            next: if seen == scan { last } else { None },
+        })
     }
 
     pub(crate) fn enqueue(&mut self, batch: &[NewTask]) -> StoreResult<Vec<EnqueueOutcome>> {

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub dead: AtomicU64,
     pub running: AtomicI64,
     pub store_errors: AtomicU64,
+    /// Finished tasks deleted by retention.
+    pub purged: AtomicU64,
     pub lateness: Histogram,
     /// Time to record an attempt's start (cluster: the fenced claim).
     pub start_record: Histogram,
@@ -107,6 +109,12 @@ impl Metrics {
             "kairos_tasks_deduplicated_total",
             "Enqueues answered with an existing task (same uniqueness key).",
             self.deduplicated.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "kairos_tasks_purged_total",
+            "Finished tasks deleted by retention (tasks.retention).",
+            self.purged.load(Relaxed),
         );
         let _ = writeln!(
             out,

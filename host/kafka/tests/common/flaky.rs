@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use async_trait::async_trait;
 use kairos_core::model::*;
 use kairos_core::ownership::{Holder, Lease};
-use kairos_core::store::{StoreError, StoreResult, TaskStore};
+use kairos_core::store::{Purged, StoreError, StoreResult, TaskStore};
 
 pub struct FlakyStore {
     pub inner: Arc<dyn TaskStore>,
@@ -131,5 +131,13 @@ impl TaskStore for FlakyStore {
         limit: usize,
     ) -> StoreResult<Vec<KvEntryMeta>> {
         self.inner.kv_list(plugin, prefix, limit).await
+    }
+    async fn purge_finished(
+        &self,
+        before: Millis,
+        after: Option<&str>,
+        scan: usize,
+    ) -> StoreResult<Purged> {
+        self.inner.purge_finished(before, after, scan).await
     }
 }

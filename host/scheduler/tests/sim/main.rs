@@ -62,6 +62,8 @@ struct Sim {
     /// Which node this world last gave each partition to.
     owner: Vec<Option<usize>>,
     next_id: u64,
+    /// Where the retention scan continues.
+    purge_after: Option<String>,
 }
 
 impl Sim {
@@ -95,6 +97,7 @@ impl Sim {
                 .collect(),
             owner: vec![None; PARTITIONS as usize],
             next_id: 0,
+            purge_after: None,
         }
     }
 
@@ -283,7 +286,7 @@ impl Sim {
 
     async fn operate(&mut self) {
         let now = self.clock.now();
-        match below(&self.rng, 5) {
+        match below(&self.rng, 6) {
             0 => {
                 if let Some(t) = self.some_task(None)
                     && let Some(s) = self.scheduler_of(t.partition)
@@ -310,6 +313,26 @@ impl Sim {
                 {
                     // The store tells the oracle when it applies it.
                     let _ = s.retry_dead(&t.id, 2).await;
+                }
+            }
+            5 => {
+                // Retention, under faults like everything else: it may delete only what
+                // the scheduler is done with (the oracle checks every start against the store).
+                let before = now - below(&self.rng, 5_000) as Millis;
+                let scan = 1 + below(&self.rng, 20) as usize;
+                match self
+                    .store
+                    .purge_finished(before, self.purge_after.as_deref(), scan)
+                    .await
+                {
+                    Ok(p) => {
+                        if p.deleted > 0 {
+                            self.oracle
+                                .event("*", format!("retention deleted {} tasks", p.deleted));
+                        }
+                        self.purge_after = p.next;
+                    }
+                    Err(e) => self.oracle.event("*", format!("retention failed: {e}")),
                 }
             }
             k => {

@@ -10,7 +10,7 @@ use kairos_core::clock::{Clock, Sleep};
 use kairos_core::mem::MemStore;
 use kairos_core::model::*;
 use kairos_core::ownership::{Holder, Lease};
-use kairos_core::store::{StoreError, StoreResult, TaskStore};
+use kairos_core::store::{Purged, StoreError, StoreResult, TaskStore};
 use kairos_scheduler::{ExecOutcome, ExecResult, Executor};
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -286,6 +286,15 @@ impl TaskStore for FaultyStore {
     }
     async fn kv_list(&self, p: &str, pre: &str, l: usize) -> StoreResult<Vec<KvEntryMeta>> {
         self.inner.kv_list(p, pre, l).await
+    }
+    async fn purge_finished(
+        &self,
+        before: Millis,
+        after: Option<&str>,
+        scan: usize,
+    ) -> StoreResult<Purged> {
+        self.call(self.inner.purge_finished(before, after, scan))
+            .await
     }
 }
 

@@ -706,3 +706,58 @@ fn a_bad_tls_file_stops_serve_with_a_clear_error() {
         assert!(stderr.contains(expect), "{stderr}");
     }
 }
+
+#[test]
+fn task_lists_are_paged_by_cursor_within_a_byte_ceiling() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let rx = Receiver::start();
+    let s = Server::start(&write_config(dir.path(), free_port(), &rx.addr, ""));
+    // 12 tasks of ~900 KiB each, due in an hour: 10 MiB in all.
+    let big = "x".repeat(900 * 1024);
+    let mut ids = Vec::new();
+    for i in 0..12 {
+        let body = json!({ "plugin": "notify", "key": format!("big{i}"), "delay_ms": 3_600_000,
+                           "payload": { "url": rx.url(), "message": big } });
+        let (code, v) = s.call("POST", "/v1/tasks", Some(&body.to_string()));
+        assert_eq!(code, 201, "{v}");
+        ids.push(v["id"].as_str().expect("id").to_string());
+    }
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _ in 0..12 {
+        let mut path = "/v1/tasks?limit=1000".to_string();
+        if let Some(c) = &cursor {
+            path += &format!("&cursor={c}");
+        }
+        let r = ureq::get(&format!("{}{path}", s.base))
+            .call()
+            .expect("list");
+        cursor = r.header("kairos-next-cursor").map(str::to_string);
+        let text = r.into_string().expect("body");
+        assert!(
+            text.len() < 6 * 1024 * 1024,
+            "a page of {} bytes",
+            text.len()
+        );
+        let page: Vec<Value> = serde_json::from_str(&text).expect("JSON array");
+        assert!(!page.is_empty());
+        seen.extend(
+            page.iter()
+                .map(|t| t["id"].as_str().unwrap_or_default().to_string()),
+        );
+        if cursor.is_none() {
+            break;
+        }
+    }
+    assert!(cursor.is_none(), "pages did not end");
+    let mut want = ids.clone();
+    want.sort();
+    let mut got = seen.clone();
+    got.sort();
+    assert_eq!(got, want, "every task once, across pages");
+    assert!(seen.len() == 12);
+    // A bad cursor is a clear 400.
+    let (code, v) = s.call("GET", "/v1/tasks?cursor=nonsense", None);
+    assert_eq!(code, 400, "{v}");
+    assert!(error_of(&v).contains("cursor"), "{v}");
+}

@@ -183,7 +183,7 @@ pub enum TaskCmd {
         #[command(flatten)]
         server: ServerArg,
     },
-    /// List tasks.
+    /// List tasks, a page at a time (the next page's `--cursor` is printed on stderr).
     List {
         #[arg(long)]
         key: Option<String>,
@@ -191,6 +191,9 @@ pub enum TaskCmd {
         state: Option<String>,
         #[arg(long, default_value_t = 100)]
         limit: usize,
+        /// Where the page starts (from the previous page).
+        #[arg(long)]
+        cursor: Option<String>,
         #[command(flatten)]
         server: ServerArg,
     },

@@ -42,6 +42,16 @@ fn agent(srv: &ServerArg) -> anyhow::Result<ureq::Agent> {
 }
 
 fn call(srv: &ServerArg, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    call_paged(srv, method, path, body).map(|(v, _)| v)
+}
+
+/// The answer and its `kairos-next-cursor` header.
+fn call_paged(
+    srv: &ServerArg,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> anyhow::Result<(Value, Option<String>)> {
     let url = format!("{}{path}", srv.server.trim_end_matches('/'));
     let mut req = agent(srv)?.request(method, &url);
     if let Some(t) = &srv.token {
@@ -52,7 +62,10 @@ fn call(srv: &ServerArg, method: &str, path: &str, body: Option<Value>) -> anyho
         None => req.call(),
     };
     match res {
-        Ok(r) => Ok(r.into_json()?),
+        Ok(r) => {
+            let next = r.header("kairos-next-cursor").map(str::to_string);
+            Ok((r.into_json()?, next))
+        }
         Err(ureq::Error::Status(code, r)) => {
             let text = r.into_string().unwrap_or_default();
             let msg = serde_json::from_str::<Value>(&text)
@@ -114,16 +127,20 @@ pub fn task(cmd: TaskCmd) -> anyhow::Result<()> {
             key,
             state,
             limit,
+            cursor,
             server,
         } => {
             let mut q = format!("limit={limit}");
-            if let Some(k) = key {
-                q += &format!("&key={}", enc(&k));
+            for (name, v) in [("key", key), ("state", state), ("cursor", cursor)] {
+                if let Some(v) = v {
+                    q += &format!("&{name}={}", enc(&v));
+                }
             }
-            if let Some(s) = state {
-                q += &format!("&state={}", enc(&s));
+            let (page, next) = call_paged(&server, "GET", &format!("/v1/tasks?{q}"), None)?;
+            if let Some(c) = next {
+                eprintln!("next page: --cursor {c}");
             }
-            call(&server, "GET", &format!("/v1/tasks?{q}"), None)?
+            page
         }
         TaskCmd::Cancel { id, server } => {
             call(&server, "DELETE", &format!("/v1/tasks/{}", enc(&id)), None)?

@@ -17,6 +17,7 @@ async fn in_state(node: &Node, state: TaskState) -> Vec<Task> {
             key: None,
             state: Some(state),
             limit: 1_000,
+            after: None,
         })
         .await
         .expect("list")

@@ -646,6 +646,7 @@ async fn cron_occurrences_are_neither_doubled_nor_skipped_across_a_restart() {
             key: Some("cron".into()),
             state: None,
             limit: 100,
+            after: None,
         })
         .await
         .expect("list");

@@ -249,6 +249,7 @@ impl CassandraStore {
             key: Some(key.to_owned()),
             state: Some(TaskState::Dead),
             limit: usize::MAX,
+            after: None,
         };
         let mut n = 0;
         for t in self.list_impl(&filter).await? {

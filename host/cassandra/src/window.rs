@@ -207,7 +207,7 @@ impl CassandraStore {
         } else {
             filter.limit
         };
-        let wanted = |t: &Task| filter.state.is_none_or(|s| t.state == s);
+        let wanted = |t: &Task| filter.admits(t);
         match &filter.key {
             Some(key) => {
                 let rows = self

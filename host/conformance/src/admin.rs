@@ -219,6 +219,7 @@ pub async fn list_filters_by_key_state_and_limit<S: TaskStore>(s: S) {
             key: key.map(Into::into),
             state,
             limit,
+            after: None,
         };
         let s = &s;
         async move {
@@ -258,6 +259,45 @@ pub async fn list_filters_by_key_state_and_limit<S: TaskStore>(s: S) {
     );
     assert_eq!(list(None, None, 0).await.len(), 100);
     assert_eq!(list(None, None, 500).await.len(), 125);
+
+    // Pages: each starts strictly after the last of the one before, keyed or not.
+    for key in [None, Some("c")] {
+        let whole = s
+            .list(&ListFilter {
+                key: key.map(Into::into),
+                limit: 500,
+                ..ListFilter::default()
+            })
+            .await
+            .expect("list");
+        let mut paged = Vec::new();
+        let mut after = None;
+        loop {
+            let page = s
+                .list(&ListFilter {
+                    key: key.map(Into::into),
+                    limit: 7,
+                    after,
+                    ..ListFilter::default()
+                })
+                .await
+                .expect("list");
+            let Some(last) = page.last() else { break };
+            after = Some(last.order());
+            paged.extend(page);
+        }
+        assert_eq!(ids(&paged), ids(&whole), "pages of {key:?}");
+    }
+    let scheduled_after = s
+        .list(&ListFilter {
+            state: Some(TaskState::Scheduled),
+            after: Some(t[3].order()),
+            limit: 2,
+            ..ListFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(ids(&scheduled_after), [id(4).as_str(), id(0).as_str()]);
 }
 
 pub async fn concurrent_enqueues_get_distinct_increasing_seqs<S: TaskStore>(s: S) {

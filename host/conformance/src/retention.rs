@@ -62,6 +62,7 @@ pub async fn retention_purges_only_finished_tasks_past_the_cutoff<S: TaskStore>(
             key: Some("k1".into()),
             state: None,
             limit: 10,
+            after: None,
         })
         .await
         .expect("list");

@@ -305,7 +305,7 @@ impl Inner {
         } else {
             filter.limit
         };
-        let wanted = |t: &Task| filter.state.is_none_or(|s| t.state == s);
+        let wanted = |t: &Task| filter.admits(t);
         match &filter.key {
             Some(key) => {
                 let mut out = Vec::new();

@@ -302,6 +302,17 @@ pub struct ListFilter {
     pub key: Option<String>,
     pub state: Option<TaskState>,
     pub limit: usize,
+    /// Only tasks positioned strictly after this `(due_at, seq)`: the next page after a page
+    /// that ended there.
+    #[serde(default)]
+    pub after: Option<OrderPos>,
+}
+
+impl ListFilter {
+    /// Whether `t` passes the state and position filters (the key is the caller's index).
+    pub fn admits(&self, t: &Task) -> bool {
+        self.state.is_none_or(|s| t.state == s) && self.after.is_none_or(|a| t.order() > a)
+    }
 }
 
 /// A recurring task definition. Each occurrence becomes one task whose uniqueness key is

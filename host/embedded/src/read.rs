@@ -91,7 +91,7 @@ pub(super) fn list(db: &Database, filter: &ListFilter) -> StoreResult<Vec<Task>>
     } else {
         filter.limit
     };
-    let wanted = |t: &Task| filter.state.is_none_or(|s| t.state == s);
+    let wanted = |t: &Task| filter.admits(t);
     let txn = begin(db)?;
     let tasks = txn.open_table(TASKS).db()?;
     match &filter.key {

@@ -86,6 +86,7 @@ async fn intake_records_are_persisted_then_committed_then_delivered() {
     let listed = store
         .list(&ListFilter {
             limit: 10_000,
+            after: None,
             ..Default::default()
         })
         .await
@@ -197,6 +198,7 @@ async fn plain_producer_json_is_accepted_and_malformed_records_are_skipped() {
         .list(&ListFilter {
             key: Some("alpha".into()),
             limit: 10,
+            after: None,
             ..Default::default()
         })
         .await
@@ -211,6 +213,7 @@ async fn plain_producer_json_is_accepted_and_malformed_records_are_skipped() {
         .list(&ListFilter {
             key: Some("gamma".into()),
             limit: 10,
+            after: None,
             ..Default::default()
         })
         .await

@@ -180,6 +180,7 @@ async fn partitions_move_between_two_nodes_without_loss() {
     let stored = store
         .list(&ListFilter {
             limit: 1_000_000,
+            after: None,
             ..Default::default()
         })
         .await

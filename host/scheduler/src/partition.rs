@@ -207,6 +207,7 @@ impl PartitionActor {
                 key: Some(key.to_owned()),
                 state: Some(state),
                 limit: 1_000,
+                after: None,
             };
             let mut delay: Millis = 50;
             loop {

@@ -6,7 +6,7 @@ use axum::extract::{Path, Query};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use chrono::DateTime;
-use kairos_core::model::{EnqueueOutcome, ListFilter, TaskState};
+use kairos_core::model::{EnqueueOutcome, ListFilter, OrderPos, TaskState};
 use serde::Deserialize;
 
 use super::forward::{self, OpRequest};
@@ -86,9 +86,13 @@ pub async fn get(st: State, Path(id): Path<String>) -> ApiResult<Json<TaskView>>
     }
 }
 
-/// Most tasks in one `GET /v1/tasks` answer (each carries its payload, at most
-/// `tasks.max_payload_bytes`).
+/// Most tasks in one `GET /v1/tasks` answer.
 const MAX_LIST: usize = 1_000;
+/// An answer stops growing past this many bytes of JSON (payloads are up to
+/// `tasks.max_payload_bytes` each); the rest is on the next page.
+const MAX_LIST_BYTES: usize = 4 * 1024 * 1024;
+/// The response header carrying the cursor of the next page, when there may be one.
+pub const NEXT_CURSOR: &str = "kairos-next-cursor";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,12 +100,25 @@ pub struct ListQuery {
     key: Option<String>,
     state: Option<String>,
     limit: Option<usize>,
+    /// The `kairos-next-cursor` of the previous page.
+    cursor: Option<String>,
 }
 
+/// A cursor is the last listed task's position, `DUE_AT.SEQ`.
+fn parse_cursor(c: &str) -> Option<OrderPos> {
+    let (due, seq) = c.split_once('.')?;
+    Some(OrderPos {
+        due_at: due.parse().ok()?,
+        seq: seq.parse().ok()?,
+    })
+}
+
+/// Tasks in `(due, seq)` order, a page at a time: at most `limit` (≤ 1,000) and about 4 MiB;
+/// when more may follow, the `kairos-next-cursor` header says where the next page starts.
 pub async fn list(
     st: State,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Vec<TaskView>>> {
+) -> ApiResult<Response> {
     let Query(q) = q.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
     let state = match q.state.as_deref() {
         None => None,
@@ -112,6 +129,17 @@ pub async fn list(
             )
         })?),
     };
+    let after = match q.cursor.as_deref() {
+        None => None,
+        Some(c) => Some(parse_cursor(c).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "invalid cursor {c:?}: pass the kairos-next-cursor header of the previous page"
+                ),
+            )
+        })?),
+    };
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIST);
     let tasks = st
         .store
@@ -119,9 +147,37 @@ pub async fn list(
             key: q.key,
             state,
             limit,
+            after,
         })
         .await?;
-    Ok(Json(tasks.iter().map(|t| TaskView::new(t, None)).collect()))
+    let mut body = b"[".to_vec();
+    let mut last = None;
+    let mut listed = 0;
+    for t in &tasks {
+        if listed > 0 && body.len() >= MAX_LIST_BYTES {
+            break;
+        }
+        if listed > 0 {
+            body.push(b',');
+        }
+        serde_json::to_writer(&mut body, &TaskView::new(t, None))
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        last = Some(t.order());
+        listed += 1;
+    }
+    body.push(b']');
+    let mut resp = (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response();
+    let more = listed < tasks.len() || tasks.len() == limit;
+    if let Some(pos) = last.filter(|_| more)
+        && let Ok(v) = axum::http::HeaderValue::from_str(&format!("{}.{}", pos.due_at, pos.seq))
+    {
+        resp.headers_mut().insert(NEXT_CURSOR, v);
+    }
+    Ok(resp)
 }
 
 /// The task as an operation left it.

@@ -2,7 +2,7 @@
 //! stop intake, let running attempts finish within the grace period, flush, close.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -122,10 +122,7 @@ impl Node {
         let metrics = Arc::new(Metrics::new(cfg.partitions));
         let (store, cassandra) = open_store(&cfg).await?;
 
-        let services = Arc::new(StoreServices {
-            store: store.clone(),
-            enqueuer: OnceLock::new(),
-        });
+        let services = Arc::new(StoreServices::new(store.clone()));
         let runtime = Runtime::new(
             RuntimeConfig {
                 cache_dir: Some(cfg.data_dir.join("wasm-cache")),

@@ -1,7 +1,9 @@
 //! Glue between the scheduler and the Wasm runtime: the executor, the plugin catalog used to
 //! validate enqueues, and the host services (kv, follow-up tasks) plugins call back into.
 
-use std::sync::{Arc, OnceLock};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use kairos_core::model::Task;
@@ -91,7 +93,26 @@ pub struct StoreServices {
     pub store: Arc<dyn TaskStore>,
     /// Set once the runtime (which the enqueuer validates against) exists.
     pub enqueuer: OnceLock<Arc<Enqueuer>>,
+    /// Each plugin's kv bytes as last read, and when: the store is asked again after
+    /// [`KV_USAGE_TTL`] (on Cassandra it sums the plugin's partition). Writes since are added.
+    pub kv_usage: Mutex<HashMap<String, (u64, Instant)>>,
 }
+
+impl StoreServices {
+    pub fn new(store: Arc<dyn TaskStore>) -> Self {
+        Self {
+            store,
+            enqueuer: OnceLock::new(),
+            kv_usage: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn usage_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, (u64, Instant)>> {
+        self.kv_usage.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+const KV_USAGE_TTL: Duration = Duration::from_secs(1);
 
 const KV_LIST_MAX: u32 = 1_000;
 
@@ -116,10 +137,31 @@ impl HostServices for StoreServices {
 
     async fn kv_set(&self, plugin: &str, key: &str, value: Vec<u8>) -> Result<(), String> {
         let now = kairos_core::clock::system_now();
+        let size = (key.len() + value.len()) as u64;
         self.store
             .kv_set(plugin, key, value, now)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        if let Some(u) = self.usage_cache().get_mut(plugin) {
+            u.0 = u.0.saturating_add(size);
+        }
+        Ok(())
+    }
+
+    async fn kv_usage(&self, plugin: &str) -> Result<u64, String> {
+        if let Some((n, at)) = self.usage_cache().get(plugin)
+            && at.elapsed() < KV_USAGE_TTL
+        {
+            return Ok(*n);
+        }
+        let n = self
+            .store
+            .kv_usage(plugin)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.usage_cache()
+            .insert(plugin.to_string(), (n, Instant::now()));
+        Ok(n)
     }
 
     async fn kv_delete(&self, plugin: &str, key: &str) -> Result<bool, String> {

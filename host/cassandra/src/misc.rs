@@ -6,6 +6,7 @@ use kairos_core::store::{StoreError, StoreResult};
 use crate::error::{Decode, Exec};
 use crate::rows::{AttemptRow, ScheduleRow};
 use crate::{CassandraStore, Lwt};
+use futures::StreamExt;
 
 const MAX_CAS_TRIES: u32 = 32;
 
@@ -220,5 +221,22 @@ impl CassandraStore {
             });
         }
         Ok(out)
+    }
+
+    /// Sums the plugin's partition (keys and the stored `size` of each value), paged.
+    pub(crate) async fn kv_usage_impl(&self, plugin: &str) -> StoreResult<u64> {
+        let mut rows = self
+            .session
+            .execute_iter(self.st.kv_sizes.clone(), (plugin,))
+            .await
+            .map_err(crate::error::pager_err)?
+            .rows_stream::<(String, i64)>()
+            .decode()?;
+        let mut total = 0u64;
+        while let Some(row) = rows.next().await {
+            let (key, size) = row.map_err(crate::error::row_err)?;
+            total += key.len() as u64 + u64::try_from(size).unwrap_or(0);
+        }
+        Ok(total)
     }
 }

@@ -45,6 +45,7 @@ pub(crate) struct Stmts {
     pub kv_set: PreparedStatement,
     pub kv_delete: PreparedStatement,
     pub kv_range: PreparedStatement,
+    pub kv_sizes: PreparedStatement,
     pub owner_get: PreparedStatement,
     pub owner_insert: PreparedStatement,
     pub owner_cas: PreparedStatement,
@@ -224,6 +225,7 @@ impl Stmts {
                 "SELECT key, updated_at, size FROM {ks}.plugin_kv WHERE plugin = ? AND key >= ? LIMIT ?".into(),
             )
             .await?,
+            kv_sizes: p(Plain, "SELECT key, size FROM {ks}.plugin_kv WHERE plugin = ?".into()).await?,
             owner_get: p(
                 SerialRead,
                 "SELECT epoch, node_id FROM {ks}.partition_owners WHERE partition = ?".into(),

@@ -144,6 +144,10 @@ impl TaskStore for CassandraStore {
         self.kv_list_impl(plugin, prefix, limit).await
     }
 
+    async fn kv_usage(&self, plugin: &str) -> StoreResult<u64> {
+        self.kv_usage_impl(plugin).await
+    }
+
     async fn purge_finished(
         &self,
         before: Millis,

@@ -137,6 +137,15 @@ pub async fn kv_get_set_delete_scoped_per_plugin<S: TaskStore>(s: S) {
         .expect("set binary");
     assert_eq!(s.kv_get("p1", "bin").await.expect("get"), Some(binary));
 
+    // Usage: keys plus values, per plugin; an overwrite counts once.
+    let usage = |p: &'static str| {
+        let s = &s;
+        async move { s.kv_usage(p).await.expect("kv_usage") }
+    };
+    assert_eq!(usage("p1").await, (1 + 3) + 5 + (3 + 256));
+    assert_eq!(usage("p2").await, 1 + 3);
+    assert_eq!(usage("nobody").await, 0);
+
     assert!(s.kv_delete("p1", "a").await.expect("delete"));
     assert!(!s.kv_delete("p1", "a").await.expect("delete again"));
     assert_eq!(s.kv_get("p1", "a").await.expect("get"), None);
@@ -144,6 +153,11 @@ pub async fn kv_get_set_delete_scoped_per_plugin<S: TaskStore>(s: S) {
         s.kv_get("p2", "a").await.expect("get"),
         Some(b"two".to_vec())
     );
+    assert_eq!(usage("p1").await, 5 + (3 + 256));
+    s.kv_set("p1", "bin", b"x".to_vec(), T0 + 2)
+        .await
+        .expect("shrink");
+    assert_eq!(usage("p1").await, 5 + (3 + 1));
 }
 
 pub async fn kv_list_by_prefix_with_limit<S: TaskStore>(s: S) {

@@ -581,6 +581,15 @@ impl TaskStore for MemStore {
         Ok(self.lock().kv_list(plugin, prefix, limit))
     }
 
+    async fn kv_usage(&self, plugin: &str) -> StoreResult<u64> {
+        Ok(self.lock().kv.get(plugin).map_or(0, |entries| {
+            entries
+                .iter()
+                .map(|(k, (_, v))| (k.len() + v.len()) as u64)
+                .sum()
+        }))
+    }
+
     async fn purge_finished(
         &self,
         before: Millis,

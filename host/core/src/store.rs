@@ -179,6 +179,9 @@ pub trait TaskStore: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<KvEntryMeta>>;
 
+    /// Bytes (keys plus values) `plugin` keeps in kv.
+    async fn kv_usage(&self, plugin: &str) -> StoreResult<u64>;
+
     /// `Err` while the store cannot write, saying why (`/healthz` answers 503 with it); a
     /// store that was failing tries to recover here. Stores that cannot tell answer `Ok`.
     async fn health(&self) -> StoreResult<()> {

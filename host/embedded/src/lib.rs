@@ -150,6 +150,7 @@ pub(crate) fn init(db: &Database) -> StoreResult<u64> {
         let _ = txn.open_table(tables::PAUSED).db()?;
         let _ = txn.open_table(tables::SCHEDULES).db()?;
         let _ = txn.open_table(tables::KV).db()?;
+        let _ = txn.open_table(tables::KV_USAGE).db()?;
         let _ = txn.open_table(tables::OWNERS).db()?;
         let mut meta = txn.open_table(tables::META).db()?;
         let format = meta.get(tables::META_FORMAT).db()?.map(|v| v.value());
@@ -330,6 +331,12 @@ impl TaskStore for EmbeddedStore {
     ) -> StoreResult<Vec<KvEntryMeta>> {
         let (plugin, prefix) = (plugin.to_owned(), prefix.to_owned());
         self.read_blocking(move |db| read::kv_list(db, &plugin, &prefix, limit))
+            .await
+    }
+
+    async fn kv_usage(&self, plugin: &str) -> StoreResult<u64> {
+        let plugin = plugin.to_owned();
+        self.read_blocking(move |db| read::kv_usage(db, &plugin))
             .await
     }
 

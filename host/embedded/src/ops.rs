@@ -10,8 +10,8 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::codec;
 use super::tables::{
-    ATTEMPTS, BY_KEY, DbResult, FORMAT, KV, META, META_FORMAT, META_NEXT_SEQ, OWNERS, PAUSED,
-    PENDING, SCHEDULES, TASKS, UKEYS, indexed_task, key_range_bounds, load_task,
+    ATTEMPTS, BY_KEY, DbResult, FORMAT, KV, KV_USAGE, META, META_FORMAT, META_NEXT_SEQ, OWNERS,
+    PAUSED, PENDING, SCHEDULES, TASKS, UKEYS, indexed_task, key_range_bounds, kv_usage, load_task,
 };
 use kairos_core::model::{
     Attempt, EnqueueOutcome, Millis, NewTask, Schedule, Task, TaskState, Transition,
@@ -31,6 +31,7 @@ pub(crate) struct WriteTables<'t> {
     paused: Table<'t, &'static str, ()>,
     schedules: Table<'t, &'static str, &'static [u8]>,
     kv: Table<'t, (&'static str, &'static str), (i64, &'static [u8])>,
+    kv_usage: Table<'t, &'static str, u64>,
     owners: Table<'t, u32, (u64, &'static str)>,
     next_seq: u64,
     first_seq: u64,
@@ -75,6 +76,7 @@ impl<'t> WriteTables<'t> {
             paused: txn.open_table(PAUSED).db()?,
             schedules: txn.open_table(SCHEDULES).db()?,
             kv: txn.open_table(KV).db()?,
+            kv_usage: txn.open_table(KV_USAGE).db()?,
             owners: txn.open_table(OWNERS).db()?,
             next_seq,
             first_seq: next_seq,
@@ -446,12 +448,22 @@ impl<'t> WriteTables<'t> {
         at: Millis,
     ) -> StoreResult<()> {
         self.dirty = true;
-        self.kv.insert((plugin, key), (at, value)).db()?;
+        let total = kv_usage(&self.kv_usage, &self.kv, plugin)?;
+        let old = self.kv.insert((plugin, key), (at, value)).db()?;
+        let old = old.map_or(0, |v| (key.len() + v.value().1.len()) as u64);
+        let new = total.saturating_sub(old) + (key.len() + value.len()) as u64;
+        self.kv_usage.insert(plugin, new).db()?;
         Ok(())
     }
 
     pub(crate) fn kv_delete(&mut self, plugin: &str, key: &str) -> StoreResult<bool> {
         self.dirty = true;
-        Ok(self.kv.remove((plugin, key)).db()?.is_some())
+        let total = kv_usage(&self.kv_usage, &self.kv, plugin)?;
+        let old = self.kv.remove((plugin, key)).db()?;
+        let old = old.map(|v| (key.len() + v.value().1.len()) as u64);
+        if let Some(n) = old {
+            self.kv_usage.insert(plugin, total.saturating_sub(n)).db()?;
+        }
+        Ok(old.is_some())
     }
 }

@@ -7,8 +7,8 @@ use redb::{Database, ReadTransaction, ReadableTable};
 
 use super::codec;
 use super::tables::{
-    ATTEMPTS, BY_KEY, DbResult, KV, OWNERS, PAUSED, PENDING, SCHEDULES, TASKS, UKEYS, indexed_task,
-    key_range_bounds, load_attempts, load_task,
+    ATTEMPTS, BY_KEY, DbResult, KV, KV_USAGE, OWNERS, PAUSED, PENDING, SCHEDULES, TASKS, UKEYS,
+    indexed_task, key_range_bounds, load_attempts, load_task,
 };
 use kairos_core::model::{KvEntryMeta, ListFilter, Millis, OrderPos, Schedule, Task, TaskRecord};
 use kairos_core::ownership::Holder;
@@ -159,6 +159,13 @@ pub(super) fn kv_get(db: &Database, plugin: &str, key: &str) -> StoreResult<Opti
     let txn = begin(db)?;
     let kv = txn.open_table(KV).db()?;
     Ok(kv.get((plugin, key)).db()?.map(|v| v.value().1.to_vec()))
+}
+
+pub(super) fn kv_usage(db: &Database, plugin: &str) -> StoreResult<u64> {
+    let txn = begin(db)?;
+    let usage = txn.open_table(KV_USAGE).db()?;
+    let kv = txn.open_table(KV).db()?;
+    super::tables::kv_usage(&usage, &kv, plugin)
 }
 
 pub(super) fn kv_list(

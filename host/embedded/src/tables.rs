@@ -12,6 +12,7 @@
 //! | `paused`     | ordering key                         | ()                            |
 //! | `schedules`  | name                                 | schedule record (codec)       |
 //! | `kv`         | (plugin, key)                        | (updated_at, value bytes)     |
+//! | `kv_usage`   | plugin                               | bytes of its keys and values  |
 //! | `owners`     | partition                            | (epoch, node id) — leases     |
 
 use std::ops::RangeInclusive;
@@ -31,6 +32,8 @@ pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 pub(super) const PAUSED: TableDefinition<&str, ()> = TableDefinition::new("paused");
 pub(super) const SCHEDULES: TableDefinition<&str, &[u8]> = TableDefinition::new("schedules");
 pub(super) const KV: TableDefinition<(&str, &str), (i64, &[u8])> = TableDefinition::new("kv");
+/// Missing for a plugin whose entries were written before the table existed: then summed.
+pub(super) const KV_USAGE: TableDefinition<&str, u64> = TableDefinition::new("kv_usage");
 pub(super) const OWNERS: TableDefinition<u32, (u64, &str)> = TableDefinition::new("owners");
 
 pub(super) const META_FORMAT: &str = "format";
@@ -105,4 +108,26 @@ pub(super) type KeyPos<'a> = (&'a str, i64, u64);
 /// The range of `by_key` holding every task of `key`, in `(due_at, seq)` order.
 pub(super) fn key_range_bounds(key: &str) -> RangeInclusive<KeyPos<'_>> {
     (key, i64::MIN, 0)..=(key, i64::MAX, u64::MAX)
+}
+
+/// The bytes (keys plus values) `plugin` keeps in kv: its `kv_usage` row, or the sum over its
+/// entries when there is none yet (entries written before the table existed).
+pub(super) fn kv_usage(
+    usage: &impl ReadableTable<&'static str, u64>,
+    kv: &impl ReadableTable<(&'static str, &'static str), (i64, &'static [u8])>,
+    plugin: &str,
+) -> StoreResult<u64> {
+    if let Some(n) = usage.get(plugin).db()? {
+        return Ok(n.value());
+    }
+    let mut total = 0u64;
+    for entry in kv.range((plugin, "")..).db()? {
+        let (k, v) = entry.db()?;
+        let (p, key) = k.value();
+        if p != plugin {
+            break;
+        }
+        total += (key.len() + v.value().1.len()) as u64;
+    }
+    Ok(total)
 }

@@ -205,6 +205,7 @@ pub(crate) struct KvQuota {
     key_max: u64,
     value_max: u64,
     write_max: u64,
+    total_max: u64,
     written: u64,
 }
 
@@ -214,6 +215,7 @@ impl KvQuota {
             key_max: limits.kv_key_max_bytes,
             value_max: limits.kv_value_max_bytes,
             write_max: limits.kv_write_max_bytes,
+            total_max: limits.kv_total_max_bytes,
             written: 0,
         }
     }
@@ -343,6 +345,19 @@ impl kv::Host for StoreState {
     async fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
         self.charge("kv.set")?;
         if let Err(why) = self.kv_quota.charge_set(&key, value.len()) {
+            return Ok(self.kv_refused(why));
+        }
+        let size = (key.len() + value.len()) as u64;
+        let stored = match self.services.kv_usage(&self.task.plugin).await {
+            Ok(n) => n,
+            Err(e) => return Ok(Err(e)),
+        };
+        if stored.saturating_add(size) > self.kv_quota.total_max {
+            let why = format!(
+                "kv set refused: plugin `{}` keeps {stored} bytes in kv; {size} more would exceed \
+                 kv_total_max_bytes ({})",
+                self.task.plugin, self.kv_quota.total_max
+            );
             return Ok(self.kv_refused(why));
         }
         Ok(self.services.kv_set(&self.task.plugin, &key, value).await)

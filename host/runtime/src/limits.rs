@@ -35,6 +35,10 @@ pub struct Limits {
     pub kv_value_max_bytes: u64,
     /// Maximum bytes (keys plus values) written by `kv set` in one attempt.
     pub kv_write_max_bytes: u64,
+    /// Maximum bytes (keys plus values) the plugin keeps in kv, all attempts together. A
+    /// `kv set` is refused when the plugin's total plus the new entry would pass it (the new
+    /// entry counts in full, also when it replaces one).
+    pub kv_total_max_bytes: u64,
     /// Maximum follow-up tasks one attempt may schedule.
     pub max_follow_ups: u32,
 }
@@ -55,6 +59,7 @@ impl Default for Limits {
             kv_key_max_bytes: 512,
             kv_value_max_bytes: 64 * 1024,
             kv_write_max_bytes: 1024 * 1024,
+            kv_total_max_bytes: 64 * 1024 * 1024,
             max_follow_ups: 32,
         }
     }
@@ -77,6 +82,7 @@ pub struct LimitsOverride {
     pub kv_key_max_bytes: Option<u64>,
     pub kv_value_max_bytes: Option<u64>,
     pub kv_write_max_bytes: Option<u64>,
+    pub kv_total_max_bytes: Option<u64>,
     pub max_follow_ups: Option<u32>,
 }
 
@@ -98,6 +104,7 @@ macro_rules! each_limit {
             kv_key_max_bytes,
             kv_value_max_bytes,
             kv_write_max_bytes,
+            kv_total_max_bytes,
             max_follow_ups
         )
     };

@@ -63,6 +63,8 @@ pub trait HostServices: Send + Sync + 'static {
     /// Entries whose key starts with `prefix`, in key order, at most `limit`.
     async fn kv_list(&self, plugin: &str, prefix: &str, limit: u32)
     -> Result<Vec<KvEntry>, String>;
+    /// Bytes (keys plus values) the plugin keeps in kv now.
+    async fn kv_usage(&self, plugin: &str) -> Result<u64, String>;
     /// Enqueues a follow-up of `origin`; returns the new (or existing, for a taken
     /// uniqueness key) task id.
     async fn schedule(&self, origin: &TaskInfo, req: FollowUp) -> Result<String, String>;
@@ -151,6 +153,14 @@ impl HostServices for MemoryServices {
     async fn kv_set(&self, plugin: &str, key: &str, value: Vec<u8>) -> Result<(), String> {
         self.put_at(plugin, key, value, now_ms());
         Ok(())
+    }
+
+    async fn kv_usage(&self, plugin: &str) -> Result<u64, String> {
+        Ok(lock(&self.kv)
+            .iter()
+            .filter(|((p, _), _)| p == plugin)
+            .map(|((_, k), v)| (k.len() + v.0.len()) as u64)
+            .sum())
     }
 
     async fn kv_delete(&self, plugin: &str, key: &str) -> Result<bool, String> {

@@ -204,3 +204,51 @@ async fn a_kv_key_over_the_cap_is_refused() {
         .await;
     assert_eq!(output(&report), "stored");
 }
+
+/// The probe's kv flood, across attempts: a plugin's kv total is capped, whatever the attempt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugins_kv_total_is_capped_across_attempts() {
+    let (rt, services, _dir) = hostile_kv(LimitsOverride {
+        kv_total_max_bytes: Some(10_000),
+        ..LimitsOverride::default()
+    });
+    let first = rt
+        .run(task(
+            "hostile",
+            json!({"mode": "kv_set", "key": "k1", "value_size": 6_000}),
+        ))
+        .await;
+    assert!(
+        matches!(first.outcome, RunOutcome::Success { .. }),
+        "{}",
+        first.outcome
+    );
+    // A later attempt (of another task) may not add what would pass the total.
+    let second = rt
+        .run(task(
+            "hostile",
+            json!({"mode": "kv_set", "key": "k2", "value_size": 6_000}),
+        ))
+        .await;
+    let message = retryable(&second);
+    assert!(
+        message.ends_with(
+            "kv set refused: plugin `hostile` keeps 6002 bytes in kv; 6002 more would exceed \
+             kv_total_max_bytes (10000)"
+        ),
+        "{message}"
+    );
+    assert_eq!(services.keys("hostile"), ["k1"]);
+    // Within the total, it may.
+    let third = rt
+        .run(task(
+            "hostile",
+            json!({"mode": "kv_set", "key": "k3", "value_size": 3_000}),
+        ))
+        .await;
+    assert!(
+        matches!(third.outcome, RunOutcome::Success { .. }),
+        "{}",
+        third.outcome
+    );
+}

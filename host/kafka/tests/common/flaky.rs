@@ -132,6 +132,9 @@ impl TaskStore for FlakyStore {
     ) -> StoreResult<Vec<KvEntryMeta>> {
         self.inner.kv_list(plugin, prefix, limit).await
     }
+    async fn kv_usage(&self, p: &str) -> StoreResult<u64> {
+        self.inner.kv_usage(p).await
+    }
     async fn purge_finished(
         &self,
         before: Millis,

@@ -287,6 +287,9 @@ impl TaskStore for FaultyStore {
     async fn kv_list(&self, p: &str, pre: &str, l: usize) -> StoreResult<Vec<KvEntryMeta>> {
         self.inner.kv_list(p, pre, l).await
     }
+    async fn kv_usage(&self, p: &str) -> StoreResult<u64> {
+        self.call(self.inner.kv_usage(p)).await
+    }
     async fn purge_finished(
         &self,
         before: Millis,

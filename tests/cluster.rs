@@ -68,6 +68,8 @@ struct Cluster {
     /// `api.cluster_secret` of every node.
     secret: String,
     nodes: Vec<Option<Server>>,
+    /// The nodes serve HTTPS with this certificate (DER), shared by all.
+    tls: Option<Vec<u8>>,
 }
 
 impl Cluster {
@@ -109,6 +111,7 @@ allowed_hosts = ["{rx}"]
             topic,
             secret,
             nodes: Vec::new(),
+            tls: None,
         }
     }
 
@@ -118,12 +121,11 @@ allowed_hosts = ["{rx}"]
         for _ in 0..n {
             let i = self.nodes.len() + started.len() + 1;
             let data = self.dir.path().join(format!("node-{i}"));
-            started.push(Server::spawn_node(
-                &self.config,
-                &format!("node-{i}"),
-                free_port(),
-                &data,
-            ));
+            let s = Server::spawn_node(&self.config, &format!("node-{i}"), free_port(), &data);
+            started.push(match &self.tls {
+                Some(ca) => s.over_tls(ca),
+                None => s,
+            });
         }
         for mut s in started {
             s.wait_ready(Duration::from_secs(120));
@@ -783,4 +785,46 @@ fn f_task_operations_through_any_node_reach_the_owner() {
             .contains("not reachable"),
         "{t}"
     );
+}
+
+/// (g) With `[api.tls]` the nodes serve HTTPS and forward to each other over it, trusting the
+/// shared certificate: an operation through a non-owner reaches the owner.
+#[test]
+fn g_forwarding_between_nodes_over_https() {
+    let certs = tempfile::tempdir().expect("tmp");
+    let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+        .expect("cert");
+    let (cert_pem, key_pem) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    std::fs::write(&cert_pem, cert.cert.pem()).expect("write cert");
+    std::fs::write(&key_pem, cert.key_pair.serialize_pem()).expect("write key");
+    let tls = format!(
+        "[api.tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+        cert_pem.display(),
+        key_pem.display()
+    );
+    let mut c = Cluster::new("g", &tls);
+    c.tls = Some(cert.cert.der().to_vec());
+    c.start_nodes(2);
+    c.wait_balanced(Duration::from_secs(60));
+    let (a, b) = (c.node(0), c.node(1));
+    assert!(a.base.starts_with("https://"), "{}", a.base);
+    let key_b = key_in("tls-b", &owned_partitions(b));
+    let ids = enqueue(a, vec![notify(&key_b, &c.rx.url(), 1, 3_600_000)]);
+    wait_stored(a, &ids[0]);
+    let (code, t) = a.call("DELETE", &format!("/v1/tasks/{}", ids[0]), None);
+    assert_eq!(
+        code, 200,
+        "cancel through node-1 of a task of node-2, over HTTPS: {t}"
+    );
+    assert_eq!(t["state"], "cancelled", "{t}");
+    let (code, t) = b.call("GET", &format!("/v1/tasks/{}", ids[0]), None);
+    assert_eq!((code, &t["state"]), (200, &json!("cancelled")), "{t}");
+    // Plain HTTP is not served.
+    let plain = ureq::get(&format!(
+        "{}/healthz",
+        a.base.replacen("https://", "http://", 1)
+    ))
+    .timeout(Duration::from_secs(5))
+    .call();
+    assert!(plain.is_err(), "plain HTTP answered: {plain:?}");
 }

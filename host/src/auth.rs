@@ -92,6 +92,11 @@ pub struct TlsSection {
     pub cert: std::path::PathBuf,
     /// Its private key (PKCS#8, PKCS#1 or SEC1).
     pub key: std::path::PathBuf,
+    /// Cluster mode: the certificates (PEM) trusted when this node forwards a request to
+    /// another node over HTTPS. Default: `cert` itself (every node serving the same
+    /// certificate, whose names cover each node's advertised address).
+    #[serde(default)]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl Default for ApiSection {
@@ -116,12 +121,6 @@ pub const MIN_SECRET_LEN: usize = 16;
 
 impl ApiSection {
     pub fn validate(&self, cluster: bool) -> anyhow::Result<()> {
-        anyhow::ensure!(
-            !(cluster && self.tls.is_some()),
-            "`api.tls` serves HTTPS on the embedded deployment only: cluster nodes forward \
-             requests to each other over plain HTTP (signed with the cluster secret). In cluster \
-             mode terminate TLS in a proxy in front of each node"
-        );
         let mut names = std::collections::BTreeSet::new();
         for t in &self.tokens {
             anyhow::ensure!(

@@ -231,6 +231,11 @@ impl Node {
             (Some(c), Some(secret)) => Some(Forwarder::new(
                 Arc::new(CassandraOwners(c.clone())),
                 secret.clone(),
+                cfg.api
+                    .tls
+                    .as_ref()
+                    .map(api::tls::peer_client)
+                    .transpose()?,
             )),
             (Some(_), None) => anyhow::bail!("cluster mode needs `api.cluster_secret`"),
             (None, _) => None,

@@ -116,6 +116,8 @@ impl Receiver {
 pub struct Server {
     pub child: Child,
     pub base: String,
+    /// What calls it (one trusting the node's certificate for HTTPS: [`Server::over_tls`]).
+    pub agent: ureq::Agent,
     pub config: PathBuf,
     pub data: PathBuf,
 }
@@ -136,6 +138,27 @@ pub fn write_config(dir: &Path, port: u16, receiver: &SocketAddr, extra: &str) -
 }
 
 impl Server {
+    /// The node serves HTTPS (`[api.tls]`) with a certificate issued by (or equal to) `ca`:
+    /// calls go to `https://` and trust `ca` only.
+    pub fn over_tls(mut self, ca: &[u8]) -> Server {
+        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
+        roots
+            .add(rustls_pki_types::CertificateDer::from(ca.to_vec()))
+            .expect("a usable CA certificate");
+        let cfg = tokio_rustls::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            tokio_rustls::rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        self.agent = ureq::AgentBuilder::new()
+            .tls_config(std::sync::Arc::new(cfg))
+            .build();
+        self.base = self.base.replacen("http://", "https://", 1);
+        self
+    }
+
     pub fn start(config: &Path) -> Server {
         let text = std::fs::read_to_string(config).expect("config");
         let port = text
@@ -155,6 +178,7 @@ impl Server {
         let s = Server {
             child,
             base,
+            agent: ureq::Agent::new(),
             config: config.to_path_buf(),
             data: PathBuf::new(),
         };
@@ -189,6 +213,7 @@ impl Server {
         Server {
             child,
             base: format!("http://127.0.0.1:{port}"),
+            agent: ureq::Agent::new(),
             config: config.to_path_buf(),
             data: data.to_path_buf(),
         }
@@ -198,7 +223,12 @@ impl Server {
     pub fn wait_ready(&mut self, timeout: Duration) {
         let start = Instant::now();
         while start.elapsed() < timeout {
-            if ureq::get(&format!("{}/healthz", self.base)).call().is_ok() {
+            if self
+                .agent
+                .get(&format!("{}/healthz", self.base))
+                .call()
+                .is_ok()
+            {
                 return;
             }
             if let Ok(Some(st)) = self.child.try_wait() {
@@ -226,7 +256,8 @@ impl Server {
 
     /// `/healthz` as JSON (`partitions_owned`, …), or `None` when it does not answer.
     pub fn health(&self) -> Option<Value> {
-        ureq::get(&format!("{}/healthz", self.base))
+        self.agent
+            .get(&format!("{}/healthz", self.base))
             .call()
             .ok()
             .and_then(|r| r.into_json().ok())
@@ -235,7 +266,12 @@ impl Server {
     fn wait_healthy(&self) {
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(60) {
-            if ureq::get(&format!("{}/healthz", self.base)).call().is_ok() {
+            if self
+                .agent
+                .get(&format!("{}/healthz", self.base))
+                .call()
+                .is_ok()
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -279,7 +315,9 @@ impl Server {
         path: &str,
         body: Option<&str>,
     ) -> (u16, Value) {
-        let mut req = ureq::request(method, &format!("{}{path}", self.base))
+        let mut req = self
+            .agent
+            .request(method, &format!("{}{path}", self.base))
             .set("content-type", "application/json");
         if let Some(t) = token {
             req = req.set("authorization", &format!("Bearer {t}"));

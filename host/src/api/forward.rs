@@ -50,20 +50,34 @@ pub trait Owners: Send + Sync + 'static {
 pub struct Forwarder {
     owners: Arc<dyn Owners>,
     agent: ureq::Agent,
+    /// `https` when the nodes serve TLS (`[api.tls]`), else `http`.
+    scheme: &'static str,
     /// Signs forwarded requests (`api.cluster_secret`).
     secret: String,
 }
 
 impl Forwarder {
-    pub fn new(owners: Arc<dyn Owners>, secret: String) -> Self {
-        let agent = ureq::AgentBuilder::new()
+    /// `tls`: what to trust when the nodes serve HTTPS (see [`crate::api::tls::peer_client`]).
+    pub fn new(
+        owners: Arc<dyn Owners>,
+        secret: String,
+        tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    ) -> Self {
+        let mut agent = ureq::AgentBuilder::new()
             .timeout_connect(CONNECT_TIMEOUT)
             .timeout(TIMEOUT)
-            .redirects(0)
-            .build();
+            .redirects(0);
+        let scheme = match tls {
+            Some(cfg) => {
+                agent = agent.tls_config(cfg);
+                "https"
+            }
+            None => "http",
+        };
         Self {
             owners,
-            agent,
+            agent: agent.build(),
+            scheme,
             secret,
         }
     }
@@ -161,7 +175,7 @@ pub async fn forward(st: &State, partition: u32, req: OpRequest) -> Result<Respo
         .path_and_query()
         .map(|pq| pq.as_str())
         .unwrap_or("/");
-    let url = format!("http://{addr}{path}");
+    let url = format!("{}://{addr}{path}", fwd.scheme);
     tracing::debug!(partition = p, %owner, %url, method = %req.method, "forwarding a task operation to the partition's owner");
     let agent = fwd.agent.clone();
     let from = st.node_id.clone();

@@ -7,8 +7,8 @@ use anyhow::Context;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls::ServerConfig;
 use tokio_rustls::rustls::crypto::ring;
+use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 
 use crate::auth::TlsSection;
 
@@ -37,4 +37,33 @@ pub fn acceptor(tls: &TlsSection) -> anyhow::Result<TlsAcceptor> {
         .context("`api.tls`: the key does not match the certificate, or is not supported")?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(cfg)))
+}
+
+/// What a node trusts when it forwards to another node over HTTPS: `api.tls.ca`, or the
+/// node's own certificate.
+pub fn peer_client(tls: &TlsSection) -> anyhow::Result<Arc<ClientConfig>> {
+    let (what, path) = match &tls.ca {
+        Some(ca) => ("`api.tls.ca`", ca),
+        None => ("`api.tls.cert`", &tls.cert),
+    };
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("{what}: reading {}", path.display()))?
+    {
+        let cert = cert.with_context(|| format!("{what}: {} is not PEM", path.display()))?;
+        roots.add(cert).with_context(|| {
+            format!("{what}: a certificate in {} is not usable", path.display())
+        })?;
+    }
+    anyhow::ensure!(
+        !roots.is_empty(),
+        "{what}: {} holds no certificate",
+        path.display()
+    );
+    let cfg = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
 }

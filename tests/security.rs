@@ -76,7 +76,11 @@ fn new_token(name: &str, scopes: &[&str]) -> (String, String) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    token_and_config(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The token and the config lines `kairos token new` (or `create`) printed.
+fn token_and_config(text: &str) -> (String, String) {
     let token = text
         .lines()
         .find_map(|l| {
@@ -516,24 +520,13 @@ fn a_claimed_uniqueness_key_does_not_silence_a_plugins_follow_up() {
 
 /// One HTTPS GET over a client that trusts only `ca` (DER); the status line, or the error.
 fn https_get(port: u16, ca: &[u8], path: &str) -> Result<String, String> {
-    use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto::ring};
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
     rt.block_on(async {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut roots = RootCertStore::empty();
-        roots
-            .add(rustls_pki_types::CertificateDer::from(ca.to_vec()))
-            .map_err(|e| e.to_string())?;
-        let cfg =
-            ClientConfig::builder_with_provider(std::sync::Arc::new(ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+        let connector = tokio_rustls::TlsConnector::from(support::client_trusting(ca));
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .map_err(|e| e.to_string())?;
@@ -576,18 +569,7 @@ fn metrics_needs_a_token_with_metrics_token() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let token = text
-        .lines()
-        .map(str::trim)
-        .find(|l| l.starts_with("kairos_"))
-        .expect("token line")
-        .to_string();
-    let cfg_lines: String = text
-        .lines()
-        .skip_while(|l| !l.starts_with("[[api.tokens]]"))
-        .map(|l| format!("{l}\n"))
-        .collect();
+    let (token, cfg_lines) = token_and_config(&String::from_utf8_lossy(&out.stdout));
     assert!(
         cfg_lines.contains(r#"scopes = ["read", "enqueue"]"#),
         "{cfg_lines}"

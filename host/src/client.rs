@@ -11,34 +11,12 @@ fn parse_payload(s: &str) -> anyhow::Result<Value> {
 
 /// An agent trusting `--ca` when given (the web PKI roots otherwise).
 fn agent(srv: &ServerArg) -> anyhow::Result<ureq::Agent> {
-    use anyhow::Context;
-    use rustls_pki_types::CertificateDer;
-    use rustls_pki_types::pem::PemObject;
-    use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto::ring};
-    let Some(ca) = &srv.ca else {
-        return Ok(ureq::Agent::new());
-    };
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca)
-        .with_context(|| format!("--ca: reading {}", ca.display()))?
-    {
-        let cert = cert.with_context(|| format!("--ca: {} is not PEM", ca.display()))?;
-        roots
-            .add(cert)
-            .with_context(|| format!("--ca: a certificate in {} is not usable", ca.display()))?;
-    }
-    anyhow::ensure!(
-        !roots.is_empty(),
-        "--ca: {} holds no certificate",
-        ca.display()
-    );
-    let cfg = ClientConfig::builder_with_provider(std::sync::Arc::new(ring::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(ureq::AgentBuilder::new()
-        .tls_config(std::sync::Arc::new(cfg))
-        .build())
+    Ok(match &srv.ca {
+        None => ureq::Agent::new(),
+        Some(ca) => ureq::AgentBuilder::new()
+            .tls_config(crate::api::tls::client_trusting("--ca", ca)?)
+            .build(),
+    })
 }
 
 fn call(srv: &ServerArg, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {

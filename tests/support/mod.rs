@@ -122,6 +122,21 @@ pub struct Server {
     pub data: PathBuf,
 }
 
+/// A TLS client config trusting only `ca` (DER).
+pub fn client_trusting(ca: &[u8]) -> std::sync::Arc<tokio_rustls::rustls::ClientConfig> {
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto::ring};
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from(ca.to_vec()))
+        .expect("a usable CA certificate");
+    let cfg = ClientConfig::builder_with_provider(std::sync::Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    std::sync::Arc::new(cfg)
+}
+
 pub fn kairos_bin() -> &'static str {
     env!("CARGO_BIN_EXE_kairos")
 }
@@ -141,19 +156,8 @@ impl Server {
     /// The node serves HTTPS (`[api.tls]`) with a certificate issued by (or equal to) `ca`:
     /// calls go to `https://` and trust `ca` only.
     pub fn over_tls(mut self, ca: &[u8]) -> Server {
-        let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-        roots
-            .add(rustls_pki_types::CertificateDer::from(ca.to_vec()))
-            .expect("a usable CA certificate");
-        let cfg = tokio_rustls::rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            tokio_rustls::rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
         self.agent = ureq::AgentBuilder::new()
-            .tls_config(std::sync::Arc::new(cfg))
+            .tls_config(client_trusting(ca))
             .build();
         self.base = self.base.replacen("http://", "https://", 1);
         self

@@ -42,10 +42,15 @@ pub fn acceptor(tls: &TlsSection) -> anyhow::Result<TlsAcceptor> {
 /// What a node trusts when it forwards to another node over HTTPS: `api.tls.ca`, or the
 /// node's own certificate.
 pub fn peer_client(tls: &TlsSection) -> anyhow::Result<Arc<ClientConfig>> {
-    let (what, path) = match &tls.ca {
-        Some(ca) => ("`api.tls.ca`", ca),
-        None => ("`api.tls.cert`", &tls.cert),
-    };
+    match &tls.ca {
+        Some(ca) => client_trusting("`api.tls.ca`", ca),
+        None => client_trusting("`api.tls.cert`", &tls.cert),
+    }
+}
+
+/// A client config trusting only the certificates of the PEM file at `path` (`what` names
+/// the setting in errors).
+pub fn client_trusting(what: &str, path: &std::path::Path) -> anyhow::Result<Arc<ClientConfig>> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(path)
         .with_context(|| format!("{what}: reading {}", path.display()))?

@@ -90,8 +90,7 @@ pub fn fork(task: &Task, fanout: u32) -> Result<Outcome, TaskError> {
             When::Delay(0),
             payload.clone(),
         );
-        schedule(follow_up)
-            .map_err(|e| TaskError::permanent(format!("fork refused: {e}")))?;
+        schedule(follow_up).map_err(|e| TaskError::permanent(format!("fork refused: {e}")))?;
     }
     Ok(Outcome::with_output(format!("forked {fanout}")))
 }

@@ -22,6 +22,7 @@ mod fencing;
 mod lifecycle;
 mod retention;
 pub mod source;
+pub mod tmpfs;
 
 use std::future::Future;
 use std::time::Duration;

@@ -128,6 +128,14 @@ fn own(c: Cow<'_, str>) -> String {
 }
 
 pub(super) fn encode_task(t: &Task) -> StoreResult<Vec<u8>> {
+    let (v1, generation) = split_task(t);
+    let hint = 64 + t.id.len() + t.plugin.len() + t.key.len() + t.payload.len();
+    encode_as(V2, "task", &(v1, generation), hint)
+}
+
+/// The task as its V1 record (borrowing its strings) and its generation, the one field V2
+/// adds.
+fn split_task(t: &Task) -> (TaskV1<'_>, u32) {
     let Task {
         id,
         partition,
@@ -150,33 +158,29 @@ pub(super) fn encode_task(t: &Task) -> StoreResult<Vec<u8>> {
         last_error,
         output,
     } = t;
-    let stored = (
-        TaskV1 {
-            id: Cow::Borrowed(id),
-            partition: *partition,
-            seq: *seq,
-            plugin: Cow::Borrowed(plugin),
-            pin_version: pin_version.as_deref().map(Cow::Borrowed),
-            key: Cow::Borrowed(key),
-            due_at: *due_at,
-            next_at: *next_at,
-            payload: Cow::Borrowed(payload),
-            uniqueness_key: uniqueness_key.as_deref().map(Cow::Borrowed),
-            max_attempts: *max_attempts,
-            backoff_initial_ms: *initial_ms,
-            backoff_max_ms: *max_ms,
-            park_on_dead: *park_on_dead,
-            state: state_code(*state),
-            attempts: *attempts,
-            created_at: *created_at,
-            updated_at: *updated_at,
-            last_error: last_error.as_deref().map(Cow::Borrowed),
-            output: output.as_deref().map(Cow::Borrowed),
-        },
-        *generation,
-    );
-    let hint = 64 + id.len() + plugin.len() + key.len() + payload.len();
-    encode_as(V2, "task", &stored, hint)
+    let v1 = TaskV1 {
+        id: Cow::Borrowed(id),
+        partition: *partition,
+        seq: *seq,
+        plugin: Cow::Borrowed(plugin),
+        pin_version: pin_version.as_deref().map(Cow::Borrowed),
+        key: Cow::Borrowed(key),
+        due_at: *due_at,
+        next_at: *next_at,
+        payload: Cow::Borrowed(payload),
+        uniqueness_key: uniqueness_key.as_deref().map(Cow::Borrowed),
+        max_attempts: *max_attempts,
+        backoff_initial_ms: *initial_ms,
+        backoff_max_ms: *max_ms,
+        park_on_dead: *park_on_dead,
+        state: state_code(*state),
+        attempts: *attempts,
+        created_at: *created_at,
+        updated_at: *updated_at,
+        last_error: last_error.as_deref().map(Cow::Borrowed),
+        output: output.as_deref().map(Cow::Borrowed),
+    };
+    (v1, *generation)
 }
 
 pub(super) fn decode_task(bytes: &[u8]) -> StoreResult<Task> {
@@ -348,28 +352,7 @@ mod tests {
     fn a_task_written_before_generations_reads_as_generation_0() {
         let t = task();
         // The record as the first format (V1, no generation) wrote it.
-        let v1 = TaskV1 {
-            id: Cow::Borrowed(&t.id),
-            partition: t.partition,
-            seq: t.seq,
-            plugin: Cow::Borrowed(&t.plugin),
-            pin_version: t.pin_version.as_deref().map(Cow::Borrowed),
-            key: Cow::Borrowed(&t.key),
-            due_at: t.due_at,
-            next_at: t.next_at,
-            payload: Cow::Borrowed(&t.payload),
-            uniqueness_key: t.uniqueness_key.as_deref().map(Cow::Borrowed),
-            max_attempts: t.max_attempts,
-            backoff_initial_ms: t.backoff.initial_ms,
-            backoff_max_ms: t.backoff.max_ms,
-            park_on_dead: t.park_on_dead,
-            state: state_code(t.state),
-            attempts: t.attempts,
-            created_at: t.created_at,
-            updated_at: t.updated_at,
-            last_error: t.last_error.as_deref().map(Cow::Borrowed),
-            output: t.output.as_deref().map(Cow::Borrowed),
-        };
+        let (v1, _) = split_task(&t);
         let bytes = encode("task", &v1, 64).expect("encode");
         assert_eq!(bytes[0], V1);
         let read = decode_task(&bytes).expect("decode");

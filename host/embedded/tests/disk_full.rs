@@ -5,40 +5,11 @@
 //! intact.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
+use kairos_conformance::tmpfs::{Tmpfs, is_root};
 use kairos_conformance::{T0, enqueue_one, new_task};
 use kairos_core::store::TaskStore;
 use kairos_embedded::{EmbeddedOptions, EmbeddedStore};
-
-struct Tmpfs(PathBuf);
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn mount(at: &Path) -> Tmpfs {
-    std::fs::create_dir_all(at).expect("mount point");
-    let ok = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
-        .arg(at)
-        .status()
-        .expect("run mount")
-        .success();
-    assert!(ok, "mounting a tmpfs failed (running as root)");
-    Tmpfs(at.to_path_buf())
-}
-
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_is_transient_and_the_store_reopens_itself() {
@@ -50,7 +21,7 @@ async fn a_full_disk_is_transient_and_the_store_reopens_itself() {
     }
     let dir = tempfile::tempdir().expect("temp dir");
     let mnt = dir.path().join("mnt");
-    let _fs = mount(&mnt);
+    let _fs = Tmpfs::mount(&mnt, "24m").expect("mounting a tmpfs failed (running as root)");
     // No free-space watermark: the writes themselves must hit the full disk.
     let opts = EmbeddedOptions {
         min_free_bytes: 0,

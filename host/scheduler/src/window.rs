@@ -371,7 +371,7 @@ mod tests {
             ["p1"]
         );
         assert_eq!(w.due_plugins(30), ["spin"]);
-        assert_eq!(w.next_timer(), Some(10));
+        assert_eq!(w.next_timer_after(5), Some(10), "still armed");
         assert_eq!(ids(&take(&mut w, 30, 10)), ["s1", "s2"]);
         assert!(w.due_plugins(30).is_empty());
     }

@@ -249,6 +249,7 @@ impl Node {
             schedules_changed,
             node_id: cfg.node_id.clone(),
             forwarder,
+            counts: api::CountsCache::default(),
         });
         let tls = cfg.api.tls.as_ref().map(api::tls::acceptor).transpose()?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)

@@ -86,6 +86,10 @@ impl PluginLister for RuntimeCatalog {
     fn list(&self) -> serde_json::Value {
         serde_json::to_value(self.0.plugins()).unwrap_or_default()
     }
+
+    fn rejected(&self) -> serde_json::Value {
+        serde_json::to_value(self.0.rejected_plugins()).unwrap_or_default()
+    }
 }
 
 /// kv and follow-up scheduling for plugins, backed by the node's store and enqueue path.

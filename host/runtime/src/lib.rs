@@ -31,7 +31,7 @@ pub use limits::{Limits, LimitsOverride};
 pub use logs::{LogLevel, LogLine, LogSource};
 pub use manifest::Manifest;
 pub use outcome::{FailureKind, RunFailure, RunOutcome, RunReport, RunRequest};
-pub use registry::{MAX_RETAINED, PluginInfo};
+pub use registry::{MAX_RETAINED, PluginInfo, Rejected};
 pub use runtime::{LoadError, LoadSummary, Runtime};
 pub use services::{
     FollowUp, HostServices, KvEntry, MemoryServices, ScheduledFollowUp, TaskInfo, When,

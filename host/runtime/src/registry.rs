@@ -70,9 +70,18 @@ struct Entry {
     last_error: Option<String>,
 }
 
+/// A plugin file that could not be loaded while no version of it is loaded.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejected {
+    pub name: String,
+    pub error: String,
+}
+
 #[derive(Default)]
 pub(crate) struct Registry {
     map: RwLock<HashMap<String, Entry>>,
+    /// Why a plugin with no version loaded was rejected, by name.
+    rejected: std::sync::Mutex<BTreeMap<String, String>>,
 }
 
 fn short(d: &str) -> &str {
@@ -158,6 +167,7 @@ impl Registry {
 
     /// Makes `v` the current version of its plugin; returns the previous current digest.
     pub(crate) fn install(&self, v: Arc<PluginVersion>) -> Option<String> {
+        self.rejected_map().remove(&v.name);
         let mut map = self.write();
         match map.get_mut(&v.name) {
             None => {
@@ -187,14 +197,41 @@ impl Registry {
 
     /// Unloads `name` with all its versions; returns the current digest it had.
     pub(crate) fn remove(&self, name: &str) -> Option<String> {
+        self.rejected_map().remove(name);
         self.write().remove(name).map(|e| e.current.digest.clone())
     }
 
     /// Records (or, with `None`, clears) why the latest load of `name` was rejected.
+    /// Without a loaded version, a rejection is kept apart (see [`Registry::rejected`]).
     pub(crate) fn set_error(&self, name: &str, error: Option<&str>) {
         if let Some(e) = self.write().get_mut(name) {
             e.last_error = error.map(str::to_string);
+            return;
         }
+        let mut rejected = self.rejected_map();
+        match error {
+            Some(err) => {
+                rejected.insert(name.to_string(), err.to_string());
+            }
+            None => {
+                rejected.remove(name);
+            }
+        }
+    }
+
+    fn rejected_map(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
+        self.rejected.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Plugin files that were rejected while no version of their plugin was loaded.
+    pub(crate) fn rejected(&self) -> Vec<Rejected> {
+        self.rejected_map()
+            .iter()
+            .map(|(name, error)| Rejected {
+                name: name.clone(),
+                error: error.clone(),
+            })
+            .collect()
     }
 
     /// Names of plugins loaded from `dir`.

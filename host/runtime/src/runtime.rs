@@ -240,7 +240,7 @@ impl Runtime {
                 "plugin `{name}` unloaded: {name}.wasm was removed"
             ),
             Ok(LoadChange::Unchanged { .. }) => self.registry.set_error(name, None),
-            Ok(LoadChange::Absent) => {}
+            Ok(LoadChange::Absent) => self.registry.set_error(name, None),
             Err(reason) => {
                 self.registry.set_error(name, Some(reason));
                 match self.registry.current(name) {
@@ -352,6 +352,12 @@ impl Runtime {
     /// The loaded plugins, by name.
     pub fn plugins(&self) -> Vec<PluginInfo> {
         self.registry.infos()
+    }
+
+    /// Plugin files rejected while no version of their plugin is loaded (a version that
+    /// is loaded carries its own `last_error` in [`Runtime::plugins`]).
+    pub fn rejected_plugins(&self) -> Vec<crate::registry::Rejected> {
+        self.registry.rejected()
     }
 
     /// The digest a task for `name` (optionally pinned to `version`) would run, or why

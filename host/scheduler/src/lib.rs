@@ -17,6 +17,7 @@ pub mod metrics;
 mod partition;
 mod run;
 pub mod slots;
+pub mod stats;
 pub mod window;
 
 use std::collections::{BTreeMap, HashSet};
@@ -291,7 +292,7 @@ impl Scheduler {
         h.stop.cancel();
         // Past `grace` the actor goes on in the background (its abort handle stays tracked).
         let drained = tokio::time::timeout(grace, &mut h.join).await.is_ok();
-        self.shared.metrics.set_window(partition, 0);
+        self.shared.metrics.set_partition(partition, 0, None);
         drained
     }
 
@@ -302,6 +303,22 @@ impl Scheduler {
             .await
             .get(&partition)
             .map(|h| h.lease)
+    }
+
+    /// Run slots `(in use, total)`.
+    pub fn slots_in_use(&self) -> (usize, usize) {
+        let total = self.shared.slots.total();
+        (total.saturating_sub(self.shared.slots.available()), total)
+    }
+
+    /// The leases this node runs its partitions under, by partition.
+    pub async fn leases(&self) -> Vec<Lease> {
+        self.partitions
+            .lock()
+            .await
+            .values()
+            .map(|h| h.lease)
+            .collect()
     }
 
     pub async fn owned(&self) -> Vec<u32> {

@@ -4,6 +4,11 @@ use std::fmt::Write as _;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
+use kairos_core::model::Millis;
+
+use crate::stats::{PluginRunsView, PluginTable, Recent, RecentView};
+use std::collections::HashMap;
+
 /// Upper bounds (milliseconds) of the lateness histogram buckets.
 const LATENESS_BUCKETS_MS: [u64; 14] = [
     1, 2, 5, 10, 25, 50, 100, 250, 500, 1_000, 5_000, 30_000, 300_000, 3_600_000,
@@ -68,12 +73,23 @@ pub struct Metrics {
     pub finish_record: Histogram,
     /// Tasks held in memory per partition (index = partition).
     window: Mutex<Vec<u64>>,
+    /// Earliest armed timer per partition (index = partition), while owned.
+    next_due: Mutex<Vec<Option<Millis>>>,
+    /// The last five minutes of finished attempts (the status page's chart).
+    recent: Mutex<Recent>,
+    /// Attempts per plugin since the node started.
+    plugin_runs: Mutex<PluginTable>,
+}
+
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Metrics {
     pub fn new(partitions: u32) -> Self {
         Self {
             window: Mutex::new(vec![0; partitions as usize]),
+            next_due: Mutex::new(vec![None; partitions as usize]),
             ..Default::default()
         }
     }
@@ -84,6 +100,51 @@ impl Metrics {
         {
             *slot = size as u64;
         }
+    }
+
+    /// The partition's window size and earliest armed timer (`None` also once let go).
+    pub fn set_partition(&self, partition: u32, size: usize, next_due: Option<Millis>) {
+        self.set_window(partition, size);
+        if let Some(slot) = locked(&self.next_due).get_mut(partition as usize) {
+            *slot = next_due;
+        }
+    }
+
+    /// `(window size, next due)` of the partition as last published.
+    pub fn partition(&self, partition: u32) -> (u64, Option<Millis>) {
+        let size = locked(&self.window)
+            .get(partition as usize)
+            .copied()
+            .unwrap_or(0);
+        let due = locked(&self.next_due)
+            .get(partition as usize)
+            .copied()
+            .flatten();
+        (size, due)
+    }
+
+    /// An attempt of `plugin` finished at `now`: it started `lateness_ms` after it was due and
+    /// ran `run_ms`; `ok` when the task succeeded.
+    pub fn attempt_finished(
+        &self,
+        plugin: &str,
+        now: Millis,
+        lateness_ms: u64,
+        run_ms: u64,
+        ok: bool,
+    ) {
+        locked(&self.recent).record(now, lateness_ms);
+        locked(&self.plugin_runs).record(plugin, ok, run_ms);
+    }
+
+    /// The last five minutes as of `now`.
+    pub fn recent(&self, now: Millis) -> RecentView {
+        locked(&self.recent).view(now)
+    }
+
+    /// Attempts per plugin since the node started.
+    pub fn plugin_runs(&self) -> HashMap<String, PluginRunsView> {
+        locked(&self.plugin_runs).view()
     }
 
     pub fn window_total(&self) -> u64 {

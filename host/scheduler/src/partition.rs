@@ -173,7 +173,7 @@ impl PartitionActor {
     fn publish_window(&self) {
         self.shared
             .metrics
-            .set_window(self.partition, self.window.len());
+            .set_partition(self.partition, self.window.len(), self.window.next_timer());
     }
 
     /// Adds delivered tasks that fall inside the window; the rest wait in the store.

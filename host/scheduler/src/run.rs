@@ -154,6 +154,13 @@ pub(crate) async fn run_attempt(
         Transition::Retry { .. } => m.retried.fetch_add(1, Relaxed),
         Transition::Dead { .. } => m.dead.fetch_add(1, Relaxed),
     };
+    m.attempt_finished(
+        &claimed.plugin,
+        ended,
+        (run_from - task.next_at).max(0) as u64,
+        (ended - run_from).max(0) as u64,
+        matches!(transition, Transition::Succeeded { .. }),
+    );
     if let Transition::Dead { error } | Transition::Retry { error, .. } = &transition {
         tracing::info!(task = %task.id, key = %task.key, plugin = %task.plugin, attempt, %error, "attempt failed");
     }

@@ -59,6 +59,14 @@ pub async fn resume_key(
     )
 }
 
+/// `GET /v1/keys/paused`: keys an operator paused (keys parked by a dead task show as dead
+/// tasks with `park_on_dead`).
+pub async fn paused_keys(st: State) -> ApiResult<Json<serde_json::Value>> {
+    let mut keys = st.store.paused_keys().await?;
+    keys.sort();
+    Ok(Json(json!({ "paused": keys })))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleBody {
@@ -72,10 +80,26 @@ pub struct ScheduleBody {
     timezone: Option<String>,
 }
 
-fn next_run(s: &Schedule, now: i64) -> Option<i64> {
-    CronSpec::parse(&s.cron, s.timezone.as_deref())
-        .ok()?
-        .next_after(s.last_fired.unwrap_or(now).max(now))
+/// How many upcoming occurrences a schedule's answer lists.
+const NEXT_RUNS: usize = 3;
+
+/// The next [`NEXT_RUNS`] occurrences after now (and after the last one fired).
+fn next_runs(s: &Schedule, now: i64) -> Vec<i64> {
+    let Ok(spec) = CronSpec::parse(&s.cron, s.timezone.as_deref()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(NEXT_RUNS);
+    let mut after = s.last_fired.unwrap_or(now).max(now);
+    while out.len() < NEXT_RUNS {
+        match spec.next_after(after) {
+            Some(t) if t > after => {
+                out.push(t);
+                after = t;
+            }
+            _ => break,
+        }
+    }
+    out
 }
 
 /// Creates or replaces a schedule. Occurrences start after now.
@@ -101,7 +125,7 @@ pub async fn put_schedule(st: State, body: Body) -> ApiResult<(StatusCode, Json<
     st.schedules_changed.notify_one();
     Ok((
         StatusCode::CREATED,
-        Json(ScheduleView::new(&s, next_run(&s, now))),
+        Json(ScheduleView::new(&s, next_runs(&s, now))),
     ))
 }
 
@@ -110,7 +134,7 @@ pub async fn list_schedules(st: State) -> ApiResult<Json<Vec<ScheduleView>>> {
     let all = st.store.list_schedules().await?;
     Ok(Json(
         all.iter()
-            .map(|s| ScheduleView::new(s, next_run(s, now)))
+            .map(|s| ScheduleView::new(s, next_runs(s, now)))
             .collect(),
     ))
 }
@@ -118,7 +142,7 @@ pub async fn list_schedules(st: State) -> ApiResult<Json<Vec<ScheduleView>>> {
 pub async fn get_schedule(st: State, Path(name): Path<String>) -> ApiResult<Json<ScheduleView>> {
     let now = st.enqueuer.clock.now();
     match st.store.get_schedule(&name).await? {
-        Some(s) => Ok(Json(ScheduleView::new(&s, next_run(&s, now)))),
+        Some(s) => Ok(Json(ScheduleView::new(&s, next_runs(&s, now)))),
         None => Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("schedule {name:?} not found"),
@@ -139,10 +163,6 @@ pub async fn delete_schedule(
             format!("schedule {name:?} not found"),
         ))
     }
-}
-
-pub async fn plugins(st: State) -> Json<serde_json::Value> {
-    Json(st.plugins.list())
 }
 
 /// 200 while the node can take work; 503 with the reason while its store cannot write.

@@ -83,6 +83,57 @@ impl Forwarder {
     }
 }
 
+impl Forwarder {
+    /// `GET path` from node `node_id`'s API as a request forwarded (signed) by `from`, with the
+    /// caller's `authorization`; the answer's JSON when it is a 200.
+    pub async fn get_json(
+        &self,
+        from: &str,
+        node_id: &str,
+        path: &str,
+        authorization: Option<String>,
+    ) -> Result<serde_json::Value, String> {
+        let addr = self
+            .owners
+            .api_addr(node_id)
+            .await
+            .map_err(|e| format!("cannot look up its API address: {e}"))?
+            .ok_or_else(|| "it has not registered its API address".to_string())?;
+        let url = format!("{}://{addr}{path}", self.scheme);
+        let signature = crate::auth::sign_forwarded(
+            &self.secret,
+            "GET",
+            path,
+            from,
+            kairos_core::clock::system_now(),
+            &[],
+        );
+        let agent = self.agent.clone();
+        let from = from.to_string();
+        let sent = tokio::task::spawn_blocking(move || {
+            let headers = Outgoing {
+                from: &from,
+                signature: &signature,
+                content_type: None,
+                authorization: authorization.as_deref(),
+            };
+            send(&agent, "GET", &url, &headers, &[])
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        match sent {
+            Ok((200, _, body)) => {
+                serde_json::from_slice(&body).map_err(|e| format!("unreadable answer: {e}"))
+            }
+            Ok((status, _, body)) => Err(format!(
+                "answered {status}: {}",
+                String::from_utf8_lossy(&body[..body.len().min(300)])
+            )),
+            Err(Failure::NotSent(e) | Failure::NoAnswer(e)) => Err(format!("not reachable: {e}")),
+        }
+    }
+}
+
 /// A task operation's request, kept so that it can be sent on unchanged.
 pub struct OpRequest {
     method: Method,

@@ -4,7 +4,9 @@
 //! 3. a `POST`/`PUT`/`PATCH` body is JSON (415: a web form cannot send one);
 //! 4. a request forwarded by another node carries a valid cluster signature (401);
 //! 5. with tokens configured, `Authorization: Bearer TOKEN` names a token (401) whose scopes
-//!    allow the call (403). `/healthz` is open, for load balancers.
+//!    allow the call (403). `/healthz` is open, for load balancers, and so are the status
+//!    page's static files (`/`, `/ui`, `/ui/*`), which read the API with the token the
+//!    operator types in.
 //!
 //! Every refusal is a JSON `{"error": …}`.
 
@@ -173,7 +175,9 @@ pub async fn check(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Res
         req
     };
     let open = match req.uri().path() {
-        "/healthz" => true,
+        // The status page's own files carry no data; it asks for a token to read the API.
+        "/healthz" | "/" | "/ui" => true,
+        p if p.starts_with("/ui/") => true,
         "/metrics" => !g.metrics_token,
         _ => false,
     };

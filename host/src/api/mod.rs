@@ -6,13 +6,16 @@ mod forward;
 mod guard;
 mod limit;
 mod serve;
+mod status;
 mod tasks;
 pub mod tls;
+mod ui;
 mod view;
 
 pub use forward::{FORWARDED_BY, Forwarder, Owners, SERVED_BY, SIGNATURE};
 pub use guard::Guard;
 pub use serve::{ServeOptions, serve};
+pub use status::CountsCache;
 
 use std::sync::Arc;
 
@@ -32,7 +35,12 @@ use crate::scheduler::{OpError, Scheduler};
 
 /// What `GET /v1/plugins` lists.
 pub trait PluginLister: Send + Sync + 'static {
+    /// The loaded plugins (an array of objects with a `name`).
     fn list(&self) -> serde_json::Value;
+    /// Plugin files rejected while no version of their plugin is loaded: `[{name, error}]`.
+    fn rejected(&self) -> serde_json::Value {
+        serde_json::Value::Array(Vec::new())
+    }
 }
 
 pub struct AppState {
@@ -46,6 +54,8 @@ pub struct AppState {
     /// Cluster mode: sends task operations on partitions this node does not own to their
     /// owner. `None` (embedded): every partition is this node's.
     pub forwarder: Option<Forwarder>,
+    /// Counts by state for `/v1/stats`, reused for a second.
+    pub counts: CountsCache,
 }
 
 pub type State = axum::extract::State<Arc<AppState>>;
@@ -89,6 +99,7 @@ fn routes(state: Arc<AppState>) -> Router {
                 .patch(tasks::reschedule),
         )
         .route("/v1/tasks/{id}/retry", post(tasks::retry))
+        .route("/v1/keys/paused", get(admin::paused_keys))
         .route("/v1/keys/{key}/pause", post(admin::pause_key))
         .route("/v1/keys/{key}/resume", post(admin::resume_key))
         .route(
@@ -99,7 +110,12 @@ fn routes(state: Arc<AppState>) -> Router {
             "/v1/schedules/{name}",
             get(admin::get_schedule).delete(admin::delete_schedule),
         )
-        .route("/v1/plugins", get(admin::plugins))
+        .route("/v1/plugins", get(status::plugins))
+        .route("/v1/stats", get(status::stats))
+        .route("/v1/partitions", get(status::partitions))
+        .route("/", get(ui::root))
+        .route("/ui", get(ui::page))
+        .route("/ui/{asset}", get(ui::asset))
         .route("/healthz", get(admin::healthz))
         .route("/metrics", get(admin::metrics))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })

@@ -109,11 +109,13 @@ pub struct ScheduleView {
     pub timezone: Option<String>,
     pub last_fired: Option<String>,
     pub next_run: Option<String>,
+    /// The next three occurrences, the first being `next_run`.
+    pub next_runs: Vec<String>,
     pub created_at: String,
 }
 
 impl ScheduleView {
-    pub fn new(s: &Schedule, next_run: Option<Millis>) -> Self {
+    pub fn new(s: &Schedule, next_runs: Vec<Millis>) -> Self {
         Self {
             name: s.name.clone(),
             cron: s.cron.clone(),
@@ -122,7 +124,8 @@ impl ScheduleView {
             payload: raw(&s.payload),
             timezone: s.timezone.clone(),
             last_fired: s.last_fired.map(rfc3339),
-            next_run: next_run.map(rfc3339),
+            next_run: next_runs.first().copied().map(rfc3339),
+            next_runs: next_runs.into_iter().map(rfc3339).collect(),
             created_at: rfc3339(s.created_at),
         }
     }

@@ -24,7 +24,8 @@
 //!   `USING TIMESTAMP` delete that cannot erase a concurrent re-registration).
 //!
 //! Cost notes: `list` without a key scans the whole `tasks` table (an operator query); with a
-//! key it walks `tasks_by_key`. Nothing expires: finished tasks, their attempts and index
+//! key it walks `tasks_by_key`. `state_counts` reads the `state` column of every task (paged):
+//! its callers cache the answer. Nothing expires: finished tasks, their attempts and index
 //! rows stay until an operator removes them (no TTL yet).
 
 mod enqueue;

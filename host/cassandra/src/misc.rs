@@ -1,6 +1,7 @@
-//! Reads of one task, the uniqueness index, paused keys, schedules and plugin key-value state.
+//! Reads of one task, the uniqueness index, paused keys, schedules, plugin key-value state and
+//! the task counts by state.
 
-use kairos_core::model::{KvEntryMeta, Schedule, Task, TaskRecord};
+use kairos_core::model::{KvEntryMeta, Schedule, StateCounts, Task, TaskRecord, TaskState};
 use kairos_core::store::{StoreError, StoreResult};
 
 use crate::error::{Decode, Exec};
@@ -238,5 +239,29 @@ impl CassandraStore {
             total += key.len() as u64 + u64::try_from(size).unwrap_or(0);
         }
         Ok(total)
+    }
+
+    /// Counts the tasks by state: reads the `state` column of every row of `tasks`, paged.
+    /// O(tasks) (no counters: Cassandra's are not idempotent under retries), so it is meant to
+    /// be called rarely and its answer cached by the caller.
+    pub(crate) async fn state_counts_impl(&self) -> StoreResult<StateCounts> {
+        let mut rows = self
+            .session
+            .execute_iter(self.st.task_states.clone(), ())
+            .await
+            .map_err(crate::error::pager_err)?
+            .rows_stream::<(Option<String>,)>()
+            .decode()?;
+        let mut counts = StateCounts::default();
+        while let Some(row) = rows.next().await {
+            // A row without a state is not a task (nothing writes one); it is not counted.
+            let (Some(state),) = row.map_err(crate::error::row_err)? else {
+                continue;
+            };
+            let state = TaskState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("task with unknown state {state:?}")))?;
+            counts.add(state, 1);
+        }
+        Ok(counts)
     }
 }

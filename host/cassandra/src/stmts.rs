@@ -13,6 +13,7 @@ pub(crate) struct Stmts {
     pub task_insert: PreparedStatement,
     pub task_cas: PreparedStatement,
     pub task_scan: PreparedStatement,
+    pub task_states: PreparedStatement,
     pub task_page_first: PreparedStatement,
     pub task_page_after: PreparedStatement,
     pub task_purge: PreparedStatement,
@@ -112,6 +113,7 @@ impl Stmts {
             .await?,
             task_cas: p(Lwt, task_cas_cql.into()).await?,
             task_scan: p(Plain, format!("SELECT {TASK_COLS} FROM {{ks}}.tasks")).await?,
+            task_states: p(Plain, "SELECT state FROM {ks}.tasks".into()).await?,
             task_page_first: p(Plain, format!("SELECT {TASK_COLS} FROM {{ks}}.tasks LIMIT ?")).await?,
             task_page_after: p(
                 Plain,

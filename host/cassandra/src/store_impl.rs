@@ -2,8 +2,8 @@
 
 use async_trait::async_trait;
 use kairos_core::model::{
-    Attempt, EnqueueOutcome, KvEntryMeta, ListFilter, Millis, NewTask, OrderPos, Schedule, Task,
-    TaskRecord, Transition,
+    Attempt, EnqueueOutcome, KvEntryMeta, ListFilter, Millis, NewTask, OrderPos, Schedule,
+    StateCounts, Task, TaskRecord, Transition,
 };
 use kairos_core::ownership::{Holder, Lease};
 use kairos_core::store::{Purged, StoreResult, TaskStore};
@@ -146,6 +146,10 @@ impl TaskStore for CassandraStore {
 
     async fn kv_usage(&self, plugin: &str) -> StoreResult<u64> {
         self.kv_usage_impl(plugin).await
+    }
+
+    async fn state_counts(&self) -> StoreResult<StateCounts> {
+        self.state_counts_impl().await
     }
 
     async fn purge_finished(

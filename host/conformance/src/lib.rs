@@ -17,6 +17,7 @@
 //! own multi-threaded tokio runtime (2 workers) with a time limit of [`CASE_TIMEOUT`].
 
 mod admin;
+mod counts;
 mod enqueue;
 mod fencing;
 mod lifecycle;
@@ -34,6 +35,7 @@ use kairos_core::ownership::Lease;
 use kairos_core::store::{StoreError, StoreResult, TaskStore};
 
 pub use admin::*;
+pub use counts::*;
 pub use enqueue::*;
 pub use fencing::*;
 pub use lifecycle::*;
@@ -100,6 +102,7 @@ macro_rules! store_conformance_tests {
             finish_is_recorded_once,
             lease_must_match_the_task_partition,
             retention_purges_only_finished_tasks_past_the_cutoff,
+            state_counts_follow_every_change,
         );
     };
 }

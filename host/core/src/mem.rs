@@ -22,8 +22,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 
 use crate::model::{
-    Attempt, EnqueueOutcome, KvEntryMeta, ListFilter, Millis, NewTask, OrderPos, Schedule, Task,
-    TaskRecord, TaskState, Transition,
+    Attempt, EnqueueOutcome, KvEntryMeta, ListFilter, Millis, NewTask, OrderPos, Schedule,
+    StateCounts, Task, TaskRecord, TaskState, Transition,
 };
 use crate::ownership::{Holder, Lease};
 use crate::store::{FirstByPos, Purged, StoreError, StoreResult, TaskStore};
@@ -588,6 +588,14 @@ impl TaskStore for MemStore {
                 .map(|(k, (_, v))| (k.len() + v.len()) as u64)
                 .sum()
         }))
+    }
+
+    async fn state_counts(&self) -> StoreResult<StateCounts> {
+        let mut counts = StateCounts::default();
+        for t in self.lock().tasks.values() {
+            counts.add(t.state, 1);
+        }
+        Ok(counts)
     }
 
     async fn purge_finished(

@@ -41,6 +41,16 @@ impl TaskState {
         }
     }
 
+    /// Every state, in life-cycle order.
+    pub const ALL: [TaskState; 6] = [
+        Self::Scheduled,
+        Self::Running,
+        Self::Retrying,
+        Self::Succeeded,
+        Self::Dead,
+        Self::Cancelled,
+    ];
+
     pub fn parse(s: &str) -> Option<Self> {
         Some(match s {
             "scheduled" => Self::Scheduled,
@@ -51,6 +61,63 @@ impl TaskState {
             "cancelled" => Self::Cancelled,
             _ => return None,
         })
+    }
+}
+
+/// How many stored tasks are in each state (see [`TaskStore::state_counts`]).
+///
+/// [`TaskStore::state_counts`]: crate::store::TaskStore::state_counts
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateCounts {
+    pub scheduled: u64,
+    pub running: u64,
+    pub retrying: u64,
+    pub succeeded: u64,
+    pub dead: u64,
+    pub cancelled: u64,
+}
+
+impl StateCounts {
+    /// The count of `state`.
+    pub fn get(&self, state: TaskState) -> u64 {
+        match state {
+            TaskState::Scheduled => self.scheduled,
+            TaskState::Running => self.running,
+            TaskState::Retrying => self.retrying,
+            TaskState::Succeeded => self.succeeded,
+            TaskState::Dead => self.dead,
+            TaskState::Cancelled => self.cancelled,
+        }
+    }
+
+    fn slot(&mut self, state: TaskState) -> &mut u64 {
+        match state {
+            TaskState::Scheduled => &mut self.scheduled,
+            TaskState::Running => &mut self.running,
+            TaskState::Retrying => &mut self.retrying,
+            TaskState::Succeeded => &mut self.succeeded,
+            TaskState::Dead => &mut self.dead,
+            TaskState::Cancelled => &mut self.cancelled,
+        }
+    }
+
+    /// Sets the count of `state`.
+    pub fn set(&mut self, state: TaskState, count: u64) {
+        *self.slot(state) = count;
+    }
+
+    /// Adds `delta` (negative: removes) to the count of `state`, saturating at 0 and
+    /// `u64::MAX`.
+    pub fn add(&mut self, state: TaskState, delta: i64) {
+        let slot = self.slot(state);
+        *slot = slot.saturating_add_signed(delta);
+    }
+
+    /// Tasks in any state.
+    pub fn total(&self) -> u64 {
+        TaskState::ALL
+            .iter()
+            .fold(0u64, |sum, s| sum.saturating_add(self.get(*s)))
     }
 }
 
@@ -338,4 +405,25 @@ pub struct KvEntryMeta {
     pub key: String,
     pub updated_at: Millis,
     pub size: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_counts_add_get_total() {
+        let mut c = StateCounts::default();
+        for s in TaskState::ALL {
+            c.add(s, 3);
+        }
+        c.add(TaskState::Running, -1);
+        c.add(TaskState::Dead, -10);
+        c.set(TaskState::Cancelled, 7);
+        assert_eq!(c.get(TaskState::Scheduled), 3);
+        assert_eq!(c.get(TaskState::Running), 2);
+        assert_eq!(c.get(TaskState::Dead), 0, "saturates at 0");
+        assert_eq!(c.cancelled, 7);
+        assert_eq!(c.total(), 3 + 2 + 3 + 3 + 7);
+    }
 }

@@ -4,8 +4,8 @@
 use async_trait::async_trait;
 
 use crate::model::{
-    Attempt, EnqueueOutcome, KvEntryMeta, ListFilter, Millis, NewTask, OrderPos, Schedule, Task,
-    TaskRecord, Transition,
+    Attempt, EnqueueOutcome, KvEntryMeta, ListFilter, Millis, NewTask, OrderPos, Schedule,
+    StateCounts, Task, TaskRecord, Transition,
 };
 use crate::ownership::{Holder, Lease};
 
@@ -181,6 +181,13 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// Bytes (keys plus values) `plugin` keeps in kv.
     async fn kv_usage(&self, plugin: &str) -> StoreResult<u64>;
+
+    /// How many stored tasks are in each state, over all partitions. Purged tasks (see
+    /// [`TaskStore::purge_finished`]) no longer count. The embedded and in-memory stores answer
+    /// exactly (the embedded one from counts kept in the same transaction as every task
+    /// change); Cassandra scans every task (O(tasks)), so callers polling it should cache the
+    /// answer.
+    async fn state_counts(&self) -> StoreResult<StateCounts>;
 
     /// `Err` while the store cannot write, saying why (`/healthz` answers 503 with it); a
     /// store that was failing tries to recover here. Stores that cannot tell answer `Ok`.

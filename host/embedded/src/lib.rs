@@ -26,11 +26,11 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableTable};
+use redb::{Database, ReadableTable, TableHandle};
 
 use kairos_core::model::{
-    Attempt, EnqueueOutcome, KvEntryMeta, ListFilter, Millis, NewTask, OrderPos, Schedule, Task,
-    TaskRecord, Transition,
+    Attempt, EnqueueOutcome, KvEntryMeta, ListFilter, Millis, NewTask, OrderPos, Schedule,
+    StateCounts, Task, TaskRecord, TaskState, Transition,
 };
 use kairos_core::ownership::{Holder, Lease};
 use kairos_core::store::{Purged, StoreError, StoreResult, TaskStore};
@@ -137,9 +137,14 @@ impl EmbeddedStore {
     }
 }
 
-/// Creates the tables, checks the format and returns the next sequence number.
+/// Creates the tables, checks the format, counts the tasks by state if the file has no
+/// `state_counts` yet, and returns the next sequence number.
 pub(crate) fn init(db: &Database) -> StoreResult<u64> {
     let txn = db.begin_write().db()?;
+    let counted = txn
+        .list_tables()
+        .db()?
+        .any(|t| t.name() == tables::STATE_COUNTS.name());
     let next_seq = {
         // Opening creates the tables of a new file.
         let _ = txn.open_table(tables::TASKS).db()?;
@@ -152,6 +157,13 @@ pub(crate) fn init(db: &Database) -> StoreResult<u64> {
         let _ = txn.open_table(tables::KV).db()?;
         let _ = txn.open_table(tables::KV_USAGE).db()?;
         let _ = txn.open_table(tables::OWNERS).db()?;
+        let mut counts = txn.open_table(tables::STATE_COUNTS).db()?;
+        if !counted {
+            let found = tables::count_states(&txn.open_table(tables::TASKS).db()?)?;
+            for state in TaskState::ALL {
+                counts.insert(state.as_str(), found.get(state)).db()?;
+            }
+        }
         let mut meta = txn.open_table(tables::META).db()?;
         let format = meta.get(tables::META_FORMAT).db()?.map(|v| v.value());
         match format {
@@ -338,6 +350,10 @@ impl TaskStore for EmbeddedStore {
         let plugin = plugin.to_owned();
         self.read_blocking(move |db| read::kv_usage(db, &plugin))
             .await
+    }
+
+    async fn state_counts(&self) -> StoreResult<StateCounts> {
+        read::state_counts(&*self.cell.get()?)
     }
 
     async fn purge_finished(

@@ -5,16 +5,20 @@
 //! - `pending` holds `(partition, due_at, seq) → id` for exactly the tasks that
 //!   [`Task::is_pending`];
 //! - `by_key` holds `(key, due_at, seq) → id` for every task.
+//!
+//! It also counts the tasks entering and leaving each state; `finish` applies the differences
+//! to `state_counts` once per transaction.
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::codec;
 use super::tables::{
     ATTEMPTS, BY_KEY, DbResult, FORMAT, KV, KV_USAGE, META, META_FORMAT, META_NEXT_SEQ, OWNERS,
-    PAUSED, PENDING, SCHEDULES, TASKS, UKEYS, indexed_task, key_range_bounds, kv_usage, load_task,
+    PAUSED, PENDING, SCHEDULES, STATE_COUNTS, TASKS, UKEYS, indexed_task, key_range_bounds,
+    kv_usage, load_task,
 };
 use kairos_core::model::{
-    Attempt, EnqueueOutcome, Millis, NewTask, Schedule, Task, TaskState, Transition,
+    Attempt, EnqueueOutcome, Millis, NewTask, Schedule, StateCounts, Task, TaskState, Transition,
 };
 use kairos_core::ownership::Lease;
 use kairos_core::store::{Purged, StoreError, StoreResult};
@@ -33,6 +37,11 @@ pub(crate) struct WriteTables<'t> {
     kv: Table<'t, (&'static str, &'static str), (i64, &'static [u8])>,
     kv_usage: Table<'t, &'static str, u64>,
     owners: Table<'t, u32, (u64, &'static str)>,
+    state_counts: Table<'t, &'static str, u64>,
+    /// Tasks that entered each state in this transaction (new tasks included).
+    entered: StateCounts,
+    /// Tasks that left each state in this transaction (purged tasks included).
+    left: StateCounts,
     next_seq: u64,
     first_seq: u64,
     /// Set by every mutation; the writer resets it before each operation so it knows whether a
@@ -45,6 +54,7 @@ pub(crate) struct WriteTables<'t> {
 struct Before {
     due_at: Millis,
     pending: bool,
+    state: TaskState,
 }
 
 impl Before {
@@ -52,6 +62,7 @@ impl Before {
         Self {
             due_at: t.due_at,
             pending: t.is_pending(),
+            state: t.state,
         }
     }
 }
@@ -78,16 +89,32 @@ impl<'t> WriteTables<'t> {
             kv: txn.open_table(KV).db()?,
             kv_usage: txn.open_table(KV_USAGE).db()?,
             owners: txn.open_table(OWNERS).db()?,
+            state_counts: txn.open_table(STATE_COUNTS).db()?,
+            entered: StateCounts::default(),
+            left: StateCounts::default(),
             next_seq,
             first_seq: next_seq,
             dirty: false,
         })
     }
 
-    /// Persists the sequence counter; returns the next sequence number after this batch.
+    /// Persists the sequence counter and the state counts; returns the next sequence number
+    /// after this batch.
     pub(crate) fn finish(mut self) -> StoreResult<u64> {
         if self.next_seq != self.first_seq {
             self.meta.insert(META_NEXT_SEQ, self.next_seq).db()?;
+        }
+        if self.entered != self.left {
+            for state in TaskState::ALL {
+                let (entered, left) = (self.entered.get(state), self.left.get(state));
+                if entered == left {
+                    continue;
+                }
+                let key = state.as_str();
+                let stored = self.state_counts.get(key).db()?.map_or(0, |v| v.value());
+                let count = stored.saturating_add(entered).saturating_sub(left);
+                self.state_counts.insert(key, count).db()?;
+            }
         }
         Ok(self.next_seq)
     }
@@ -149,9 +176,17 @@ impl<'t> WriteTables<'t> {
         self.reindex(None, t)
     }
 
-    /// Id, key, partition and seq never change; the position moves only with `due_at`.
+    /// Id, key, partition and seq never change; the position moves only with `due_at`. Also
+    /// counts the change of state.
     fn reindex(&mut self, before: Option<Before>, t: &Task) -> StoreResult<()> {
         self.dirty = true;
+        let was = before.map(|b| b.state);
+        if was != Some(t.state) {
+            if let Some(s) = was {
+                self.left.add(s, 1);
+            }
+            self.entered.add(t.state, 1);
+        }
         let moved = before.is_some_and(|b| b.due_at != t.due_at);
         let was_pending = before.is_some_and(|b| b.pending);
         if let Some(b) = before {
@@ -208,6 +243,7 @@ impl<'t> WriteTables<'t> {
         }
         for t in &expired {
             self.dirty = true;
+            self.left.add(t.state, 1);
             self.tasks.remove(t.id.as_str()).db()?;
             for n in 1..=t.attempts {
                 self.attempts.remove((t.id.as_str(), n)).db()?;

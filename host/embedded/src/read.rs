@@ -7,10 +7,12 @@ use redb::{Database, ReadTransaction, ReadableTable};
 
 use super::codec;
 use super::tables::{
-    ATTEMPTS, BY_KEY, DbResult, KV, KV_USAGE, OWNERS, PAUSED, PENDING, SCHEDULES, TASKS, UKEYS,
-    indexed_task, key_range_bounds, load_attempts, load_task,
+    ATTEMPTS, BY_KEY, DbResult, KV, KV_USAGE, OWNERS, PAUSED, PENDING, SCHEDULES, STATE_COUNTS,
+    TASKS, UKEYS, indexed_task, key_range_bounds, load_attempts, load_task,
 };
-use kairos_core::model::{KvEntryMeta, ListFilter, Millis, OrderPos, Schedule, Task, TaskRecord};
+use kairos_core::model::{
+    KvEntryMeta, ListFilter, Millis, OrderPos, Schedule, StateCounts, Task, TaskRecord,
+};
 use kairos_core::ownership::Holder;
 use kairos_core::store::{FirstByPos, StoreResult};
 
@@ -166,6 +168,11 @@ pub(super) fn kv_usage(db: &Database, plugin: &str) -> StoreResult<u64> {
     let usage = txn.open_table(KV_USAGE).db()?;
     let kv = txn.open_table(KV).db()?;
     super::tables::kv_usage(&usage, &kv, plugin)
+}
+
+pub(super) fn state_counts(db: &Database) -> StoreResult<StateCounts> {
+    let txn = begin(db)?;
+    super::tables::state_counts(&txn.open_table(STATE_COUNTS).db()?)
 }
 
 pub(super) fn kv_list(

@@ -1,26 +1,31 @@
 //! Table layout of the embedded store, redb error mapping, and lookups shared by the read
 //! path and the writer.
 //!
-//! | table        | key                                  | value                         |
-//! |--------------|--------------------------------------|-------------------------------|
-//! | `tasks`      | id                                   | task record (codec)           |
-//! | `pending`    | (partition, due_at, seq)             | id — exactly the pending tasks|
-//! | `ukeys`      | uniqueness key                       | id                            |
-//! | `attempts`   | (id, attempt number)                 | attempt record (codec)        |
-//! | `by_key`     | (ordering key, due_at, seq)          | id — every task               |
-//! | `meta`       | name (`format`, `next_seq`)          | u64                           |
-//! | `paused`     | ordering key                         | ()                            |
-//! | `schedules`  | name                                 | schedule record (codec)       |
-//! | `kv`         | (plugin, key)                        | (updated_at, value bytes)     |
-//! | `kv_usage`   | plugin                               | bytes of its keys and values  |
-//! | `owners`     | partition                            | (epoch, node id) — leases     |
+//! | table          | key                                  | value                          |
+//! |----------------|--------------------------------------|--------------------------------|
+//! | `tasks`        | id                                   | task record (codec)            |
+//! | `pending`      | (partition, due_at, seq)             | id — exactly the pending tasks |
+//! | `ukeys`        | uniqueness key                       | id                             |
+//! | `attempts`     | (id, attempt number)                 | attempt record (codec)         |
+//! | `by_key`       | (ordering key, due_at, seq)          | id — every task                |
+//! | `meta`         | name (`format`, `next_seq`)          | u64                            |
+//! | `paused`       | ordering key                         | ()                             |
+//! | `schedules`    | name                                 | schedule record (codec)        |
+//! | `kv`           | (plugin, key)                        | (updated_at, value bytes)      |
+//! | `kv_usage`     | plugin                               | bytes of its keys and values   |
+//! | `owners`       | partition                            | (epoch, node id) — leases      |
+//! | `state_counts` | task state (`scheduled`, …)          | tasks in that state            |
+//!
+//! `state_counts` is kept exact by every write transaction that changes a task (one write per
+//! state whose count changed, at the end of the transaction). A file written before it existed
+//! gets it at open, counted from `tasks` in one scan.
 
 use std::ops::RangeInclusive;
 
 use redb::{ReadableTable, TableDefinition};
 
 use super::codec;
-use kairos_core::model::{Attempt, Task};
+use kairos_core::model::{Attempt, StateCounts, Task, TaskState};
 use kairos_core::store::{StoreError, StoreResult};
 
 pub(super) const TASKS: TableDefinition<&str, &[u8]> = TableDefinition::new("tasks");
@@ -35,6 +40,7 @@ pub(super) const KV: TableDefinition<(&str, &str), (i64, &[u8])> = TableDefiniti
 /// Missing for a plugin whose entries were written before the table existed: then summed.
 pub(super) const KV_USAGE: TableDefinition<&str, u64> = TableDefinition::new("kv_usage");
 pub(super) const OWNERS: TableDefinition<u32, (u64, &str)> = TableDefinition::new("owners");
+pub(super) const STATE_COUNTS: TableDefinition<&str, u64> = TableDefinition::new("state_counts");
 
 pub(super) const META_FORMAT: &str = "format";
 pub(super) const META_NEXT_SEQ: &str = "next_seq";
@@ -130,4 +136,40 @@ pub(super) fn kv_usage(
         total += (key.len() + v.value().1.len()) as u64;
     }
     Ok(total)
+}
+
+/// The counts in the `state_counts` table (a missing row is 0).
+pub(super) fn state_counts(
+    table: &impl ReadableTable<&'static str, u64>,
+) -> StoreResult<StateCounts> {
+    let mut counts = StateCounts::default();
+    for state in TaskState::ALL {
+        if let Some(n) = table.get(state.as_str()).db()? {
+            counts.set(state, n.value());
+        }
+    }
+    Ok(counts)
+}
+
+/// Counts the tasks in `tasks` by state, in one scan (for a file written before
+/// `state_counts` existed). A record that does not decode is left out (and reported by `get`).
+pub(super) fn count_states(
+    tasks: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> StoreResult<StateCounts> {
+    let mut counts = StateCounts::default();
+    let mut undecodable = 0u64;
+    for entry in tasks.iter().db()? {
+        let (_, bytes) = entry.db()?;
+        match codec::decode_task(bytes.value()) {
+            Ok(t) => counts.add(t.state, 1),
+            Err(_) => undecodable += 1,
+        }
+    }
+    if undecodable > 0 {
+        tracing::warn!(
+            undecodable,
+            "embedded store: task records that do not decode are not in the state counts"
+        );
+    }
+    Ok(counts)
 }

@@ -8,7 +8,7 @@ use kairos_conformance::{
     T0, dead, enqueue_all, enqueue_one, held, lease_for, new_task, parking, retry, run_attempt,
     succeeded, window, with_ukey,
 };
-use kairos_core::model::{EnqueueOutcome, ListFilter, OrderPos, Schedule, TaskState};
+use kairos_core::model::{EnqueueOutcome, ListFilter, OrderPos, Schedule, StateCounts, TaskState};
 use kairos_core::store::{StoreError, TaskStore};
 use kairos_embedded::{EmbeddedOptions, EmbeddedStore};
 
@@ -153,6 +153,9 @@ async fn concurrent_writes_share_commits() {
             .iter()
             .all(|t| t.state == TaskState::Running)
     );
+    // The counts of the operations sharing a commit add up.
+    let counts = store.state_counts().await.expect("counts");
+    assert_eq!((counts.running, counts.total()), (500, 500), "{counts:?}");
 }
 
 /// Writes raw records with redb behind the store's back (the store must be closed).
@@ -224,6 +227,69 @@ async fn corrupt_records_are_reported_and_operations_stay_all_or_nothing() {
     assert_eq!(
         store.get(&later.id).await.expect("get").map(|r| r.task),
         Some(later)
+    );
+    // The failed enqueue counted nothing (the planted record was never counted either).
+    let counts = store.state_counts().await.expect("counts");
+    assert_eq!((counts.scheduled, counts.total()), (21, 21), "{counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_without_state_counts_is_counted_when_opened() {
+    const STATE_COUNTS: redb::TableDefinition<&str, u64> =
+        redb::TableDefinition::new("state_counts");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("kairos.redb");
+    let store = open(&path);
+    let t = enqueue_all(
+        &store,
+        (0..6).map(|i| new_task(&format!("k{i}"), T0)).collect(),
+    )
+    .await;
+    run_attempt(&store, &t[0].id, succeeded(None)).await;
+    run_attempt(&store, &t[1].id, dead("broken")).await;
+    run_attempt(&store, &t[2].id, retry(T0 + 60_000, "flaky")).await;
+    store
+        .start_attempt(&lease_for(&store, &t[3].id).await, &t[3].id, 1, T0)
+        .await
+        .expect("start");
+    store
+        .cancel(&lease_for(&store, &t[4].id).await, &t[4].id, T0)
+        .await
+        .expect("cancel");
+    let want = StateCounts {
+        scheduled: 1,
+        running: 1,
+        retrying: 1,
+        succeeded: 1,
+        dead: 1,
+        cancelled: 1,
+    };
+    assert_eq!(store.state_counts().await.expect("counts"), want);
+    drop(store);
+    {
+        // The file as a version without the table left it.
+        let db = redb::Database::create(&path).expect("open raw");
+        let txn = db.begin_write().expect("write txn");
+        assert!(
+            txn.delete_table(STATE_COUNTS).expect("delete"),
+            "it existed"
+        );
+        txn.commit().expect("commit");
+    }
+
+    let store = open(&path);
+    assert_eq!(store.state_counts().await.expect("counts"), want);
+    // Kept from then on, and not counted again at the next open.
+    enqueue_one(&store, new_task("k", T0)).await;
+    drop(store);
+    let store = open(&path);
+    let counts = store.state_counts().await.expect("counts");
+    assert_eq!(
+        counts,
+        StateCounts {
+            scheduled: 2,
+            ..want
+        }
     );
 }
 

@@ -135,6 +135,9 @@ impl TaskStore for FlakyStore {
     async fn kv_usage(&self, p: &str) -> StoreResult<u64> {
         self.inner.kv_usage(p).await
     }
+    async fn state_counts(&self) -> StoreResult<StateCounts> {
+        self.inner.state_counts().await
+    }
     async fn purge_finished(
         &self,
         before: Millis,

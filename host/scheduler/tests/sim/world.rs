@@ -290,6 +290,9 @@ impl TaskStore for FaultyStore {
     async fn kv_usage(&self, p: &str) -> StoreResult<u64> {
         self.call(self.inner.kv_usage(p)).await
     }
+    async fn state_counts(&self) -> StoreResult<StateCounts> {
+        self.call(self.inner.state_counts()).await
+    }
     async fn purge_finished(
         &self,
         before: Millis,

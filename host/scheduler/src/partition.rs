@@ -171,9 +171,11 @@ impl PartitionActor {
     }
 
     fn publish_window(&self) {
-        self.shared
-            .metrics
-            .set_partition(self.partition, self.window.len(), self.window.next_timer());
+        self.shared.metrics.set_partition(
+            self.partition,
+            self.window.len(),
+            self.window.next_timer(),
+        );
     }
 
     /// Adds delivered tasks that fall inside the window; the rest wait in the store.

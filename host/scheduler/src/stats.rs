@@ -167,7 +167,10 @@ impl Recent {
                 }
             })
             .collect();
-        let last_complete = points.len().checked_sub(2).map_or(0, |i| points[i].finished);
+        let last_complete = points
+            .len()
+            .checked_sub(2)
+            .map_or(0, |i| points[i].finished);
         RecentView {
             bucket_ms: BUCKET_MS,
             finished_per_s: last_complete as f64 * 1000.0 / BUCKET_MS as f64,

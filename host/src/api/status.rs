@@ -126,9 +126,7 @@ pub async fn partitions(
 ) -> ApiResult<Json<Value>> {
     let mine = local(&st).await;
     if q.local {
-        return Ok(Json(
-            json!({ "node_id": st.node_id, "partitions": mine }),
-        ));
+        return Ok(Json(json!({ "node_id": st.node_id, "partitions": mine })));
     }
     let n = st.enqueuer.partitions;
     let mut holders = Vec::with_capacity(n as usize);
@@ -151,7 +149,12 @@ pub async fn partitions(
             .map(str::to_string);
         for node in others {
             let got = fwd
-                .get_json(&st.node_id, &node, "/v1/partitions?local=true", auth.clone())
+                .get_json(
+                    &st.node_id,
+                    &node,
+                    "/v1/partitions?local=true",
+                    auth.clone(),
+                )
                 .await
                 .and_then(|v| {
                     serde_json::from_value::<Vec<Local>>(v["partitions"].clone())
@@ -163,7 +166,10 @@ pub async fn partitions(
     let running: BTreeMap<(String, u32), Local> = reports
         .iter()
         .filter_map(|(node, r)| r.as_ref().ok().map(|v| (node, v)))
-        .flat_map(|(node, v)| v.iter().map(move |l| ((node.clone(), l.partition), l.clone())))
+        .flat_map(|(node, v)| {
+            v.iter()
+                .map(move |l| ((node.clone(), l.partition), l.clone()))
+        })
         .collect();
     let entries: Vec<Entry> = holders
         .iter()

@@ -46,6 +46,8 @@ pub async fn asset(Path(name): Path<String>) -> Response {
     match name.as_str() {
         "app.js" => file("text/javascript; charset=utf-8", APP_JS),
         "app.css" => file("text/css; charset=utf-8", APP_CSS),
-        _ => ApiError::new(StatusCode::NOT_FOUND, format!("no file {name:?} in /ui")).into_response(),
+        _ => {
+            ApiError::new(StatusCode::NOT_FOUND, format!("no file {name:?} in /ui")).into_response()
+        }
     }
 }

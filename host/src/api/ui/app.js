@@ -191,13 +191,15 @@ function renderPartitions(v) {
   $("nodes").replaceChildren(...v.nodes.map((n) => el("span", { class: "badge" + (n.reachable ? "" : " dead") },
     `${n.node_id}: ` + (n.reachable ? `${n.partitions.length} partitions` : `unreachable (${n.error})`))).flatMap((b) => [b, " "]),
     `${v.count} partitions, ${v.moving} moving`);
-  fill($("partition-rows"), v.partitions.map((p) => el("tr", {},
-    el("td", { class: "num" }, p.partition),
-    el("td", {}, p.owner || "–"),
-    el("td", { class: "num" }, p.epoch ?? "–"),
-    el("td", { class: "num" }, p.window ?? "–"),
-    el("td", {}, when(p.next_due)),
-    el("td", {}, p.moving ? el("span", { class: "badge moving" }, "moving") : ""))), "no partitions");
+  const owners = [...new Set(v.partitions.map((p) => p.owner).filter(Boolean))].sort();
+  $("partition-grid").replaceChildren(...v.partitions.map((p) => el("div", {
+    class: "tile" + (p.moving ? " moving" : "") + " owner-" + (owners.indexOf(p.owner) % 6),
+    dataset: { partition: p.partition },
+    title: `partition ${p.partition}: owner ${p.owner || "none"}, epoch ${p.epoch ?? "–"}, next due ${when(p.next_due)}`,
+  },
+    el("b", {}, p.partition), " ", el("span", { class: "muted" }, p.owner || "no owner"), el("br"),
+    p.moving ? el("span", { class: "badge moving" }, "moving") : `${p.window} in window`, el("br"),
+    el("span", { class: "muted" }, p.next_due ? "next " + new Date(p.next_due).toLocaleTimeString() : "nothing due"))));
 }
 
 function renderSchedules(list) {
@@ -206,7 +208,7 @@ function renderSchedules(list) {
     el("td", { class: "mono" }, s.cron + (s.timezone ? " (" + s.timezone + ")" : "")),
     el("td", {}, s.plugin),
     el("td", { class: "mono" }, s.key),
-    el("td", {}, s.next_runs.map(when).join(", ")))), "no schedules");
+    el("td", {}, s.next_runs.flatMap((t, i) => [i ? " · " : "", el("span", { class: "occurrence" }, when(t))])))), "no schedules");
 }
 
 // ---- one task: its attempts as a timeline ----

@@ -685,6 +685,30 @@ fn f_task_operations_through_any_node_reach_the_owner() {
         wait_stored(a, id);
     }
 
+    // The status page's partition view, from either node, is cluster-wide: each partition
+    // with its owner (node-2's asked over the API), none moving once balanced.
+    for n in [a, b] {
+        let (code, v) = n.call("GET", "/v1/partitions", None);
+        assert_eq!(code, 200, "{v}");
+        assert_eq!(v["cluster"], true, "{v}");
+        assert_eq!(v["moving"], 0, "{v}");
+        let entries = v["partitions"].as_array().expect("partitions");
+        for e in entries {
+            let p = e["partition"].as_u64().expect("partition");
+            let want = if on_a.contains(&p) { "node-1" } else { "node-2" };
+            assert_eq!(e["owner"], want, "partition {p}: {v}");
+            assert!(e["window"].is_u64(), "the owner reported its window: {e}");
+        }
+        assert_eq!(entries.len(), on_a.len() + on_b.len(), "{v}");
+        let nodes = v["nodes"].as_array().expect("nodes");
+        assert_eq!(nodes.len(), 2, "{v}");
+        assert!(nodes.iter().all(|n| n["reachable"] == true), "{v}");
+        // Counts come from the store: the three tasks just stored are scheduled.
+        let (code, st) = n.call("GET", "/v1/stats", None);
+        assert_eq!(code, 200, "{st}");
+        assert!(st["counts"]["scheduled"].as_u64() >= Some(3), "{st}");
+    }
+
     // Cancel through the non-owner.
     let (code, t) = a.call("DELETE", &format!("/v1/tasks/{t_b}"), None);
     assert_eq!(code, 200, "cancel through node-1 of a task of node-2: {t}");

@@ -163,6 +163,22 @@ fn bad_requests_get_clear_errors_and_lose_nothing() {
         resp["error"].as_str().unwrap_or("").contains("task [1]"),
         "{resp}"
     );
+    assert_eq!(resp["index"], 1, "the index, machine-readable: {resp}");
+    // An element that is not a task at all is named too (parsed one by one).
+    let batch =
+        json!([task("b", &rx.url(), 1, 0), task("b", &rx.url(), 2, 0), { "plugin": "notify" }])
+            .to_string();
+    let (code, resp) = server.call("POST", "/v1/tasks/batch", Some(&batch));
+    assert_eq!(code, 400, "{resp}");
+    assert_eq!(resp["index"], 2, "{resp}");
+    assert_eq!(
+        resp["error"], "task [2]: invalid request: missing field `key`",
+        "{resp}"
+    );
+    // Errors about the batch as a whole name no task.
+    let (code, resp) = server.call("POST", "/v1/tasks/batch", Some("[]"));
+    assert_eq!(code, 400, "{resp}");
+    assert!(resp.get("index").is_none(), "{resp}");
     let (_, listed) = server.call("GET", "/v1/tasks?key=b", None);
     assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
     // Unknown ids and states.

@@ -157,12 +157,12 @@ pub struct ServerArg {
 
 #[derive(Subcommand, Debug)]
 pub enum TaskCmd {
-    /// Enqueue a task.
+    /// Enqueue a task, or import many from a JSON Lines file (`--file`).
     Add {
-        #[arg(long)]
-        plugin: String,
-        #[arg(long)]
-        key: String,
+        #[arg(long, required_unless_present = "file")]
+        plugin: Option<String>,
+        #[arg(long, required_unless_present = "file")]
+        key: Option<String>,
         #[arg(long, default_value = "{}")]
         payload: String,
         /// RFC 3339 due time (default: now).
@@ -174,6 +174,34 @@ pub enum TaskCmd {
         uniqueness_key: Option<String>,
         #[arg(long)]
         max_attempts: Option<u32>,
+        /// Import tasks from a JSON Lines file (`-`: stdin): one task a line, each shaped like
+        /// the body of `POST /v1/tasks`; blank lines are skipped. Ends with a summary; exit
+        /// status 0 when every line was imported, 1 when some were rejected, 2 when it
+        /// stopped early (it says from which line to resume).
+        #[arg(
+            long,
+            value_name = "FILE",
+            conflicts_with_all = [
+                "plugin", "key", "payload", "run_at", "delay_ms", "uniqueness_key", "max_attempts",
+            ]
+        )]
+        file: Option<String>,
+        /// With `--file`: tasks per `POST /v1/tasks/batch` [default: 500].
+        #[arg(
+            long,
+            requires = "file",
+            conflicts_with_all = ["plugin", "key"],
+            value_parser = clap::value_parser!(u64).range(1..)
+        )]
+        batch_size: Option<u64>,
+        /// With `--file`: skip the first N lines (to resume a stopped import).
+        #[arg(long, value_name = "N", requires = "file", conflicts_with_all = ["plugin", "key"])]
+        skip_lines: Option<u64>,
+        /// With `--file`: the prefix of the uniqueness keys given to tasks without one
+        /// (`import:ID:LINE`, so a resent batch is never imported twice; default: random).
+        /// Pass the one a stopped import printed to resume it.
+        #[arg(long, value_name = "ID", requires = "file", conflicts_with_all = ["plugin", "key"])]
+        import_id: Option<String>,
         #[command(flatten)]
         server: ServerArg,
     },

@@ -1,6 +1,8 @@
 //! The client side of `kairos task …` and `kairos schedule …`: HTTP calls to a server,
 //! printing its JSON answer, or its `{"error"}` message and a failing exit status.
 
+use std::process::ExitCode;
+
 use serde_json::{Value, json};
 
 use crate::cli::{ScheduleCmd, ServerArg, TaskCmd};
@@ -11,11 +13,15 @@ fn parse_payload(s: &str) -> anyhow::Result<Value> {
 
 /// An agent trusting `--ca` when given (the web PKI roots otherwise).
 fn agent(srv: &ServerArg) -> anyhow::Result<ureq::Agent> {
+    Ok(agent_builder(srv)?.build())
+}
+
+/// The builder of [`agent`], for callers that set more (timeouts).
+pub(crate) fn agent_builder(srv: &ServerArg) -> anyhow::Result<ureq::AgentBuilder> {
+    let b = ureq::AgentBuilder::new();
     Ok(match &srv.ca {
-        None => ureq::Agent::new(),
-        Some(ca) => ureq::AgentBuilder::new()
-            .tls_config(crate::api::tls::client_trusting("--ca", ca)?)
-            .build(),
+        None => b,
+        Some(ca) => b.tls_config(crate::api::tls::client_trusting("--ca", ca)?),
     })
 }
 
@@ -72,8 +78,25 @@ fn print(v: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub fn task(cmd: TaskCmd) -> anyhow::Result<()> {
+/// A task command; `task add --file` exits with its own status (see [`crate::import`]).
+pub fn task(cmd: TaskCmd) -> anyhow::Result<ExitCode> {
     let v = match cmd {
+        TaskCmd::Add {
+            file: Some(file),
+            batch_size,
+            skip_lines,
+            import_id,
+            server,
+            ..
+        } => {
+            return Ok(crate::import::run(crate::import::ImportArgs {
+                file,
+                batch_size: batch_size.unwrap_or(crate::import::DEFAULT_BATCH),
+                skip_lines: skip_lines.unwrap_or(0),
+                import_id,
+                server,
+            }));
+        }
         TaskCmd::Add {
             plugin,
             key,
@@ -83,7 +106,11 @@ pub fn task(cmd: TaskCmd) -> anyhow::Result<()> {
             uniqueness_key,
             max_attempts,
             server,
+            ..
         } => {
+            let (Some(plugin), Some(key)) = (plugin, key) else {
+                anyhow::bail!("--plugin and --key are required (or --file)");
+            };
             let mut body =
                 json!({ "plugin": plugin, "key": key, "payload": parse_payload(&payload)? });
             for (k, v) in [
@@ -130,7 +157,8 @@ pub fn task(cmd: TaskCmd) -> anyhow::Result<()> {
             Some(json!({})),
         )?,
     };
-    print(&v)
+    print(&v)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn schedule(cmd: ScheduleCmd) -> anyhow::Result<()> {

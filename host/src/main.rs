@@ -200,9 +200,9 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await.map(|_| ExitCode::SUCCESS),
             Command::Migrate(args) => migrate(args).await.map(|_| ExitCode::SUCCESS),
             Command::Plugin(cmd) => plugin(cmd).await,
-            Command::Task(cmd) => tokio::task::spawn_blocking(move || kairos::client::task(cmd))
-                .await?
-                .map(|_| ExitCode::SUCCESS),
+            Command::Task(cmd) => {
+                tokio::task::spawn_blocking(move || kairos::client::task(cmd)).await?
+            }
             Command::Token(cmd) => token(cmd).map(|_| ExitCode::SUCCESS),
             Command::Schedule(cmd) => {
                 tokio::task::spawn_blocking(move || kairos::client::schedule(cmd))

@@ -14,6 +14,7 @@ use kairos_core::partition::partition_for;
 use kairos::config::Config;
 use kairos::enqueue::new_task_id;
 use kairos::node::Node;
+use kairos::progress::Progress;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
@@ -106,15 +107,32 @@ fn rss_mib() -> f64 {
         .unwrap_or(0.0)
 }
 
-async fn wait_succeeded(node: &Node, target: u64, timeout: Duration) -> anyhow::Result<()> {
+/// Waits until `target` tasks succeeded on the node, showing that progress on stderr as
+/// `label` (none without a label).
+async fn wait_succeeded(
+    node: &Node,
+    target: u64,
+    timeout: Duration,
+    label: Option<&str>,
+) -> anyhow::Result<()> {
     let start = Instant::now();
-    while node.metrics.succeeded.load(Relaxed) < target {
+    let mut progress = label.map(|l| Progress::new(l, Some(target), "tasks"));
+    loop {
+        let done = node.metrics.succeeded.load(Relaxed);
+        if let Some(p) = &mut progress {
+            p.set(done.min(target));
+        }
+        if done >= target {
+            break;
+        }
         anyhow::ensure!(
             start.elapsed() < timeout,
-            "only {} of {target} tasks succeeded within {timeout:?}",
-            node.metrics.succeeded.load(Relaxed)
+            "only {done} of {target} tasks succeeded within {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    if let Some(p) = &mut progress {
+        p.finish();
     }
     Ok(())
 }
@@ -159,14 +177,24 @@ async fn throughput(args: &BenchArgs) -> anyhow::Result<()> {
         let now = node.enqueuer.clock.now();
         let started = Instant::now();
         let keys = 10_000;
+        let label = format!("throughput run {}", run + 1);
+        let mut enqueued = Progress::new(format!("{label}: enqueued"), Some(tasks as u64), "tasks");
         for chunk in (0..tasks).collect::<Vec<_>>().chunks(1_000) {
             let batch = chunk
                 .iter()
                 .map(|i| task(format!("k{}", i % keys), now, now, partitions))
                 .collect();
             node.enqueuer.submit(batch).await?;
+            enqueued.batch((chunk[0] + chunk.len()) as u64);
         }
-        wait_succeeded(&node, tasks as u64, Duration::from_secs(600)).await?;
+        enqueued.finish();
+        wait_succeeded(
+            &node,
+            tasks as u64,
+            Duration::from_secs(600),
+            Some(&format!("{label}: succeeded")),
+        )
+        .await?;
         let secs = started.elapsed().as_secs_f64();
         let rate = tasks as f64 / secs;
         println!(
@@ -193,6 +221,7 @@ async fn steady(args: &BenchArgs) -> anyhow::Result<()> {
     let per_tick = (rate / 100).max(1);
     let ticks = args.seconds * 100;
     let mut ids = Vec::new();
+    let mut enqueued = Progress::new("steady: enqueued", Some(ticks * per_tick as u64), "tasks");
     let mut next = Instant::now();
     for i in 0..ticks {
         let now = node.enqueuer.clock.now();
@@ -208,10 +237,19 @@ async fn steady(args: &BenchArgs) -> anyhow::Result<()> {
             .collect();
         ids.extend(batch.iter().map(|t| t.id.clone()));
         node.enqueuer.submit(batch).await?;
+        // One batch every 10 ms: progress by time, not by batch.
+        enqueued.set(ids.len() as u64);
         next += Duration::from_millis(10);
         tokio::time::sleep_until(next.into()).await;
     }
-    wait_succeeded(&node, ids.len() as u64, Duration::from_secs(120)).await?;
+    enqueued.finish();
+    wait_succeeded(
+        &node,
+        ids.len() as u64,
+        Duration::from_secs(120),
+        Some("steady: succeeded"),
+    )
+    .await?;
     let l = lateness(&node, &ids).await?;
     report_lateness(
         &format!(
@@ -231,6 +269,7 @@ async fn burst(args: &BenchArgs) -> anyhow::Result<()> {
     let now = node.enqueuer.clock.now();
     let second = (now / 1000 + 8) * 1000;
     let mut ids = Vec::with_capacity(args.burst);
+    let mut enqueued = Progress::new("burst: enqueued", Some(args.burst as u64), "tasks");
     for chunk in (0..args.burst).collect::<Vec<_>>().chunks(5_000) {
         let batch: Vec<NewTask> = chunk
             .iter()
@@ -245,12 +284,20 @@ async fn burst(args: &BenchArgs) -> anyhow::Result<()> {
             .collect();
         ids.extend(batch.iter().map(|t| t.id.clone()));
         node.enqueuer.submit(batch).await?;
+        enqueued.batch(ids.len() as u64);
     }
+    enqueued.finish();
     anyhow::ensure!(
         node.enqueuer.clock.now() < second,
         "enqueueing the burst took longer than 8 s"
     );
-    wait_succeeded(&node, ids.len() as u64, Duration::from_secs(300)).await?;
+    wait_succeeded(
+        &node,
+        ids.len() as u64,
+        Duration::from_secs(300),
+        Some("burst: succeeded"),
+    )
+    .await?;
     let l = lateness(&node, &ids).await?;
     report_lateness(
         &format!("{} tasks due within the same second", args.burst),
@@ -268,6 +315,7 @@ async fn pending(args: &BenchArgs) -> anyhow::Result<()> {
     let now = node.enqueuer.clock.now();
     let started = Instant::now();
     // Due in an hour and later: they stay pending for the whole run.
+    let mut enqueued = Progress::new("pending: enqueued", Some(args.pending as u64), "tasks");
     for chunk in (0..args.pending).collect::<Vec<_>>().chunks(10_000) {
         let batch = chunk
             .iter()
@@ -281,7 +329,9 @@ async fn pending(args: &BenchArgs) -> anyhow::Result<()> {
             })
             .collect();
         node.enqueuer.submit(batch).await?;
+        enqueued.batch((chunk[0] + chunk.len()) as u64);
     }
+    enqueued.finish();
     let enqueue_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(2)).await;
     println!(
@@ -301,6 +351,11 @@ async fn pending(args: &BenchArgs) -> anyhow::Result<()> {
         std::fs::create_dir_all(&cfg.data_dir)?;
         let store = kairos_embedded::EmbeddedStore::open(&cfg.store_path(), Default::default())?;
         let now = kairos_core::clock::system_now();
+        let mut stored = Progress::new(
+            "restart: stored (overdue)",
+            Some(args.pending as u64),
+            "tasks",
+        );
         for chunk in (0..args.pending).collect::<Vec<_>>().chunks(10_000) {
             let batch = chunk
                 .iter()
@@ -314,12 +369,14 @@ async fn pending(args: &BenchArgs) -> anyhow::Result<()> {
                 })
                 .collect();
             store.enqueue(batch).await?;
+            stored.batch((chunk[0] + chunk.len()) as u64);
         }
+        stored.finish();
     }
     let t0 = Instant::now();
     let node = Node::start(cfg).await?;
     let ready = t0.elapsed();
-    wait_succeeded(&node, 1, Duration::from_secs(120)).await?;
+    wait_succeeded(&node, 1, Duration::from_secs(120), None).await?;
     let first = t0.elapsed();
     println!(
         "| restart to first execution with {} tasks pending (all overdue) | {:.0} ms (node ready after {:.0} ms) |",
@@ -363,16 +420,26 @@ async fn fair(args: &BenchArgs) -> anyhow::Result<()> {
     let spinning = node.metrics.running.load(Relaxed);
     let mut ids = Vec::new();
     let ticks = args.seconds.min(8) * 25;
+    let mut enqueued = Progress::new("fair: enqueued (noop)", Some(ticks), "tasks");
     let mut next = Instant::now();
     for i in 0..ticks {
         let now = node.enqueuer.clock.now();
         let t = task(format!("other{i}"), now + 50, now, partitions);
         ids.push(t.id.clone());
         node.enqueuer.submit(vec![t]).await?;
+        enqueued.set(ids.len() as u64);
         next += Duration::from_millis(40);
         tokio::time::sleep_until(next.into()).await;
     }
-    wait_succeeded(&node, ids.len() as u64, Duration::from_secs(30)).await?;
+    enqueued.finish();
+    // The 150 spinners never succeed: the target counts only the noop tasks.
+    wait_succeeded(
+        &node,
+        ids.len() as u64,
+        Duration::from_secs(30),
+        Some("fair: succeeded (noop)"),
+    )
+    .await?;
     let l = lateness(&node, &ids).await?;
     report_lateness(
         &format!(

@@ -35,6 +35,7 @@ use kairos_kafka::KafkaIntake;
 use crate::bench::{BenchArgs, guests_dir, percentile, report_lateness, task};
 use kairos::cluster::{connect_cassandra, connect_intake, kafka_config};
 use kairos::config::{CassandraSection, Config, KafkaSection, QueueConfig, StoreConfig};
+use kairos::progress::Progress;
 
 /// Flags of the cluster scenarios (`--tasks`, `--rate`, `--seconds` are shared with the
 /// embedded ones, with cluster defaults).
@@ -376,15 +377,18 @@ impl BenchCluster {
     /// tasks are read back from the store: a finish recorded by a lightweight transaction that
     /// timed out (and was applied anyway) is in the store but not in the metrics, and a task
     /// that never finishes is reported instead of being waited for forever. Gives up after
-    /// [`STALL`] without progress in either. Prints progress every 10 s.
+    /// [`STALL`] without progress in either. Prints progress every 10 s (and shows it on
+    /// stderr as `label`).
     async fn wait_done(
         &mut self,
         ids: &[String],
         before: Counts,
         started: Instant,
         started_ms: Millis,
+        label: &str,
     ) -> anyhow::Result<Done> {
         let target = before.succeeded + ids.len() as u64;
+        let mut bar = Progress::new(label, Some(ids.len() as u64), "tasks");
         let mut progress = (0u64, 0usize, Instant::now());
         let mut checked: Option<Instant> = None;
         let mut shown = Instant::now();
@@ -395,7 +399,9 @@ impl BenchCluster {
         loop {
             self.nodes.check_alive()?;
             let (c, _) = self.counts().await?;
+            bar.set((c.succeeded - before.succeeded).min(ids.len() as u64));
             if c.succeeded >= target {
+                bar.finish();
                 return Ok(Done {
                     secs: started.elapsed().as_secs_f64(),
                     counts: c.since(before),
@@ -408,6 +414,8 @@ impl BenchCluster {
             }
             if progress.2.elapsed() >= VERIFY && checked.is_none_or(|t| t.elapsed() >= VERIFY) {
                 checked = Some(Instant::now());
+                // What follows prints on stdout: off the terminal's bar line first.
+                bar.clear();
                 let recs = read_back(self.store()?, pending.clone()).await?;
                 let mut unfinished = Vec::new();
                 for (id, rec) in pending.iter().zip(&recs) {
@@ -424,6 +432,8 @@ impl BenchCluster {
                 let finished = ids.len() - unfinished.len();
                 let counted = (c.succeeded - before.succeeded) as usize;
                 if unfinished.is_empty() {
+                    bar.set(ids.len() as u64);
+                    bar.finish();
                     println!(
                         "  store check: all {} finished; {} of them not counted in the nodes' metrics",
                         ids.len(),
@@ -468,6 +478,7 @@ impl BenchCluster {
             }
             if shown.elapsed() >= Duration::from_secs(10) {
                 shown = Instant::now();
+                bar.clear();
                 let secs = started.elapsed().as_secs_f64();
                 println!(
                     "  {:>6.1} s: {} of {} succeeded ({} retries, {} dead)",
@@ -1065,20 +1076,25 @@ async fn throughput(run: &mut BenchCluster, args: &BenchArgs) -> anyhow::Result<
     let started = Instant::now();
     let mut ids = Vec::with_capacity(tasks);
     let mut next = 0;
+    let mut enqueued = Progress::new("cluster throughput: enqueued", Some(tasks as u64), "tasks");
     while next < tasks {
         let end = (next + ENQUEUE_BATCH).min(tasks);
         let batch = new_tasks(next..end, "k", keys, now, now, partitions);
         ids.extend(batch.iter().map(|t| t.id.clone()));
         check_acks(intake.submit(batch).await.context("producing to Kafka")?)?;
         next = end;
+        enqueued.batch(next as u64);
     }
+    enqueued.finish();
     let enqueued = started.elapsed();
     println!(
         "enqueued {tasks} tasks over {keys} keys in {:.2} s ({:.0} tasks/s, acknowledged by Kafka)",
         enqueued.as_secs_f64(),
         tasks as f64 / enqueued.as_secs_f64()
     );
-    let done = run.wait_done(&ids, before, started, now).await?;
+    let done = run
+        .wait_done(&ids, before, started, now, "cluster throughput: succeeded")
+        .await?;
     let cpu1 = Cpu::sample(&run.nodes.pids(), &run.services);
     let (_, per_node) = run.counts().await?;
     let finished = tasks - done.unfinished.len();
@@ -1124,6 +1140,11 @@ async fn steady(run: &mut BenchCluster, args: &BenchArgs) -> anyhow::Result<()> 
     // Every batch is produced by its own task, so a slow acknowledgement does not hold back
     // the next batch: the rate stays the offered rate.
     let mut sends = tokio::task::JoinSet::new();
+    let mut enqueued = Progress::new(
+        "cluster steady: enqueued",
+        Some(ticks * per_tick as u64),
+        "tasks",
+    );
     let mut next = Instant::now();
     for i in 0..ticks as usize {
         let now = system_now();
@@ -1144,6 +1165,8 @@ async fn steady(run: &mut BenchCluster, args: &BenchArgs) -> anyhow::Result<()> 
                     .context("producing to Kafka")?,
             )?;
         }
+        // One batch every 10 ms: progress by time, not by batch.
+        enqueued.set(ids.len() as u64);
         next += Duration::from_millis(10);
         tokio::time::sleep_until(next.into()).await;
     }
@@ -1153,13 +1176,22 @@ async fn steady(run: &mut BenchCluster, args: &BenchArgs) -> anyhow::Result<()> 
                 .context("producing to Kafka")?,
         )?;
     }
+    enqueued.finish();
     let offered = started.elapsed().as_secs_f64();
     println!(
         "enqueued {} tasks over {keys} keys in {offered:.2} s ({:.0} tasks/s offered, each due 50 ms after its enqueue)",
         ids.len(),
         ids.len() as f64 / offered
     );
-    let done = run.wait_done(&ids, before, started, started_ms).await?;
+    let done = run
+        .wait_done(
+            &ids,
+            before,
+            started,
+            started_ms,
+            "cluster steady: succeeded",
+        )
+        .await?;
     let cpu1 = Cpu::sample(&run.nodes.pids(), &run.services);
     let (_, per_node) = run.counts().await?;
     println!(

@@ -128,6 +128,9 @@ fn routes(state: Arc<AppState>) -> Router {
 pub struct ApiError {
     status: StatusCode,
     message: String,
+    /// `POST /v1/tasks/batch`: the index of the task that rejected the batch, answered as
+    /// `"index": N` next to `"error"`.
+    index: Option<usize>,
 }
 
 impl ApiError {
@@ -135,17 +138,26 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            index: None,
         }
+    }
+
+    /// The error of the batch element at `index`: the message says `task [index]: …`, and
+    /// the answer carries `"index": index`.
+    pub fn at_index(mut self, index: usize) -> Self {
+        self.message = format!("task [{index}]: {}", self.message);
+        self.index = Some(index);
+        self
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            axum::Json(serde_json::json!({ "error": self.message })),
-        )
-            .into_response()
+        let body = match self.index {
+            Some(i) => serde_json::json!({ "error": self.message, "index": i }),
+            None => serde_json::json!({ "error": self.message }),
+        };
+        (self.status, axum::Json(body)).into_response()
     }
 }
 

@@ -8,6 +8,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::DateTime;
 use kairos_core::model::{EnqueueOutcome, ListFilter, OrderPos, TaskState};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::forward::{self, OpRequest};
 use super::view::{Accepted, TaskView, rfc3339};
@@ -49,24 +50,32 @@ pub async fn create(st: State, body: Body) -> ApiResult<(StatusCode, Json<Accept
     Ok((status, Json(accepted(o))))
 }
 
-/// All or nothing at validation: one bad task rejects the batch, naming its index.
+/// All or nothing at validation: one bad task rejects the batch, naming its index (in the
+/// message, `task [N]: …`, and as `"index": N`), and nothing of it is stored.
 pub async fn create_batch(st: State, body: Body) -> ApiResult<(StatusCode, Json<Vec<Accepted>>)> {
     let max = st.enqueuer.defaults.max_batch;
     let limit = body_limit(&st).saturating_mul(max.min(64));
-    let reqs: Vec<EnqueueRequest> = read_json(body, limit).await?;
-    if reqs.is_empty() || reqs.len() > max {
+    // Each element is parsed on its own, so a malformed one is named by its index too.
+    let raw: Vec<Box<RawValue>> = read_json(body, limit).await?;
+    if raw.is_empty() || raw.len() > max {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!("a batch holds 1 to {max} tasks; got {}", reqs.len()),
+            format!("a batch holds 1 to {max} tasks; got {}", raw.len()),
         ));
     }
     let now = st.enqueuer.clock.now();
-    let mut tasks = Vec::with_capacity(reqs.len());
-    for (i, r) in reqs.into_iter().enumerate() {
-        let t = st.enqueuer.build(r, now).map_err(|mut e| {
-            e.message = format!("task [{i}]: {}", e.message);
-            ApiError::from(e)
+    let mut tasks = Vec::with_capacity(raw.len());
+    for (i, r) in raw.iter().enumerate() {
+        let req: EnqueueRequest = serde_json::from_str(r.get()).map_err(|e| {
+            // The element is valid JSON; its position within the body says nothing more.
+            let msg = e.to_string();
+            let msg = msg.rfind(" at line ").map_or(&*msg, |at| &msg[..at]);
+            ApiError::new(StatusCode::BAD_REQUEST, format!("invalid request: {msg}")).at_index(i)
         })?;
+        let t = st
+            .enqueuer
+            .build(req, now)
+            .map_err(|e| ApiError::from(e).at_index(i))?;
         tasks.push(t);
     }
     let outcomes = st.enqueuer.submit(tasks).await?;

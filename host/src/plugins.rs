@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use kairos_core::model::Task;
+use kairos_core::model::{ATTEMPT_LOG_MAX_LINES, Task, log_tail};
 use kairos_core::store::TaskStore;
 use kairos_runtime::{
-    FollowUp, HostServices, KvEntry, RunOutcome, RunRequest, Runtime, TaskInfo, When,
+    FollowUp, HostServices, KvEntry, LogLine, LogSource, RunOutcome, RunRequest, Runtime, TaskInfo,
+    When,
 };
 
 use crate::api::PluginLister;
@@ -62,12 +63,34 @@ impl Executor for WasmExecutor {
         ExecOutcome {
             result,
             digest: report.digest,
+            // Every formatted line is at least one line: the last ones are all the tail needs.
+            logs: log_tail(
+                report.logs[report.logs.len().saturating_sub(ATTEMPT_LOG_MAX_LINES)..]
+                    .iter()
+                    .map(attempt_log_line),
+            ),
         }
     }
 
     fn reservation_mb(&self, plugin: &str) -> u64 {
         self.runtime.reservation_mb(plugin)
     }
+}
+
+/// A log line as the attempt's history keeps it: `LEVEL message k=v …`, with the source in
+/// brackets for lines the plugin did not log itself (`ERROR [stderr] …`, `WARN [host] …`).
+fn attempt_log_line(l: &LogLine) -> String {
+    use std::fmt::Write;
+    let mut s = l.level.to_string().to_uppercase();
+    // Writing to a String cannot fail.
+    if l.source != LogSource::Plugin {
+        let _ = write!(s, " [{}]", l.source);
+    }
+    let _ = write!(s, " {}", l.message);
+    for (k, v) in &l.fields {
+        let _ = write!(s, " {k}={v}");
+    }
+    s
 }
 
 /// The runtime's registry as the enqueue path sees it.
@@ -246,5 +269,44 @@ impl HostServices for StoreServices {
             .ok_or("store returned no outcome")?;
         tracing::debug!(from = %origin.id, follow_up = %id, "plugin scheduled a follow-up task");
         Ok(id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kairos_runtime::LogLevel;
+
+    fn line(level: LogLevel, source: LogSource, message: &str, fields: &[(&str, &str)]) -> LogLine {
+        LogLine {
+            at_ms: 0,
+            level,
+            source,
+            message: message.into(),
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn attempt_log_lines_read_level_message_fields() {
+        let logs = [
+            line(
+                LogLevel::Info,
+                LogSource::Plugin,
+                "sent",
+                &[("to", "oncall"), ("status", "200")],
+            ),
+            line(LogLevel::Warn, LogSource::Host, "request refused", &[]),
+            line(LogLevel::Error, LogSource::Stderr, "panicked at x", &[]),
+        ];
+        assert_eq!(
+            log_tail(logs.iter().map(attempt_log_line)).as_deref(),
+            Some(
+                "INFO sent to=oncall status=200\nWARN [host] request refused\nERROR [stderr] panicked at x"
+            )
+        );
     }
 }

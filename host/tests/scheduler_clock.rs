@@ -64,9 +64,15 @@ impl Executor for Scripted {
                 output: Some(format!("done {attempt}")),
             }
         };
+        // Failed attempts leave a log line; successful ones none.
+        let logs = match &result {
+            ExecResult::Success { .. } => None,
+            _ => Some(format!("INFO scripted attempt {attempt} failed")),
+        };
         ExecOutcome {
             result,
             digest: None,
+            logs,
         }
     }
 }
@@ -275,6 +281,18 @@ async fn a_retrying_task_holds_only_its_own_key() {
     assert_eq!(
         rec.attempts.iter().map(|a| a.number).collect::<Vec<_>>(),
         [1, 2, 3]
+    );
+    // Each attempt keeps what its run logged.
+    assert_eq!(
+        rec.attempts
+            .iter()
+            .map(|a| a.logs.as_deref())
+            .collect::<Vec<_>>(),
+        [
+            Some("INFO scripted attempt 1 failed"),
+            Some("INFO scripted attempt 2 failed"),
+            None
+        ]
     );
     let names = h.names();
     let pos = |n: &str| names.iter().rposition(|x| x == n);

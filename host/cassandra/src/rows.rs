@@ -165,7 +165,8 @@ impl TaskCas {
     }
 }
 
-pub(crate) const ATTEMPT_COLS: &str = "number, started_at, ended_at, outcome, error, plugin_digest";
+pub(crate) const ATTEMPT_COLS: &str =
+    "number, started_at, ended_at, outcome, error, plugin_digest, logs";
 
 #[derive(Debug, Clone, DeserializeRow)]
 pub(crate) struct AttemptRow {
@@ -175,6 +176,8 @@ pub(crate) struct AttemptRow {
     pub outcome: String,
     pub error: Option<String>,
     pub plugin_digest: Option<String>,
+    /// Added after the first release: null in rows written before.
+    pub logs: Option<String>,
 }
 
 pub(crate) fn outcome_str(o: AttemptOutcome) -> &'static str {
@@ -204,6 +207,7 @@ impl AttemptRow {
             outcome,
             error: self.error,
             plugin_digest: self.plugin_digest,
+            logs: self.logs,
         })
     }
 }

@@ -9,7 +9,7 @@
 //! pending_buckets  (partition, bucket) → live: the directory of buckets that may hold
 //!                  pending rows, so load_window finds overdue tasks however old they are
 //! tasks_by_key     (key, due_at, seq) → id: every task of an ordering key (list, unpark)
-//! attempts         (task_id, number) → one attempt
+//! attempts         (task_id, number) → one attempt (logs: the tail of its log, added later)
 //! uniqueness       (ukey) → task_id, claimed with INSERT ... IF NOT EXISTS
 //! paused_keys      (shard = 0, key): one small partition, listed in one read
 //! schedules        (name) → schedule
@@ -67,7 +67,10 @@ fn replication_map(r: &Replication) -> StoreResult<String> {
 }
 
 /// Columns added to a table after its first definition: (table, column, type).
-const ADDED_COLUMNS: &[(&str, &str, &str)] = &[("tasks", "generation", "bigint")];
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("tasks", "generation", "bigint"),
+    ("attempts", "logs", "text"),
+];
 
 /// The table definitions, `{ks}` replaced by the keyspace.
 const TABLES: &[&str] = &[
@@ -89,7 +92,7 @@ const TABLES: &[&str] = &[
         PRIMARY KEY (key, due_at, seq)) WITH gc_grace_seconds = 3600",
     "CREATE TABLE IF NOT EXISTS {ks}.attempts (
         task_id text, number bigint, started_at bigint, ended_at bigint, outcome text,
-        error text, plugin_digest text, PRIMARY KEY (task_id, number))",
+        error text, plugin_digest text, logs text, PRIMARY KEY (task_id, number))",
     "CREATE TABLE IF NOT EXISTS {ks}.uniqueness (ukey text PRIMARY KEY, task_id text)",
     "CREATE TABLE IF NOT EXISTS {ks}.paused_keys (shard int, key text, PRIMARY KEY (shard, key))",
     "CREATE TABLE IF NOT EXISTS {ks}.schedules (

@@ -185,7 +185,7 @@ impl Stmts {
             .await?,
             attempt_insert: p(
                 Plain,
-                format!("INSERT INTO {{ks}}.attempts (task_id, {ATTEMPT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?)"),
+                format!("INSERT INTO {{ks}}.attempts (task_id, {ATTEMPT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
             )
             .await?,
             attempts_get: p(

@@ -151,6 +151,7 @@ impl CassandraStore {
                     outcome_str(attempt.outcome),
                     &attempt.error,
                     &attempt.plugin_digest,
+                    &attempt.logs,
                 ),
             )
             .await

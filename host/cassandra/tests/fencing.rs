@@ -22,6 +22,7 @@ fn attempt(number: u32) -> Attempt {
         outcome: AttemptOutcome::Succeeded,
         error: None,
         plugin_digest: None,
+        logs: None,
     }
 }
 

@@ -1,5 +1,6 @@
-//! A keyspace made by an earlier release (no `tasks.generation` column) is brought up to date
-//! when a node starts, and its rows read as generation 0. Needs Cassandra on 127.0.0.1:9042.
+//! A keyspace made by an earlier release (no `tasks.generation` column, no `attempts.logs`
+//! column) is brought up to date when a node starts, and its rows read as generation 0 and
+//! attempts without logs. Needs Cassandra on 127.0.0.1:9042.
 
 mod common;
 
@@ -24,13 +25,27 @@ async fn a_keyspace_from_before_generations_gets_the_column_and_old_rows_read_as
         .await
         .expect("drop column");
     session
+        .query_unpaged(format!("ALTER TABLE {ks}.attempts DROP logs"), ())
+        .await
+        .expect("drop column");
+    session
+        .query_unpaged(
+            format!(
+                "INSERT INTO {ks}.attempts (task_id, number, started_at, ended_at, outcome, \
+                 error, plugin_digest) VALUES ('old', 1, 5, 6, 'retryable', 'e1', null)"
+            ),
+            (),
+        )
+        .await
+        .expect("old attempt row");
+    session
         .query_unpaged(
             format!(
                 "INSERT INTO {ks}.tasks (id, partition, seq, plugin, key, due_at, next_at, \
                  payload, max_attempts, backoff_initial_ms, backoff_max_ms, park_on_dead, \
                  state, attempts, created_at, updated_at, owner_epoch, rev) VALUES \
                  ('old', 0, 1, 'notify', 'k', 5, 5, '{{}}', 3, 1000, 8000, false, \
-                 'scheduled', 0, 1, 1, 0, 0)"
+                 'retrying', 1, 1, 1, 0, 0)"
             ),
             (),
         )
@@ -42,6 +57,9 @@ async fn a_keyspace_from_before_generations_gets_the_column_and_old_rows_read_as
     let old = store.get("old").await.expect("get").expect("stored");
     assert_eq!(old.task.generation, 0);
     assert_eq!(old.task.plugin, "notify");
+    assert_eq!(old.attempts.len(), 1);
+    assert_eq!(old.attempts[0].error.as_deref(), Some("e1"));
+    assert_eq!(old.attempts[0].logs, None);
     // A second start finds the column there already.
     drop(store);
     CassandraStore::connect(options(&ks))

@@ -89,6 +89,7 @@ async fn enqueue_start_finish_throughput() {
         outcome: AttemptOutcome::Succeeded,
         error: None,
         plugin_digest: None,
+        logs: None,
     };
     stream::iter(finishes)
         .map(|(p, id)| {

@@ -59,6 +59,7 @@ pub async fn state_counts_follow_every_change<S: TaskStore>(s: S) {
         outcome: AttemptOutcome::Succeeded,
         error: None,
         plugin_digest: None,
+        logs: None,
     };
     s.finish_attempt(&lease, &succ, attempt, succeeded(Some("ok")), T0 + 10)
         .await

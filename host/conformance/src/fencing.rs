@@ -12,6 +12,7 @@ fn attempt(number: u32, at: Millis) -> Attempt {
         outcome: kairos_core::model::AttemptOutcome::Succeeded,
         error: None,
         plugin_digest: None,
+        logs: None,
     }
 }
 

@@ -261,6 +261,7 @@ pub async fn run_attempt<S: TaskStore + ?Sized>(s: &S, id: &str, transition: Tra
         outcome,
         error,
         plugin_digest: Some(format!("digest-{number}")),
+        logs: None,
     };
     s.finish_attempt(
         &lease_for(s, id).await,

@@ -20,6 +20,7 @@ pub async fn attempts_are_durable_and_history_ordered<S: TaskStore>(s: S) {
         outcome: AttemptOutcome::Retryable,
         error: Some("e1".into()),
         plugin_digest: Some("d1".into()),
+        logs: Some("INFO fetching ünïcode\nWARN [host] request refused url=x\nERROR e1".into()),
     };
     let after1 = s
         .finish_attempt(
@@ -63,6 +64,10 @@ pub async fn attempts_are_durable_and_history_ordered<S: TaskStore>(s: S) {
     assert_eq!(rec.attempts[2].error, None);
     assert_eq!(rec.attempts[2].plugin_digest.as_deref(), Some("digest-3"));
     assert_eq!(rec.attempts[2].ended_at, rec.attempts[2].started_at + 10);
+    // The log tail round-trips, and an attempt that logged nothing has none.
+    assert!(rec.attempts[0].logs.is_some());
+    assert_eq!(rec.attempts[1].logs, None);
+    assert_eq!(rec.attempts[2].logs, None);
 }
 
 pub async fn retry_keeps_the_task_pending_at_its_position<S: TaskStore>(s: S) {
@@ -123,6 +128,7 @@ pub async fn finish_after_cancel_or_finish_conflicts<S: TaskStore>(s: S) {
         outcome: AttemptOutcome::Succeeded,
         error: None,
         plugin_digest: None,
+        logs: None,
     };
     expect_conflict(
         s.finish_attempt(

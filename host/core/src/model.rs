@@ -320,6 +320,51 @@ pub struct Attempt {
     pub error: Option<String>,
     /// sha256 of the plugin version that ran it, when one was found.
     pub plugin_digest: Option<String>,
+    /// The last lines the plugin logged during the attempt, newline-separated (at most
+    /// [`ATTEMPT_LOG_MAX_LINES`] lines and [`ATTEMPT_LOG_MAX_BYTES`] bytes; see [`log_tail`]).
+    /// `None` when it logged nothing, or for attempts recorded before logs were kept.
+    #[serde(default)]
+    pub logs: Option<String>,
+}
+
+/// Most lines of an attempt's log kept with the attempt ([`Attempt::logs`]).
+pub const ATTEMPT_LOG_MAX_LINES: usize = 20;
+/// Most bytes of an attempt's log kept with the attempt ([`Attempt::logs`]).
+pub const ATTEMPT_LOG_MAX_BYTES: usize = 2048;
+
+/// The tail of a log for [`Attempt::logs`]: the last [`ATTEMPT_LOG_MAX_LINES`] lines joined
+/// by `\n`, then, if that is longer than [`ATTEMPT_LOG_MAX_BYTES`], only its last bytes (cut
+/// at a character boundary, so the first line kept may be partial). An item holding line
+/// breaks counts as that many lines; an empty item adds none. `None` when no line is left.
+pub fn log_tail<I, S>(lines: I) -> Option<String>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<str>,
+{
+    let mut kept = std::collections::VecDeque::with_capacity(ATTEMPT_LOG_MAX_LINES + 1);
+    for item in lines {
+        for line in item.as_ref().lines() {
+            if kept.len() == ATTEMPT_LOG_MAX_LINES {
+                kept.pop_front();
+            }
+            // Only the last ATTEMPT_LOG_MAX_BYTES of a line can ever be kept.
+            kept.push_back(tail_bytes(line, ATTEMPT_LOG_MAX_BYTES).to_owned());
+        }
+    }
+    if kept.is_empty() {
+        return None;
+    }
+    let joined = Vec::from(kept).join("\n");
+    Some(tail_bytes(&joined, ATTEMPT_LOG_MAX_BYTES).to_owned())
+}
+
+/// The longest suffix of `s` of at most `max` bytes that starts at a character boundary.
+fn tail_bytes(s: &str, max: usize) -> &str {
+    let mut start = s.len().saturating_sub(max);
+    while !s.is_char_boundary(start) {
+        start += 1;
+    }
+    &s[start..]
 }
 
 /// What follows a finished attempt.
@@ -410,6 +455,36 @@ pub struct KvEntryMeta {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn log_tail_keeps_the_last_lines() {
+        assert_eq!(log_tail(Vec::<String>::new()), None);
+        assert_eq!(log_tail([""]), None);
+        let lines: Vec<String> = (1..=25).map(|i| format!("line {i}")).collect();
+        let tail = log_tail(&lines).expect("lines");
+        let kept: Vec<&str> = tail.split('\n').collect();
+        assert_eq!(kept.len(), ATTEMPT_LOG_MAX_LINES);
+        assert_eq!(kept.first(), Some(&"line 6"));
+        assert_eq!(kept.last(), Some(&"line 25"));
+        // A multi-line item counts as its lines.
+        assert_eq!(log_tail(["a\nb", "c"]).as_deref(), Some("a\nb\nc"));
+    }
+
+    #[test]
+    fn log_tail_keeps_the_last_bytes_at_a_char_boundary() {
+        // 3-byte characters: 2048 is not a multiple of 3, so the cut falls inside one.
+        let long = "€".repeat(1_000);
+        let tail = log_tail([long.as_str(), "end"]).expect("lines");
+        assert!(tail.len() <= ATTEMPT_LOG_MAX_BYTES, "{}", tail.len());
+        assert!(tail.len() > ATTEMPT_LOG_MAX_BYTES - 4);
+        assert!(tail.ends_with("€\nend"));
+        assert!(tail.starts_with('€'));
+        // Many short lines: the byte cap applies after the line cap.
+        let lines = vec!["x".repeat(200); 30];
+        let tail = log_tail(&lines).expect("lines");
+        assert_eq!(tail.len(), ATTEMPT_LOG_MAX_BYTES);
+        assert!(tail.ends_with(&"x".repeat(200)));
+    }
 
     #[test]
     fn state_counts_add_get_total() {

@@ -14,7 +14,8 @@ use kairos_core::store::{StoreError, StoreResult};
 
 /// Version byte in front of every encoded record.
 const V1: u8 = 1;
-/// Tasks only: [`TaskV1`] followed by the follow-up generation (a `u32`).
+/// Tasks: [`TaskV1`] followed by the follow-up generation (a `u32`). Attempts: [`AttemptV1`]
+/// followed by the log tail (an `Option<String>`).
 const V2: u8 = 2;
 
 fn encode<T: Serialize>(what: &str, value: &T, size_hint: usize) -> StoreResult<Vec<u8>> {
@@ -216,17 +217,26 @@ pub(super) fn decode_task(bytes: &[u8]) -> StoreResult<Task> {
     })
 }
 
+/// Borrows the attempt's strings when encoding; owns them when decoding.
 #[derive(Serialize, Deserialize)]
-struct AttemptV1 {
+struct AttemptV1<'a> {
     number: u32,
     started_at: i64,
     ended_at: i64,
     outcome: u8,
-    error: Option<String>,
-    plugin_digest: Option<String>,
+    error: Option<Cow<'a, str>>,
+    plugin_digest: Option<Cow<'a, str>>,
 }
 
 pub(super) fn encode_attempt(a: &Attempt) -> StoreResult<Vec<u8>> {
+    let (v1, logs) = split_attempt(a);
+    let hint = 96 + logs.map_or(0, str::len);
+    encode_as(V2, "attempt", &(v1, logs), hint)
+}
+
+/// The attempt as its V1 record (borrowing its strings) and its log tail, the one field V2
+/// adds.
+fn split_attempt(a: &Attempt) -> (AttemptV1<'_>, Option<&str>) {
     let Attempt {
         number,
         started_at,
@@ -234,27 +244,33 @@ pub(super) fn encode_attempt(a: &Attempt) -> StoreResult<Vec<u8>> {
         outcome,
         error,
         plugin_digest,
-    } = a.clone();
-    let stored = AttemptV1 {
-        number,
-        started_at,
-        ended_at,
-        outcome: outcome_code(outcome),
-        error,
-        plugin_digest,
+        logs,
+    } = a;
+    let v1 = AttemptV1 {
+        number: *number,
+        started_at: *started_at,
+        ended_at: *ended_at,
+        outcome: outcome_code(*outcome),
+        error: error.as_deref().map(Cow::Borrowed),
+        plugin_digest: plugin_digest.as_deref().map(Cow::Borrowed),
     };
-    encode("attempt", &stored, 96)
+    (v1, logs.as_deref())
 }
 
 pub(super) fn decode_attempt(bytes: &[u8]) -> StoreResult<Attempt> {
-    let s: AttemptV1 = decode("attempt", bytes)?;
+    // V1 (before log tails): no logs.
+    let (s, logs): (AttemptV1<'_>, Option<String>) = match bytes.split_first() {
+        Some((&V2, body)) => whole("attempt", body)?,
+        _ => (decode("attempt", bytes)?, None),
+    };
     Ok(Attempt {
         number: s.number,
         started_at: s.started_at,
         ended_at: s.ended_at,
         outcome: outcome_from(s.outcome)?,
-        error: s.error,
-        plugin_digest: s.plugin_digest,
+        error: s.error.map(own),
+        plugin_digest: s.plugin_digest.map(own),
+        logs,
     })
 }
 
@@ -366,20 +382,56 @@ mod tests {
         );
     }
 
-    #[test]
-    fn attempt_and_schedule_round_trip() {
-        let a = Attempt {
+    fn attempt() -> Attempt {
+        Attempt {
             number: 3,
             started_at: 10,
             ended_at: 11,
             outcome: AttemptOutcome::Permanent,
             error: Some("no".into()),
-            plugin_digest: None,
-        };
+            plugin_digest: Some("cd".repeat(32)),
+            logs: Some("INFO sending\nERROR [stderr] panicked at src/lib.rs:3".into()),
+        }
+    }
+
+    #[test]
+    fn an_attempt_written_before_log_tails_reads_without_logs() {
+        let a = attempt();
+        // The record as the first format (V1, no logs) wrote it.
+        let (v1, _) = split_attempt(&a);
+        let bytes = encode("attempt", &v1, 96).expect("encode");
+        assert_eq!(bytes[0], V1);
+        let read = decode_attempt(&bytes).expect("decode");
+        assert_eq!(read.logs, None);
         assert_eq!(
-            decode_attempt(&encode_attempt(&a).expect("encode")).expect("decode"),
+            Attempt {
+                logs: a.logs.clone(),
+                ..read
+            },
             a
         );
+        // A truncated V2 record is corrupt, not a V1 one.
+        let v2 = encode_attempt(&a).expect("encode");
+        assert!(matches!(
+            decode_attempt(&v2[..v2.len() - 3]),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn attempt_and_schedule_round_trip() {
+        for a in [
+            attempt(),
+            Attempt {
+                logs: None,
+                error: None,
+                ..attempt()
+            },
+        ] {
+            let bytes = encode_attempt(&a).expect("encode");
+            assert_eq!(bytes[0], V2);
+            assert_eq!(decode_attempt(&bytes).expect("decode"), a);
+        }
         let s = Schedule {
             name: "daily".into(),
             cron: "0 0 * * *".into(),

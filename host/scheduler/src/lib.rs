@@ -60,6 +60,10 @@ pub struct ExecOutcome {
     pub result: ExecResult,
     /// The plugin version that ran, when one was found.
     pub digest: Option<String>,
+    /// The tail of what the attempt logged, stored with the attempt
+    /// ([`Attempt::logs`](kairos_core::model::Attempt::logs); build it with
+    /// [`log_tail`](kairos_core::model::log_tail)).
+    pub logs: Option<String>,
 }
 
 /// Runs one attempt of a task. The Wasm runtime implements it; tests use fakes.

@@ -121,7 +121,11 @@ pub(crate) async fn run_attempt(
         .observe_ms((run_from - started).max(0) as u64);
     m.lateness
         .observe_ms((run_from - task.next_at).max(0) as u64);
-    let ExecOutcome { result, digest } = if last_interrupted {
+    let ExecOutcome {
+        result,
+        digest,
+        logs,
+    } = if last_interrupted {
         ExecOutcome {
             result: ExecResult::Retry {
                 error: format!(
@@ -130,6 +134,7 @@ pub(crate) async fn run_attempt(
                 retry_after_ms: None,
             },
             digest: None,
+            logs: None,
         }
     } else {
         m.running.fetch_add(1, Relaxed);
@@ -172,6 +177,7 @@ pub(crate) async fn run_attempt(
         outcome,
         error,
         plugin_digest: digest,
+        logs,
     };
     let done = record_end(&shared, &lease, &task.id, record, transition, ended).await;
     m.finish_record

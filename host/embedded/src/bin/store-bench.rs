@@ -178,6 +178,7 @@ async fn run_once(args: &Args, run: usize) -> Result<RunResult, String> {
                     outcome: AttemptOutcome::Succeeded,
                     error: None,
                     plugin_digest: None,
+                    logs: None,
                 };
                 let done = Transition::Succeeded { output: None };
                 store

@@ -359,6 +359,7 @@ impl Executor for SimExecutor {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         self.oracle.attempt_ended(token);
         ExecOutcome {
+            logs: log_tail([format!("sim attempt {attempt}: {result:?}")]),
             result,
             digest: None,
         }

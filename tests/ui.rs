@@ -272,6 +272,17 @@ fn the_status_page_shows_the_apis_numbers_and_retries_a_dead_task() {
         error.as_str().is_some_and(|e| e.contains("500")),
         "the dead task's error is shown: {error}"
     );
+    // With the last attempt's log lines (notify logs the answer's status).
+    let logs = b.wait_for(
+        "the dead task's log lines",
+        WAIT,
+        &format!("(() => {{ const r = {row}; return r && r.children[5].textContent; }})()"),
+    );
+    assert!(
+        logs.as_str()
+            .is_some_and(|l| l.contains("notification posted") && l.contains("500")),
+        "the dead task's log lines are shown: {logs}"
+    );
     b.eval(&format!(
         "{row}.querySelector('button.retry').click(); true"
     ));
@@ -289,6 +300,8 @@ fn the_status_page_shows_the_apis_numbers_and_retries_a_dead_task() {
     assert_eq!(task["state"], "succeeded", "{task}");
     let attempts = b.eval(r##"document.querySelectorAll("#task .attempt").length"##);
     assert_eq!(attempts, json!(2), "the timeline shows both attempts");
+    let timeline_logs = b.eval(r##"document.querySelectorAll("#task .attempt pre").length"##);
+    assert_eq!(timeline_logs, json!(2), "each attempt shows its log lines");
 
     // The escalation and its ack, for the README.
     b.eval(

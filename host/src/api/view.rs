@@ -50,6 +50,8 @@ pub struct AttemptView {
     pub outcome: kairos_core::model::AttemptOutcome,
     pub error: Option<String>,
     pub plugin_digest: Option<String>,
+    /// The last lines the plugin logged in this attempt (at most 20 lines, 2 KiB).
+    pub logs: Option<String>,
 }
 
 impl TaskView {
@@ -82,6 +84,7 @@ impl TaskView {
                         outcome: a.outcome,
                         error: a.error.clone(),
                         plugin_digest: a.plugin_digest.clone(),
+                        logs: a.logs.clone(),
                     })
                     .collect()
             }),

@@ -134,6 +134,26 @@ pub enum PluginCmd {
         #[arg(long, default_value_t = 1)]
         attempt: u32,
     },
+    /// Write a ready plugin project (source, README, a local test) into DIR/NAME.
+    New {
+        name: String,
+        #[arg(long, value_enum)]
+        lang: crate::scaffold::Lang,
+        /// Parent directory of the project (default: the current one).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Build the project in DIR (default: the current one) with its language's toolchain,
+    /// check it against the task-plugin world, and write DIR/NAME.wasm.
+    Build {
+        dir: Option<PathBuf>,
+        /// Where to write the component (default: DIR/NAME.wasm).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Config whose `[limits]` the check applies (default: the built-in defaults).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Args, Debug, Clone)]

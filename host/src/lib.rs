@@ -14,5 +14,6 @@ pub mod node;
 pub mod plugins;
 pub mod progress;
 pub mod retention;
+pub mod scaffold;
 pub use kairos_scheduler as scheduler;
 pub use kairos_scheduler::metrics;

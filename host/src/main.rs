@@ -60,6 +60,29 @@ fn plugins_dir(p: Option<PathBuf>) -> PathBuf {
 
 async fn plugin(cmd: PluginCmd) -> anyhow::Result<ExitCode> {
     match cmd {
+        PluginCmd::New { name, lang, dir } => {
+            let root = kairos::scaffold::new_project(&name, lang, dir.as_deref())?;
+            println!(
+                "created {}: build it with `kairos plugin build {}`",
+                root.display(),
+                root.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCmd::Build { dir, out, config } => {
+            let cfg = match &config {
+                Some(path) => Config::load(path)?,
+                None => Config::default(),
+            };
+            let dir = dir.unwrap_or_else(|| PathBuf::from("."));
+            let written = kairos::scaffold::build(&dir, out.as_deref(), &cfg).await?;
+            let size = std::fs::metadata(&written).map(|m| m.len()).unwrap_or(0);
+            println!(
+                "built {} ({size} bytes): copy it into the plugins directory to load it",
+                written.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         PluginCmd::List { plugins, config } => {
             let cfg = match &config {
                 Some(path) => Config::load(path)?,

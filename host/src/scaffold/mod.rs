@@ -1,0 +1,212 @@
+//! `kairos plugin new` and `kairos plugin build`: a ready plugin project in one command, and
+//! one command that runs the language's toolchain, checks the component against the
+//! `kairos:plugin/task-plugin` world (the same load the server does) and writes `NAME.wasm`.
+//!
+//! Everything a build needs besides the toolchain is in this binary: the WIT and the Python
+//! SDK (`plugin-sdk/python`) are written to a scratch directory for each build.
+
+mod python;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use kairos_runtime::{MemoryServices, Runtime};
+
+use crate::config::Config;
+
+/// The WIT the host serves (`wit/plugin.wit`).
+pub const PLUGIN_WIT: &str = include_str!("../../../wit/plugin.wit");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    Rust,
+    Python,
+    Js,
+}
+
+/// A plugin name: what `NAME.wasm` and tasks' `plugin` use.
+pub fn check_name(name: &str) -> anyhow::Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if !ok {
+        bail!(
+            "plugin name {name:?}: use 1-64 lowercase letters, digits, '-' or '_', starting with a letter"
+        );
+    }
+    Ok(())
+}
+
+/// Fills a template: `{name}` is the plugin's name, `{{`/`}}` are literal braces.
+fn fill(template: &str, name: &str) -> String {
+    template
+        .replace("{{", "\u{0}")
+        .replace("}}", "\u{1}")
+        .replace("{name}", name)
+        .replace('\u{0}', "{")
+        .replace('\u{1}', "}")
+}
+
+/// `kairos plugin new NAME --lang L [--dir D]`: writes the project into `D/NAME` (default
+/// `./NAME`); refuses to touch an existing non-empty directory. Returns the directory.
+pub fn new_project(name: &str, lang: Lang, dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+    check_name(name)?;
+    let root = dir.unwrap_or(Path::new(".")).join(name);
+    if root.exists()
+        && std::fs::read_dir(&root)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(true)
+    {
+        bail!(
+            "{} exists and is not empty; choose another name or --dir",
+            root.display()
+        );
+    }
+    let files: &[(&str, &str)] = match lang {
+        Lang::Python => python::TEMPLATE,
+        Lang::Rust => bail!(
+            "Rust plugins: `kairos plugin new --lang rust` is not available in this build yet; \
+             start from plugin-sdk/examples/hello in the Kairos repository"
+        ),
+        Lang::Js => bail!(
+            "JavaScript plugins are not supported yet: componentize-js cannot build the \
+             task-plugin world here (see issue 11); use --lang python or rust"
+        ),
+    };
+    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+    for (path, template) in files {
+        let p = root.join(path);
+        std::fs::write(&p, fill(template, name))
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(root)
+}
+
+/// The project's language, from the files in it.
+pub fn detect(dir: &Path) -> anyhow::Result<Lang> {
+    if dir.join("Cargo.toml").is_file() {
+        Ok(Lang::Rust)
+    } else if dir.join("app.py").is_file() {
+        Ok(Lang::Python)
+    } else if dir.join("package.json").is_file() {
+        Ok(Lang::Js)
+    } else {
+        bail!(
+            "{}: no Cargo.toml (Rust), app.py (Python) or package.json (JavaScript) here; \
+             create a project with `kairos plugin new NAME --lang …`",
+            dir.display()
+        )
+    }
+}
+
+/// The plugin's name: the project directory's.
+pub fn project_name(dir: &Path) -> anyhow::Result<String> {
+    let abs = dir
+        .canonicalize()
+        .with_context(|| format!("no project at {}", dir.display()))?;
+    let name = abs
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(|n| n.to_ascii_lowercase().replace(' ', "-"))
+        .context("the project directory has no usable name")?;
+    check_name(&name)?;
+    Ok(name)
+}
+
+/// `kairos plugin build [DIR]`: builds the project with its toolchain into `DIR/NAME.wasm`
+/// (or `out`), then loads it as the server would. Returns the written file.
+pub async fn build(dir: &Path, out: Option<&Path>, cfg: &Config) -> anyhow::Result<PathBuf> {
+    let name = project_name(dir)?;
+    let out = out
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.join(format!("{name}.wasm")));
+    let scratch = tempfile::tempdir().context("creating a scratch directory")?;
+    let built = scratch.path().join(format!("{name}.wasm"));
+    match detect(dir)? {
+        Lang::Python => python::build(dir, scratch.path(), &built)?,
+        Lang::Rust => bail!(
+            "building Rust plugins with `kairos plugin build` is not available in this build yet; \
+             use `cargo build --release --target wasm32-wasip2` (crate-type cdylib)"
+        ),
+        Lang::Js => bail!(
+            "JavaScript plugins are not supported yet: componentize-js cannot build the \
+             task-plugin world here (see issue 11)"
+        ),
+    }
+    check_component(&built, &name, cfg)?;
+    std::fs::copy(&built, &out).with_context(|| format!("writing {}", out.display()))?;
+    Ok(out)
+}
+
+/// Loads the component from `path` the way the server does (compiled, checked against the
+/// `task-plugin` world, limits applied); its error otherwise.
+fn check_component(path: &Path, name: &str, cfg: &Config) -> anyhow::Result<()> {
+    let dir = path.parent().context("the built file has no directory")?;
+    let rt = Runtime::new(cfg.runtime_config(), Arc::new(MemoryServices::new()))?;
+    let summary = rt.load_dir(dir);
+    if let Some(err) = summary.errors.first() {
+        bail!("the built component is not a Kairos plugin: {err}");
+    }
+    if !summary.loaded.iter().any(|n| n == name) {
+        bail!("the build wrote no {name}.wasm");
+    }
+    Ok(())
+}
+
+/// Finds a toolchain program: the environment variable `env` if set, else `program` on the
+/// `PATH`; otherwise an error telling how to install it.
+pub fn find_tool(env: &str, program: &str, install: &str) -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os(env) {
+        let p = PathBuf::from(p);
+        if p.is_file() {
+            return Ok(p);
+        }
+        bail!("{env}={} is not a file; {install}", p.display());
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for d in std::env::split_paths(&path) {
+        let p = d.join(program);
+        if p.is_file() {
+            return Ok(p);
+        }
+    }
+    bail!("{program} not found on PATH: {install} (or set {env})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked_and_templates_filled() {
+        assert!(check_name("hello-2").is_ok());
+        assert!(check_name("Hello").is_err());
+        assert!(check_name("../x").is_err());
+        assert!(check_name("").is_err());
+        assert_eq!(fill("{name}: {{\"a\": 1}}", "hi"), "hi: {\"a\": 1}");
+        assert_eq!(
+            fill("f\"{{greeting}}, {{name}}!\"", "hi"),
+            "f\"{greeting}, {name}!\""
+        );
+    }
+
+    #[test]
+    fn new_refuses_a_non_empty_dir_and_detect_finds_the_language() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let p = new_project("hi", Lang::Python, Some(tmp.path())).expect("new");
+        assert_eq!(detect(&p).expect("detect"), Lang::Python);
+        assert_eq!(project_name(&p).expect("name"), "hi");
+        let again = new_project("hi", Lang::Python, Some(tmp.path()));
+        assert!(again.is_err(), "an existing project is not overwritten");
+        assert!(detect(tmp.path()).is_err());
+        let app = std::fs::read_to_string(p.join("app.py")).expect("app.py");
+        assert!(
+            app.contains("@task") && app.contains("The hi plugin"),
+            "{app}"
+        );
+    }
+}

@@ -1,0 +1,77 @@
+//! Python plugins: the project template and the build through componentize-py.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use super::{PLUGIN_WIT, find_tool};
+
+/// `kairos plugin new --lang python`: `(file, template)`.
+pub const TEMPLATE: &[(&str, &str)] = &[
+    ("app.py", include_str!("templates/python/app.py")),
+    ("README.md", include_str!("templates/python/README.md")),
+    ("test_app.py", include_str!("templates/python/test_app.py")),
+];
+
+/// The SDK package (`plugin-sdk/python/kairos_plugin`), written next to each build.
+const SDK: &[(&str, &str)] = &[
+    (
+        "kairos_plugin/__init__.py",
+        include_str!("../../../plugin-sdk/python/kairos_plugin/__init__.py"),
+    ),
+    (
+        "kairos_plugin/http.py",
+        include_str!("../../../plugin-sdk/python/kairos_plugin/http.py"),
+    ),
+];
+
+/// The component's entry module: the user's `app` (which registers its `@task`) and the SDK's
+/// `WitWorld`, the export componentize-py looks for.
+const ENTRY: &str = "import app  # noqa: F401\nfrom kairos_plugin import WitWorld  # noqa: F401\n";
+
+pub const INSTALL: &str = "install it with `pip install componentize-py==0.25.1` (scripts/setup-plugins \
+puts it in the repository's .venv-plugins)";
+
+/// Builds the project in `dir` into `out`, using `scratch` for the WIT, the SDK and the entry
+/// module.
+pub fn build(dir: &Path, scratch: &Path, out: &Path) -> anyhow::Result<()> {
+    let tool = find_tool("KAIROS_COMPONENTIZE_PY", "componentize-py", INSTALL)?;
+    let wit = scratch.join("wit");
+    let sdk = scratch.join("sdk");
+    std::fs::create_dir_all(&wit)?;
+    std::fs::create_dir_all(sdk.join("kairos_plugin"))?;
+    std::fs::write(wit.join("plugin.wit"), PLUGIN_WIT)?;
+    for (path, text) in SDK {
+        std::fs::write(sdk.join(path), text)?;
+    }
+    let entry = scratch.join("entry");
+    std::fs::create_dir_all(&entry)?;
+    std::fs::write(entry.join("_kairos_entry.py"), ENTRY)?;
+    let output = Command::new(&tool)
+        .arg("-q")
+        .arg("-d")
+        .arg(&wit)
+        .args(["-w", "task-plugin", "componentize", "_kairos_entry", "-p"])
+        .arg(dir)
+        .arg("-p")
+        .arg(&sdk)
+        .arg("-p")
+        .arg(&entry)
+        .arg("-o")
+        .arg(out)
+        .output()
+        .with_context(|| format!("running {}", tool.display()))?;
+    if !output.status.success() {
+        bail!(
+            "componentize-py failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    if !out.is_file() {
+        bail!("componentize-py wrote no {}", out.display());
+    }
+    Ok(())
+}

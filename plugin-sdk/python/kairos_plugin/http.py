@@ -1,0 +1,1 @@
+"""Outbound HTTP (placeholder until wasi:http is wired)."""

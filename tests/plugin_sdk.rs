@@ -1,0 +1,259 @@
+//! Plugins in Python, from `kairos plugin new` to a task on a running node, and hostile Python
+//! guests contained. Needs componentize-py in the repository's `.venv-plugins`
+//! (`scripts/setup-plugins`, run by `scripts/test`); without it the tests fail saying so.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::*;
+
+/// Loading a 19 MB Python component compiles it; debug-built hosts take a while.
+const LOAD_WAIT: Duration = Duration::from_secs(240);
+
+fn componentize_py() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv-plugins/bin/componentize-py");
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/setup-plugins (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
+fn kairos(args: &[&str], cwd: &Path) -> Output {
+    Command::new(kairos_bin())
+        .args(args)
+        .current_dir(cwd)
+        .env("KAIROS_COMPONENTIZE_PY", componentize_py())
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run kairos")
+}
+
+fn ok(out: &Output, what: &str) -> String {
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{what} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// The `outcome:` line of `kairos plugin run` as JSON.
+fn outcome_of(out: &Output) -> Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("outcome:"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no outcome in {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    serde_json::from_str(line.trim()).expect("outcome JSON")
+}
+
+fn wait_task(s: &Server, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let (code, t) = s.call("GET", &format!("/v1/tasks/{id}"), None);
+        assert_eq!(code, 200, "{t}");
+        if done(&t) {
+            return t;
+        }
+        assert!(start.elapsed() < LOAD_WAIT, "task {id} did not finish: {t}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_python_plugin_goes_from_plugin_new_to_a_task_on_a_running_node() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = kairos(&["plugin", "new", "hello", "--lang", "python"], tmp.path());
+    ok(&out, "plugin new");
+    let project = tmp.path().join("hello");
+    for f in ["app.py", "README.md", "test_app.py"] {
+        assert!(project.join(f).is_file(), "plugin new wrote {f}");
+    }
+    let out = kairos(&["plugin", "build", "hello"], tmp.path());
+    ok(&out, "plugin build");
+    let wasm = project.join("hello.wasm");
+    assert!(wasm.is_file(), "plugin build wrote hello.wasm");
+
+    // A running node hot-loads it from its plugins directory.
+    let plugins = tmp.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugins dir");
+    let port = free_port();
+    let config = tmp.path().join("kairos.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nplugins_dir = \"{}\"\n\n[plugin.hello.config]\ngreeting = \"Bonjour\"\n",
+            tmp.path().join("data").display(),
+            plugins.display()
+        ),
+    )
+    .expect("config");
+    let s = Server::start(&config);
+    std::fs::copy(&wasm, plugins.join("hello.wasm")).expect("copy hello.wasm");
+    let start = Instant::now();
+    loop {
+        let (_, list) = s.call("GET", "/v1/plugins", None);
+        if list.as_array().is_some_and(|l| {
+            l.iter()
+                .any(|p| p["name"] == "hello" && p["loaded"] == true)
+        }) {
+            break;
+        }
+        assert!(
+            start.elapsed() < LOAD_WAIT,
+            "hello was not hot-loaded: {list}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    let body = json!({"plugin": "hello", "key": "greet", "payload": {"name": "Ada"}}).to_string();
+    let (code, v) = s.call("POST", "/v1/tasks", Some(&body));
+    assert_eq!(code, 201, "{v}");
+    let id = v["id"].as_str().expect("id").to_string();
+    let t = wait_task(&s, &id, |t| {
+        t["state"] != "scheduled" && t["state"] != "running"
+    });
+    assert_eq!(t["state"], "succeeded", "{t}");
+    let output: Value = serde_json::from_str(t["output"].as_str().expect("output")).expect("JSON");
+    assert_eq!(
+        output["message"], "Bonjour, Ada!",
+        "config reached the plugin: {t}"
+    );
+    assert_eq!(output["runs"], 1, "{t}");
+    let logs = t["history"][0]["logs"].as_str().unwrap_or_default();
+    assert!(logs.contains("greeted") && logs.contains("name=Ada"), "{t}");
+
+    // The kv count carries over to the next task; a payload without a name is permanent.
+    let body = json!({"plugin": "hello", "key": "greet", "payload": {"name": "Grace"}}).to_string();
+    let (_, v) = s.call("POST", "/v1/tasks", Some(&body));
+    let t = wait_task(&s, v["id"].as_str().expect("id"), |t| {
+        t["state"] == "succeeded"
+    });
+    assert!(
+        t["output"]
+            .as_str()
+            .is_some_and(|o| o.contains("\"runs\":2")),
+        "{t}"
+    );
+    let body = json!({"plugin": "hello", "key": "bad", "payload": {}}).to_string();
+    let (_, v) = s.call("POST", "/v1/tasks", Some(&body));
+    let t = wait_task(&s, v["id"].as_str().expect("id"), |t| t["state"] == "dead");
+    assert_eq!(t["attempts"], 1, "permanent: no retry: {t}");
+    assert!(
+        t["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the payload needs a name")),
+        "{t}"
+    );
+}
+
+const HOSTILE: &str = r#"
+from kairos_plugin import Retry, log, schedule, task
+
+@task
+def run(t):
+    mode = t.payload.get("mode")
+    if mode == "loop":
+        while True:
+            pass
+    if mode == "bomb":
+        hoard = []
+        while True:
+            hoard.append(bytearray(8 << 20))
+    if mode == "raise":
+        raise ValueError("a bug in the plugin")
+    if mode == "retry":
+        raise Retry("the backend is busy", retry_after_ms=5000)
+    if mode == "follow":
+        return schedule("hostile", t.key, {"mode": "done"}, delay_ms=1000)
+    log.info("done")
+    return None
+"#;
+
+#[test]
+fn python_plugins_that_loop_eat_memory_or_raise_are_contained_with_clear_reasons() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let project = tmp.path().join("hostile");
+    std::fs::create_dir_all(&project).expect("project");
+    std::fs::write(project.join("app.py"), HOSTILE).expect("app.py");
+    ok(
+        &kairos(&["plugin", "build", "hostile"], tmp.path()),
+        "plugin build",
+    );
+    let config = tmp.path().join("limits.toml");
+    std::fs::write(
+        &config,
+        "[limits]\ncpu_ms = 1000\ntimeout_ms = 5000\nmemory_mb = 64\n",
+    )
+    .expect("config");
+    let run = |mode: &str| {
+        let payload = json!({ "mode": mode }).to_string();
+        let dir = project.to_string_lossy().to_string();
+        let cfg = config.to_string_lossy().to_string();
+        let args = [
+            "plugin",
+            "run",
+            "hostile",
+            "--plugins",
+            &dir,
+            "--config",
+            &cfg,
+            "--payload",
+            &payload,
+        ];
+        let started = Instant::now();
+        let out = kairos(&args, tmp.path());
+        (outcome_of(&out), out, started.elapsed())
+    };
+
+    let (o, _, took) = run("loop");
+    assert_eq!(o["outcome"], "failed", "{o}");
+    assert!(o["kind"] == "cpu_limit" || o["kind"] == "timeout", "{o}");
+    assert!(
+        took < Duration::from_secs(120),
+        "the loop was stopped: {took:?}"
+    );
+
+    let (o, _, _) = run("bomb");
+    let contained = (o["outcome"] == "failed" && o["kind"] == "out_of_memory")
+        || (o["outcome"] == "retryable"
+            && o["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("MemoryError")));
+    assert!(contained, "the memory bomb is refused memory: {o}");
+
+    let (o, out, _) = run("raise");
+    assert_eq!(o["outcome"], "retryable", "{o}");
+    assert_eq!(o["message"], "ValueError: a bug in the plugin", "{o}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("Traceback"),
+        "the traceback is logged: {stdout}"
+    );
+
+    let (o, _, _) = run("retry");
+    assert_eq!(
+        o,
+        json!({"outcome": "retryable", "message": "the backend is busy", "retry_after_ms": 5000})
+    );
+
+    let (o, out, _) = run("follow");
+    assert_eq!(o["outcome"], "success", "{o}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("follow-up tasks") && stdout.contains("\\\"mode\\\":\\\"done\\\""),
+        "the follow-up was scheduled: {stdout}"
+    );
+}

@@ -1,6 +1,7 @@
-//! Plugins in Python, from `kairos plugin new` to a task on a running node, and hostile Python
-//! guests contained. Needs componentize-py in the repository's `.venv-plugins`
-//! (`scripts/setup-plugins`, run by `scripts/test`); without it the tests fail saying so.
+//! Plugins in Python and JavaScript, from `kairos plugin new` to a task on a running node, and
+//! hostile guests in both contained. Needs componentize-py in the repository's `.venv-plugins`
+//! and componentize-js in `.node-plugins` (`scripts/setup-plugins`, run by `scripts/test`);
+//! without them the tests fail saying so.
 
 mod support;
 
@@ -24,11 +25,22 @@ fn componentize_py() -> PathBuf {
     p
 }
 
+fn node_modules() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.node-plugins/node_modules");
+    assert!(
+        p.join("@bytecodealliance/componentize-js").is_dir(),
+        "{} has no componentize-js: run scripts/setup-plugins (scripts/test does)",
+        p.display()
+    );
+    p
+}
+
 fn kairos(args: &[&str], cwd: &Path) -> Output {
     Command::new(kairos_bin())
         .args(args)
         .current_dir(cwd)
         .env("KAIROS_COMPONENTIZE_PY", componentize_py())
+        .env("KAIROS_NODE_MODULES", node_modules())
         .env("RUST_LOG", "warn")
         .output()
         .expect("run kairos")
@@ -74,11 +86,22 @@ fn wait_task(s: &Server, id: &str, done: impl Fn(&Value) -> bool) -> Value {
 
 #[test]
 fn a_python_plugin_goes_from_plugin_new_to_a_task_on_a_running_node() {
+    from_new_to_a_task("python", &["app.py", "README.md", "test_app.py"]);
+}
+
+#[test]
+fn a_javascript_plugin_goes_from_plugin_new_to_a_task_on_a_running_node() {
+    from_new_to_a_task("js", &["app.js", "package.json", "README.md", "test.mjs"]);
+}
+
+/// The README's path for a newcomer: `plugin new`, `plugin build`, copy into the plugins dir
+/// of a running node, enqueue, see it succeed.
+fn from_new_to_a_task(lang: &str, files: &[&str]) {
     let tmp = tempfile::tempdir().expect("tmp");
-    let out = kairos(&["plugin", "new", "hello", "--lang", "python"], tmp.path());
+    let out = kairos(&["plugin", "new", "hello", "--lang", lang], tmp.path());
     ok(&out, "plugin new");
     let project = tmp.path().join("hello");
-    for f in ["app.py", "README.md", "test_app.py"] {
+    for f in files {
         assert!(project.join(f).is_file(), "plugin new wrote {f}");
     }
     let out = kairos(&["plugin", "build", "hello"], tmp.path());
@@ -159,7 +182,7 @@ fn a_python_plugin_goes_from_plugin_new_to_a_task_on_a_running_node() {
     );
 }
 
-const HOSTILE: &str = r#"
+const HOSTILE_PY: &str = r#"
 from kairos_plugin import Retry, log, schedule, task
 
 @task
@@ -182,12 +205,52 @@ def run(t):
     return None
 "#;
 
+const HOSTILE_JS: &str = r#"
+import { Retry, log, schedule, task } from '@kairos/plugin';
+
+export const run = task((t) => {
+  const mode = t.payload.mode;
+  if (mode === 'loop') { for (;;) {} }
+  if (mode === 'bomb') { const hoard = []; for (;;) hoard.push(new Array(1 << 20).fill(7)); }
+  if (mode === 'raise') throw new TypeError('a bug in the plugin');
+  if (mode === 'retry') throw new Retry('the backend is busy', { retryAfterMs: 5000 });
+  if (mode === 'follow') return schedule('hostile', t.key, { mode: 'done' }, { delayMs: 1000 });
+  log.info('done');
+  return null;
+});
+"#;
+
 #[test]
 fn python_plugins_that_loop_eat_memory_or_raise_are_contained_with_clear_reasons() {
+    hostile_guests_are_contained(
+        "app.py",
+        HOSTILE_PY,
+        "ValueError: a bug in the plugin",
+        "MemoryError",
+    );
+}
+
+#[test]
+fn javascript_plugins_that_loop_eat_memory_or_raise_are_contained_with_clear_reasons() {
+    hostile_guests_are_contained(
+        "app.js",
+        HOSTILE_JS,
+        "TypeError: a bug in the plugin",
+        "out of memory",
+    );
+}
+
+/// The hostile modes: an endless loop, a memory bomb, an uncaught exception; and the SDK's
+/// retry and follow-up.
+fn hostile_guests_are_contained(file: &str, source: &str, raised: &str, oom: &str) {
     let tmp = tempfile::tempdir().expect("tmp");
     let project = tmp.path().join("hostile");
     std::fs::create_dir_all(&project).expect("project");
-    std::fs::write(project.join("app.py"), HOSTILE).expect("app.py");
+    std::fs::write(project.join(file), source).expect("source");
+    if file.ends_with(".js") {
+        std::fs::write(project.join("package.json"), "{\"type\": \"module\"}")
+            .expect("package.json");
+    }
     ok(
         &kairos(&["plugin", "build", "hostile"], tmp.path()),
         "plugin build",

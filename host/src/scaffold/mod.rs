@@ -3,8 +3,10 @@
 //! `kairos:plugin/task-plugin` world (the same load the server does) and writes `NAME.wasm`.
 //!
 //! Everything a build needs besides the toolchain is in this binary: the WIT and the Python
-//! SDK (`plugin-sdk/python`) are written to a scratch directory for each build.
+//! and JavaScript SDKs (`plugin-sdk/python`, `plugin-sdk/js`) are written to a scratch
+//! directory for each build.
 
+mod js;
 mod python;
 
 use std::path::{Path, PathBuf};
@@ -72,10 +74,7 @@ pub fn new_project(name: &str, lang: Lang, dir: Option<&Path>) -> anyhow::Result
             "Rust plugins: `kairos plugin new --lang rust` is not available in this build yet; \
              start from plugin-sdk/examples/hello in the Kairos repository"
         ),
-        Lang::Js => bail!(
-            "JavaScript plugins are not supported yet: componentize-js cannot build the \
-             task-plugin world here (see issue 11); use --lang python or rust"
-        ),
+        Lang::Js => js::TEMPLATE,
     };
     std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     for (path, template) in files {
@@ -132,10 +131,7 @@ pub async fn build(dir: &Path, out: Option<&Path>, cfg: &Config) -> anyhow::Resu
             "building Rust plugins with `kairos plugin build` is not available in this build yet; \
              use `cargo build --release --target wasm32-wasip2` (crate-type cdylib)"
         ),
-        Lang::Js => bail!(
-            "JavaScript plugins are not supported yet: componentize-js cannot build the \
-             task-plugin world here (see issue 11)"
-        ),
+        Lang::Js => js::build(dir, scratch.path(), &built)?,
     }
     check_component(&built, &name, cfg)?;
     std::fs::copy(&built, &out).with_context(|| format!("writing {}", out.display()))?;

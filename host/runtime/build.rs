@@ -6,7 +6,7 @@
 //!
 //! - `notify`, `alerting`, `chores` to `<target>/plugins/NAME.wasm` (the directory `kairos serve`
 //!   loads by default), exported as `KAIROS_PLUGINS_DIR`;
-//! - `noop`, `hostile`, `hello` to `<target>/test-guests/NAME.wasm`, exported as
+//! - `noop`, `hostile`, `hello`, `typed` to `<target>/test-guests/NAME.wasm`, exported as
 //!   `KAIROS_TEST_GUESTS_DIR`.
 //!
 //! `<target>` is this build's target directory (`CARGO_TARGET_DIR`, else found above `OUT_DIR`).
@@ -28,7 +28,7 @@ const GUEST_TARGET: &str = "wasm32-wasip2";
 /// Shipped plugins, copied to `<target>/plugins`.
 const PLUGINS: &[&str] = &["notify", "alerting", "chores"];
 /// Guests for the host's tests, copied to `<target>/test-guests`.
-const TEST_GUESTS: &[&str] = &["noop", "hostile", "hello"];
+const TEST_GUESTS: &[&str] = &["noop", "hostile", "hello", "typed"];
 
 fn main() {
     if let Err(message) = build() {

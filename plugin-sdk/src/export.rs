@@ -1,7 +1,10 @@
-//! Glue between the wit-bindgen bindings and [`Plugin`](crate::Plugin), used by
-//! [`export_plugin!`](crate::export_plugin). Not part of the API: names here may change.
+//! Glue between the wit-bindgen bindings and the plugin's code, used by the code that
+//! [`#[task]`](macro@crate::task) and [`export_plugin!`](crate::export_plugin) generate. Not part of
+//! the API: names here may change.
 
 use std::sync::Once;
+
+use serde::de::DeserializeOwned;
 
 /// The bindings generated from `wit/plugin.wit` (world `kairos:plugin/task-plugin`).
 #[allow(clippy::too_many_arguments)]
@@ -18,10 +21,50 @@ pub mod bindings {
 pub use bindings::Guest;
 use bindings::kairos::plugin::types as wit;
 
-/// Runs one attempt: converts the task, calls the plugin, converts its result.
+/// Runs one attempt of a `#[task]` function: parses the payload (a permanent error when it
+/// does not parse), calls `f`, converts its result.
+pub fn run_fn<T, R>(task: wit::Task, f: impl FnOnce(T) -> R) -> Result<wit::Outcome, wit::TaskError>
+where
+    T: FromTask,
+    R: crate::TaskReturn,
+{
+    prepare();
+    let result = T::from_task(crate::Task::from(task)).and_then(|task| f(task).into_task_result());
+    to_wit(result)
+}
+
+/// What a `#[task]` function may take: a [`Task<P>`](crate::Task) whose payload parses.
+#[diagnostic::on_unimplemented(
+    message = "a #[task] function takes one `Task<P>` (`P: serde::Deserialize`), not `{Self}`"
+)]
+pub trait FromTask: Sized {
+    /// The task with its payload parsed.
+    fn from_task(task: crate::Task) -> Result<Self, crate::TaskError>;
+}
+
+impl<P: DeserializeOwned> FromTask for crate::Task<P> {
+    fn from_task(task: crate::Task) -> Result<Self, crate::TaskError> {
+        task.parse()
+    }
+}
+
+/// Runs one attempt of a [`Plugin`](crate::Plugin): converts the task, calls the plugin,
+/// converts its result.
 pub fn run<P: crate::Plugin>(task: wit::Task) -> Result<wit::Outcome, wit::TaskError> {
+    prepare();
+    to_wit(P::run(crate::Task::from(task)))
+}
+
+/// Before the plugin's code runs: the panic hook and the `log` crate's backend.
+fn prepare() {
     install_panic_hook();
-    match P::run(crate::Task::from(task)) {
+    crate::log::install_logger();
+}
+
+fn to_wit(
+    result: Result<crate::Outcome, crate::TaskError>,
+) -> Result<wit::Outcome, wit::TaskError> {
+    match result {
         Ok(outcome) => Ok(wit::Outcome {
             output: outcome.output,
         }),

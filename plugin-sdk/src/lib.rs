@@ -1,19 +1,44 @@
 //! Write Kairos task plugins in Rust.
 //!
 //! A plugin is a `cdylib` crate built for `wasm32-wasip2` (which makes it a WebAssembly
-//! component: no extra tooling). It implements [`Plugin`] and exports it with
-//! [`export_plugin!`]; the host calls [`Plugin::run`] once per attempt of a task, each time in a
-//! fresh sandboxed instance with its own memory, CPU and wall-clock limits. Everything the
-//! plugin may do outside its memory goes through this crate:
+//! component: no extra tooling) with one function marked [`#[task]`](macro@task). The host calls
+//! it once per attempt of a task, each time in a fresh sandboxed instance with its own memory,
+//! CPU and wall-clock limits:
+//!
+//! ```rust,ignore
+//! use kairos_plugin_sdk::{Outcome, Task};
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Payload {
+//!     name: String,
+//! }
+//!
+//! #[kairos_plugin_sdk::task]
+//! fn run(task: Task<Payload>) -> anyhow::Result<Outcome> {
+//!     kairos_plugin_sdk::log::info!("hello {}", task.payload.name);
+//!     Ok(Outcome::with_output(format!("greeted {}", task.payload.name)))
+//! }
+//! ```
+//!
+//! - **The task**: [`Task<P>`](Task) carries the payload parsed into `P` (any
+//!   `serde::Deserialize` type; `serde_json::Value` for any JSON) and the task's `id`, `key`,
+//!   `attempt`, `due_at_ms` and `plugin`. A payload that does not parse fails the task
+//!   permanently, with serde's message, before the function runs.
+//! - **The result**: `Result<Outcome, E>`, or `Result<(), E>` for success without output, with
+//!   any error type `E` that converts into `anyhow::Error` (so `?` works on anything):
+//!   `anyhow::Result<Outcome>`, `Result<Outcome, TaskError>`, `Result<(), MyError>`
+//!   ([`TaskReturn`]).
+//! - **Retryable or permanent**: see [Errors and retries](#errors-and-retries).
+//!
+//! Everything the plugin may do outside its memory goes through this crate:
 //!
 //! | item | what |
 //! |---|---|
-//! | [`Task::payload_json`] | decode the task's JSON payload (a mismatch is a permanent error) |
-//! | [`log`] | structured log lines into the task's log |
+//! | [`log`] | the `log` crate's macros (`log::info!`), and log lines with explicit fields |
 //! | [`kv`] | durable key-value state private to the plugin |
 //! | [`schedule`] | enqueue follow-up tasks (for this plugin or another) |
 //! | [`config`] | the plugin's configuration values and secrets |
-//! | [`http`] | outbound HTTP to the hosts in the plugin's `allowed_hosts` |
+//! | [`http`] | outbound HTTP to the hosts in the plugin's `allowed_hosts`: [`http::send`] on the `http` crate's types, or [`http::post_json`] |
 //!
 //! The clocks work ([`now_ms`], `std::time`), as do randomness and `println!`/`eprintln!`
 //! (captured into the task log); files, environment variables and sockets do not.
@@ -39,8 +64,11 @@
 //!
 //! [dependencies]
 //! kairos-plugin-sdk = { path = "../plugin-sdk" }
+//! anyhow = "1"
 //! serde = { version = "1", features = ["derive"] }
 //! ```
+//!
+//! (`anyhow` and `serde_json` are also re-exported, as [`anyhow`] and [`serde_json`].)
 //!
 //! Build it with `cargo build --release --target wasm32-wasip2` (once:
 //! `rustup target add wasm32-wasip2`) and drop `target/wasm32-wasip2/release/hello.wasm`,
@@ -49,17 +77,47 @@
 //!
 //! # Errors and retries
 //!
-//! [`Plugin::run`] returns [`TaskError::retryable`] (try again after backoff),
-//! [`TaskError::retry_after`] (not before a delay) or [`TaskError::permanent`] (the task is
-//! dead at once). The SDK's errors convert with `?`: kv and scheduler failures of the host are
-//! retryable, undecodable data is permanent; HTTP connection errors and timeouts are retryable,
-//! a host outside `allowed_hosts` is permanent. A panic fails the attempt (retryable by the
-//! host's policy); its message goes to stderr and the task log.
+//! An error is **retryable** (another attempt after the task's backoff) unless it says
+//! otherwise. The first of these in its chain (outermost first, through `.context(...)`)
+//! decides:
+//!
+//! - [`permanent(err)`](permanent) or `result.permanent()` ([`ResultExt`]): the task is dead
+//!   at once;
+//! - [`retry_after(err, ms)`](retry_after) or `result.retry_after(ms)`: retryable, not before
+//!   `ms` milliseconds;
+//! - a [`TaskError`]: [`TaskError::retryable`], [`TaskError::retry_after`],
+//!   [`TaskError::permanent`];
+//! - the SDK's errors: kv and scheduler failures of the host are retryable, undecodable data is
+//!   permanent; HTTP connection errors and timeouts are retryable, a host outside
+//!   `allowed_hosts` and an invalid URL are permanent; an `http::Error` (a request that could
+//!   not be built) is permanent.
+//!
+//! The attempt's message is the error chain joined with `": "`, as `format!("{err:#}")` prints
+//! an `anyhow::Error`. A panic fails the attempt (retryable by the host's policy); its message
+//! goes to stderr and the task log.
+//!
+//! ```rust,ignore
+//! use kairos_plugin_sdk::ResultExt as _;
+//!
+//! let rota = kv::get_json::<Rota>("rota")?.context("no rota")?;  // retryable
+//! let when = parse_time(&task.payload.at).permanent()?;            // permanent
+//! if response.status() == 429 {
+//!     return Err(kairos_plugin_sdk::retry_after(anyhow!("rate limited"), 60_000));
+//! }
+//! ```
 //!
 //! Attempts can repeat (a retry, a crash between the work and its acknowledgement): use
 //! [`Task::id`] as an idempotency key and give follow-ups a [`FollowUp::uniqueness_key`].
+//!
+//! # The `Plugin` trait (deprecated form)
+//!
+//! Before `#[task]`, a plugin implemented [`Plugin`] (`fn run(task: Task) -> Result<Outcome,
+//! TaskError>`, the payload as JSON text, decoded with [`Task::payload_json`]) and exported it
+//! with [`export_plugin!`]. Both still work, for one more release; new plugins should use
+//! `#[task]`.
 
 pub mod config;
+mod error;
 pub mod http;
 pub mod kv;
 pub mod log;
@@ -70,9 +128,24 @@ mod task;
 #[path = "export.rs"]
 pub mod __private;
 
+pub use error::{ResultExt, TaskReturn, permanent, retry_after};
+/// Exports a function as the plugin's `run`: see [the crate documentation](crate).
+///
+/// ```rust,ignore
+/// #[kairos_plugin_sdk::task]
+/// fn run(task: kairos_plugin_sdk::Task<Payload>) -> anyhow::Result<kairos_plugin_sdk::Outcome>
+/// ```
+///
+/// The function takes one [`Task<P>`](Task) and returns a [`TaskReturn`]. Use it once per
+/// plugin crate. `#[task(crate = "path")]` names this crate when it is not a dependency called
+/// `kairos_plugin_sdk` (renamed, or re-exported by another crate).
+pub use kairos_plugin_macros::task;
 pub use scheduler::{FollowUp, ScheduleError, When, schedule};
 pub use task::{Outcome, Plugin, Task, TaskError};
 
+/// Re-exported for `anyhow::Result`, `anyhow!` and `.context(...)` without a separate
+/// dependency.
+pub use anyhow;
 /// Re-exported so that plugins can build JSON values (`serde_json::json!`) without a separate
 /// dependency.
 pub use serde_json;
@@ -85,7 +158,8 @@ pub fn now_ms() -> i64 {
     }
 }
 
-/// Exports a [`Plugin`] implementation as the component's `run` function.
+/// Exports a [`Plugin`] implementation as the component's `run` function (the deprecated form:
+/// prefer [`#[task]`](macro@task) on a function).
 ///
 /// Use it once per plugin crate, at the top level:
 ///

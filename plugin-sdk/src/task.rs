@@ -5,10 +5,14 @@ use std::fmt;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// A task plugin: one `run` per attempt, each in a fresh instance (no state survives between
-/// calls except through [`kv`](crate::kv)). Export it with [`export_plugin!`](crate::export_plugin).
+/// A task plugin as a trait: one `run` per attempt, each in a fresh instance (no state survives
+/// between calls except through [`kv`](crate::kv)). Export it with
+/// [`export_plugin!`](crate::export_plugin).
+///
+/// Superseded by [`#[task]`](macro@crate::task) on a function, which parses the payload and takes any
+/// error type; kept for one release so existing plugins build unchanged.
 pub trait Plugin {
-    /// Runs one attempt of `task`.
+    /// Runs one attempt of `task` (its payload is the JSON text: see [`Task::payload_json`]).
     ///
     /// `Ok` completes the task; [`TaskError::retryable`] asks for another attempt (after backoff,
     /// or after [`TaskError::retry_after`]'s delay); [`TaskError::permanent`] kills the task.
@@ -16,9 +20,13 @@ pub trait Plugin {
     fn run(task: Task) -> Result<Outcome, TaskError>;
 }
 
-/// One attempt of one task.
+/// One attempt of one task, with its payload parsed into `P`.
+///
+/// A [`#[task]`](macro@crate::task) function takes a `Task<MyPayload>` (any
+/// [`Deserialize`](serde::Deserialize) type; `Task<serde_json::Value>` for any JSON). The
+/// [`Plugin`] trait gets a `Task` (`Task<String>`), whose payload is the JSON text.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Task {
+pub struct Task<P = String> {
     /// Stable across attempts: use it (with `attempt`) as an idempotency key.
     pub id: String,
     /// The ordering key: tasks with the same key run one at a time, in order.
@@ -29,8 +37,8 @@ pub struct Task {
     pub attempt: u32,
     /// When the task was due, Unix epoch milliseconds.
     pub due_at_ms: i64,
-    /// The payload, a JSON document.
-    pub payload: String,
+    /// The payload: parsed for a `#[task]` function, the JSON text for a [`Plugin`].
+    pub payload: P,
 }
 
 impl Task {
@@ -45,6 +53,19 @@ impl Task {
                 self.plugin,
                 short_type_name::<T>()
             ))
+        })
+    }
+
+    /// The same task with its payload decoded (a permanent error as for [`Task::payload_json`]).
+    pub(crate) fn parse<T: DeserializeOwned>(self) -> Result<Task<T>, TaskError> {
+        let payload = self.payload_json()?;
+        Ok(Task {
+            id: self.id,
+            key: self.key,
+            plugin: self.plugin,
+            attempt: self.attempt,
+            due_at_ms: self.due_at_ms,
+            payload,
         })
     }
 }

@@ -267,16 +267,54 @@ async fn sdk_hello_example_runs() {
     let id = req.task.id.clone();
     let report = rt.run(req).await;
     assert_eq!(output(&report), "greeted Ada");
-    assert_eq!(services.get("hello", "greeted/Ada"), Some(id.into_bytes()));
+    let greeting = report.logs.iter().find(|l| l.message == "greeting");
+    assert_eq!(
+        greeting.map(|l| l.fields.clone()),
+        Some(vec![
+            ("name".to_string(), "Ada".to_string()),
+            ("id".to_string(), id.clone())
+        ]),
+        "{}",
+        logs_text(&report)
+    );
+    assert_eq!(
+        services.get("hello", "greeted/Ada"),
+        Some(id.clone().into_bytes())
+    );
     let f = services.follow_ups();
     assert_eq!(f.len(), 1);
     assert_eq!(f[0].plugin, "notify");
     assert_eq!(f[0].when, When::DelayMs(3_600_000));
     assert_eq!(rx.received()[0].body["name"], json!("Ada"));
+    assert_eq!(rx.received()[0].idempotency_key, Some(id));
+
+    let report = rt
+        .run(task(
+            "hello",
+            json!({"name": "Ada", "url": rx.url("/status/404")}),
+        ))
+        .await;
+    assert_eq!(
+        report.outcome,
+        RunOutcome::Permanent {
+            message: "the greeting was refused: HTTP 404 Not Found".into()
+        }
+    );
+    let report = rt
+        .run(task(
+            "hello",
+            json!({"name": "Ada", "url": rx.url("/status/503")}),
+        ))
+        .await;
+    assert!(
+        matches!(&report.outcome, RunOutcome::Retryable { message, .. } if message.contains("503")),
+        "{}",
+        report.outcome
+    );
 
     let report = rt.run(task("hello", json!({"nombre": "Ada"}))).await;
     assert!(
-        matches!(report.outcome, RunOutcome::Permanent { .. }),
+        matches!(&report.outcome, RunOutcome::Permanent { message } if message.contains("missing field `name`")),
         "bad payload: {}",
         report.outcome
     );

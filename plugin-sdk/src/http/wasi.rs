@@ -11,22 +11,30 @@ use wasip2::http::types::{
 use wasip2::io::streams::{InputStream, OutputStream, StreamError};
 
 use super::url::Target;
-use super::{HttpError, HttpResponse, MAX_RESPONSE_BODY};
+use super::{HttpError, MAX_RESPONSE_BODY};
 
 /// Largest write `blocking-write-and-flush` accepts.
 const WRITE_CHUNK: usize = 4096;
 const READ_CHUNK: u64 = 64 * 1024;
 
+/// A response as received: header names in lower case, values as bytes.
+pub(crate) struct RawResponse {
+    pub status: u16,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+/// Sends one request; `headers` are (name, value) pairs, names in any case.
 pub(crate) fn send(
     method: &str,
     target: &Target,
-    headers: &[(&str, &str)],
+    headers: Vec<(String, Vec<u8>)>,
     body: &[u8],
-) -> Result<HttpResponse, HttpError> {
+) -> Result<RawResponse, HttpError> {
     let ctx = Ctx { method, target };
     let mut fields: Vec<(String, Vec<u8>)> = headers
-        .iter()
-        .map(|(n, v)| (n.to_ascii_lowercase(), v.as_bytes().to_vec()))
+        .into_iter()
+        .map(|(n, v)| (n.to_ascii_lowercase(), v))
         .collect();
     // A known length instead of chunked transfer encoding: some receivers refuse the latter.
     let sends_body = !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH");
@@ -93,14 +101,10 @@ fn write_body(outgoing: OutgoingBody, body: &[u8], ctx: &Ctx<'_>) -> Result<(), 
     OutgoingBody::finish(outgoing, None).map_err(|code| ctx.error(code))
 }
 
-fn read_response(response: IncomingResponse, ctx: &Ctx<'_>) -> Result<HttpResponse, HttpError> {
+fn read_response(response: IncomingResponse, ctx: &Ctx<'_>) -> Result<RawResponse, HttpError> {
     let status = response.status();
     let header_fields = response.headers();
-    let headers = header_fields
-        .entries()
-        .into_iter()
-        .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
-        .collect();
+    let headers = header_fields.entries();
     drop(header_fields);
     let incoming = response
         .consume()
@@ -118,7 +122,7 @@ fn read_response(response: IncomingResponse, ctx: &Ctx<'_>) -> Result<HttpRespon
     };
     drop(IncomingBody::finish(incoming));
     drop(response);
-    Ok(HttpResponse {
+    Ok(RawResponse {
         status,
         headers,
         body: body?,

@@ -18,7 +18,7 @@
 mod status;
 
 use kairos_plugin_sdk::serde_json::{Map, Value};
-use kairos_plugin_sdk::{Outcome, Plugin, Task, TaskError, http, log};
+use kairos_plugin_sdk::{Outcome, Task, TaskError, http, log};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -28,23 +28,18 @@ struct Payload {
     fields: Map<String, Value>,
 }
 
-struct Notify;
+#[kairos_plugin_sdk::task]
+fn run(task: Task<Payload>) -> Result<Outcome, TaskError> {
+    let Payload { url, mut fields } = task.payload;
+    fields.insert("url".into(), Value::from(url.as_str()));
+    fields.insert("task_id".into(), Value::from(task.id.as_str()));
+    fields.insert("key".into(), Value::from(task.key.as_str()));
+    fields.insert("attempt".into(), Value::from(task.attempt));
 
-impl Plugin for Notify {
-    fn run(task: Task) -> Result<Outcome, TaskError> {
-        let Payload { url, mut fields } = task.payload_json()?;
-        fields.insert("url".into(), Value::from(url.as_str()));
-        fields.insert("task_id".into(), Value::from(task.id.as_str()));
-        fields.insert("key".into(), Value::from(task.key.as_str()));
-        fields.insert("attempt".into(), Value::from(task.attempt));
-
-        let response = http::post_json_with(&url, &[("idempotency-key", &task.id)], &fields)?;
-        log::info(
-            "notification posted",
-            &[("url", &url), ("status", &response.status)],
-        );
-        status::outcome(&url, &response)
-    }
+    let response = http::post_json_with(&url, &[("idempotency-key", &task.id)], &fields)?;
+    log::info(
+        "notification posted",
+        &[("url", &url), ("status", &response.status)],
+    );
+    status::outcome(&url, &response)
 }
-
-kairos_plugin_sdk::export_plugin!(Notify);

@@ -63,9 +63,14 @@ impl Forwarder {
         secret: String,
         tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
     ) -> Self {
+        // No pooled connections: a node closes an idle keep-alive connection after its header
+        // timeout, and a request sent on one as it closes gets no answer (seen in cluster
+        // scenario (f) once the status page's calls left a connection idle). A fresh
+        // connection per forwarded request costs a handshake; these are operator calls.
         let mut agent = ureq::AgentBuilder::new()
             .timeout_connect(CONNECT_TIMEOUT)
             .timeout(TIMEOUT)
+            .max_idle_connections(0)
             .redirects(0);
         let scheme = match tls {
             Some(cfg) => {

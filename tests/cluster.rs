@@ -695,7 +695,11 @@ fn f_task_operations_through_any_node_reach_the_owner() {
         let entries = v["partitions"].as_array().expect("partitions");
         for e in entries {
             let p = e["partition"].as_u64().expect("partition");
-            let want = if on_a.contains(&p) { "node-1" } else { "node-2" };
+            let want = if on_a.contains(&p) {
+                "node-1"
+            } else {
+                "node-2"
+            };
             assert_eq!(e["owner"], want, "partition {p}: {v}");
             assert!(e["window"].is_u64(), "the owner reported its window: {e}");
         }

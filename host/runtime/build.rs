@@ -4,10 +4,13 @@
 //! (`plugins/Cargo.toml`: the shipped plugins, the test guests and the SDK's example), into its
 //! own target directory `<target>/wasm-guests`, then copies
 //!
-//! - `notify`, `alerting`, `chores` to `<target>/plugins/NAME.wasm` (the directory `kairos serve`
-//!   loads by default), exported as `KAIROS_PLUGINS_DIR`;
+//! - `notify`, `alerting`, `chores` to `$OUT_DIR/builtin/NAME.wasm`, exported as
+//!   `KAIROS_BUILTIN_PLUGINS_DIR`: the crate embeds them with `include_bytes!` (the path is
+//!   used at compile time only, nothing of it reaches the binary), and to
+//!   `<target>/plugins/NAME.wasm`, for tests and scripts that want them as files (the
+//!   product never reads that directory);
 //! - `noop`, `hostile`, `hello`, `typed` to `<target>/test-guests/NAME.wasm`, exported as
-//!   `KAIROS_TEST_GUESTS_DIR`.
+//!   `KAIROS_TEST_GUESTS_DIR` (for tests and benchmarks only).
 //!
 //! `<target>` is this build's target directory (`CARGO_TARGET_DIR`, else found above `OUT_DIR`).
 //! The same build by hand, from the repository root:
@@ -25,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 const GUEST_TARGET: &str = "wasm32-wasip2";
-/// Shipped plugins, copied to `<target>/plugins`.
+/// Shipped plugins, embedded in the binary (and copied to `<target>/plugins`).
 const PLUGINS: &[&str] = &["notify", "alerting", "chores"];
 /// Guests for the host's tests, copied to `<target>/test-guests`.
 const TEST_GUESTS: &[&str] = &["noop", "hostile", "hello", "typed"];
@@ -58,14 +61,18 @@ fn build() -> Result<(), String> {
     cargo_build(&guest_manifest, &guest_target)?;
 
     let built = guest_target.join(GUEST_TARGET).join("release");
+    // A private copy for `include_bytes!`: `<target>/plugins` is for people and tests, who may
+    // put other files there.
+    let builtin_dir = PathBuf::from(var("OUT_DIR")?).join("builtin");
     let plugins_dir = target.join("plugins");
     let test_guests_dir = target.join("test-guests");
+    copy_guests(&built, PLUGINS, &builtin_dir)?;
     copy_guests(&built, PLUGINS, &plugins_dir)?;
     copy_guests(&built, TEST_GUESTS, &test_guests_dir)?;
 
     println!(
-        "cargo::rustc-env=KAIROS_PLUGINS_DIR={}",
-        plugins_dir.display()
+        "cargo::rustc-env=KAIROS_BUILTIN_PLUGINS_DIR={}",
+        builtin_dir.display()
     );
     println!(
         "cargo::rustc-env=KAIROS_TEST_GUESTS_DIR={}",

@@ -83,7 +83,8 @@ pub struct ServeArgs {
     /// Data directory (embedded database, compiled-plugin cache).
     #[arg(long)]
     pub data: Option<PathBuf>,
-    /// Plugin directory to load and watch.
+    /// Plugin directory to load and watch, added to the built-in plugins (a NAME.wasm there
+    /// overrides the built-in NAME). Default: the config's `plugins_dir`, else none.
     #[arg(long)]
     pub plugins: Option<PathBuf>,
     /// API listen address.
@@ -107,9 +108,11 @@ pub struct MigrateArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum PluginCmd {
-    /// List the plugins in a directory with their digests, and what their manifests ask
-    /// beyond the operator's config (clamped or dropped).
+    /// List the plugins `kairos serve` would load (built-in, and of a directory) with their
+    /// digests and sources, and what their manifests ask beyond the operator's config
+    /// (clamped or dropped).
     List {
+        /// Plugin directory, over the built-in plugins (default: the config's `plugins_dir`).
         #[arg(long)]
         plugins: Option<PathBuf>,
         /// Config file whose `[limits]` and `[plugin.NAME]` grants are the ceiling.
@@ -125,6 +128,7 @@ pub enum PluginCmd {
         payload: String,
         #[arg(long, default_value = "cli")]
         key: String,
+        /// Plugin directory, over the built-in plugins (default: the config's `plugins_dir`).
         #[arg(long)]
         plugins: Option<PathBuf>,
         /// Config file whose `[limits]` and `[plugin.NAME]` grants apply.

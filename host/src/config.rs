@@ -25,8 +25,11 @@ pub struct Config {
     pub api: crate::auth::ApiSection,
     /// Where the embedded database and the compiled-plugin cache live.
     pub data_dir: PathBuf,
-    /// Directory watched for `NAME.wasm` (+ `NAME.toml`) plugins.
-    pub plugins_dir: PathBuf,
+    /// Directory watched for `NAME.wasm` (+ `NAME.toml`) plugins, added to the built-in ones
+    /// (a file there overrides the built-in plugin of its name). `None`: no directory.
+    pub plugins_dir: Option<PathBuf>,
+    /// Serve the standard plugins built into the binary (`notify`, `alerting`, `chores`).
+    pub builtin_plugins: bool,
     /// Number of partitions. Fixed for the life of a deployment (it decides where keys live).
     pub partitions: u32,
     pub store: StoreConfig,
@@ -52,7 +55,8 @@ impl Default for Config {
             advertise_addr: None,
             api: crate::auth::ApiSection::default(),
             data_dir: PathBuf::from("kairos-data"),
-            plugins_dir: PathBuf::from(kairos_runtime::DEFAULT_PLUGINS_DIR),
+            plugins_dir: None,
+            builtin_plugins: true,
             partitions: 64,
             store: StoreConfig::default(),
             queue: QueueConfig::default(),
@@ -604,6 +608,12 @@ mod tests {
         assert!(matches!(c.store, StoreConfig::Embedded { .. }));
         assert!(matches!(c.queue, QueueConfig::Local));
         assert_eq!(c.runtime_config().memory_budget_mb, 2048);
+        // The built-in plugins, and no directory: nothing of the build machine.
+        assert!(c.builtin_plugins);
+        assert_eq!(c.plugins_dir, None);
+        let c = Config::parse("plugins_dir = \"p\"\nbuiltin_plugins = false\n").expect("valid");
+        assert_eq!(c.plugins_dir.as_deref(), Some(Path::new("p")));
+        assert!(!c.builtin_plugins);
     }
 
     #[test]

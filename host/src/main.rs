@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -7,7 +7,7 @@ use clap::Parser;
 use kairos::cli::{Cli, Command, MigrateArgs, PluginCmd, ServeArgs, TokenCmd};
 use kairos::config::Config;
 use kairos::node::{Node, shutdown_signal};
-use kairos_runtime::{MemoryServices, RunOutcome, RunRequest, Runtime, TaskInfo};
+use kairos_runtime::{LoadError, MemoryServices, RunOutcome, RunRequest, Runtime, TaskInfo};
 
 /// Flags over the config file over the defaults.
 pub fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
@@ -19,7 +19,7 @@ pub fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
         cfg.data_dir = d.clone();
     }
     if let Some(p) = &args.plugins {
-        cfg.plugins_dir = p.clone();
+        cfg.plugins_dir = Some(p.clone());
     }
     if let Some(l) = args.listen {
         cfg.listen = l;
@@ -54,8 +54,48 @@ async fn migrate(args: MigrateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn plugins_dir(p: Option<PathBuf>) -> PathBuf {
-    p.unwrap_or_else(|| PathBuf::from(kairos_runtime::DEFAULT_PLUGINS_DIR))
+/// A runtime for `kairos plugin list/run` with the built-in plugins (unless the config says
+/// `builtin_plugins = false`; `only`: just that one) and then the plugins of `--plugins DIR`, else
+/// of the config's `plugins_dir`, which override built-in ones of the same name. Also returns
+/// what was rejected.
+fn cli_runtime(
+    plugins: Option<PathBuf>,
+    config: Option<&Path>,
+    services: Arc<MemoryServices>,
+    only: Option<&str>,
+) -> anyhow::Result<(Arc<Runtime>, Vec<LoadError>)> {
+    let cfg = match config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let dir = plugins.or(cfg.plugins_dir.clone());
+    if let Some(dir) = &dir {
+        anyhow::ensure!(
+            dir.is_dir(),
+            "plugin directory {} does not exist",
+            dir.display()
+        );
+    }
+    let rt = Runtime::new(cfg.runtime_config(), services)?;
+    let mut errors = Vec::new();
+    if cfg.builtin_plugins {
+        match only {
+            Some(name) => {
+                // Not compiled for nothing when the directory overrides it.
+                let overridden = dir
+                    .as_ref()
+                    .is_some_and(|d| d.join(format!("{name}.wasm")).is_file());
+                if let Some(p) = kairos_runtime::builtin_plugin(name).filter(|_| !overridden) {
+                    errors.extend(rt.load_builtin(p.name, p.wasm).err());
+                }
+            }
+            None => errors.extend(rt.load_builtins().errors),
+        }
+    }
+    if let Some(dir) = &dir {
+        errors.extend(rt.load_dir(dir).errors);
+    }
+    Ok((rt, errors))
 }
 
 async fn plugin(cmd: PluginCmd) -> anyhow::Result<ExitCode> {
@@ -84,25 +124,26 @@ async fn plugin(cmd: PluginCmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PluginCmd::List { plugins, config } => {
-            let cfg = match &config {
-                Some(path) => Config::load(path)?,
-                None => Config::default(),
-            };
-            let dir = plugins.unwrap_or(if config.is_some() {
-                cfg.plugins_dir.clone()
-            } else {
-                plugins_dir(None)
-            });
-            let rt = Runtime::new(cfg.runtime_config(), Arc::new(MemoryServices::new()))?;
-            let summary = rt.load_dir(&dir);
-            println!("{:<16} {:<66} {:>10}", "NAME", "DIGEST (sha256)", "BYTES");
+            let (rt, errors) = cli_runtime(
+                plugins,
+                config.as_deref(),
+                Arc::new(MemoryServices::new()),
+                None,
+            )?;
+            println!(
+                "{:<16} {:<66} {:>10}  SOURCE",
+                "NAME", "DIGEST (sha256)", "BYTES"
+            );
             for p in rt.plugins() {
-                println!("{:<16} {:<66} {:>10}", p.name, p.digest, p.size_bytes);
+                println!(
+                    "{:<16} {:<66} {:>10}  {}",
+                    p.name, p.digest, p.size_bytes, p.source
+                );
                 for w in &p.warnings {
                     println!("  warning: {w}");
                 }
             }
-            for err in &summary.errors {
+            for err in &errors {
                 println!("rejected {err}");
             }
             Ok(ExitCode::SUCCESS)
@@ -117,19 +158,10 @@ async fn plugin(cmd: PluginCmd) -> anyhow::Result<ExitCode> {
         } => {
             serde_json::from_str::<serde::de::IgnoredAny>(&payload)
                 .context("--payload is not valid JSON")?;
-            let cfg = match &config {
-                Some(path) => Config::load(path)?,
-                None => Config::default(),
-            };
-            let dir = plugins.unwrap_or(if config.is_some() {
-                cfg.plugins_dir.clone()
-            } else {
-                plugins_dir(None)
-            });
             let services = Arc::new(MemoryServices::new());
-            let rt = Runtime::new(cfg.runtime_config(), services.clone())?;
-            let summary = rt.load_dir(&dir);
-            for err in &summary.errors {
+            let (rt, errors) =
+                cli_runtime(plugins, config.as_deref(), services.clone(), Some(&name))?;
+            for err in &errors {
                 eprintln!("rejected {err}");
             }
             let now = kairos_core::clock::system_now();
@@ -147,8 +179,14 @@ async fn plugin(cmd: PluginCmd) -> anyhow::Result<ExitCode> {
                     pin_version: None,
                 })
                 .await;
+            let source = rt
+                .plugins()
+                .into_iter()
+                .find(|p| p.name == name)
+                .map(|p| format!(" ({})", p.source))
+                .unwrap_or_default();
             println!(
-                "plugin:   {name} {}",
+                "plugin:   {name} {}{source}",
                 report.digest.as_deref().unwrap_or("(not loaded)")
             );
             println!("outcome:  {}", serde_json::to_string(&report.outcome)?);

@@ -132,15 +132,37 @@ impl Node {
             services.clone(),
         )
         .context("starting the Wasm runtime")?;
-        anyhow::ensure!(
-            cfg.plugins_dir.is_dir(),
-            "plugin directory {} does not exist (the standard plugins are built by `cargo build --release`; or pass --plugins DIR)",
-            cfg.plugins_dir.display()
-        );
-        let summary = runtime.load_dir(&cfg.plugins_dir);
-        tracing::info!(dir = %cfg.plugins_dir.display(), "plugins: {summary:?}");
+        if let Some(dir) = &cfg.plugins_dir {
+            anyhow::ensure!(
+                dir.is_dir(),
+                "plugin directory {} does not exist (create it, or leave `plugins_dir` unset to \
+                 serve only the built-in plugins)",
+                dir.display()
+            );
+        }
+        // The built-in plugins first: a directory's plugin of the same name overrides one.
+        if cfg.builtin_plugins {
+            // One that fails (a grant it cannot run under) is logged and listed as rejected,
+            // like a directory's plugin.
+            let summary = runtime.load_builtins();
+            tracing::info!("built-in plugins: {summary:?}");
+        }
         let cancel = CancellationToken::new();
-        let mut background = vec![runtime.spawn_watcher(cfg.plugins_dir.clone(), cancel.clone())?];
+        let mut background = Vec::new();
+        match &cfg.plugins_dir {
+            Some(dir) => {
+                let summary = runtime.load_dir(dir);
+                tracing::info!(dir = %dir.display(), "plugins: {summary:?}");
+                background.push(runtime.spawn_watcher(dir.clone(), cancel.clone())?);
+            }
+            None if cfg.builtin_plugins => {
+                tracing::info!("no plugins_dir: serving the built-in plugins only");
+            }
+            None => tracing::warn!(
+                "builtin_plugins = false and no plugins_dir: no plugin is loaded, every task \
+                 will be refused"
+            ),
+        }
 
         let executor = Arc::new(WasmExecutor {
             runtime: runtime.clone(),

@@ -2,7 +2,6 @@
 //! `tasks.max_follow_up_depth` (issue 9 saw one enqueue of such a plugin make 22,621 tasks in
 //! 20 s). A real node with the `hostile` test guest's `fork` mode.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kairos::config::Config;
@@ -26,13 +25,10 @@ async fn in_state(node: &Node, state: TaskState) -> Vec<Task> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_self_scheduling_plugin_stops_at_the_follow_up_depth() {
     let dir = tempfile::tempdir().expect("tmp");
-    let guests = Path::new(kairos_runtime::DEFAULT_PLUGINS_DIR)
-        .parent()
-        .expect("plugins dir has a parent")
-        .join("test-guests");
     let mut cfg = Config {
         data_dir: dir.path().join("data"),
-        plugins_dir: guests,
+        plugins_dir: Some(kairos_runtime::TEST_GUESTS_DIR.into()),
+        builtin_plugins: false,
         ..Config::default()
     };
     cfg.listen = "127.0.0.1:0".parse().expect("addr");

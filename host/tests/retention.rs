@@ -1,7 +1,6 @@
 //! `tasks.retention`: finished tasks go, with their uniqueness keys, on a real node; pending
 //! ones stay.
 
-use std::path::Path;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -26,10 +25,8 @@ async fn finished_tasks_are_deleted_after_the_retention_and_their_keys_freed() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut cfg = Config {
         data_dir: dir.path().join("data"),
-        plugins_dir: Path::new(kairos_runtime::DEFAULT_PLUGINS_DIR)
-            .parent()
-            .expect("plugins dir has a parent")
-            .join("test-guests"),
+        plugins_dir: Some(kairos_runtime::TEST_GUESTS_DIR.into()),
+        builtin_plugins: false,
         ..Config::default()
     };
     cfg.listen = "127.0.0.1:0".parse().expect("addr");

@@ -164,13 +164,22 @@ impl Server {
     }
 
     pub fn start(config: &Path) -> Server {
+        Server::start_bin(Path::new(kairos_bin()), config, None)
+    }
+
+    /// `bin serve --config CONFIG`, run in `cwd` when given.
+    pub fn start_bin(bin: &Path, config: &Path, cwd: Option<&Path>) -> Server {
         let text = std::fs::read_to_string(config).expect("config");
         let port = text
             .lines()
             .find_map(|l| l.strip_prefix("listen = \"127.0.0.1:"))
             .and_then(|p| p.trim_end_matches('"').parse::<u16>().ok())
             .expect("listen port in config");
-        let child = Command::new(kairos_bin())
+        let mut cmd = Command::new(bin);
+        if let Some(dir) = cwd {
+            cmd.current_dir(dir);
+        }
+        let child = cmd
             .args(["serve", "--config"])
             .arg(config)
             .env("RUST_LOG", "warn")

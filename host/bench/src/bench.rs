@@ -2,7 +2,7 @@
 //! Wasm instance per task). Each scenario runs a real node in this process on a fresh data
 //! directory; lateness is read back from the stored attempt history (start − due).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -40,7 +40,7 @@ pub struct BenchArgs {
     /// Pending tasks for the memory and restart run.
     #[arg(long, default_value_t = 1_000_000)]
     pub pending: usize,
-    /// Directory with `noop.wasm` (default: the test guests built next to the plugins).
+    /// Directory with `noop.wasm` (default: the test guests of the build that made this binary).
     #[arg(long)]
     pub plugins: Option<PathBuf>,
     /// Where the scratch data directories go.
@@ -51,12 +51,9 @@ pub struct BenchArgs {
 }
 
 pub(crate) fn guests_dir(args: &BenchArgs) -> PathBuf {
-    args.plugins.clone().unwrap_or_else(|| {
-        Path::new(kairos_runtime::DEFAULT_PLUGINS_DIR)
-            .parent()
-            .map(|p| p.join("test-guests"))
-            .unwrap_or_else(|| PathBuf::from("test-guests"))
-    })
+    args.plugins
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(kairos_runtime::TEST_GUESTS_DIR))
 }
 
 fn config(args: &BenchArgs, name: &str) -> anyhow::Result<Config> {
@@ -66,7 +63,9 @@ fn config(args: &BenchArgs, name: &str) -> anyhow::Result<Config> {
     }
     let mut cfg = Config {
         data_dir: data,
-        plugins_dir: guests_dir(args),
+        plugins_dir: Some(guests_dir(args)),
+        // The bench runs the test guests only.
+        builtin_plugins: false,
         ..Config::default()
     };
     cfg.listen = "127.0.0.1:0".parse()?;

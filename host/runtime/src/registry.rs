@@ -2,6 +2,7 @@
 //! versions (for tasks pinned to a digest), swapped atomically.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -29,9 +30,43 @@ pub(crate) struct PluginVersion {
     pub(crate) allow_private: bool,
     pub(crate) may_schedule: Arc<[String]>,
     pub(crate) config: Arc<BTreeMap<String, String>>,
-    pub(crate) dir: PathBuf,
+    pub(crate) source: PluginSource,
     /// What the manifest asked beyond the operator's grant (clamped or dropped).
     pub(crate) warnings: Vec<String>,
+}
+
+/// Where a plugin version came from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PluginSource {
+    /// Built into the binary ([`crate::BUILTIN_PLUGINS`], or [`crate::Runtime::load_builtin`]).
+    Builtin,
+    /// `NAME.wasm` (and `NAME.toml`) in this directory.
+    Dir(PathBuf),
+}
+
+impl PluginSource {
+    /// Whether this is the directory `dir`.
+    pub fn is_dir(&self, dir: &Path) -> bool {
+        matches!(self, PluginSource::Dir(d) if d == dir)
+    }
+}
+
+impl fmt::Display for PluginSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PluginSource::Builtin => f.write_str("builtin"),
+            // A relative directory called `builtin` must not read as the built-in source.
+            PluginSource::Dir(d) if d.as_os_str() == "builtin" => f.write_str("./builtin"),
+            PluginSource::Dir(d) => write!(f, "{}", d.display()),
+        }
+    }
+}
+
+/// `"builtin"`, or the directory.
+impl Serialize for PluginSource {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// A loaded plugin, as listed by [`crate::Runtime::plugins`].
@@ -53,8 +88,8 @@ pub struct PluginInfo {
     pub versions: Vec<String>,
     /// Effective limits of the current version.
     pub limits: Limits,
-    /// Directory the plugin was loaded from.
-    pub dir: PathBuf,
+    /// Where the current version came from: `"builtin"` or the plugin directory.
+    pub source: PluginSource,
     /// Why the latest attempt to load a new version was rejected (the current version
     /// kept serving), if it was.
     pub last_error: Option<String>,
@@ -234,11 +269,11 @@ impl Registry {
             .collect()
     }
 
-    /// Names of plugins loaded from `dir`.
+    /// Names of plugins whose current version was loaded from `dir`.
     pub(crate) fn names_in(&self, dir: &Path) -> Vec<String> {
         self.read()
             .iter()
-            .filter(|(_, e)| e.current.dir == dir)
+            .filter(|(_, e)| e.current.source.is_dir(dir))
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -262,7 +297,7 @@ impl Registry {
                         .map(|v| v.digest.clone())
                         .collect(),
                     limits: c.limits,
-                    dir: c.dir.clone(),
+                    source: c.source.clone(),
                     last_error: e.last_error.clone(),
                     warnings: c.warnings.clone(),
                 }

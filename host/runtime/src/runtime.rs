@@ -1,8 +1,9 @@
 //! [`Runtime`]: the engine, the linker, the plugin registry and loading.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
@@ -11,6 +12,7 @@ use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
 
 use crate::bindings::{TaskPlugin, TaskPluginPre};
+use crate::builtin::BUILTIN_PLUGINS;
 use crate::config::{Effective, RuntimeConfig};
 use crate::engine::{Compiler, POOL_MAX_MEMORY, Ticker, build_engine};
 use crate::host_impl::StoreState;
@@ -18,7 +20,7 @@ use crate::http::AllowedHost;
 use crate::logs::now_ms;
 use crate::manifest::Manifest;
 use crate::outcome::RunFailure;
-use crate::registry::{PluginInfo, PluginVersion, Registry};
+use crate::registry::{PluginInfo, PluginSource, PluginVersion, Registry};
 use crate::services::HostServices;
 
 /// The Wasm plugin runtime: one engine, the loaded plugins, and [`Runtime::run`].
@@ -31,12 +33,15 @@ pub struct Runtime {
     compiler: Compiler,
     /// Serializes loads (two loads of one plugin must not interleave).
     load_lock: Mutex<()>,
+    /// The built-in versions registered by [`Runtime::load_builtin`], by name: what a plugin
+    /// serves when no directory overrides it, and again when the directory's file is removed.
+    builtins: Mutex<BTreeMap<String, Arc<[u8]>>>,
     /// The node's memory budget, one permit per MiB (see [`RuntimeConfig::memory_budget_mb`]).
     pub(crate) memory_budget: Semaphore,
     _ticker: Ticker,
 }
 
-/// What [`Runtime::load_dir`] did.
+/// What [`Runtime::load_dir`] (or [`Runtime::load_builtins`]) did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoadSummary {
     /// Plugins loaded (or already loaded with the same digest and manifest).
@@ -45,9 +50,10 @@ pub struct LoadSummary {
     pub errors: Vec<LoadError>,
 }
 
-/// One file that could not be loaded.
+/// One file (or built-in plugin) that could not be loaded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LoadError {
+    /// The file; for a built-in plugin, `builtin:NAME`.
     pub path: PathBuf,
     /// The plugin name, when the file name gives one.
     pub plugin: Option<String>,
@@ -66,11 +72,22 @@ pub(crate) enum LoadChange {
     Loaded {
         digest: String,
         previous: Option<String>,
+        /// The previous version came from another source (built-in, or another directory).
+        source_changed: bool,
     },
     Unchanged {
         digest: String,
     },
     Removed {
+        digest: String,
+    },
+    /// The directory's file was removed and the built-in version serves again.
+    FellBack {
+        digest: String,
+        previous: String,
+    },
+    /// A built-in version was registered while a directory's version overrides it.
+    Overridden {
         digest: String,
     },
     Absent,
@@ -129,6 +146,7 @@ impl Runtime {
             registry: Registry::default(),
             compiler,
             load_lock: Mutex::new(()),
+            builtins: Mutex::new(BTreeMap::new()),
             memory_budget: Semaphore::new(budget_permits),
             _ticker: ticker,
         }))
@@ -209,9 +227,12 @@ impl Runtime {
         };
         match self.reload(dir, name) {
             Ok(LoadChange::Loaded { digest, .. } | LoadChange::Unchanged { digest }) => Ok(digest),
-            Ok(LoadChange::Removed { .. } | LoadChange::Absent) => {
-                Err(err(Some(name.to_string()), "file not found".into()))
-            }
+            Ok(
+                LoadChange::Removed { .. }
+                | LoadChange::FellBack { .. }
+                | LoadChange::Overridden { .. }
+                | LoadChange::Absent,
+            ) => Err(err(Some(name.to_string()), "file not found".into())),
             Err(message) => Err(err(Some(name.to_string()), message)),
         }
     }
@@ -220,24 +241,122 @@ impl Runtime {
     /// unloads a removed `NAME.wasm`. Errors are logged once and leave the current
     /// version serving.
     pub(crate) fn reload(&self, dir: &Path, name: &str) -> Result<LoadChange, String> {
+        self.apply(name, || self.load_plugin(dir, name))
+    }
+
+    /// Loads the standard plugins built into the binary ([`BUILTIN_PLUGINS`]), as
+    /// [`Runtime::load_builtin`] does each.
+    pub fn load_builtins(&self) -> LoadSummary {
+        let mut summary = LoadSummary::default();
+        for p in BUILTIN_PLUGINS {
+            match self.load_builtin(p.name, p.wasm) {
+                Ok(_) => summary.loaded.push(p.name.to_string()),
+                Err(e) => summary.errors.push(e),
+            }
+        }
+        summary
+    }
+
+    /// Loads `wasm` as the built-in version of `name` (no manifest: the operator's grant and
+    /// `[limits]` apply, as to a directory plugin without `NAME.toml`); returns its digest.
+    /// A directory's `NAME.wasm` overrides it: loaded while one serves, it only becomes the
+    /// version `name` falls back to when that file is removed.
+    pub fn load_builtin(
+        &self,
+        name: &str,
+        wasm: impl Into<Arc<[u8]>>,
+    ) -> Result<String, LoadError> {
+        let err = |message: String| LoadError {
+            path: PathBuf::from(format!("builtin:{name}")),
+            plugin: valid_name(name).then(|| name.to_string()),
+            message,
+        };
+        if !valid_name(name) {
+            return Err(err(
+                "invalid plugin name: it must be made of letters, digits, `_` and `-`".into(),
+            ));
+        }
+        let wasm: Arc<[u8]> = wasm.into();
+        let result = self.apply(name, || {
+            self.builtins_map().insert(name.to_string(), wasm.clone());
+            match self.registry.current(name) {
+                Some(cur) if matches!(cur.source, PluginSource::Dir(_)) => {
+                    Ok(LoadChange::Overridden {
+                        digest: sha256_hex(&wasm),
+                    })
+                }
+                _ => self.install_bytes(
+                    name,
+                    &wasm,
+                    Manifest::default(),
+                    None,
+                    PluginSource::Builtin,
+                ),
+            }
+        });
+        match result {
+            Ok(
+                LoadChange::Loaded { digest, .. }
+                | LoadChange::Unchanged { digest }
+                | LoadChange::Overridden { digest }
+                | LoadChange::FellBack { digest, .. },
+            ) => Ok(digest),
+            Ok(LoadChange::Removed { .. } | LoadChange::Absent) => Err(err("not loaded".into())),
+            Err(message) => Err(err(message)),
+        }
+    }
+
+    fn builtins_map(&self) -> MutexGuard<'_, BTreeMap<String, Arc<[u8]>>> {
+        self.builtins.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs one load of `name` under the load lock and logs what it did. Errors are logged
+    /// once and leave the current version serving.
+    fn apply(
+        &self,
+        name: &str,
+        load: impl FnOnce() -> Result<LoadChange, String>,
+    ) -> Result<LoadChange, String> {
         let _guard = match self.load_lock.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        let result = self.load_plugin(dir, name);
+        let result = load();
+        let source = || {
+            self.registry
+                .current(name)
+                .map_or_else(String::new, |v| v.source.to_string())
+        };
         match &result {
-            Ok(LoadChange::Loaded { digest, previous }) => match previous {
+            Ok(LoadChange::Loaded {
+                digest,
+                previous,
+                source_changed,
+            }) => match previous {
+                Some(prev) if *source_changed => tracing::info!(
+                    plugin = name, digest = %digest, previous = %prev, source = %source(),
+                    "plugin `{name}` from {} overrides its previous version", source()
+                ),
                 Some(prev) if prev != digest => tracing::info!(
-                    plugin = name, digest = %digest, previous = %prev,
+                    plugin = name, digest = %digest, previous = %prev, source = %source(),
                     "plugin `{name}` swapped to a new version"
                 ),
                 Some(_) => tracing::info!(plugin = name, digest = %digest,
                     "plugin `{name}` reloaded (manifest changed)"),
-                None => tracing::info!(plugin = name, digest = %digest, "plugin `{name}` loaded"),
+                None => tracing::info!(plugin = name, digest = %digest, source = %source(),
+                    "plugin `{name}` loaded"),
             },
             Ok(LoadChange::Removed { digest }) => tracing::info!(
                 plugin = name, digest = %digest,
                 "plugin `{name}` unloaded: {name}.wasm was removed"
+            ),
+            Ok(LoadChange::FellBack { digest, previous }) => tracing::info!(
+                plugin = name, digest = %digest, previous = %previous,
+                "plugin `{name}` serves its built-in version again: {name}.wasm was removed"
+            ),
+            Ok(LoadChange::Overridden { digest }) => tracing::debug!(
+                plugin = name, digest = %digest,
+                "built-in plugin `{name}` registered; the directory's version overrides it"
             ),
             Ok(LoadChange::Unchanged { .. }) => self.registry.set_error(name, None),
             Ok(LoadChange::Absent) => self.registry.set_error(name, None),
@@ -261,13 +380,10 @@ impl Runtime {
         let bytes = match std::fs::read(&wasm_path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(match self.registry.current(name) {
-                    Some(cur) if cur.dir == dir => {
-                        let digest = self.registry.remove(name).unwrap_or_default();
-                        LoadChange::Removed { digest }
-                    }
-                    _ => LoadChange::Absent,
-                });
+                return match self.registry.current(name) {
+                    Some(cur) if cur.source.is_dir(dir) => self.file_removed(name),
+                    _ => Ok(LoadChange::Absent),
+                };
             }
             Err(e) => return Err(format!("cannot read {}: {e}", wasm_path.display())),
         };
@@ -281,14 +397,67 @@ impl Runtime {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Manifest::default(), None),
             Err(e) => return Err(format!("cannot read {}: {e}", manifest_path.display())),
         };
-        let digest = sha256_hex(&bytes);
-        if let Some(cur) = self.registry.current(name)
+        self.install_bytes(
+            name,
+            &bytes,
+            manifest,
+            manifest_digest,
+            PluginSource::Dir(dir.to_path_buf()),
+        )
+    }
+
+    /// `name`'s file was removed from the directory its current version came from: its
+    /// built-in version serves again, if it has one, else it is unloaded.
+    fn file_removed(&self, name: &str) -> Result<LoadChange, String> {
+        let builtin = self.builtins_map().get(name).cloned();
+        let Some(wasm) = builtin else {
+            let digest = self.registry.remove(name).unwrap_or_default();
+            return Ok(LoadChange::Removed { digest });
+        };
+        match self.install_bytes(
+            name,
+            &wasm,
+            Manifest::default(),
+            None,
+            PluginSource::Builtin,
+        ) {
+            Ok(LoadChange::Loaded {
+                digest, previous, ..
+            }) => Ok(LoadChange::FellBack {
+                digest,
+                previous: previous.unwrap_or_default(),
+            }),
+            Ok(other) => Ok(other),
+            Err(e) => {
+                self.registry.remove(name);
+                Err(format!(
+                    "{name}.wasm was removed and its built-in version cannot be loaded: {e}"
+                ))
+            }
+        }
+    }
+
+    /// Validates `bytes` as `name` from `source` under the operator's grant narrowed by
+    /// `manifest`, compiles it (or reuses a compiled version of the same digest, in memory or
+    /// in the cache dir) and makes it the current version.
+    fn install_bytes(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        manifest: Manifest,
+        manifest_digest: Option<String>,
+        source: PluginSource,
+    ) -> Result<LoadChange, String> {
+        let digest = sha256_hex(bytes);
+        let current = self.registry.current(name);
+        if let Some(cur) = &current
             && cur.digest == digest
             && cur.manifest_digest == manifest_digest
-            && cur.dir == dir
+            && cur.source == source
         {
             return Ok(LoadChange::Unchanged { digest });
         }
+        let source_changed = current.is_some_and(|cur| cur.source != source);
         let mut eff = Effective::resolve(
             name,
             &self.cfg.defaults,
@@ -314,7 +483,7 @@ impl Runtime {
         }
         let pre = match self.registry.find_compiled(&digest) {
             Some(pre) => pre,
-            None => self.compile(&bytes, &digest)?,
+            None => self.compile(bytes, &digest)?,
         };
         let version = Arc::new(PluginVersion {
             name: name.to_string(),
@@ -328,14 +497,18 @@ impl Runtime {
             allow_private: eff.allow_private,
             may_schedule: eff.may_schedule.into(),
             config: Arc::new(eff.config),
-            dir: dir.to_path_buf(),
+            source,
             warnings: eff.warnings,
         });
         for w in &version.warnings {
             tracing::warn!(plugin = name, "plugin `{name}`: {w}");
         }
         let previous = self.registry.install(version);
-        Ok(LoadChange::Loaded { digest, previous })
+        Ok(LoadChange::Loaded {
+            digest,
+            previous,
+            source_changed,
+        })
     }
 
     fn compile(&self, bytes: &[u8], digest: &str) -> Result<TaskPluginPre<StoreState>, String> {

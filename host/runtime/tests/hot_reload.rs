@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use kairos_runtime::{FailureKind, MAX_RETAINED, RunOutcome, Runtime};
+use kairos_runtime::{FailureKind, MAX_RETAINED, PluginSource, RunOutcome, Runtime};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -376,4 +376,86 @@ async fn load_dir_reports_bad_files() {
         .load_file(&dir.path().join("missing.wasm"))
         .expect_err("missing");
     assert_eq!(err.message, "file not found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_plugin_overrides_a_builtin_and_removing_it_falls_back() {
+    captured();
+    let (rt, _) = runtime_with(config());
+    let builtin_bytes = variant(&guest("hostile"), "builtin");
+    let builtin = sha256_hex(&builtin_bytes);
+    assert_eq!(
+        rt.load_builtin("over", builtin_bytes.clone()).ok(),
+        Some(builtin.clone())
+    );
+    assert_eq!(rt.plugins()[0].source, PluginSource::Builtin);
+    assert_eq!(run_ok(&rt, "over").await, Some(builtin.clone()));
+    // The same built-in bytes again change nothing.
+    let before = rt.plugins();
+    assert_eq!(
+        rt.load_builtin("over", builtin_bytes.clone()).ok(),
+        Some(builtin.clone())
+    );
+    assert_eq!(rt.plugins(), before);
+
+    // A directory's file of the same name overrides it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("over.wasm");
+    let dir_bytes = variant(&guest("hostile"), "from-dir");
+    let from_dir = sha256_hex(&dir_bytes);
+    std::fs::write(&path, &dir_bytes).expect("write");
+    assert_eq!(rt.load_dir(dir.path()).loaded, ["over"]);
+    let cancel = CancellationToken::new();
+    rt.spawn_watcher(dir.path().to_path_buf(), cancel.clone())
+        .expect("watcher");
+    let info = rt.plugins().remove(0);
+    assert_eq!(info.source, PluginSource::Dir(dir.path().to_path_buf()));
+    assert_eq!(info.versions, [from_dir.clone(), builtin.clone()]);
+    assert_eq!(run_ok(&rt, "over").await, Some(from_dir.clone()));
+    // Registering the built-in version again does not displace the directory's.
+    assert_eq!(
+        rt.load_builtin("over", builtin_bytes).ok(),
+        Some(builtin.clone())
+    );
+    assert_eq!(current(&rt, "over"), Some(from_dir.clone()));
+
+    // Removing the file brings the built-in version back, not nothing.
+    std::fs::remove_file(&path).expect("remove");
+    assert!(
+        eventually(WAIT, || current(&rt, "over") == Some(builtin.clone())).await,
+        "did not fall back to the built-in version: {:?}",
+        rt.plugins()
+    );
+    assert_eq!(rt.plugins()[0].source, PluginSource::Builtin);
+    assert_eq!(run_ok(&rt, "over").await, Some(builtin.clone()));
+    assert_eq!(
+        log_lines_containing("plugin `over` serves its built-in version again").len(),
+        1
+    );
+    // A task pinned to the directory's version still runs it.
+    let mut pinned = task("over", json!({"mode": "ok"}));
+    pinned.pin_version = Some(from_dir.clone());
+    assert_eq!(rt.run(pinned).await.digest, Some(from_dir.clone()));
+
+    // A new file overrides it again.
+    std::fs::write(&path, &dir_bytes).expect("write");
+    assert!(eventually(WAIT, || current(&rt, "over") == Some(from_dir.clone())).await);
+    cancel.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_builtin_bytes_and_names_are_refused() {
+    let (rt, _) = runtime_with(config());
+    let err = rt
+        .load_builtin("junk", b"not wasm".to_vec())
+        .expect_err("junk");
+    assert_eq!(err.plugin.as_deref(), Some("junk"));
+    assert!(
+        err.message.contains("not a valid WebAssembly component"),
+        "{err}"
+    );
+    assert!(rt.resolve("junk", None).is_err());
+    let bytes = std::fs::read(guest("noop")).expect("read");
+    assert!(rt.load_builtin("a b", bytes).is_err());
+    assert!(rt.plugins().is_empty());
 }

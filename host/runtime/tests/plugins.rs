@@ -20,11 +20,16 @@ fn standard(hosts: &[&str]) -> (Arc<Runtime>, Arc<MemoryServices>) {
         g.may_schedule = vec!["notify".into()];
     }
     let (rt, services) = runtime_with(cfg);
-    let summary = rt.load_dir(&plugins_dir());
+    let summary = rt.load_builtins();
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);
     for name in ["alerting", "chores", "notify"] {
         assert!(summary.loaded.contains(&name.to_string()), "{summary:?}");
     }
+    assert!(
+        rt.plugins()
+            .iter()
+            .all(|p| p.source == kairos_runtime::PluginSource::Builtin)
+    );
     (rt, services)
 }
 
@@ -94,7 +99,7 @@ async fn notify_delivers_and_classifies_statuses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn notify_to_a_host_outside_its_allowlist_is_refused() {
     let (rt, _) = runtime_with(config());
-    rt.load_dir(&plugins_dir());
+    rt.load_builtins();
     let rx = Receiver::start().await;
     let report = rt
         .run(task("notify", json!({"url": rx.url("/status/200")})))
@@ -337,7 +342,7 @@ async fn follow_ups_need_a_grant_for_another_plugin_and_are_capped_per_attempt()
         );
     }
     let (rt, services) = runtime_with(cfg);
-    let summary = rt.load_dir(&plugins_dir());
+    let summary = rt.load_builtins();
     assert!(summary.errors.is_empty(), "{:?}", summary.errors);
     // Without `may_schedule`, alerting cannot borrow notify (and its HTTP grant).
     let report = rt
@@ -362,7 +367,7 @@ async fn follow_ups_need_a_grant_for_another_plugin_and_are_capped_per_attempt()
         cfg.grants.insert(name.to_string(), g);
     }
     let (rt, services) = runtime_with(cfg);
-    rt.load_dir(&plugins_dir());
+    rt.load_builtins();
     let report = rt
         .run(task(
             "alerting",

@@ -17,14 +17,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kairos_runtime::{
-    DEFAULT_PLUGINS_DIR, HostServices, MemoryServices, RunOutcome, RunRequest, Runtime,
-    RuntimeConfig, TaskInfo,
+    BUILTIN_PLUGINS, HostServices, MemoryServices, RunOutcome, RunRequest, Runtime, RuntimeConfig,
+    TaskInfo,
 };
 use sha2::Digest as _;
 use tokio_util::sync::CancellationToken;
 
 const TEST_GUESTS_DIR: &str = env!("KAIROS_TEST_GUESTS_DIR");
-const STANDARD: [&str; 3] = ["notify", "alerting", "chores"];
 
 struct Args {
     tasks: usize,
@@ -101,8 +100,12 @@ impl Drop for TempDir {
 
 /// A directory holding only `src` as `name.wasm`.
 fn single(src: &Path, name: &str) -> anyhow::Result<TempDir> {
+    single_bytes(&std::fs::read(src)?, name)
+}
+
+fn single_bytes(wasm: &[u8], name: &str) -> anyhow::Result<TempDir> {
     let dir = TempDir::new()?;
-    std::fs::copy(src, dir.path().join(format!("{name}.wasm")))?;
+    std::fs::write(dir.path().join(format!("{name}.wasm")), wasm)?;
     Ok(dir)
 }
 
@@ -169,16 +172,16 @@ fn noop_request(n: usize) -> RunRequest {
 
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
-    let plugins = Path::new(DEFAULT_PLUGINS_DIR);
     let guests = Path::new(TEST_GUESTS_DIR);
     let mut rows: Vec<(String, String)> = Vec::new();
 
-    // Compile and cached load, per standard plugin.
+    // Compile and cached load, per standard plugin (the copy built into the binary, written
+    // to a directory).
     let cache = TempDir::new()?;
-    for name in STANDARD {
-        let src = plugins.join(format!("{name}.wasm"));
-        let size = std::fs::metadata(&src)?.len();
-        let dir = single(&src, name)?;
+    for plugin in BUILTIN_PLUGINS {
+        let name = plugin.name;
+        let size = plugin.wasm.len();
+        let dir = single_bytes(plugin.wasm, name)?;
         let compile: Vec<f64> = (0..3)
             .map(|_| timed_load(&*runtime(None)?, dir.path(), name).map(ms))
             .collect::<anyhow::Result<_>>()?;

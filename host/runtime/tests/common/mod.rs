@@ -20,16 +20,8 @@ use serde_json::Value;
 
 pub const GUESTS_DIR: &str = env!("KAIROS_TEST_GUESTS_DIR");
 
-pub fn plugins_dir() -> PathBuf {
-    PathBuf::from(kairos_runtime::DEFAULT_PLUGINS_DIR)
-}
-
 pub fn guest(name: &str) -> PathBuf {
     Path::new(GUESTS_DIR).join(format!("{name}.wasm"))
-}
-
-pub fn plugin(name: &str) -> PathBuf {
-    plugins_dir().join(format!("{name}.wasm"))
 }
 
 /// Compiled artifacts shared by all tests (and runs), so each guest compiles once.

@@ -177,6 +177,7 @@ function renderPlugins(plugins) {
     el("td", { class: "mono", title: p.digest || "" }, p.digest ? p.digest.slice(0, 12) : "–"),
     el("td", {}, p.loaded ? when(new Date(p.loaded_at_ms).toISOString()) : el("span", { class: "badge dead" }, "not loaded")),
     el("td", {}, p.loaded ? [
+      "from: " + p.source, el("br"),
       "hosts: " + (p.allowed_hosts.length ? p.allowed_hosts.join(", ") : "none"),
       el("br"), "may schedule: " + (p.may_schedule.length ? p.may_schedule.join(", ") : "itself"),
       el("br"), `memory ${p.limits.memory_mb} MiB, timeout ${ms(p.limits.timeout_ms)}`,

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use kairos_conformance::tmpfs::{Tmpfs, is_root};
 use serde_json::{Value, json};
-use support::{Receiver, Server, free_port, kairos_bin, write_config};
+use support::{Receiver, Server, free_port, kairos_bin, new_token, token_and_config, write_config};
 
 /// One raw HTTP/1.1 exchange (so that Host, Origin and Content-Type are exactly as written).
 fn raw(base: &str, request: &str) -> (u16, Value) {
@@ -62,40 +62,6 @@ fn error_of(v: &Value) -> &str {
     v["error"]
         .as_str()
         .unwrap_or_else(|| panic!("no JSON error in {v}"))
-}
-
-/// `kairos token new NAME --scope …`: (token, the config lines).
-fn new_token(name: &str, scopes: &[&str]) -> (String, String) {
-    let mut cmd = Command::new(kairos_bin());
-    cmd.args(["token", "new", name]);
-    for s in scopes {
-        cmd.args(["--scope", s]);
-    }
-    let out = cmd.output().expect("kairos token new");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    token_and_config(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// The token and the config lines `kairos token new` (or `create`) printed.
-fn token_and_config(text: &str) -> (String, String) {
-    let token = text
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("kairos_")
-                .map(|t| format!("kairos_{t}"))
-        })
-        .expect("a token line");
-    let config = text[text.find("[[api.tokens]]").expect("config lines")..].to_string();
-    assert!(
-        !config.contains(&token),
-        "the config lines hold only the hash"
-    );
-    (token, config)
 }
 
 #[test]

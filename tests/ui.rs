@@ -7,7 +7,6 @@ mod browser;
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use browser::Browser;
@@ -15,32 +14,6 @@ use serde_json::{Value, json};
 use support::*;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-/// `kairos token new NAME --scope …`: (token, the config lines).
-fn new_token(name: &str, scopes: &[&str]) -> (String, String) {
-    let mut cmd = Command::new(kairos_bin());
-    cmd.args(["token", "new", name]);
-    for s in scopes {
-        cmd.args(["--scope", s]);
-    }
-    let out = cmd.output().expect("kairos token new");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let token = text
-        .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("kairos_")
-                .map(|t| format!("kairos_{t}"))
-        })
-        .expect("a token line");
-    let config = text[text.find("[[api.tokens]]").expect("config lines")..].to_string();
-    (token, config)
-}
 
 fn counts_of(s: &Server, token: &str) -> Value {
     let (code, v) = s.call_as(Some(token), "GET", "/v1/stats", None);

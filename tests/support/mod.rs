@@ -357,3 +357,37 @@ impl Drop for Server {
         let _ = self.child.wait();
     }
 }
+
+/// `kairos token new NAME --scope …`: (token, the config lines).
+pub fn new_token(name: &str, scopes: &[&str]) -> (String, String) {
+    let mut cmd = Command::new(kairos_bin());
+    cmd.args(["token", "new", name]);
+    for s in scopes {
+        cmd.args(["--scope", s]);
+    }
+    let out = cmd.output().expect("kairos token new");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    token_and_config(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// The token and the config lines `kairos token new` (or `create`) printed.
+pub fn token_and_config(text: &str) -> (String, String) {
+    let token = text
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("kairos_")
+                .map(|t| format!("kairos_{t}"))
+        })
+        .expect("a token line");
+    let config = text[text.find("[[api.tokens]]").expect("config lines")..].to_string();
+    assert!(
+        !config.contains(&token),
+        "the config lines hold only the hash"
+    );
+    (token, config)
+}

@@ -121,24 +121,11 @@ pub fn build(dir: &Path, scratch: &Path, out: &Path) -> anyhow::Result<()> {
     #[cfg(unix)]
     std::os::unix::fs::symlink(&modules, scratch.join("node_modules"))
         .context("linking node_modules")?;
-    let output = Command::new(&node)
-        .current_dir(scratch)
+    let mut cmd = Command::new(&node);
+    cmd.current_dir(scratch)
         .args(["build.mjs", "bundle.js", "wit"])
-        .arg(out)
-        .output()
-        .with_context(|| format!("running {}", node.display()))?;
-    if !output.status.success() {
-        bail!(
-            "componentize-js failed ({}):\n{}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    if !out.is_file() {
-        bail!("componentize-js wrote no {}", out.display());
-    }
-    Ok(())
+        .arg(out);
+    super::run_toolchain(cmd, "componentize-js", out)
 }
 
 #[cfg(test)]

@@ -153,6 +153,25 @@ fn check_component(path: &Path, name: &str, cfg: &Config) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Runs a componentizer (`what`) and checks that it wrote `out`; its output otherwise.
+fn run_toolchain(mut cmd: std::process::Command, what: &str, out: &Path) -> anyhow::Result<()> {
+    let output = cmd
+        .output()
+        .with_context(|| format!("running {what} ({:?})", cmd.get_program()))?;
+    if !output.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    if !out.is_file() {
+        bail!("{what} wrote no {}", out.display());
+    }
+    Ok(())
+}
+
 /// Finds a toolchain program: the environment variable `env` if set, else `program` on the
 /// `PATH`; otherwise an error telling how to install it.
 pub fn find_tool(env: &str, program: &str, install: &str) -> anyhow::Result<PathBuf> {

@@ -3,8 +3,6 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{Context, bail};
-
 use super::{PLUGIN_WIT, find_tool};
 
 /// `kairos plugin new --lang python`: `(file, template)`.
@@ -48,8 +46,8 @@ pub fn build(dir: &Path, scratch: &Path, out: &Path) -> anyhow::Result<()> {
     let entry = scratch.join("entry");
     std::fs::create_dir_all(&entry)?;
     std::fs::write(entry.join("_kairos_entry.py"), ENTRY)?;
-    let output = Command::new(&tool)
-        .arg("-q")
+    let mut cmd = Command::new(&tool);
+    cmd.arg("-q")
         .arg("-d")
         .arg(&wit)
         .args(["-w", "task-plugin", "componentize", "_kairos_entry", "-p"])
@@ -59,19 +57,6 @@ pub fn build(dir: &Path, scratch: &Path, out: &Path) -> anyhow::Result<()> {
         .arg("-p")
         .arg(&entry)
         .arg("-o")
-        .arg(out)
-        .output()
-        .with_context(|| format!("running {}", tool.display()))?;
-    if !output.status.success() {
-        bail!(
-            "componentize-py failed ({}):\n{}{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    if !out.is_file() {
-        bail!("componentize-py wrote no {}", out.display());
-    }
-    Ok(())
+        .arg(out);
+    super::run_toolchain(cmd, "componentize-py", out)
 }

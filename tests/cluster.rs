@@ -75,7 +75,12 @@ struct Cluster {
 impl Cluster {
     fn new(name: &str, extra: &str) -> Cluster {
         require_services();
-        let dir = tempfile::tempdir().expect("tmp");
+        // KAIROS_CLUSTER_KEEP=1 keeps the directory (node logs, data) for a post-mortem.
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("kairos-cluster-{name}-"))
+            .disable_cleanup(std::env::var_os("KAIROS_CLUSTER_KEEP").is_some())
+            .tempdir()
+            .expect("tmp");
         let rx = Receiver::start();
         let id = unique(name);
         let topic = format!("kairos.test.{id}");
@@ -250,6 +255,18 @@ fn wait_all(c: &Cluster, want: &HashSet<String>, timeout: Duration) -> Vec<Value
 fn count(got: &[Value]) -> (usize, usize, usize) {
     let ids: HashSet<&str> = got.iter().filter_map(|v| v["task_id"].as_str()).collect();
     (got.len(), ids.len(), got.len() - ids.len())
+}
+
+/// The task ids that ran more than once.
+fn duplicated(got: &[Value]) -> Vec<&str> {
+    let mut seen = HashMap::new();
+    for id in got.iter().filter_map(|v| v["task_id"].as_str()) {
+        *seen.entry(id).or_insert(0) += 1;
+    }
+    seen.into_iter()
+        .filter(|(_, n)| *n > 1)
+        .map(|(id, _)| id)
+        .collect()
 }
 
 /// Per key, tasks ran in strictly increasing enqueue order. The only exception: a task in
@@ -614,7 +631,13 @@ fn d_kafka_then_cassandra_restart_under_load() {
     assert_eq!(distinct, n, "nothing lost");
     // No node died: an attempt whose end could not be recorded while Cassandra was down keeps
     // its key and has its end retried, so nothing runs twice and order is strict.
-    assert_eq!(dups, 0, "{dups} duplicate executions without a node dying");
+    assert_eq!(
+        dups,
+        0,
+        "{dups} duplicate executions without a node dying: {:?} (node logs in {})",
+        duplicated(&got),
+        c.dir.path().display()
+    );
     assert_key_order(&got, &HashSet::new());
 }
 

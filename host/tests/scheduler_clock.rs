@@ -454,6 +454,9 @@ async fn after_a_restart_every_incomplete_task_runs_however_overdue() {
     )
     .await;
     h.until_state(&overdue, TaskState::Succeeded).await;
+    // The interrupted one waits out the takeover wait from the restart (its previous holder
+    // could be a live node that lost the store meanwhile; see the takeover tests below).
+    h.clock.advance(SchedulerConfig::default().takeover_wait_ms);
     h.until_state(&interrupted, TaskState::Succeeded).await;
     assert_eq!(
         h.state(&interrupted).await.attempts,
@@ -471,24 +474,8 @@ async fn after_a_restart_every_incomplete_task_runs_however_overdue() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_task_found_running_on_takeover_waits_out_the_attempt_timeout() {
     let dir = tempfile::tempdir().expect("tmp");
-    let (in_flight, next, other);
-    {
-        let h = harness(dir.path(), ManualClock::new(T0), SchedulerConfig::default()).await;
-        in_flight = h.add("a", T0 + 10, named("in-flight")).await;
-        next = h.add("a", T0 + 20, named("next-of-a")).await;
-        other = h.add("b", T0 + 20, named("other")).await;
-        // The previous owner started it at T0 + 10 and was never heard of again.
-        h.store
-            .start_attempt(&h.lease_of(&in_flight).await, &in_flight, 1, T0 + 10)
-            .await
-            .expect("start");
-        assert!(h.scheduler.shutdown(Duration::from_secs(5)).await);
-    }
-    let cfg = SchedulerConfig {
-        takeover_wait_ms: 5_000,
-        ..SchedulerConfig::default()
-    };
-    let h = harness_with(dir.path(), ManualClock::new(T0 + 1_000), cfg).await;
+    let (_, next, other) = left_in_flight(dir.path()).await;
+    let h = harness_with(dir.path(), ManualClock::new(T0 + 1_000), takeover_5s()).await;
     h.until_state(&other, TaskState::Succeeded).await;
     h.clock.advance(3_000);
     h.settle().await;
@@ -497,13 +484,57 @@ async fn a_task_found_running_on_takeover_waits_out_the_attempt_timeout() {
         vec!["other"],
         "the in-doubt task and its key wait"
     );
-    h.clock.set(T0 + 10 + 5_000);
+    // The wait counts from the later of the start (T0 + 10) and the takeover (T0 + 1_000).
+    h.clock.set(T0 + 1_000 + 5_000);
     h.until_state(&next, TaskState::Succeeded).await;
     let ran = h.ran();
     let order: Vec<&str> = ran.iter().map(|r| r.0.as_str()).collect();
     assert_eq!(order, vec!["other", "in-flight", "next-of-a"]);
     assert_eq!(ran[1].1, 2, "the in-doubt attempt counts");
-    assert!(ran[1].2 >= T0 + 10 + 5_000, "ran at {}", ran[1].2);
+    assert!(ran[1].2 >= T0 + 1_000 + 5_000, "ran at {}", ran[1].2);
+}
+
+/// A task found running whose start is long past (its node could not record the end while
+/// the store was down, say) still waits `takeover_wait_ms` after the partition was taken:
+/// that is the previous holder's time to record the end, now that the store answers.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_takeover_also_waits_from_when_the_partition_was_taken() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_, next, other) = left_in_flight(dir.path()).await;
+    // Taken a minute after that start: counted from the start alone, the wait is long over.
+    let taken = T0 + 60_000;
+    let h = harness_with(dir.path(), ManualClock::new(taken), takeover_5s()).await;
+    h.until_state(&other, TaskState::Succeeded).await;
+    h.clock.advance(4_000);
+    h.settle().await;
+    assert_eq!(h.names(), vec!["other"], "ran before the wait");
+    h.clock.set(taken + 5_000);
+    h.until_state(&next, TaskState::Succeeded).await;
+    let ran = h.ran();
+    assert_eq!(ran[1].0, "in-flight");
+    assert!(ran[1].2 >= taken + 5_000, "ran at {}", ran[1].2);
+}
+
+/// Tasks `in-flight` (started at T0 + 10 by an owner never heard of again) and `next-of-a`
+/// on key `a`, and `other` on key `b`, in a store whose scheduler has stopped.
+async fn left_in_flight(dir: &Path) -> (String, String, String) {
+    let h = harness(dir, ManualClock::new(T0), SchedulerConfig::default()).await;
+    let in_flight = h.add("a", T0 + 10, named("in-flight")).await;
+    let next = h.add("a", T0 + 20, named("next-of-a")).await;
+    let other = h.add("b", T0 + 20, named("other")).await;
+    h.store
+        .start_attempt(&h.lease_of(&in_flight).await, &in_flight, 1, T0 + 10)
+        .await
+        .expect("start");
+    assert!(h.scheduler.shutdown(Duration::from_secs(5)).await);
+    (in_flight, next, other)
+}
+
+fn takeover_5s() -> SchedulerConfig {
+    SchedulerConfig {
+        takeover_wait_ms: 5_000,
+        ..SchedulerConfig::default()
+    }
 }
 
 /// A key paused through a partition's previous owner (written to the store while this node

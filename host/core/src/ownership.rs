@@ -17,8 +17,13 @@
 //!   known. A `Fenced` finish means the partition moved: the result is discarded.
 //! - **takeover**: a task found `running` when a partition is acquired was in flight under an
 //!   older lease. It keeps its key and runs again (as its next attempt) only once the previous
-//!   attempt has certainly hit its deadline: `takeover_wait_ms` after its start was recorded.
-//!   That is the one place where an attempt can run twice (at-least-once).
+//!   attempt has certainly hit its deadline and its holder, if alive, could record its end:
+//!   `takeover_wait_ms` after its start was recorded *and* after the new lease was taken (an
+//!   attempt that ran while the store was down records its end once the store is back, which
+//!   is also when the new lease can be taken). A node taking back a partition it was still
+//!   draining first lets those attempts record their ends
+//!   ([`PartitionListener::acquiring`]). A takeover is the one place where an attempt can run
+//!   twice (at-least-once): when its holder died, or could not reach the store for that long.
 //!
 //! The embedded deployment uses the same contract: its partition source is local and
 //! acquires every partition at start, so a restarted process fences out nothing but itself.
@@ -51,6 +56,10 @@ pub struct Holder {
 /// number of `persisted`, `revoked`.
 #[async_trait::async_trait]
 pub trait PartitionListener: Send + Sync + 'static {
+    /// The source is about to take `partition`'s lease for this node. A node whose previous
+    /// run of the partition is still recording attempt ends (revoked while the store was
+    /// down) waits for them here, so the new lease does not fence them out. Default: at once.
+    async fn acquiring(&self, _partition: u32) {}
     /// This node holds `lease` (current in the store when handed out): start the partition's
     /// scheduler (it loads every incomplete task of the partition).
     async fn assigned(&self, lease: Lease);

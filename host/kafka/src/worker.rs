@@ -70,6 +70,15 @@ impl Worker {
             .client_id
             .clone()
             .unwrap_or_else(|| self.shared.cfg.group.clone());
+        tokio::select! {
+            _ = self.shared.listener.acquiring(self.partition) => {}
+            _ = self.stop.changed() => {}
+        }
+        if *self.stop.borrow() {
+            return WorkerExit {
+                persisted_next: None,
+            };
+        }
         let mut delay = Duration::from_millis(200);
         let lease = loop {
             match self.shared.store.acquire_lease(self.partition, &node).await {

@@ -182,6 +182,9 @@ struct PartitionHandle {
 pub struct Scheduler {
     shared: Arc<Shared>,
     partitions: Mutex<BTreeMap<u32, PartitionHandle>>,
+    /// Actors of revoked partitions still draining past their grace period (their attempts'
+    /// ends not recorded yet, e.g. while the store is down).
+    draining: Mutex<BTreeMap<u32, tokio::task::JoinHandle<()>>>,
 }
 
 impl Drop for Scheduler {
@@ -224,6 +227,7 @@ impl Scheduler {
         Ok(Arc::new(Self {
             shared,
             partitions: Mutex::new(BTreeMap::new()),
+            draining: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -294,10 +298,32 @@ impl Scheduler {
             return true;
         };
         h.stop.cancel();
-        // Past `grace` the actor goes on in the background (its abort handle stays tracked).
+        // Past `grace` the actor goes on in the background (its abort handle stays tracked),
+        // and is remembered until it ends: see `wait_released`.
         let drained = tokio::time::timeout(grace, &mut h.join).await.is_ok();
+        if !drained {
+            self.draining.lock().await.insert(partition, h.join);
+        }
         self.shared.metrics.set_partition(partition, 0, None);
         drained
+    }
+
+    /// Before this node takes `partition`'s lease again: waits (up to `limit`) until the
+    /// partition's previous actor here, revoked while attempts still ran, has ended, so those
+    /// attempts record their ends under the old lease first. A new lease would fence them out
+    /// and their tasks would run a second time. Returns false if it gave up after `limit`.
+    pub async fn wait_released(&self, partition: u32, limit: Duration) -> bool {
+        let Some(mut join) = self.draining.lock().await.remove(&partition) else {
+            return true;
+        };
+        if join.is_finished() {
+            return true;
+        }
+        tracing::info!(
+            partition,
+            "waiting for the partition's previous attempts here to record their ends before taking it again"
+        );
+        tokio::time::timeout(limit, &mut join).await.is_ok()
     }
 
     /// The lease under which this node runs `partition`, if it does.

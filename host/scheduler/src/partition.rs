@@ -65,6 +65,8 @@ pub(crate) struct PartitionActor {
     retry_load_at: Option<Millis>,
     /// The store said this lease is stale: the partition is another node's now.
     fenced: bool,
+    /// When this actor started under its lease (the lease was taken just before).
+    leased_at: Millis,
 }
 
 impl PartitionActor {
@@ -74,6 +76,8 @@ impl PartitionActor {
         rx: mpsc::Receiver<Msg>,
         stop: CancellationToken,
     ) -> Self {
+        // Read before `shared` moves into the actor.
+        let leased_at = shared.clock.now();
         Self {
             partition: lease.partition,
             lease,
@@ -88,17 +92,23 @@ impl PartitionActor {
             attempt_ids: std::collections::HashMap::new(),
             retry_load_at: None,
             fenced: false,
+            leased_at,
         }
     }
 
     /// A task as stored, ready for the window. One found `running` is in doubt: its attempt
     /// may still run where it started (a previous holder of the partition, or this node
     /// before a lost answer). It keeps its key and runs again only once that attempt has
-    /// certainly hit its deadline.
+    /// certainly hit its deadline *and* its previous holder, if alive, has had the time to
+    /// record its end: `takeover_wait_ms` after the start was recorded and after this lease
+    /// was taken. (While the store was down, an attempt that ran cannot record its end; the
+    /// store coming back is what let this lease be taken, and the previous holder's retries
+    /// land within seconds of it. Counting only from the start would run such attempts again.)
     fn adopt(&self, mut t: Task) -> Task {
         if t.state == TaskState::Running {
             let wait = self.shared.cfg.takeover_wait_ms;
-            t.next_at = t.next_at.max(t.updated_at.saturating_add(wait));
+            let from = t.updated_at.max(self.leased_at);
+            t.next_at = t.next_at.max(from.saturating_add(wait));
         }
         t
     }

@@ -231,6 +231,10 @@ impl Owners for CassandraOwners {
     }
 }
 
+/// Longest a node waits, before it takes a partition back, for the attempts of its previous
+/// run of it to record their ends (they wait for the store; see `Scheduler::wait_released`).
+const RELEASE_WAIT: Duration = Duration::from_secs(300);
+
 /// A partition source's events (the local source's or Kafka's), driving the scheduler.
 pub struct Listener {
     pub scheduler: Arc<Scheduler>,
@@ -244,6 +248,16 @@ impl PartitionListener for Listener {
     async fn assigned(&self, lease: Lease) {
         self.scheduler.assign(lease).await;
         tracing::info!(partition = lease.partition, epoch = lease.epoch, node = %self.node_id, "partition owned: scheduler started");
+    }
+
+    async fn acquiring(&self, partition: u32) {
+        if !self.scheduler.wait_released(partition, RELEASE_WAIT).await {
+            tracing::warn!(
+                partition,
+                wait_s = RELEASE_WAIT.as_secs(),
+                "attempts of the partition's previous run here still unrecorded; taking it anyway (they may run again)"
+            );
+        }
     }
 
     async fn revoked(&self, partition: u32) {

@@ -1,5 +1,6 @@
-//! Plugins in Python and JavaScript, from `kairos plugin new` to a task on a running node, and
-//! hostile guests in both contained. Needs componentize-py in the repository's `.venv-plugins`
+//! Plugins in Rust, Python and JavaScript, from `kairos plugin new` to a task on a running
+//! node, and hostile Python and JavaScript guests contained (the Rust ones are in
+//! host/runtime's tests). Needs componentize-py in the repository's `.venv-plugins`
 //! and componentize-js in `.node-plugins` (`scripts/setup-plugins`, run by `scripts/test`);
 //! without them the tests fail saying so.
 
@@ -42,6 +43,8 @@ fn kairos(args: &[&str], cwd: &Path) -> Output {
         .env("KAIROS_COMPONENTIZE_PY", componentize_py())
         .env("KAIROS_NODE_MODULES", node_modules())
         .env("RUST_LOG", "warn")
+        // A Rust plugin builds into its project's own target/ (not the one running this test).
+        .env_remove("CARGO_TARGET_DIR")
         .output()
         .expect("run kairos")
 }
@@ -94,6 +97,20 @@ fn a_javascript_plugin_goes_from_plugin_new_to_a_task_on_a_running_node() {
     from_new_to_a_task("js", &["app.js", "package.json", "README.md", "test.mjs"]);
 }
 
+#[test]
+fn a_rust_plugin_goes_from_plugin_new_to_a_task_on_a_running_node() {
+    from_new_to_a_task(
+        "rust",
+        &[
+            "Cargo.toml",
+            "src/lib.rs",
+            "README.md",
+            "sdk/kairos-plugin-sdk/Cargo.toml",
+            "sdk/wit/plugin.wit",
+        ],
+    );
+}
+
 /// The README's path for a newcomer: `plugin new`, `plugin build`, copy into the plugins dir
 /// of a running node, enqueue, see it succeed.
 fn from_new_to_a_task(lang: &str, files: &[&str]) {
@@ -108,6 +125,16 @@ fn from_new_to_a_task(lang: &str, files: &[&str]) {
     ok(&out, "plugin build");
     let wasm = project.join("hello.wasm");
     assert!(wasm.is_file(), "plugin build wrote hello.wasm");
+    if lang == "rust" {
+        // The project's local test, as its README says.
+        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["test", "--quiet"])
+            .current_dir(&project)
+            .env_remove("CARGO_TARGET_DIR")
+            .output()
+            .expect("run cargo test");
+        ok(&out, "cargo test in the new Rust project");
+    }
 
     // A running node hot-loads it from its plugins directory.
     let plugins = tmp.path().join("plugins");
@@ -276,25 +303,20 @@ fn hostile_guests_are_contained(file: &str, source: &str, raised: &str, oom: &st
             "--payload",
             &payload,
         ];
-        let started = Instant::now();
         let out = kairos(&args, tmp.path());
-        (outcome_of(&out), out, started.elapsed())
+        (outcome_of(&out), out)
     };
 
-    let (o, _, took) = run("loop");
+    let (o, _) = run("loop");
     assert_eq!(o["outcome"], "failed", "{o}");
     assert!(o["kind"] == "cpu_limit" || o["kind"] == "timeout", "{o}");
-    assert!(
-        took < Duration::from_secs(120),
-        "the loop was stopped: {took:?}"
-    );
 
-    let (o, _, _) = run("bomb");
+    let (o, _) = run("bomb");
     let contained = (o["outcome"] == "failed" && o["kind"] == "out_of_memory")
         || (o["outcome"] == "retryable" && o["message"].as_str().is_some_and(|m| m.contains(oom)));
     assert!(contained, "the memory bomb is refused memory: {o}");
 
-    let (o, out, _) = run("raise");
+    let (o, out) = run("raise");
     assert_eq!(o["outcome"], "retryable", "{o}");
     assert_eq!(o["message"], raised, "{o}");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -303,17 +325,112 @@ fn hostile_guests_are_contained(file: &str, source: &str, raised: &str, oom: &st
         "the exception is logged: {stdout}"
     );
 
-    let (o, _, _) = run("retry");
+    let (o, _) = run("retry");
     assert_eq!(
         o,
         json!({"outcome": "retryable", "message": "the backend is busy", "retry_after_ms": 5000})
     );
 
-    let (o, out, _) = run("follow");
+    let (o, out) = run("follow");
     assert_eq!(o["outcome"], "success", "{o}");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("follow-up tasks") && stdout.contains("\\\"mode\\\":\\\"done\\\""),
         "the follow-up was scheduled: {stdout}"
     );
+}
+
+/// `plugins/examples/{rust,python,js}`: the same incident notifier in three languages, each
+/// built with its real toolchain by `kairos plugin build`, then run on a live node: each posts
+/// to an allowed local receiver (config and kv in the body) and schedules its reminder, which
+/// runs and posts again.
+#[test]
+fn the_example_plugin_in_rust_python_and_js_posts_and_follows_up_on_a_live_node() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let plugins = tmp.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("plugins dir");
+    let langs = ["rust", "python", "js"];
+    for lang in langs {
+        let out = plugins.join(format!("incident-{lang}.wasm"));
+        let built = Command::new(kairos_bin())
+            .args(["plugin", "build"])
+            .arg(repo.join("plugins/examples").join(lang))
+            .arg("--out")
+            .arg(&out)
+            .env("KAIROS_COMPONENTIZE_PY", componentize_py())
+            .env("KAIROS_NODE_MODULES", node_modules())
+            .env("RUST_LOG", "warn")
+            // The Rust example builds into this test's scratch space, not the source tree.
+            .env(
+                "CARGO_TARGET_DIR",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("examples"),
+            )
+            .output()
+            .expect("run kairos plugin build");
+        ok(&built, &format!("plugin build plugins/examples/{lang}"));
+        assert!(out.is_file(), "{} written", out.display());
+    }
+
+    let rx = Receiver::start();
+    let port = free_port();
+    let mut text = format!(
+        "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nplugins_dir = \"{}\"\n",
+        tmp.path().join("data").display(),
+        plugins.display()
+    );
+    for lang in langs {
+        text.push_str(&format!(
+            "\n[plugin.incident-{lang}]\nallowed_hosts = [\"{}\"]\n[plugin.incident-{lang}.config]\nchannel = \"pager-{lang}\"\n",
+            rx.addr
+        ));
+    }
+    let config = tmp.path().join("kairos.toml");
+    std::fs::write(&config, text).expect("config");
+    let s = Server::start(&config);
+    let mut ids = Vec::new();
+    for lang in langs {
+        let body = json!({
+            "plugin": format!("incident-{lang}"),
+            "key": format!("incident-{lang}"),
+            "payload": {"incident": format!("42-{lang}"), "url": rx.url(), "message": "disk full", "remind_in_ms": 300},
+        })
+        .to_string();
+        let (code, v) = s.call("POST", "/v1/tasks", Some(&body));
+        assert_eq!(code, 201, "{v}");
+        ids.push(v["id"].as_str().expect("id").to_string());
+    }
+    rx.wait_for("a notice and a reminder from each", LOAD_WAIT, |b| {
+        b.len() >= 6
+    });
+    for (lang, id) in langs.iter().zip(&ids) {
+        let t = wait_task(&s, id, |t| {
+            t["state"] == "succeeded" || t["state"] == "dead"
+        });
+        assert_eq!(t["state"], "succeeded", "{lang}: {t}");
+        let output: Value =
+            serde_json::from_str(t["output"].as_str().expect("output")).expect("output JSON");
+        let follow_up = output["follow_up"].as_str().expect("a follow-up id");
+        let f = wait_task(&s, follow_up, |t| t["state"] == "succeeded");
+        assert_eq!(f["plugin"], format!("incident-{lang}"), "{f}");
+        let mut got: Vec<Value> = rx
+            .received()
+            .into_iter()
+            .filter(|b| b["lang"] == *lang)
+            .collect();
+        got.sort_by_key(|b| b["count"].as_u64());
+        assert_eq!(got.len(), 2, "{lang}: {got:?}");
+        for (i, b) in got.iter().enumerate() {
+            assert_eq!(b["incident"], format!("42-{lang}"), "{b}");
+            assert_eq!(
+                b["channel"],
+                format!("pager-{lang}"),
+                "config reached it: {b}"
+            );
+            assert_eq!(b["count"], i as u64 + 1, "kv counted: {b}");
+            assert_eq!(b["reminder"], i == 1, "{b}");
+        }
+        assert_eq!(got[0]["task"], id.as_str());
+        assert_eq!(got[1]["task"], follow_up);
+    }
 }

@@ -56,3 +56,34 @@ export function schedule(
   payload?: unknown,
   options?: { delayMs?: number; atMs?: number; uniquenessKey?: string },
 ): string;
+
+/** The request failed on the way (connection, timeout, protocol): retryable. */
+export class HttpError extends Error {}
+
+export interface HttpResponse {
+  status: number;
+  /** `status` is 2xx. */
+  ok: boolean;
+  /** Lowercase names. */
+  headers: Record<string, string>;
+  body: Uint8Array;
+  text(): string;
+  json<T = unknown>(): T;
+}
+
+export interface HttpOptions {
+  headers?: Record<string, string>;
+  /** Connect, first-byte and between-bytes timeout. */
+  timeoutMs?: number;
+}
+
+/**
+ * Outbound HTTP (wasi:http) to the hosts in the plugin's `allowed_hosts`. Another host, or a URL
+ * that is not http(s)://, throws `Permanent`; a connection error or timeout throws `HttpError`.
+ * Any status is returned, 4xx and 5xx included.
+ */
+export const http: {
+  request(method: string, url: string, options?: HttpOptions & { body?: string | Uint8Array }): HttpResponse;
+  postJson(url: string, value: unknown, options?: HttpOptions): HttpResponse;
+  get(url: string, options?: HttpOptions): HttpResponse;
+};

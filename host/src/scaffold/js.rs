@@ -9,7 +9,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-use super::{PLUGIN_WIT, find_tool};
+use super::{find_tool, write_sdk_wit};
 
 /// `kairos plugin new --lang js`: `(file, template)`.
 pub const TEMPLATE: &[(&str, &str)] = &[
@@ -22,7 +22,8 @@ pub const TEMPLATE: &[(&str, &str)] = &[
 const SDK: &str = include_str!("../../../plugin-sdk/js/index.js");
 const SDK_NAME: &str = "@kairos/plugin";
 /// The names the SDK exports.
-const SDK_EXPORTS: &str = "Permanent, Retry, KairosError, task, log, kv, config, schedule";
+const SDK_EXPORTS: &str =
+    "Permanent, Retry, KairosError, HttpError, task, log, kv, config, schedule, http";
 
 const COMPONENTIZE_JS: &str = "@bytecodealliance/componentize-js";
 const INSTALL: &str = "run `npm install @bytecodealliance/componentize-js@0.23.0` in the project \
@@ -34,7 +35,7 @@ const BUILD_MJS: &str = r#"import { componentize } from '@bytecodealliance/compo
 import { writeFile } from 'node:fs/promises';
 const [source, wit, out] = process.argv.slice(2);
 const { component } = await componentize({
-  sourcePath: source, witPath: wit, worldName: 'task-plugin',
+  sourcePath: source, witPath: wit, worldName: 'task-plugin-sdk',
   disableFeatures: ['http', 'fetch-event'],
 });
 await writeFile(out, component);
@@ -42,9 +43,9 @@ await writeFile(out, component);
 
 /// One module: the SDK inlined, then the plugin's source.
 pub fn bundle(app: &str) -> anyhow::Result<String> {
-    let (imports, body): (Vec<&str>, Vec<&str>) = SDK
-        .lines()
-        .partition(|l| l.starts_with("import ") && l.contains("'kairos:plugin/"));
+    let (imports, body): (Vec<&str>, Vec<&str>) = SDK.lines().partition(|l| {
+        l.starts_with("import ") && (l.contains("'kairos:plugin/") || l.contains("'wasi:http/"))
+    });
     let body: Vec<String> = body
         .iter()
         .map(|l| l.strip_prefix("export ").unwrap_or(l).to_string())
@@ -113,9 +114,7 @@ pub fn build(dir: &Path, scratch: &Path, out: &Path) -> anyhow::Result<()> {
     )?;
     let modules = node_modules(dir)?;
     let app = std::fs::read_to_string(dir.join("app.js")).context("reading app.js")?;
-    let wit = scratch.join("wit");
-    std::fs::create_dir_all(&wit)?;
-    std::fs::write(wit.join("plugin.wit"), PLUGIN_WIT)?;
+    write_sdk_wit(&scratch.join("wit"))?;
     std::fs::write(scratch.join("bundle.js"), bundle(&app)?)?;
     std::fs::write(scratch.join("build.mjs"), BUILD_MJS)?;
     #[cfg(unix)]

@@ -4,10 +4,12 @@
 //!
 //! Everything a build needs besides the toolchain is in this binary: the WIT and the Python
 //! and JavaScript SDKs (`plugin-sdk/python`, `plugin-sdk/js`) are written to a scratch
-//! directory for each build.
+//! directory for each build; the Rust SDK (`plugin-sdk`, not published) is vendored into a new
+//! Rust project's `sdk/`.
 
 mod js;
 mod python;
+mod rust;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -19,6 +21,64 @@ use crate::config::Config;
 
 /// The WIT the host serves (`wit/plugin.wit`).
 pub const PLUGIN_WIT: &str = include_str!("../../../wit/plugin.wit");
+
+/// The world the Python and JavaScript builds use: `task-plugin` plus `wasi:http`
+/// (`plugin-sdk/wit/sdk.wit`), and the WASI packages it needs.
+pub const SDK_WORLD: &str = "task-plugin-sdk";
+const SDK_WIT: &[(&str, &str)] = &[
+    ("plugin.wit", PLUGIN_WIT),
+    ("sdk.wit", include_str!("../../../plugin-sdk/wit/sdk.wit")),
+    (
+        "deps/cli.wit",
+        include_str!("../../../plugin-sdk/wit/deps/cli.wit"),
+    ),
+    (
+        "deps/clocks.wit",
+        include_str!("../../../plugin-sdk/wit/deps/clocks.wit"),
+    ),
+    (
+        "deps/filesystem.wit",
+        include_str!("../../../plugin-sdk/wit/deps/filesystem.wit"),
+    ),
+    (
+        "deps/http.wit",
+        include_str!("../../../plugin-sdk/wit/deps/http.wit"),
+    ),
+    (
+        "deps/io.wit",
+        include_str!("../../../plugin-sdk/wit/deps/io.wit"),
+    ),
+    (
+        "deps/random.wit",
+        include_str!("../../../plugin-sdk/wit/deps/random.wit"),
+    ),
+    (
+        "deps/sockets.wit",
+        include_str!("../../../plugin-sdk/wit/deps/sockets.wit"),
+    ),
+];
+
+/// Writes `text` to `dir/path`, creating the directories on the way.
+fn write_file(dir: &Path, path: &str, text: &str) -> anyhow::Result<()> {
+    let p = dir.join(path);
+    if let Some(parent) = p.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
+}
+
+/// Writes each `(path, text)` of `files` under `dir`.
+fn write_files(dir: &Path, files: Files) -> anyhow::Result<()> {
+    files
+        .iter()
+        .try_for_each(|(path, text)| write_file(dir, path, text))
+}
+
+/// Writes the SDK world's WIT (with its deps) into `dir`.
+fn write_sdk_wit(dir: &Path) -> anyhow::Result<()> {
+    write_files(dir, SDK_WIT)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Lang {
@@ -53,6 +113,9 @@ fn fill(template: &str, name: &str) -> String {
         .replace('\u{1}', "}")
 }
 
+/// `(path, text)` of files a project template writes.
+type Files = &'static [(&'static str, &'static str)];
+
 /// `kairos plugin new NAME --lang L [--dir D]`: writes the project into `D/NAME` (default
 /// `./NAME`); refuses to touch an existing non-empty directory. Returns the directory.
 pub fn new_project(name: &str, lang: Lang, dir: Option<&Path>) -> anyhow::Result<PathBuf> {
@@ -68,20 +131,15 @@ pub fn new_project(name: &str, lang: Lang, dir: Option<&Path>) -> anyhow::Result
             root.display()
         );
     }
-    let files: &[(&str, &str)] = match lang {
-        Lang::Python => python::TEMPLATE,
-        Lang::Rust => bail!(
-            "Rust plugins: `kairos plugin new --lang rust` is not available in this build yet; \
-             start from plugin-sdk/examples/hello in the Kairos repository"
-        ),
-        Lang::Js => js::TEMPLATE,
+    let (files, verbatim): (Files, Files) = match lang {
+        Lang::Python => (python::TEMPLATE, &[]),
+        Lang::Rust => (rust::TEMPLATE, rust::SDK),
+        Lang::Js => (js::TEMPLATE, &[]),
     };
-    std::fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
     for (path, template) in files {
-        let p = root.join(path);
-        std::fs::write(&p, fill(template, name))
-            .with_context(|| format!("writing {}", p.display()))?;
+        write_file(&root, path, &fill(template, name))?;
     }
+    write_files(&root, verbatim)?;
     Ok(root)
 }
 
@@ -127,10 +185,7 @@ pub async fn build(dir: &Path, out: Option<&Path>, cfg: &Config) -> anyhow::Resu
     let built = scratch.path().join(format!("{name}.wasm"));
     match detect(dir)? {
         Lang::Python => python::build(dir, scratch.path(), &built)?,
-        Lang::Rust => bail!(
-            "building Rust plugins with `kairos plugin build` is not available in this build yet; \
-             use `cargo build --release --target wasm32-wasip2` (crate-type cdylib)"
-        ),
+        Lang::Rust => rust::build(dir, &built)?,
         Lang::Js => js::build(dir, scratch.path(), &built)?,
     }
     check_component(&built, &name, cfg)?;

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use super::{PLUGIN_WIT, find_tool};
+use super::{SDK_WORLD, find_tool, write_file, write_files, write_sdk_wit};
 
 /// `kairos plugin new --lang python`: `(file, template)`.
 pub const TEMPLATE: &[(&str, &str)] = &[
@@ -37,20 +37,15 @@ pub fn build(dir: &Path, scratch: &Path, out: &Path) -> anyhow::Result<()> {
     let tool = find_tool("KAIROS_COMPONENTIZE_PY", "componentize-py", INSTALL)?;
     let wit = scratch.join("wit");
     let sdk = scratch.join("sdk");
-    std::fs::create_dir_all(&wit)?;
-    std::fs::create_dir_all(sdk.join("kairos_plugin"))?;
-    std::fs::write(wit.join("plugin.wit"), PLUGIN_WIT)?;
-    for (path, text) in SDK {
-        std::fs::write(sdk.join(path), text)?;
-    }
+    write_sdk_wit(&wit)?;
+    write_files(&sdk, SDK)?;
     let entry = scratch.join("entry");
-    std::fs::create_dir_all(&entry)?;
-    std::fs::write(entry.join("_kairos_entry.py"), ENTRY)?;
+    write_file(&entry, "_kairos_entry.py", ENTRY)?;
     let mut cmd = Command::new(&tool);
     cmd.arg("-q")
         .arg("-d")
         .arg(&wit)
-        .args(["-w", "task-plugin", "componentize", "_kairos_entry", "-p"])
+        .args(["-w", SDK_WORLD, "componentize", "_kairos_entry", "-p"])
         .arg(dir)
         .arg("-p")
         .arg(&sdk)

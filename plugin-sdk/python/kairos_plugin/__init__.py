@@ -41,7 +41,7 @@ from wit_world.imports import config as _config
 from wit_world.imports import kv as _kv
 from wit_world.imports import log as _log
 from wit_world.imports import scheduler as _scheduler
-from wit_world.imports import types as _types
+from wit_world.imports import kairos_plugin_types as _types
 
 from . import http  # noqa: F401  (kairos_plugin.http)
 

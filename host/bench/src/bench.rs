@@ -175,7 +175,7 @@ async fn throughput(args: &BenchArgs) -> anyhow::Result<()> {
         let node = Node::start(cfg).await?;
         let now = node.enqueuer.clock.now();
         let started = Instant::now();
-        let keys = 10_000;
+        let keys = args.cluster.keys.unwrap_or(10_000).max(1);
         let label = format!("throughput run {}", run + 1);
         let mut enqueued = Progress::new(format!("{label}: enqueued"), Some(tasks as u64), "tasks");
         for chunk in (0..tasks).collect::<Vec<_>>().chunks(1_000) {

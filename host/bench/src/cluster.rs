@@ -48,9 +48,10 @@ pub struct ClusterArgs {
     /// Cluster scenarios: `kairos serve` processes to start.
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
-    /// Cluster scenarios: distinct ordering keys the tasks are spread over.
-    #[arg(long, default_value_t = 2_000)]
-    pub keys: usize,
+    /// Distinct ordering keys the tasks are spread over [default: embedded throughput
+    /// 10000; cluster 2000].
+    #[arg(long)]
+    pub keys: Option<usize>,
     /// Cluster scenarios: tasks read back from Cassandra for the lateness figures (an even
     /// sample of all; 0 = all).
     #[arg(long, default_value_t = 5_000)]
@@ -79,7 +80,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     };
     let c = &args.cluster;
     anyhow::ensure!(c.nodes >= 1, "--nodes must be at least 1");
-    anyhow::ensure!(c.keys >= 1, "--keys must be at least 1");
+    anyhow::ensure!(c.keys != Some(0), "--keys must be at least 1");
     let base_text = std::fs::read_to_string(&c.config)
         .with_context(|| format!("reading cluster config {}", c.config.display()))?;
     let base = Config::parse(&base_text)
@@ -1067,7 +1068,7 @@ fn check_acks(results: Vec<Result<(), String>>) -> anyhow::Result<()> {
 
 async fn throughput(run: &mut BenchCluster, args: &BenchArgs) -> anyhow::Result<()> {
     let tasks = args.tasks.unwrap_or(DEFAULT_TASKS);
-    let keys = args.cluster.keys;
+    let keys = args.cluster.keys.unwrap_or(2_000);
     let partitions = run.cfg.partitions;
     let intake = run.intake()?;
     let (before, _) = run.counts().await?;
@@ -1127,7 +1128,7 @@ async fn throughput(run: &mut BenchCluster, args: &BenchArgs) -> anyhow::Result<
 
 async fn steady(run: &mut BenchCluster, args: &BenchArgs) -> anyhow::Result<()> {
     let rate = args.rate.unwrap_or(DEFAULT_RATE);
-    let keys = args.cluster.keys;
+    let keys = args.cluster.keys.unwrap_or(2_000);
     let partitions = run.cfg.partitions;
     let intake = run.intake()?;
     let (before, _) = run.counts().await?;

@@ -73,9 +73,10 @@ fn outcome_of(result: &ExecResult) -> (AttemptOutcome, Option<String>) {
     }
 }
 
-/// Runs one attempt and reports to the partition actor. Holds a run slot
-/// throughout. The attempt runs only once its start is durable; its end is retried until it is
-/// durable too, so the key's next task cannot start before this one's end is known.
+/// Runs one attempt and reports to the partition actor. Holds a run slot from the claim until
+/// the guest is done (not while the end is recorded). The attempt runs only once its start is
+/// durable; its end is retried until it is durable too, so the key's next task cannot start
+/// before this one's end is known.
 pub(crate) async fn run_attempt(
     shared: Arc<Shared>,
     lease: Lease,
@@ -142,6 +143,10 @@ pub(crate) async fn run_attempt(
         m.running.fetch_sub(1, Relaxed);
         o
     };
+    // The run slot (and its memory reservation) is free as soon as the guest is done: the
+    // end's durable write below holds only the task's key, not a slot another attempt could
+    // run in.
+    drop(slot);
     let ended = shared.clock.now();
     m.run_time.observe_ms((ended - run_from).max(0) as u64);
     let transition = match shared.rng.lock() {
@@ -182,7 +187,6 @@ pub(crate) async fn run_attempt(
     let done = record_end(&shared, &lease, &task.id, record, transition, ended).await;
     m.finish_record
         .observe_ms((shared.clock.now() - ended).max(0) as u64);
-    drop(slot);
     done
 }
 

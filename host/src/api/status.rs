@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use axum::Json;
 use axum::extract::Query;
 use axum::http::{HeaderMap, header};
+use futures::{StreamExt, TryStreamExt};
 use kairos_core::model::StateCounts;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -22,6 +23,8 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// How long counts by state are reused (on Cassandra they are a scan of the tasks table).
 const COUNTS_TTL: Duration = Duration::from_secs(1);
+/// Lease reads in flight at once for `GET /v1/partitions`.
+const LEASE_READS: usize = 16;
 
 /// Counts by state as last read from the store, and when.
 #[derive(Default)]
@@ -128,11 +131,13 @@ pub async fn partitions(
     if q.local {
         return Ok(Json(json!({ "node_id": st.node_id, "partitions": mine })));
     }
+    // The leases, a few reads at a time (one per partition; in order).
     let n = st.enqueuer.partitions;
-    let mut holders = Vec::with_capacity(n as usize);
-    for p in 0..n {
-        holders.push(st.store.lease_holder(p).await?);
-    }
+    let holders: Vec<_> = futures::stream::iter(0..n)
+        .map(|p| st.store.lease_holder(p))
+        .buffered(LEASE_READS)
+        .try_collect()
+        .await?;
     // What each owner runs: this node's from memory, the others' from their API.
     let mut reports: BTreeMap<String, Result<Vec<Local>, String>> = BTreeMap::new();
     reports.insert(st.node_id.clone(), Ok(mine));
@@ -147,21 +152,22 @@ pub async fn partitions(
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        for node in others {
-            let got = fwd
-                .get_json(
-                    &st.node_id,
-                    &node,
-                    "/v1/partitions?local=true",
-                    auth.clone(),
-                )
-                .await
-                .and_then(|v| {
-                    serde_json::from_value::<Vec<Local>>(v["partitions"].clone())
-                        .map_err(|e| format!("unexpected answer: {e}"))
-                });
-            reports.insert(node, got);
-        }
+        // Every other owner at once.
+        let me = st.node_id.as_str();
+        let asks = others.into_iter().map(|node| {
+            let auth = auth.clone();
+            async move {
+                let got = fwd
+                    .get_json(me, &node, "/v1/partitions?local=true", auth)
+                    .await
+                    .and_then(|v| {
+                        serde_json::from_value::<Vec<Local>>(v["partitions"].clone())
+                            .map_err(|e| format!("unexpected answer: {e}"))
+                    });
+                (node, got)
+            }
+        });
+        reports.extend(futures::future::join_all(asks).await);
     }
     let running: BTreeMap<(String, u32), Local> = reports
         .iter()

@@ -94,7 +94,80 @@ fn a_python_plugin_goes_from_plugin_new_to_a_task_on_a_running_node() {
 
 #[test]
 fn a_javascript_plugin_goes_from_plugin_new_to_a_task_on_a_running_node() {
-    from_new_to_a_task("js", &["app.js", "package.json", "README.md", "test.mjs"]);
+    from_new_to_a_task(
+        "js",
+        &[
+            "app.js",
+            "package.json",
+            "README.md",
+            "test.mjs",
+            "jsconfig.json",
+            "types/index.d.ts",
+        ],
+    );
+}
+
+/// `tsc -p jsconfig.json` in `dir`, with the TypeScript of `.node-plugins`.
+fn tsc(dir: &Path) -> Output {
+    Command::new("node")
+        .arg(node_modules().join("typescript/bin/tsc"))
+        .args(["-p", "jsconfig.json"])
+        .current_dir(dir)
+        .output()
+        .expect("run node (tsc)")
+}
+
+/// The JavaScript SDK's declarations are built on types generated from `wit/plugin.wit`
+/// (`plugin-sdk/js/generate-types.mjs`; `--check` fails when the WIT changed and they were
+/// not regenerated), and a new project carries them: its `app.js`, and the example's, type-check
+/// against them, and a misuse of the SDK does not.
+#[test]
+fn the_javascript_sdk_types_follow_the_wit_and_check_a_new_project() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new("node")
+        .arg(repo.join("plugin-sdk/js/generate-types.mjs"))
+        .arg("--check")
+        .env("KAIROS_NODE_MODULES", node_modules())
+        .output()
+        .expect("run node");
+    ok(&out, "generate-types.mjs --check");
+
+    let tmp = tempfile::tempdir().expect("tmp");
+    ok(
+        &kairos(&["plugin", "new", "hello", "--lang", "js"], tmp.path()),
+        "plugin new",
+    );
+    let project = tmp.path().join("hello");
+    ok(&tsc(&project), "tsc on the new project's app.js");
+
+    std::fs::copy(
+        repo.join("plugins/examples/js/app.js"),
+        project.join("app.js"),
+    )
+    .expect("copy the example");
+    ok(&tsc(&project), "tsc on plugins/examples/js/app.js");
+
+    // Calls the WIT does not have, and a payload typed by the plugin used wrongly.
+    std::fs::write(
+        project.join("app.js"),
+        "import { task, log, schedule } from '@kairos/plugin';\n\
+         export const run = task((t) => {\n\
+           log.information('hi');\n\
+           schedule('other', t.key, {}, { delayMs: 'soon' });\n\
+           return t.dueAtMs.toUpperCase();\n\
+         });\n",
+    )
+    .expect("write app.js");
+    let out = tsc(&project);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "tsc accepted a misuse:\n{text}");
+    for wanted in [
+        "'information'",
+        "'string' is not assignable to type 'number'",
+        "'toUpperCase'",
+    ] {
+        assert!(text.contains(wanted), "tsc names {wanted}:\n{text}");
+    }
 }
 
 #[test]

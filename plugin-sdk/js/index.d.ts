@@ -1,23 +1,32 @@
-// Types of @kairos/plugin, following wit/plugin.wit (world kairos:plugin/task-plugin).
+// Types of @kairos/plugin. The WIT's own types (wit/plugin.wit, world
+// kairos:plugin/task-plugin) are generated into wit-types/ by generate-types.mjs, and the
+// SDK's types below are built on them, so a change to the WIT shows up here as a type error.
+/// <reference path="./wit-types/task-plugin.d.ts" />
+import type * as Wit from "kairos:plugin/types@0.1.0";
+import type { EntryMeta } from "kairos:plugin/kv@0.1.0";
+import type { Level } from "kairos:plugin/log@0.1.0";
 
-/** One attempt of one task. */
-export interface Task<P = unknown> {
-  /** Stable across attempts: with `attempt`, an idempotency key. */
-  id: string;
-  /** The ordering key: tasks with the same key run one at a time, in order. */
-  key: string;
-  plugin: string;
-  /** 1-based. */
-  attempt: number;
-  /** When the task was due, Unix epoch milliseconds. */
-  dueAtMs: number;
+/** Millisecond fields the WIT carries as 64-bit integers, as numbers here. */
+type WithNumbers<T, K extends keyof T> = Omit<T, K> & { [F in K]: number };
+
+/**
+ * One attempt of one task: the WIT's `task` with its payload parsed from JSON.
+ * `id` is stable across attempts: with `attempt`, an idempotency key. `key` is the ordering
+ * key: tasks with the same key run one at a time, in order. `dueAtMs` is when the task was
+ * due, Unix epoch milliseconds.
+ */
+export type Task<P = any> = WithNumbers<Omit<Wit.Task, "payload">, "dueAtMs"> & {
   /** The payload, parsed from JSON. */
   payload: P;
-  rawPayload: string;
-}
+  /** The payload as the host handed it. */
+  rawPayload: Wit.Task["payload"];
+};
 
-/** What the function returns becomes the task's output: nothing, a string, or JSON. */
-export function task<P = unknown>(fn: (t: Task<P>) => unknown): (t: unknown) => { output?: string };
+/**
+ * Wraps the function that runs each attempt; export the result as `run`. What the function
+ * returns becomes the task's output: nothing, a string, or JSON.
+ */
+export function task<P = any>(fn: (t: Task<P>) => unknown): (t: Wit.Task) => Wit.Outcome;
 
 export class Permanent extends Error {}
 export class Retry extends Error {
@@ -27,13 +36,8 @@ export class Retry extends Error {
 export class KairosError extends Error {}
 
 type Fields = Record<string, unknown>;
-export const log: {
-  trace(message: string, fields?: Fields): void;
-  debug(message: string, fields?: Fields): void;
-  info(message: string, fields?: Fields): void;
-  warn(message: string, fields?: Fields): void;
-  error(message: string, fields?: Fields): void;
-};
+/** One method per WIT log level. */
+export const log: { [L in Level]: (message: string, fields?: Fields) => void };
 
 export const kv: {
   get(key: string): Uint8Array | undefined;
@@ -42,7 +46,7 @@ export const kv: {
   set(key: string, value: Uint8Array | string): void;
   setJson(key: string, value: unknown): void;
   delete(key: string): boolean;
-  list(prefix?: string, limit?: number): { key: string; updatedAtMs: number; size: number }[];
+  list(prefix?: string, limit?: number): WithNumbers<EntryMeta, "updatedAtMs" | "size">[];
 };
 
 export const config: {

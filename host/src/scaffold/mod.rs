@@ -134,7 +134,7 @@ pub fn new_project(name: &str, lang: Lang, dir: Option<&Path>) -> anyhow::Result
     let (files, verbatim): (Files, Files) = match lang {
         Lang::Python => (python::TEMPLATE, &[]),
         Lang::Rust => (rust::TEMPLATE, rust::SDK),
-        Lang::Js => (js::TEMPLATE, &[]),
+        Lang::Js => (js::TEMPLATE, js::TYPES),
     };
     for (path, template) in files {
         write_file(&root, path, &fill(template, name))?;

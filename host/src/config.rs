@@ -653,6 +653,15 @@ mod tests {
     }
 
     #[test]
+    fn reuse_instances_is_a_per_plugin_grant_that_reaches_the_runtime() {
+        let c = Config::parse("[plugin.py]\nreuse_instances = 50\n").expect("valid");
+        assert_eq!(c.runtime_config().grants["py"].reuse_instances, 50);
+        let c = Config::parse("[plugin.py]\nallowed_hosts = []\n").expect("valid");
+        assert_eq!(c.runtime_config().grants["py"].reuse_instances, 0);
+        assert!(Config::parse("[plugin.py]\nreuse_instances = -1\n").is_err());
+    }
+
+    #[test]
     fn the_shipped_example_configs_parse() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
         let c = Config::load(&dir.join("embedded.toml")).expect("config/embedded.toml is valid");

@@ -71,6 +71,12 @@ pub struct PluginGrant {
     pub max_concurrency: Option<usize>,
     /// Weight in the fair share of contended run slots (default 1).
     pub weight: Option<u32>,
+    /// Opt-in: one instance may serve up to this many successful tasks of the same ordering
+    /// key before it is dropped (0, the default: a fresh instance per task). Saves the
+    /// instantiation of large components (Python, JavaScript) at the price of state kept
+    /// between those tasks: globals, the heap, caches. Never shared between keys; see
+    /// the README (Reusing instances) for when an instance is dropped.
+    pub reuse_instances: u32,
 }
 
 /// The settings one plugin version runs with.

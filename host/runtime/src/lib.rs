@@ -28,6 +28,7 @@ mod registry;
 mod run;
 mod runtime;
 mod services;
+mod warm;
 mod watcher;
 
 pub use builtin::{BUILTIN_PLUGINS, BuiltinPlugin, builtin_plugin};

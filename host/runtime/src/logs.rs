@@ -271,6 +271,16 @@ impl CapturePipe {
         c.buf.extend_from_slice(&bytes[..take]);
     }
 
+    /// Empties the buffer for the next task of a reused instance.
+    pub(crate) fn reset(&self) {
+        let mut c = match self.inner.lock() {
+            Ok(c) => c,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        c.buf.clear();
+        c.truncated = false;
+    }
+
     /// Captured text (lossy UTF-8) and whether output was cut.
     pub(crate) fn contents(&self) -> (String, bool) {
         let c = match self.inner.lock() {

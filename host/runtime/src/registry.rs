@@ -30,6 +30,8 @@ pub(crate) struct PluginVersion {
     pub(crate) allow_private: bool,
     pub(crate) may_schedule: Arc<[String]>,
     pub(crate) config: Arc<BTreeMap<String, String>>,
+    /// Most tasks one instance serves (0 or 1: a fresh instance per task).
+    pub(crate) reuse_instances: u32,
     pub(crate) source: PluginSource,
     /// What the manifest asked beyond the operator's grant (clamped or dropped).
     pub(crate) warnings: Vec<String>,

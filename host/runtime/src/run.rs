@@ -11,7 +11,9 @@ use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{I32Exit, WasiCtx};
 use wasmtime_wasi_http::WasiHttpCtx;
 
-use crate::bindings::{Outcome, Task, TaskError};
+use tokio::sync::{OwnedSemaphorePermit, TryAcquireError};
+
+use crate::bindings::{Outcome, Task, TaskError, TaskPlugin};
 use crate::engine::TICK;
 use crate::host_impl::{FollowUpQuota, KvQuota, Meter, StoreState};
 use crate::http::HttpGate;
@@ -20,6 +22,13 @@ use crate::logs::{CapturePipe, LogCaps, LogLevel, LogSource};
 use crate::outcome::{FailureKind, RunOutcome, RunReport, RunRequest};
 use crate::registry::PluginVersion;
 use crate::runtime::Runtime;
+use crate::warm::Warm;
+
+/// Why no share of the memory budget was had.
+enum Budget {
+    Closed,
+    Elapsed,
+}
 
 /// How far a run got, when it did not return normally.
 enum Stage {
@@ -32,6 +41,8 @@ struct Ended {
     result: Result<Result<Outcome, TaskError>, (Stage, wasmtime::Error)>,
     oom_refused: Option<usize>,
     cpu_exhausted: bool,
+    /// The live instance, for a plugin that reuses instances.
+    instance: Option<(Store<StoreState>, TaskPlugin)>,
 }
 
 impl Runtime {
@@ -55,9 +66,25 @@ impl Runtime {
             }
         };
         let limits = version.limits;
-        let log_cap = usize::try_from(limits.max_log_bytes).unwrap_or(usize::MAX);
-        let stdout = CapturePipe::new(log_cap);
-        let stderr = CapturePipe::new(log_cap);
+        let reuse = version.reuse_instances > 1;
+        let warm = if reuse {
+            self.warm.take(&version, &req.task.key)
+        } else {
+            self.warm.prune();
+            None
+        };
+        let key = req.task.key.clone();
+        let (stdout, stderr) = match &warm {
+            Some(w) => {
+                w.stdout.reset();
+                w.stderr.reset();
+                (w.stdout.clone(), w.stderr.clone())
+            }
+            None => {
+                let log_cap = usize::try_from(limits.max_log_bytes).unwrap_or(usize::MAX);
+                (CapturePipe::new(log_cap), CapturePipe::new(log_cap))
+            }
+        };
         let meter = Arc::new(Meter::new(
             &version.name,
             &req.task.id,
@@ -67,36 +94,64 @@ impl Runtime {
         ));
 
         // The whole attempt, the wait for room in the memory budget included, is bounded by
-        // timeout_ms (the cluster's takeover wait relies on it).
+        // timeout_ms (the cluster's takeover wait relies on it). A reused instance holds its
+        // share already.
         let timeout = Duration::from_millis(limits.timeout_ms);
         let deadline = tokio::time::Instant::now() + timeout;
-        let mb = u32::try_from(limits.memory_mb).unwrap_or(u32::MAX);
-        let _permit = match tokio::time::timeout_at(deadline, self.memory_budget.acquire_many(mb))
-            .await
-        {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_closed)) => {
-                return self.not_started(
-                    &version,
-                    &meter,
-                    started,
-                    FailureKind::Instantiate,
-                    "the node's memory budget is closed (the runtime is shutting down)".into(),
-                );
+        let (permit, warm) = match warm {
+            Some(w) => {
+                let Warm {
+                    store,
+                    plugin,
+                    served,
+                    permit,
+                    ..
+                } = w;
+                (permit, Some((store, plugin, served)))
             }
-            Err(_elapsed) => {
-                let message = format!(
-                    "not started: waited {} ms (its timeout_ms) for {} MiB of the node's memory \
-                     budget (memory_budget_mb = {}), all in use by other attempts",
-                    limits.timeout_ms, limits.memory_mb, self.cfg.memory_budget_mb
-                );
-                return self.not_started(&version, &meter, started, FailureKind::Timeout, message);
-            }
+            None => match self.memory_permit(limits.memory_mb, deadline).await {
+                Ok(permit) => (permit, None),
+                Err(Budget::Closed) => {
+                    return self.not_started(
+                        &version,
+                        &meter,
+                        started,
+                        FailureKind::Instantiate,
+                        "the node's memory budget is closed (the runtime is shutting down)".into(),
+                    );
+                }
+                Err(Budget::Elapsed) => {
+                    let message = format!(
+                        "not started: waited {} ms (its timeout_ms) for {} MiB of the node's memory \
+                         budget (memory_budget_mb = {}), all in use by other attempts",
+                        limits.timeout_ms, limits.memory_mb, self.cfg.memory_budget_mb
+                    );
+                    return self.not_started(
+                        &version,
+                        &meter,
+                        started,
+                        FailureKind::Timeout,
+                        message,
+                    );
+                }
+            },
         };
-        let exec = self.execute(&version, req.task, meter.clone(), &stdout, &stderr);
+        let served = warm.as_ref().map_or(0, |w| w.2);
+        let instance = warm.map(|(store, plugin, _)| (store, plugin));
+        let exec = self.execute(
+            &version,
+            req.task,
+            meter.clone(),
+            (&stdout, &stderr),
+            instance,
+        );
         let guarded = AssertUnwindSafe(tokio::time::timeout_at(deadline, exec)).catch_unwind();
+        let mut keep = None;
         let outcome = match guarded.await {
-            Ok(Ok(ended)) => classify(ended, &limits, &meter, &stderr),
+            Ok(Ok(mut ended)) => {
+                keep = ended.instance.take();
+                classify(ended, &limits, &meter, &stderr)
+            }
             Ok(Err(_elapsed)) => {
                 let message = format!(
                     "plugin exceeded its wall-clock timeout of {} ms",
@@ -125,11 +180,57 @@ impl Runtime {
         let mut logs = meter.take_logs();
         stdout.append_lines_to(LogSource::Stdout, LogLevel::Info, &mut logs);
         stderr.append_lines_to(LogSource::Stderr, LogLevel::Warn, &mut logs);
+        // Only an instance that just succeeded serves its key again: after any failure its
+        // state is suspect.
+        // Nor while attempts may be waiting for the memory it holds.
+        if let Some((store, plugin)) = keep
+            && reuse
+            && served + 1 < version.reuse_instances
+            && matches!(outcome, RunOutcome::Success { .. })
+            && self.memory_budget.available_permits() as u64 >= limits.memory_mb
+        {
+            let warm = Warm {
+                store,
+                plugin,
+                stdout,
+                stderr,
+                served: served + 1,
+                permit,
+            };
+            self.warm.put(version.clone(), key, warm);
+        } else {
+            drop(permit);
+        }
         RunReport {
             outcome,
             digest: Some(version.digest.clone()),
             logs: meter.finish_logs(logs),
             elapsed: started.elapsed(),
+        }
+    }
+
+    /// `mb` of the node's memory budget, waiting until `deadline`. When the budget is short,
+    /// idle reused instances give theirs back first.
+    async fn memory_permit(
+        &self,
+        mb: u64,
+        deadline: tokio::time::Instant,
+    ) -> Result<OwnedSemaphorePermit, Budget> {
+        let n = u32::try_from(mb).unwrap_or(u32::MAX);
+        loop {
+            match self.memory_budget.clone().try_acquire_many_owned(n) {
+                Ok(permit) => return Ok(permit),
+                Err(TryAcquireError::Closed) => return Err(Budget::Closed),
+                Err(TryAcquireError::NoPermits) if self.warm.evict_one() => {}
+                Err(TryAcquireError::NoPermits) => break,
+            }
+        }
+        match tokio::time::timeout_at(deadline, self.memory_budget.clone().acquire_many_owned(n))
+            .await
+        {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_closed)) => Err(Budget::Closed),
+            Err(_elapsed) => Err(Budget::Elapsed),
         }
     }
 
@@ -156,18 +257,11 @@ impl Runtime {
         version: &PluginVersion,
         task: crate::services::TaskInfo,
         meter: Arc<Meter>,
-        stdout: &CapturePipe,
-        stderr: &CapturePipe,
+        (stdout, stderr): (&CapturePipe, &CapturePipe),
+        instance: Option<(Store<StoreState>, TaskPlugin)>,
     ) -> Ended {
         let limits = &version.limits;
-        let wasi = WasiCtx::builder()
-            .stdout(stdout.clone())
-            .stderr(stderr.clone())
-            .allow_tcp(false)
-            .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .socket_addr_check(|_, _| Box::pin(async { false }))
-            .build();
+        let reuse = version.reuse_instances > 1;
         let wit_task = Task {
             id: task.id.clone(),
             key: task.key.clone(),
@@ -177,58 +271,101 @@ impl Runtime {
             payload: task.payload.clone(),
         };
         let tick_ms = TICK.as_millis().max(1) as u64;
-        let state = StoreState {
-            wasi,
-            table: ResourceTable::new(),
-            http: WasiHttpCtx::new(),
-            gate: HttpGate {
-                meter: meter.clone(),
-                allowed: version.allowed_hosts.clone(),
-                allow_private: version.allow_private,
-                timeout: Duration::from_millis(limits.http_timeout_ms),
-            },
-            limiter: MemoryLimiter::new(limits.memory_bytes()),
-            meter,
-            services: self.services.clone(),
-            task,
-            config: version.config.clone(),
-            kv_quota: KvQuota::of(limits),
-            follow_ups: FollowUpQuota {
-                may_schedule: version.may_schedule.clone(),
-                max: limits.max_follow_ups,
-                scheduled: 0,
-            },
-            ticks: 0,
-            max_ticks: limits.cpu_ms.div_ceil(tick_ms).max(1),
-            cpu_exhausted: false,
+        let max_ticks = limits.cpu_ms.div_ceil(tick_ms).max(1);
+        let kv_quota = KvQuota::of(limits);
+        let follow_ups = FollowUpQuota {
+            may_schedule: version.may_schedule.clone(),
+            max: limits.max_follow_ups,
+            scheduled: 0,
         };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|mut cx| {
-            let s = cx.data_mut();
-            s.ticks += 1;
-            if s.ticks >= s.max_ticks {
-                s.cpu_exhausted = true;
-                return Ok(UpdateDeadline::Interrupt);
+        let (mut store, plugin) = match instance {
+            Some((mut store, plugin)) => {
+                // The same instance, this task's accounting.
+                let s = store.data_mut();
+                s.gate.meter = meter.clone();
+                s.meter = meter;
+                s.task = task;
+                s.kv_quota = kv_quota;
+                s.follow_ups = follow_ups;
+                s.ticks = 0;
+                s.max_ticks = max_ticks;
+                s.cpu_exhausted = false;
+                s.limiter.refused = None;
+                (store, Some(plugin))
             }
-            // Yield on every tick so wall-clock timeouts and other tasks get to run
-            // even while this guest never calls the host.
-            Ok(UpdateDeadline::Yield(1))
-        });
+            None => {
+                let wasi = WasiCtx::builder()
+                    .stdout(stdout.clone())
+                    .stderr(stderr.clone())
+                    .allow_tcp(false)
+                    .allow_udp(false)
+                    .allow_ip_name_lookup(false)
+                    .socket_addr_check(|_, _| Box::pin(async { false }))
+                    .build();
+                let state = StoreState {
+                    wasi,
+                    table: ResourceTable::new(),
+                    http: WasiHttpCtx::new(),
+                    gate: HttpGate {
+                        meter: meter.clone(),
+                        allowed: version.allowed_hosts.clone(),
+                        allow_private: version.allow_private,
+                        timeout: Duration::from_millis(limits.http_timeout_ms),
+                    },
+                    limiter: MemoryLimiter::new(limits.memory_bytes()),
+                    meter,
+                    services: self.services.clone(),
+                    task,
+                    config: version.config.clone(),
+                    kv_quota,
+                    follow_ups,
+                    ticks: 0,
+                    max_ticks,
+                    cpu_exhausted: false,
+                };
+                let mut store = Store::new(&self.engine, state);
+                store.limiter(|s| &mut s.limiter);
+                store.epoch_deadline_callback(|mut cx| {
+                    let s = cx.data_mut();
+                    s.ticks += 1;
+                    if s.ticks >= s.max_ticks {
+                        s.cpu_exhausted = true;
+                        return Ok(UpdateDeadline::Interrupt);
+                    }
+                    // Yield on every tick so wall-clock timeouts and other tasks get to run
+                    // even while this guest never calls the host.
+                    Ok(UpdateDeadline::Yield(1))
+                });
+                (store, None)
+            }
+        };
+        store.set_epoch_deadline(1);
 
-        let result = match version.pre.instantiate_async(&mut store).await {
-            Err(e) => Err((Stage::Instantiate, e)),
-            Ok(plugin) => plugin
-                .call_run(&mut store, &wit_task)
+        let plugin = match plugin {
+            Some(p) => Ok(p),
+            None => version
+                .pre
+                .instantiate_async(&mut store)
                 .await
-                .map_err(|e| (Stage::Call, e)),
+                .map_err(|e| (Stage::Instantiate, e)),
+        };
+        let (result, plugin) = match plugin {
+            Err(e) => (Err(e), None),
+            Ok(plugin) => (
+                plugin
+                    .call_run(&mut store, &wit_task)
+                    .await
+                    .map_err(|e| (Stage::Call, e)),
+                Some(plugin),
+            ),
         };
         let data = store.data();
+        let (oom_refused, cpu_exhausted) = (data.limiter.refused, data.cpu_exhausted);
         Ended {
             result,
-            oom_refused: data.limiter.refused,
-            cpu_exhausted: data.cpu_exhausted,
+            oom_refused,
+            cpu_exhausted,
+            instance: plugin.filter(|_| reuse).map(|p| (store, p)),
         }
     }
 }

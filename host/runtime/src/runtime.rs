@@ -22,6 +22,7 @@ use crate::manifest::Manifest;
 use crate::outcome::RunFailure;
 use crate::registry::{PluginInfo, PluginSource, PluginVersion, Registry};
 use crate::services::HostServices;
+use crate::warm::{WarmPool, warm_capacity};
 
 /// The Wasm plugin runtime: one engine, the loaded plugins, and [`Runtime::run`].
 pub struct Runtime {
@@ -37,7 +38,9 @@ pub struct Runtime {
     /// serves when no directory overrides it, and again when the directory's file is removed.
     builtins: Mutex<BTreeMap<String, Arc<[u8]>>>,
     /// The node's memory budget, one permit per MiB (see [`RuntimeConfig::memory_budget_mb`]).
-    pub(crate) memory_budget: Semaphore,
+    pub(crate) memory_budget: Arc<Semaphore>,
+    /// Idle instances of plugins with `reuse_instances`, by version and ordering key.
+    pub(crate) warm: WarmPool,
     _ticker: Ticker,
 }
 
@@ -125,6 +128,7 @@ impl Runtime {
         let budget_permits = usize::try_from(cfg.memory_budget_mb)
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS);
+        let cfg_max_instances = cfg.max_instances;
         let engine = build_engine(cfg.max_instances)?;
         let mut linker = Linker::<StoreState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -147,7 +151,8 @@ impl Runtime {
             compiler,
             load_lock: Mutex::new(()),
             builtins: Mutex::new(BTreeMap::new()),
-            memory_budget: Semaphore::new(budget_permits),
+            memory_budget: Arc::new(Semaphore::new(budget_permits)),
+            warm: WarmPool::new(warm_capacity(cfg_max_instances)),
             _ticker: ticker,
         }))
     }
@@ -497,6 +502,7 @@ impl Runtime {
             allow_private: eff.allow_private,
             may_schedule: eff.may_schedule.into(),
             config: Arc::new(eff.config),
+            reuse_instances: self.cfg.grants.get(name).map_or(0, |g| g.reuse_instances),
             source,
             warnings: eff.warnings,
         });
@@ -539,6 +545,11 @@ impl Runtime {
         self.registry
             .lookup(name, version)
             .map(|v| v.digest.clone())
+    }
+
+    /// Instances kept idle for their key's next task (plugins with `reuse_instances`).
+    pub fn idle_instances(&self) -> usize {
+        self.warm.len()
     }
 
     /// What an attempt of `name`'s current version reserves from the memory budget, MiB (0 for

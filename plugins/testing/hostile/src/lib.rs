@@ -19,6 +19,7 @@
 //! | `fork` | schedules `fanout` (default 2) follow-ups of itself, keys `{key}.{i}`, due now, with the same payload; output `forked N`, or a permanent error `fork refused: ...` when a schedule is refused |
 //! | `fail` | retryable error `hostile guest failing on purpose (attempt N)`, with `retry_after_ms` when given |
 //! | `permanent` | permanent error `hostile guest failing permanently on purpose` |
+//! | `count` | counts its calls in a global of the instance and remembers each call's ordering key; output `{"count":N,"keys":[KEY,...]}` (what this instance has served: `count` 1 in a fresh instance) |
 //!
 //! Any other mode is a permanent error.
 
@@ -66,6 +67,7 @@ impl Plugin for Hostile {
                 modes::log_flood(p.lines.unwrap_or(100), p.line_size.unwrap_or(1024 * 1024))
             }
             "echo" => modes::echo(&task),
+            "count" => modes::count(&task),
             "fork" => modes::fork(&task, p.fanout.unwrap_or(2)),
             "config" => modes::config(),
             "fail" => {

@@ -99,3 +99,14 @@ pub fn config() -> Result<Outcome, TaskError> {
     let all: BTreeMap<String, String> = config::all().into_iter().collect();
     Outcome::json(&all)
 }
+
+/// Calls served by this instance, and their keys: state that lives as long as the instance.
+static SERVED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+pub fn count(task: &Task) -> Result<Outcome, TaskError> {
+    let mut served = SERVED
+        .lock()
+        .map_err(|_| TaskError::permanent("count: state poisoned"))?;
+    served.push(task.key.clone());
+    Outcome::json(&json!({"count": served.len(), "keys": *served}))
+}

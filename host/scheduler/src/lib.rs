@@ -142,7 +142,12 @@ pub(crate) struct Shared {
     pub executor: Arc<dyn Executor>,
     pub clock: Arc<dyn Clock>,
     pub metrics: Arc<Metrics>,
+    /// Run slots: held by an attempt while its guest runs (with its plugin's memory).
     pub slots: Arc<slots::SlotPool>,
+    /// Claim slots: held from when an attempt is started until it has a run slot, so the
+    /// durable write of its start overlaps other attempts' runs. Shared between plugins like
+    /// the run slots (same caps and weights, no memory).
+    pub claims: Arc<slots::SlotPool>,
     pub paused: RwLock<HashSet<String>>,
     pub cfg: SchedulerConfig,
     pub rng: StdMutex<StdRng>,
@@ -213,12 +218,21 @@ impl Scheduler {
             cfg.shares.clone(),
             Arc::new(move |p: &str| exec.reservation_mb(p)),
         );
+        let claims = slots::SlotPool::new(
+            cfg.concurrency,
+            SlotShares {
+                memory_budget_mb: None,
+                ..cfg.shares.clone()
+            },
+            Arc::new(|_: &str| 0),
+        );
         let shared = Arc::new(Shared {
             store,
             executor,
             clock,
             metrics,
             slots,
+            claims,
             paused: RwLock::new(paused),
             cfg,
             rng: StdMutex::new(rng),

@@ -429,20 +429,21 @@ impl PartitionActor {
         }
     }
 
-    /// Starts the due tasks whose plugins get a run slot.
+    /// Starts the due tasks whose plugins get a claim slot (the attempt then records its
+    /// start and waits for a run slot).
     fn start_due(&mut self, now: Millis) {
-        let slots = self.shared.slots.clone();
-        let limit = slots.total();
-        for (task, slot) in self.window.take_due(now, limit, |p| slots.try_acquire(p)) {
-            self.spawn_attempt(task, slot);
+        let claims = self.shared.claims.clone();
+        let limit = claims.total();
+        for (task, claim) in self.window.take_due(now, limit, |p| claims.try_acquire(p)) {
+            self.spawn_attempt(task, claim);
         }
     }
 
-    fn spawn_attempt(&mut self, task: Task, slot: crate::slots::Slot) {
+    fn spawn_attempt(&mut self, task: Task, claim: crate::slots::Slot) {
         let id = task.id.clone();
         let h = self
             .attempts
-            .spawn(run_attempt(self.shared.clone(), self.lease, task, slot));
+            .spawn(run_attempt(self.shared.clone(), self.lease, task, claim));
         self.attempt_ids.insert(h.id(), id);
         self.shared.track(h);
     }
@@ -472,7 +473,7 @@ impl PartitionActor {
             if stopping && self.attempts.is_empty() {
                 break;
             }
-            // Due tasks whose plugins got no run slot: wait for the pool to free one they may
+            // Due tasks whose plugins got no claim slot: wait for the pool to free one they may
             // take, not for timers that have passed (waking at a past time would spin).
             let due_plugins = if stopping {
                 Vec::new()
@@ -481,7 +482,7 @@ impl PartitionActor {
             };
             let slot_wait = !due_plugins.is_empty();
             if slot_wait {
-                self.shared.slots.wait_for(&self.slot_notify, due_plugins);
+                self.shared.claims.wait_for(&self.slot_notify, due_plugins);
             }
             let wake = match stopping {
                 true => None,

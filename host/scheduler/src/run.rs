@@ -73,15 +73,16 @@ fn outcome_of(result: &ExecResult) -> (AttemptOutcome, Option<String>) {
     }
 }
 
-/// Runs one attempt and reports to the partition actor. Holds a run slot from the claim until
-/// the guest is done (not while the end is recorded). The attempt runs only once its start is
+/// Runs one attempt and reports to the partition actor. Holds a claim slot while its start
+/// is recorded, then a run slot until the guest is done (not while the end is recorded), so
+/// durable writes overlap other attempts' runs. The attempt runs only once its start is
 /// durable; its end is retried until it is durable too, so the key's next task cannot start
 /// before this one's end is known.
 pub(crate) async fn run_attempt(
     shared: Arc<Shared>,
     lease: Lease,
     task: Task,
-    slot: crate::slots::Slot,
+    claim: crate::slots::Slot,
 ) -> Done {
     // A task found running (in doubt) whose interrupted attempt was its last: it is claimed
     // under this lease and recorded dead without running again.
@@ -94,8 +95,11 @@ pub(crate) async fn run_attempt(
     let first_try = shared.clock.now();
     let m = &shared.metrics;
     // The start time recorded with the claim is what a next owner's takeover wait counts
-    // from; the attempt's deadline counts from when it runs. A claim that took long is made
-    // again (idempotently, with a fresh time) so the two stay within CLAIM_SLACK_MS.
+    // from; the attempt's deadline counts from when it runs. A claim that took long, or that
+    // then waited long for a run slot, is made again (idempotently, with a fresh time, the
+    // run slot held) so the two stay within CLAIM_SLACK_MS.
+    let mut claim = Some(claim);
+    let mut slot = None;
     let mut tries = 0;
     let claimed = loop {
         let at = shared.clock.now();
@@ -104,14 +108,24 @@ pub(crate) async fn run_attempt(
             .start_attempt(&lease, &task.id, attempt, at)
             .await
         {
-            Ok(t) if shared.clock.now() - at <= CLAIM_SLACK_MS => break t,
-            Ok(_) if tries < 3 => tries += 1,
-            Ok(_) => {
-                tracing::warn!(task = %task.id, %lease, "recording the start keeps taking longer than {CLAIM_SLACK_MS} ms; trying later");
-                return Done::StartFailed {
-                    retry_at: shared.clock.now() + 1_000,
-                    id: task.id,
-                };
+            Ok(t) => {
+                if claim.is_some() {
+                    if !last_interrupted {
+                        slot = Some(shared.slots.acquire(&task.plugin).await);
+                    }
+                    claim = None;
+                }
+                if shared.clock.now() - at <= CLAIM_SLACK_MS {
+                    break t;
+                }
+                if tries >= 3 {
+                    tracing::warn!(task = %task.id, %lease, "recording the start keeps taking longer than {CLAIM_SLACK_MS} ms; trying later");
+                    return Done::StartFailed {
+                        retry_at: shared.clock.now() + 1_000,
+                        id: task.id,
+                    };
+                }
+                tries += 1;
             }
             Err(e) => return start_failed(&shared, &lease, task, e).await,
         }

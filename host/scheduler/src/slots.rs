@@ -223,6 +223,19 @@ impl SlotPool {
         })
     }
 
+    /// A slot for an attempt of `plugin`, waiting (in the fair order of [`Self::wait_for`])
+    /// until its cap, share and memory allow one.
+    pub async fn acquire(self: &Arc<Self>, plugin: &str) -> Slot {
+        let notify = Arc::new(Notify::new());
+        loop {
+            if let Some(slot) = self.try_acquire(plugin) {
+                return slot;
+            }
+            self.wait_for(&notify, vec![plugin.to_string()]);
+            notify.notified().await;
+        }
+    }
+
     fn last_cost(s: &State, plugin: &str) -> u64 {
         s.costs.get(plugin).copied().unwrap_or(0)
     }
@@ -407,5 +420,32 @@ mod tests {
             .await
             .expect("woken once a's own slot is freed");
         assert!(p.try_acquire("a").is_some());
+    }
+
+    #[tokio::test]
+    async fn acquire_waits_until_a_slot_it_may_take_is_freed() {
+        let p = pool(2, &[]);
+        let a1 = p.try_acquire("a").expect("slot");
+        let b1 = p.try_acquire("b").expect("the reserve slot");
+        let waiter = {
+            let p = p.clone();
+            tokio::spawn(async move { p.acquire("a").await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!waiter.is_finished(), "no slot free yet");
+        drop(b1);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(
+            !waiter.is_finished(),
+            "a is at its cap: b's slot is not for it"
+        );
+        drop(a1);
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("woken once a's own slot is freed")
+            .expect("joined");
+        assert_eq!(p.running("a"), 1);
+        drop(got);
+        assert_eq!(p.running("a"), 0);
     }
 }

@@ -37,6 +37,13 @@ pub(crate) struct PluginVersion {
     pub(crate) warnings: Vec<String>,
 }
 
+impl PluginVersion {
+    /// Whether an instance may serve more than one task (`reuse_instances` > 1).
+    pub(crate) fn reuses_instances(&self) -> bool {
+        self.reuse_instances > 1
+    }
+}
+
 /// Where a plugin version came from.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PluginSource {

@@ -66,7 +66,7 @@ impl Runtime {
             }
         };
         let limits = version.limits;
-        let reuse = version.reuse_instances > 1;
+        let reuse = version.reuses_instances();
         let warm = if reuse {
             self.warm.take(&version, &req.task.key)
         } else {
@@ -98,19 +98,16 @@ impl Runtime {
         // share already.
         let timeout = Duration::from_millis(limits.timeout_ms);
         let deadline = tokio::time::Instant::now() + timeout;
-        let (permit, warm) = match warm {
-            Some(w) => {
-                let Warm {
-                    store,
-                    plugin,
-                    served,
-                    permit,
-                    ..
-                } = w;
-                (permit, Some((store, plugin, served)))
-            }
+        let (permit, instance, served) = match warm {
+            Some(Warm {
+                store,
+                plugin,
+                served,
+                permit,
+                ..
+            }) => (permit, Some((store, plugin)), served),
             None => match self.memory_permit(limits.memory_mb, deadline).await {
-                Ok(permit) => (permit, None),
+                Ok(permit) => (permit, None, 0),
                 Err(Budget::Closed) => {
                     return self.not_started(
                         &version,
@@ -136,8 +133,6 @@ impl Runtime {
                 }
             },
         };
-        let served = warm.as_ref().map_or(0, |w| w.2);
-        let instance = warm.map(|(store, plugin, _)| (store, plugin));
         let exec = self.execute(
             &version,
             req.task,
@@ -180,9 +175,9 @@ impl Runtime {
         let mut logs = meter.take_logs();
         stdout.append_lines_to(LogSource::Stdout, LogLevel::Info, &mut logs);
         stderr.append_lines_to(LogSource::Stderr, LogLevel::Warn, &mut logs);
-        // Only an instance that just succeeded serves its key again: after any failure its
-        // state is suspect.
-        // Nor while attempts may be waiting for the memory it holds.
+        // Only an instance that just succeeded serves its key again (after any failure its
+        // state is suspect), and only while the budget has room for another attempt besides
+        // the memory it keeps.
         if let Some((store, plugin)) = keep
             && reuse
             && served + 1 < version.reuse_instances
@@ -261,7 +256,7 @@ impl Runtime {
         instance: Option<(Store<StoreState>, TaskPlugin)>,
     ) -> Ended {
         let limits = &version.limits;
-        let reuse = version.reuse_instances > 1;
+        let reuse = version.reuses_instances();
         let wit_task = Task {
             id: task.id.clone(),
             key: task.key.clone(),

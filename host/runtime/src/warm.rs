@@ -74,24 +74,18 @@ impl WarmPool {
     /// The idle instance of `version` for `key`, if there is one. Drops expired instances
     /// and those of other versions of the same plugin.
     pub(crate) fn take(&self, version: &Arc<PluginVersion>, key: &str) -> Option<Warm> {
-        let dropped;
-        let found;
-        {
+        let (found, dropped) = {
             let mut idle = self.lock();
-            let now = Instant::now();
-            let (keep, stale): (VecDeque<Idle>, VecDeque<Idle>) =
-                std::mem::take(&mut *idle).into_iter().partition(|i| {
-                    now.duration_since(i.since) < MAX_IDLE
-                        && (i.version.name != version.name || Arc::ptr_eq(&i.version, version))
-                });
-            *idle = keep;
-            dropped = stale;
-            found = idle
+            let dropped = self.drain_where(&mut idle, |i| {
+                i.version.name == version.name && !Arc::ptr_eq(&i.version, version)
+            });
+            let found = idle
                 .iter()
                 .position(|i| Arc::ptr_eq(&i.version, version) && i.key == key)
                 .and_then(|at| idle.remove(at));
             self.count.store(idle.len(), Ordering::Relaxed);
-        }
+            (found, dropped)
+        };
         // Instances are dropped outside the lock: tearing one down returns its pool slot.
         drop(dropped);
         found.map(|i| i.warm)
@@ -138,17 +132,28 @@ impl WarmPool {
         if self.count.load(Ordering::Relaxed) == 0 {
             return;
         }
-        let expired: VecDeque<Idle> = {
+        let expired = {
             let mut idle = self.lock();
-            let now = Instant::now();
-            let (keep, expired) = std::mem::take(&mut *idle)
-                .into_iter()
-                .partition(|i| now.duration_since(i.since) < MAX_IDLE);
-            *idle = keep;
+            let expired = self.drain_where(&mut idle, |_| false);
             self.count.store(idle.len(), Ordering::Relaxed);
             expired
         };
         drop(expired);
+    }
+
+    /// Takes out of `idle` the expired instances and those `also` picks, for the caller to
+    /// drop once the lock is released.
+    fn drain_where(
+        &self,
+        idle: &mut VecDeque<Idle>,
+        also: impl Fn(&Idle) -> bool,
+    ) -> VecDeque<Idle> {
+        let now = Instant::now();
+        let (gone, keep) = std::mem::take(idle)
+            .into_iter()
+            .partition(|i| now.duration_since(i.since) >= MAX_IDLE || also(i));
+        *idle = keep;
+        gone
     }
 
     /// Idle instances now.

@@ -109,11 +109,12 @@ pub(crate) async fn run_attempt(
             .await
         {
             Ok(t) => {
-                if claim.is_some() {
+                // The first durable start trades the claim slot for a run slot.
+                if let Some(claim) = claim.take() {
                     if !last_interrupted {
                         slot = Some(shared.slots.acquire(&task.plugin).await);
                     }
-                    claim = None;
+                    drop(claim);
                 }
                 if shared.clock.now() - at <= CLAIM_SLACK_MS {
                     break t;

@@ -206,7 +206,7 @@ impl Node {
             partitions: cfg.partitions,
             metrics: metrics.clone(),
         });
-        let _ = services.enqueuer.set(enqueuer.clone());
+        let _ = services.enqueuer.set(Arc::downgrade(&enqueuer));
         declare_schedules(&cfg, store.as_ref(), &enqueuer, clock.now()).await?;
 
         // The partition source: Kafka's consumer group (cluster) or the local one (every
@@ -337,6 +337,7 @@ impl Node {
         }
         drop(self.enqueuer);
         drop(self.scheduler);
+        drop(self.runtime);
         // The last handle to the store: dropping it flushes and closes the database.
         drop(self.store);
         tracing::info!("kairos stopped");

@@ -2,7 +2,7 @@
 //! validate enqueues, and the host services (kv, follow-up tasks) plugins call back into.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -118,8 +118,10 @@ impl PluginLister for RuntimeCatalog {
 /// kv and follow-up scheduling for plugins, backed by the node's store and enqueue path.
 pub struct StoreServices {
     pub store: Arc<dyn TaskStore>,
-    /// Set once the runtime (which the enqueuer validates against) exists.
-    pub enqueuer: OnceLock<Arc<Enqueuer>>,
+    /// Set once the runtime (which the enqueuer validates against) exists. Weak: the enqueuer
+    /// holds the runtime, which holds these services; a strong handle would be a cycle that
+    /// keeps the store (and its writer thread) open after the node stops.
+    pub enqueuer: OnceLock<Weak<Enqueuer>>,
     /// Each plugin's kv bytes as last read, and when: the store is asked again after
     /// [`KV_USAGE_TTL`] (on Cassandra it sums the plugin's partition). Writes since are added.
     pub kv_usage: Mutex<HashMap<String, (u64, Instant)>>,
@@ -220,7 +222,12 @@ impl HostServices for StoreServices {
     }
 
     async fn schedule(&self, origin: &TaskInfo, req: FollowUp) -> Result<String, String> {
-        let enq = self.enqueuer.get().ok_or("the node is still starting")?;
+        let enq = self
+            .enqueuer
+            .get()
+            .ok_or("the node is still starting")?
+            .upgrade()
+            .ok_or("the node is stopping")?;
         let generation = origin.generation.saturating_add(1);
         if generation > enq.defaults.max_follow_up_depth {
             return Err(format!(

@@ -22,16 +22,21 @@ async fn in_state(node: &Node, state: TaskState) -> Vec<Task> {
         .expect("list")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_self_scheduling_plugin_stops_at_the_follow_up_depth() {
-    let dir = tempfile::tempdir().expect("tmp");
+fn config(data: &std::path::Path) -> Config {
     let mut cfg = Config {
-        data_dir: dir.path().join("data"),
+        data_dir: data.to_path_buf(),
         plugins_dir: Some(kairos_runtime::TEST_GUESTS_DIR.into()),
         builtin_plugins: false,
         ..Config::default()
     };
     cfg.listen = "127.0.0.1:0".parse().expect("addr");
+    cfg
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_scheduling_plugin_stops_at_the_follow_up_depth() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = config(&dir.path().join("data"));
     cfg.tasks.max_follow_up_depth = 3;
     let node = Node::start(cfg).await.expect("node");
     let req: EnqueueRequest = serde_json::from_value(json!({
@@ -77,4 +82,32 @@ async fn a_self_scheduling_plugin_stops_at_the_follow_up_depth() {
         assert!(in_state(&node, state).await.is_empty(), "{state:?} left");
     }
     node.shutdown().await;
+}
+
+/// The follow-up path ties the runtime to the enqueuer, which holds the runtime: a node that
+/// stopped once kept its store (and the database file's lock) through that cycle, so a node
+/// started again in the same process could not open it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_releases_its_store() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let data = dir.path().join("data");
+    let node = Node::start(config(&data)).await.expect("node");
+    let req: EnqueueRequest = serde_json::from_value(json!({
+        "plugin": "noop", "key": "r", "payload": {}
+    }))
+    .expect("request");
+    let task = node
+        .enqueuer
+        .build(req, node.enqueuer.clock.now())
+        .expect("valid");
+    let id = task.id.clone();
+    node.enqueuer.submit(vec![task]).await.expect("durable");
+    node.shutdown().await;
+
+    let again = Node::start(config(&data))
+        .await
+        .expect("the same data directory opens again after shutdown");
+    let stored = again.store.get(&id).await.expect("get");
+    assert!(stored.is_some(), "the task enqueued before the restart");
+    again.shutdown().await;
 }

@@ -13,6 +13,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use redb::Durability;
 use tokio::sync::{mpsc, oneshot};
@@ -81,12 +82,18 @@ pub struct CommitStats {
     pub commits: u64,
     /// Operations answered from committed transactions.
     pub ops: u64,
+    /// Time the writer spent applying the operations of committed transactions, µs.
+    pub apply_micros: u64,
+    /// Time the writer spent committing them (page writes and fsync), µs.
+    pub commit_micros: u64,
 }
 
 #[derive(Default)]
 pub(super) struct Stats {
     commits: AtomicU64,
     ops: AtomicU64,
+    apply_micros: AtomicU64,
+    commit_micros: AtomicU64,
 }
 
 impl Stats {
@@ -94,8 +101,14 @@ impl Stats {
         CommitStats {
             commits: self.commits.load(Ordering::Relaxed),
             ops: self.ops.load(Ordering::Relaxed),
+            apply_micros: self.apply_micros.load(Ordering::Relaxed),
+            commit_micros: self.commit_micros.load(Ordering::Relaxed),
         }
     }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// The callers' side of the writer thread.
@@ -157,6 +170,14 @@ impl Drop for Writer {
         {
             tracing::error!("embedded store writer thread panicked");
         }
+        let s = self.stats.snapshot();
+        tracing::info!(
+            commits = s.commits,
+            ops = s.ops,
+            apply_micros = s.apply_micros,
+            commit_micros = s.commit_micros,
+            "embedded store writer stopped"
+        );
     }
 }
 
@@ -254,6 +275,7 @@ impl WriterThread {
         let mut txn = db.begin_write().db()?;
         txn.set_durability(Durability::Immediate);
         let mut w = WriteTables::open(&txn, self.next_seq)?;
+        let applying = Instant::now();
         for (i, op) in batch.iter_mut().enumerate() {
             w.dirty = false;
             if !op.apply(&mut w) && w.dirty {
@@ -265,7 +287,13 @@ impl WriterThread {
             }
         }
         let next_seq = w.finish()?;
+        let committing = Instant::now();
         txn.commit().db()?;
+        let s = &self.stats;
+        s.apply_micros
+            .fetch_add(micros(committing - applying), Ordering::Relaxed);
+        s.commit_micros
+            .fetch_add(micros(committing.elapsed()), Ordering::Relaxed);
         Ok(Attempted::Committed(next_seq))
     }
 }

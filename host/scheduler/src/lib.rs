@@ -137,6 +137,13 @@ impl From<StoreError> for OpError {
 }
 
 /// Everything the partition actors share.
+/// Claim slots per run slot. The starts recorded at once bound how many operations one group
+/// commit of the embedded store carries: with one claim per run slot (64 by default) a commit
+/// carried about 55 operations and the writer paid its fixed cost per commit over few tasks;
+/// with 8 it carries about 380 (BENCHMARKS.md, issue 10). An attempt whose claim then waits
+/// for a run slot longer than the claim slack records its start again under the run slot.
+pub const CLAIMS_PER_RUN_SLOT: usize = 8;
+
 pub(crate) struct Shared {
     pub store: Arc<dyn TaskStore>,
     pub executor: Arc<dyn Executor>,
@@ -144,9 +151,10 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     /// Run slots: held by an attempt while its guest runs (with its plugin's memory).
     pub slots: Arc<slots::SlotPool>,
-    /// Claim slots: held from when an attempt is started until it has a run slot, so the
-    /// durable write of its start overlaps other attempts' runs. Shared between plugins like
-    /// the run slots (same caps and weights, no memory).
+    /// Claim slots ([`CLAIMS_PER_RUN_SLOT`] per run slot): held from when an attempt is
+    /// started until it has a run slot, so the durable write of its start overlaps other
+    /// attempts' runs. Shared between plugins like the run slots (same weights, the reserve
+    /// scaled alike, a plugin's `max_concurrency` as it is; no memory).
     pub claims: Arc<slots::SlotPool>,
     pub paused: RwLock<HashSet<String>>,
     pub cfg: SchedulerConfig,
@@ -219,8 +227,12 @@ impl Scheduler {
             Arc::new(move |p: &str| exec.reservation_mb(p)),
         );
         let claims = slots::SlotPool::new(
-            cfg.concurrency,
+            cfg.concurrency.saturating_mul(CLAIMS_PER_RUN_SLOT),
             SlotShares {
+                reserve: cfg
+                    .shares
+                    .reserve
+                    .map(|r| r.saturating_mul(CLAIMS_PER_RUN_SLOT)),
                 memory_budget_mb: None,
                 ..cfg.shares.clone()
             },

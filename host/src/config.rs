@@ -304,6 +304,11 @@ pub struct SchedulerSection {
     /// while one plugin is busy. Once free slots are down to these, only plugins below their
     /// weighted share (`[plugin.NAME] weight`) take them. Default: an eighth of `concurrency`.
     pub reserved_slots: Option<usize>,
+    /// Attempts that may be recording their start at once (claim slots). Default: 8 ×
+    /// `concurrency` on the embedded store, where starts share group commits and more of them
+    /// make each commit carry more; `concurrency` on Cassandra, where each start is its own
+    /// Paxos round and more at once only make each slower.
+    pub claim_slots: Option<usize>,
     /// Most tasks held in memory per partition.
     pub window_capacity: usize,
     /// How far ahead the window is loaded, milliseconds.
@@ -322,6 +327,7 @@ impl Default for SchedulerSection {
         Self {
             concurrency: 64,
             reserved_slots: None,
+            claim_slots: None,
             window_capacity: 2_000,
             horizon_ms: 60_000,
             shutdown_grace_ms: 30_000,
@@ -430,6 +436,18 @@ impl Config {
         })
     }
 
+    /// Claim slots: `scheduler.claim_slots`, else 8 per run slot on the embedded store and one
+    /// per run slot on Cassandra (see [`SchedulerSection::claim_slots`]).
+    pub fn claim_slots(&self) -> usize {
+        self.scheduler.claim_slots.unwrap_or_else(|| {
+            let per_slot = match self.store {
+                StoreConfig::Embedded { .. } => crate::scheduler::CLAIMS_PER_RUN_SLOT,
+                StoreConfig::Cassandra(_) => 1,
+            };
+            self.scheduler.concurrency.saturating_mul(per_slot)
+        })
+    }
+
     /// The Wasm runtime's settings from this config: `[limits]` and the `[plugin.NAME]`
     /// grants (no compiled-artifact cache; the node sets one under `data_dir`).
     pub fn runtime_config(&self) -> kairos_runtime::RuntimeConfig {
@@ -488,6 +506,10 @@ impl Config {
         anyhow::ensure!(
             self.scheduler.concurrency >= 1,
             "`scheduler.concurrency` must be at least 1"
+        );
+        anyhow::ensure!(
+            self.scheduler.claim_slots != Some(0),
+            "`scheduler.claim_slots` must be at least 1"
         );
         self.tasks.retention().context("`tasks.retention`")?;
         anyhow::ensure!(
@@ -723,6 +745,13 @@ mod tests {
             ("kairos", "local_quorum", true)
         );
         assert_eq!(s.datacenters["dc2"], 3);
+        // One claim slot per run slot on Cassandra, eight on the embedded store.
+        assert_eq!(c.claim_slots(), 64);
+        assert_eq!(Config::default().claim_slots(), 512);
+        let c = Config::parse("[scheduler]\nconcurrency = 4\nclaim_slots = 10").expect("valid");
+        assert_eq!(c.claim_slots(), 10);
+        let e = Config::parse("[scheduler]\nclaim_slots = 0").expect_err("no claim slots");
+        assert!(format!("{e:#}").contains("claim_slots"), "{e:#}");
         let e = Config::parse("[queue]\ntype = \"kafka\"").expect_err("kafka needs cassandra");
         assert!(format!("{e:#}").contains("cassandra"), "{e:#}");
         let e = Config::parse(

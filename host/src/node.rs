@@ -171,6 +171,7 @@ impl Node {
             window_capacity: cfg.scheduler.window_capacity,
             horizon_ms: cfg.scheduler.horizon_ms,
             concurrency: cfg.scheduler.concurrency,
+            claim_slots: Some(cfg.claim_slots()),
             shares: cfg.slot_shares(),
             takeover_wait_ms: i64::try_from(cfg.takeover_wait_ms()).unwrap_or(i64::MAX),
             rng_seed: None,

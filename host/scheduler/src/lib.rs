@@ -86,6 +86,9 @@ pub struct SchedulerConfig {
     pub horizon_ms: Millis,
     /// Attempts running at once on this node (its run slots).
     pub concurrency: usize,
+    /// Attempts that may be recording their start at once (claim slots; `None`:
+    /// [`CLAIMS_PER_RUN_SLOT`] × `concurrency`).
+    pub claim_slots: Option<usize>,
     /// How the run slots are shared between plugins (caps, weights, the reserve).
     pub shares: SlotShares,
     /// A task found `running` when a partition is taken over was in flight under an older
@@ -103,6 +106,7 @@ impl Default for SchedulerConfig {
             window_capacity: 2_000,
             horizon_ms: 60_000,
             concurrency: 64,
+            claim_slots: None,
             shares: SlotShares::default(),
             takeover_wait_ms: 12_000,
             rng_seed: None,
@@ -137,11 +141,13 @@ impl From<StoreError> for OpError {
 }
 
 /// Everything the partition actors share.
-/// Claim slots per run slot. The starts recorded at once bound how many operations one group
-/// commit of the embedded store carries: with one claim per run slot (64 by default) a commit
-/// carried about 55 operations and the writer paid its fixed cost per commit over few tasks;
-/// with 8 it carries about 380 (BENCHMARKS.md, issue 10). An attempt whose claim then waits
-/// for a run slot longer than the claim slack records its start again under the run slot.
+/// Claim slots per run slot by default. The starts recorded at once bound how many operations
+/// one group commit of the embedded store carries: with one claim per run slot (64 by
+/// default) a commit carried about 55 operations and the writer paid its fixed cost per
+/// commit over few tasks; with 8 it carries about 380 (BENCHMARKS.md, issue 10). An attempt
+/// whose claim then waits for a run slot longer than the claim slack records its start again
+/// under the run slot. (Cluster nodes default to one per run slot: each Cassandra claim is a
+/// Paxos round, and more of them at once only lengthen each.)
 pub const CLAIMS_PER_RUN_SLOT: usize = 8;
 
 pub(crate) struct Shared {
@@ -151,7 +157,7 @@ pub(crate) struct Shared {
     pub metrics: Arc<Metrics>,
     /// Run slots: held by an attempt while its guest runs (with its plugin's memory).
     pub slots: Arc<slots::SlotPool>,
-    /// Claim slots ([`CLAIMS_PER_RUN_SLOT`] per run slot): held from when an attempt is
+    /// Claim slots ([`SchedulerConfig::claim_slots`]): held from when an attempt is
     /// started until it has a run slot, so the durable write of its start overlaps other
     /// attempts' runs. Shared between plugins like the run slots (same weights, the reserve
     /// scaled alike, a plugin's `max_concurrency` as it is; no memory).
@@ -226,13 +232,19 @@ impl Scheduler {
             cfg.shares.clone(),
             Arc::new(move |p: &str| exec.reservation_mb(p)),
         );
+        let claim_slots = cfg
+            .claim_slots
+            .unwrap_or(cfg.concurrency.saturating_mul(CLAIMS_PER_RUN_SLOT))
+            .max(1);
+        // The reserve scales with the pool; a plugin's own cap stays as it is.
+        let claim_reserve = cfg
+            .shares
+            .reserve
+            .map(|r| (r as u128 * claim_slots as u128 / cfg.concurrency.max(1) as u128) as usize);
         let claims = slots::SlotPool::new(
-            cfg.concurrency.saturating_mul(CLAIMS_PER_RUN_SLOT),
+            claim_slots,
             SlotShares {
-                reserve: cfg
-                    .shares
-                    .reserve
-                    .map(|r| r.saturating_mul(CLAIMS_PER_RUN_SLOT)),
+                reserve: claim_reserve,
                 memory_budget_mb: None,
                 ..cfg.shares.clone()
             },

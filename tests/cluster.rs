@@ -65,11 +65,84 @@ struct Cluster {
     config: PathBuf,
     rx: Receiver,
     topic: String,
+    /// The test's own keyspace, consumer group and topic are deleted when it ends (unless
+    /// KAIROS_CLUSTER_KEEP is set): the services' data directory outlives test runs.
+    keyspace: String,
+    group: String,
     /// `api.cluster_secret` of every node.
     secret: String,
     nodes: Vec<Option<Server>>,
     /// The nodes serve HTTPS with this certificate (DER), shared by all.
     tls: Option<Vec<u8>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // The nodes stop first (each `Server` kills its process when dropped).
+        self.nodes.clear();
+        if std::env::var_os("KAIROS_CLUSTER_KEEP").is_some() {
+            return;
+        }
+        let (keyspace, group, topic) = (
+            self.keyspace.clone(),
+            self.group.clone(),
+            self.topic.clone(),
+        );
+        // A runtime of its own on a thread of its own: the test may be inside one.
+        let cleanup = std::thread::spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => return eprintln!("cleanup: no runtime: {e}"),
+            };
+            rt.block_on(delete_test_data(&keyspace, &group, &topic));
+        });
+        let _ = cleanup.join();
+    }
+}
+
+/// Best effort (problems are printed): drops the keyspace, deletes the group and the topic.
+async fn delete_test_data(keyspace: &str, group: &str, topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    let opts = kairos_cassandra::CassandraOptions {
+        nodes: vec!["127.0.0.1:9042".into()],
+        keyspace: keyspace.into(),
+        migrate_on_start: false,
+        ..Default::default()
+    };
+    match kairos_cassandra::CassandraStore::connect(opts).await {
+        Ok(store) => {
+            if let Err(e) = store.drop_keyspace().await {
+                eprintln!("cleanup: dropping keyspace {keyspace}: {e}");
+            }
+        }
+        Err(e) => eprintln!("cleanup: connecting to drop keyspace {keyspace}: {e}"),
+    }
+    let admin: AdminClient<DefaultClientContext> = match rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", "127.0.0.1:9092")
+        .set("log_level", "3")
+        .create()
+    {
+        Ok(a) => a,
+        Err(e) => return eprintln!("cleanup: Kafka admin client: {e}"),
+    };
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    // A group whose members' sessions have not expired yet cannot be deleted; Kafka expires
+    // it by itself.
+    let _ = admin.delete_groups(&[group], &opts).await;
+    match admin.delete_topics(&[topic], &opts).await {
+        Ok(results) => {
+            for r in results {
+                if let Err((t, code)) = r {
+                    eprintln!("cleanup: deleting topic {t}: {code}");
+                }
+            }
+        }
+        Err(e) => eprintln!("cleanup: deleting topic {topic}: {e}"),
+    }
 }
 
 impl Cluster {
@@ -114,6 +187,8 @@ allowed_hosts = ["{rx}"]
             config,
             rx,
             topic,
+            keyspace: format!("k_{id}"),
+            group: format!("g_{id}"),
             secret,
             nodes: Vec::new(),
             tls: None,

@@ -307,7 +307,8 @@ pub struct SchedulerSection {
     /// Attempts that may be recording their start at once (claim slots). Default: 8 ×
     /// `concurrency` on the embedded store, where starts share group commits and more of them
     /// make each commit carry more; `concurrency` on Cassandra, where each start is its own
-    /// Paxos round and more at once only make each slower.
+    /// Paxos round (more at once measured no faster, and each takes longer when Cassandra is
+    /// slow).
     pub claim_slots: Option<usize>,
     /// Most tasks held in memory per partition.
     pub window_capacity: usize,

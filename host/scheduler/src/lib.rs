@@ -146,8 +146,9 @@ impl From<StoreError> for OpError {
 /// default) a commit carried about 55 operations and the writer paid its fixed cost per
 /// commit over few tasks; with 8 it carries about 380 (BENCHMARKS.md, issue 10). An attempt
 /// whose claim then waits for a run slot longer than the claim slack records its start again
-/// under the run slot. (Cluster nodes default to one per run slot: each Cassandra claim is a
-/// Paxos round, and more of them at once only lengthen each.)
+/// under the run slot. (Cluster nodes default to one per run slot: each Cassandra claim is
+/// its own Paxos round, not shared with others, and eight per run slot measured no faster
+/// there; fewer in flight keep each claim well inside the slack when Cassandra is slow.)
 pub const CLAIMS_PER_RUN_SLOT: usize = 8;
 
 pub(crate) struct Shared {

@@ -56,6 +56,12 @@ pub struct ClusterArgs {
     /// sample of all; 0 = all).
     #[arg(long, default_value_t = 5_000)]
     pub sample: usize,
+    /// Cluster scenarios: at most this many throughput runs first, their figures discarded,
+    /// until one is within 5 % of the one before. Cassandra's JIT and caches warm up over
+    /// the first runs after it starts (successive runs of one build measured 342, 695, 842,
+    /// 1,053, 1,447, 1,500 tasks/s, BENCHMARKS.md).
+    #[arg(long, default_value_t = 8)]
+    pub warmup: usize,
 }
 
 /// Cluster defaults of the shared flags.
@@ -68,6 +74,8 @@ const STALL: Duration = Duration::from_secs(120);
 /// When the succeeded counters stand still this long, the store is checked.
 const VERIFY: Duration = Duration::from_secs(10);
 const NODE_STOP: Duration = Duration::from_secs(30);
+/// Warm-up ends when a run's rate is within this fraction of the run before.
+const WARM_WITHIN: f64 = 0.05;
 
 pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let (throughput_run, steady_run) = match args.scenario.as_str() {
@@ -120,6 +128,25 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     // A scenario that ends incomplete (tasks that never finished) still prints its figures;
     // the next scenario runs anyway, and the error is returned at the end.
     let mut failed = Vec::new();
+    let mut previous: Option<f64> = None;
+    for i in 1..=c.warmup {
+        println!(
+            "\n=== warm-up run {i} (at most {}; figures discarded; --warmup 0 skips) ===",
+            c.warmup
+        );
+        let mut run = BenchCluster::start(args, &base_text, &plugins, "warmup").await?;
+        let r = throughput(&mut run, args).await;
+        run.teardown().await;
+        let rate = r.context("cluster warm-up run")?;
+        if previous.is_some_and(|p| (rate - p).abs() <= WARM_WITHIN * p) {
+            println!("warm: {rate:.0} tasks/s is within 5 % of the run before");
+            break;
+        }
+        previous = Some(rate);
+    }
+    if c.warmup > 0 {
+        println!("\n=== measured runs ===");
+    }
     if throughput_run {
         let mut run = BenchCluster::start(args, &base_text, &plugins, "throughput").await?;
         let r = throughput(&mut run, args).await;
@@ -1066,7 +1093,8 @@ fn check_acks(results: Vec<Result<(), String>>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn throughput(run: &mut BenchCluster, args: &BenchArgs) -> anyhow::Result<()> {
+/// Returns the end-to-end rate, tasks/s.
+async fn throughput(run: &mut BenchCluster, args: &BenchArgs) -> anyhow::Result<f64> {
     let tasks = args.tasks.unwrap_or(DEFAULT_TASKS);
     let keys = args.cluster.keys.unwrap_or(2_000);
     let partitions = run.cfg.partitions;
@@ -1123,7 +1151,8 @@ async fn throughput(run: &mut BenchCluster, args: &BenchArgs) -> anyhow::Result<
         tasks,
         &l,
     );
-    done.check()
+    done.check()?;
+    Ok(rate)
 }
 
 async fn steady(run: &mut BenchCluster, args: &BenchArgs) -> anyhow::Result<()> {

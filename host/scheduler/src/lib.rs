@@ -140,7 +140,6 @@ impl From<StoreError> for OpError {
     }
 }
 
-/// Everything the partition actors share.
 /// Claim slots per run slot by default. The starts recorded at once bound how many operations
 /// one group commit of the embedded store carries: with one claim per run slot (64 by
 /// default) a commit carried about 55 operations and the writer paid its fixed cost per
@@ -151,6 +150,7 @@ impl From<StoreError> for OpError {
 /// there; fewer in flight keep each claim well inside the slack when Cassandra is slow.)
 pub const CLAIMS_PER_RUN_SLOT: usize = 8;
 
+/// Everything the partition actors share.
 pub(crate) struct Shared {
     pub store: Arc<dyn TaskStore>,
     pub executor: Arc<dyn Executor>,

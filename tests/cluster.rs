@@ -65,10 +65,6 @@ struct Cluster {
     config: PathBuf,
     rx: Receiver,
     topic: String,
-    /// The test's own keyspace, consumer group and topic are deleted when it ends (unless
-    /// KAIROS_CLUSTER_KEEP is set): the services' data directory outlives test runs.
-    keyspace: String,
-    group: String,
     /// `api.cluster_secret` of every node.
     secret: String,
     nodes: Vec<Option<Server>>,
@@ -76,6 +72,8 @@ struct Cluster {
     tls: Option<Vec<u8>>,
 }
 
+/// The test's own keyspace, consumer group and topic (named in its config) are deleted when
+/// it ends, unless KAIROS_CLUSTER_KEEP is set: the services' data directory outlives test runs.
 impl Drop for Cluster {
     fn drop(&mut self) {
         // The nodes stop first (each `Server` kills its process when dropped).
@@ -83,11 +81,7 @@ impl Drop for Cluster {
         if std::env::var_os("KAIROS_CLUSTER_KEEP").is_some() {
             return;
         }
-        let (keyspace, group, topic) = (
-            self.keyspace.clone(),
-            self.group.clone(),
-            self.topic.clone(),
-        );
+        let config = self.config.clone();
         // A runtime of its own on a thread of its own: the test may be inside one.
         let cleanup = std::thread::spawn(move || {
             let rt = match tokio::runtime::Builder::new_current_thread()
@@ -97,51 +91,41 @@ impl Drop for Cluster {
                 Ok(rt) => rt,
                 Err(e) => return eprintln!("cleanup: no runtime: {e}"),
             };
-            rt.block_on(delete_test_data(&keyspace, &group, &topic));
+            rt.block_on(delete_test_data(&config));
         });
         let _ = cleanup.join();
     }
 }
 
 /// Best effort (problems are printed): drops the keyspace, deletes the group and the topic.
-async fn delete_test_data(keyspace: &str, group: &str, topic: &str) {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
-    let opts = kairos_cassandra::CassandraOptions {
-        nodes: vec!["127.0.0.1:9042".into()],
-        keyspace: keyspace.into(),
-        migrate_on_start: false,
-        ..Default::default()
+async fn delete_test_data(config: &Path) {
+    use kairos::config::{Config, QueueConfig, StoreConfig};
+    let cfg = match Config::load(config) {
+        Ok(c) => c,
+        Err(e) => return eprintln!("cleanup: {}: {e:#}", config.display()),
     };
-    match kairos_cassandra::CassandraStore::connect(opts).await {
-        Ok(store) => {
-            if let Err(e) = store.drop_keyspace().await {
-                eprintln!("cleanup: dropping keyspace {keyspace}: {e}");
-            }
-        }
-        Err(e) => eprintln!("cleanup: connecting to drop keyspace {keyspace}: {e}"),
-    }
-    let admin: AdminClient<DefaultClientContext> = match rdkafka::config::ClientConfig::new()
-        .set("bootstrap.servers", "127.0.0.1:9092")
-        .set("log_level", "3")
-        .create()
-    {
-        Ok(a) => a,
-        Err(e) => return eprintln!("cleanup: Kafka admin client: {e}"),
-    };
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    // A group whose members' sessions have not expired yet cannot be deleted; Kafka expires
-    // it by itself.
-    let _ = admin.delete_groups(&[group], &opts).await;
-    match admin.delete_topics(&[topic], &opts).await {
-        Ok(results) => {
-            for r in results {
-                if let Err((t, code)) = r {
-                    eprintln!("cleanup: deleting topic {t}: {code}");
+    if let StoreConfig::Cassandra(c) = &cfg.store {
+        let opts = kairos_cassandra::CassandraOptions {
+            migrate_on_start: false,
+            ..kairos::cluster::cassandra_options(c)
+        };
+        match kairos_cassandra::CassandraStore::connect(opts).await {
+            Ok(store) => {
+                if let Err(e) = store.drop_keyspace().await {
+                    eprintln!("cleanup: dropping keyspace {}: {e}", c.keyspace);
                 }
             }
+            Err(e) => eprintln!("cleanup: dropping keyspace {}: {e}", c.keyspace),
         }
-        Err(e) => eprintln!("cleanup: deleting topic {topic}: {e}"),
+    }
+    if let QueueConfig::Kafka(k) = &cfg.queue {
+        let kc = kairos::cluster::kafka_config(&cfg, k);
+        if let Err(e) = kairos_kafka::delete_topic_and_group(&kc).await {
+            eprintln!(
+                "cleanup: deleting topic {} / group {}: {e}",
+                k.topic, k.group
+            );
+        }
     }
 }
 
@@ -187,8 +171,6 @@ allowed_hosts = ["{rx}"]
             config,
             rx,
             topic,
-            keyspace: format!("k_{id}"),
-            group: format!("g_{id}"),
             secret,
             nodes: Vec::new(),
             tls: None,

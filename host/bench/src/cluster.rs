@@ -543,47 +543,14 @@ impl BenchCluster {
             );
         }
         self.intake.take();
-        if let Err(e) = delete_topic_and_group(&self.kafka).await {
+        let kc = kafka_config(&self.cfg, &self.kafka);
+        if let Err(e) = kairos_kafka::delete_topic_and_group(&kc).await {
             println!(
-                "warning: deleting topic {} / group {}: {e:#}",
+                "warning: deleting topic {} / group {}: {e}",
                 self.kafka.topic, self.kafka.group
             );
         }
     }
-}
-
-async fn delete_topic_and_group(k: &KafkaSection) -> anyhow::Result<()> {
-    use rdkafka::admin::{AdminClient, AdminOptions};
-    use rdkafka::client::DefaultClientContext;
-    let mut c = rdkafka::config::ClientConfig::new();
-    c.set("bootstrap.servers", k.brokers.joined());
-    c.set("log_level", "3");
-    for (key, v) in &k.properties {
-        c.set(key, v);
-    }
-    let admin: AdminClient<DefaultClientContext> = c.create().context("Kafka admin client")?;
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
-    for r in admin
-        .delete_groups(&[k.group.as_str()], &opts)
-        .await
-        .context("deleting the group")?
-    {
-        if let Err((g, code)) = r {
-            // A group whose members left but whose session has not expired yet cannot be
-            // deleted; Kafka expires it by itself.
-            tracing::debug!(group = %g, %code, "group not deleted");
-        }
-    }
-    for r in admin
-        .delete_topics(&[k.topic.as_str()], &opts)
-        .await
-        .context("deleting the topic")?
-    {
-        if let Err((t, code)) = r {
-            bail!("topic {t}: {code}");
-        }
-    }
-    Ok(())
 }
 
 /// `kairos_tasks_executed_total` by outcome.

@@ -78,6 +78,35 @@ pub(crate) async fn ping(brokers: &str, timeout: Duration) -> Result<(), KafkaEr
     .await
 }
 
+/// Deletes `cfg.group` and `cfg.topic` (benchmarks and tests clean up after themselves). A
+/// group whose members left but whose sessions have not expired yet cannot be deleted; Kafka
+/// expires it by itself, so that is not an error.
+pub(crate) async fn delete_topic_and_group(cfg: &KafkaConfig) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(cfg)
+        .create()
+        .map_err(|e| KafkaError::from_rd("creating admin client", e))?;
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let groups = admin
+        .delete_groups(&[cfg.group.as_str()], &opts)
+        .await
+        .map_err(|e| KafkaError::from_rd("deleting the group", e))?;
+    for r in groups {
+        if let Err((g, code)) = r {
+            tracing::debug!(group = %g, %code, "group not deleted");
+        }
+    }
+    let topics = admin
+        .delete_topics(&[cfg.topic.as_str()], &opts)
+        .await
+        .map_err(|e| KafkaError::from_rd("deleting the topic", e))?;
+    for r in topics {
+        if let Err((t, code)) = r {
+            return Err(KafkaError::Other(format!("deleting topic `{t}`: {code}")));
+        }
+    }
+    Ok(())
+}
+
 /// Makes sure the topic exists with exactly `cfg.partitions` partitions, creating it when
 /// allowed. Waits until the metadata shows every partition.
 pub(crate) async fn ensure_topic(cfg: &KafkaConfig) -> Result<(), KafkaError> {

@@ -34,3 +34,8 @@ pub use source::{KafkaSource, PartitionListener, SourceStats};
 pub async fn ping(brokers: &str, timeout: std::time::Duration) -> Result<(), KafkaError> {
     admin::ping(brokers, timeout).await
 }
+
+/// Deletes the consumer group and the topic of `cfg` (see the admin module).
+pub async fn delete_topic_and_group(cfg: &KafkaConfig) -> Result<(), KafkaError> {
+    admin::delete_topic_and_group(cfg).await
+}

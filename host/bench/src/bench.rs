@@ -18,7 +18,8 @@ use kairos::progress::Progress;
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Which scenarios: throughput, steady, burst, pending (RSS + restart), fair (another
+    /// Which scenarios: throughput, due (the throughput issue's workload: all tasks due at one
+    /// moment after they are enqueued), steady, burst, pending (RSS + restart), fair (another
     /// plugin's lateness while 150 tasks of one plugin spin), or all (embedded);
     /// cluster-throughput, cluster-steady, or cluster (both; needs Kafka and Cassandra).
     #[arg(long, default_value = "all")]
@@ -43,6 +44,10 @@ pub struct BenchArgs {
     /// Directory with `noop.wasm` (default: the test guests of the build that made this binary).
     #[arg(long)]
     pub plugins: Option<PathBuf>,
+    /// Embedded scenarios: the config the node starts from (its data directory, plugins
+    /// directory and listen address are replaced) [default: the built-in defaults].
+    #[arg(long)]
+    pub embedded_config: Option<PathBuf>,
     /// Where the scratch data directories go.
     #[arg(long, default_value = "target/bench-data")]
     pub data: PathBuf,
@@ -61,12 +66,16 @@ fn config(args: &BenchArgs, name: &str) -> anyhow::Result<Config> {
     if data.exists() {
         std::fs::remove_dir_all(&data).with_context(|| format!("clearing {}", data.display()))?;
     }
+    let base = match &args.embedded_config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
     let mut cfg = Config {
         data_dir: data,
         plugins_dir: Some(guests_dir(args)),
         // The bench runs the test guests only.
         builtin_plugins: false,
-        ..Config::default()
+        ..base
     };
     cfg.listen = "127.0.0.1:0".parse()?;
     // The bench enqueues far more than an API client would in one go.
@@ -104,6 +113,23 @@ fn rss_mib() -> f64 {
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
+}
+
+/// This process's CPU time (user + system) and the bytes it caused to be written to storage,
+/// from `/proc/self` (Linux; `None` elsewhere).
+fn cpu_and_written() -> Option<(Duration, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split(' ').collect();
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    let written = io
+        .lines()
+        .find_map(|l| l.strip_prefix("write_bytes: "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // Clock ticks are 10 ms on Linux.
+    Some((Duration::from_millis(ticks * 10), written))
 }
 
 /// Waits until `target` tasks succeeded on the node, showing that progress on stderr as
@@ -206,6 +232,79 @@ async fn throughput(args: &BenchArgs) -> anyhow::Result<()> {
     rates.sort_by(f64::total_cmp);
     println!(
         "| end-to-end throughput (median of {}) | {:.0} tasks/s |",
+        rates.len(),
+        rates[rates.len() / 2]
+    );
+    Ok(())
+}
+
+/// The throughput issue's workload: `--tasks` (default 20,000) no-op tasks over `--keys`
+/// (default 1,000), all due at one moment 3 s after the first is enqueued; the figure is
+/// completed tasks per second from that moment until the last one succeeded, with the
+/// lateness of their starts. Enqueueing is outside the measured time (it must end before the
+/// due moment).
+async fn due(args: &BenchArgs) -> anyhow::Result<()> {
+    const LEAD_MS: Millis = 3_000;
+    let tasks = args.tasks.unwrap_or(20_000).max(1);
+    let keys = args.cluster.keys.unwrap_or(1_000).max(1);
+    let mut rates = Vec::new();
+    for run in 0..args.runs {
+        let cfg = config(args, "due")?;
+        let partitions = cfg.partitions;
+        let node = Node::start(cfg).await?;
+        let due_at = node.enqueuer.clock.now() + LEAD_MS;
+        let label = format!("due run {}", run + 1);
+        let mut ids = Vec::with_capacity(tasks);
+        let mut enqueued = Progress::new(format!("{label}: enqueued"), Some(tasks as u64), "tasks");
+        for chunk in (0..tasks).collect::<Vec<_>>().chunks(1_000) {
+            let now = node.enqueuer.clock.now();
+            let batch: Vec<NewTask> = chunk
+                .iter()
+                .map(|i| task(format!("k{}", i % keys), due_at, now, partitions))
+                .collect();
+            ids.extend(batch.iter().map(|t| t.id.clone()));
+            node.enqueuer.submit(batch).await?;
+            enqueued.batch(ids.len() as u64);
+        }
+        enqueued.finish();
+        anyhow::ensure!(
+            node.enqueuer.clock.now() < due_at,
+            "enqueueing {tasks} tasks took longer than {LEAD_MS} ms; run fewer"
+        );
+        let wait = (due_at - node.enqueuer.clock.now()).max(0) as u64;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let before = cpu_and_written();
+        wait_succeeded(
+            &node,
+            tasks as u64,
+            Duration::from_secs(600),
+            Some(&format!("{label}: succeeded")),
+        )
+        .await?;
+        let secs = (node.enqueuer.clock.now() - due_at).max(1) as f64 / 1000.0;
+        let rate = tasks as f64 / secs;
+        let costs = match (before, cpu_and_written()) {
+            (Some((c0, w0)), Some((c1, w1))) => format!(
+                "; CPU {:.1} µs and {:.1} KiB written per task",
+                c1.saturating_sub(c0).as_secs_f64() * 1e6 / tasks as f64,
+                w1.saturating_sub(w0) as f64 / 1024.0 / tasks as f64
+            ),
+            _ => String::new(),
+        };
+        let l = lateness(&node, &ids).await?;
+        println!(
+            "due run {}: {tasks} tasks over {keys} keys done {secs:.2} s after their due moment = {rate:.0} tasks/s; lateness p50 {} ms, p99 {} ms, max {} ms{costs}",
+            run + 1,
+            percentile(&l, 0.5),
+            percentile(&l, 0.99),
+            l.last().copied().unwrap_or(0)
+        );
+        rates.push(rate);
+        node.shutdown().await;
+    }
+    rates.sort_by(f64::total_cmp);
+    println!(
+        "| {tasks} tasks over {keys} keys due at one moment: completed/s (median of {}) | {:.0} tasks/s |",
         rates.len(),
         rates[rates.len() / 2]
     );
@@ -458,6 +557,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     println!("| scenario | figure |\n|---|---|");
     if all || args.scenario == "throughput" {
         throughput(&args).await?;
+    }
+    if all || args.scenario == "due" {
+        due(&args).await?;
     }
     if all || ["steady", "burst", "fair"].contains(&args.scenario.as_str()) {
         println!("\n| lateness scenario | tasks | p50 | p99 | max |\n|---|---|---|---|---|");

@@ -304,7 +304,7 @@ pub struct SchedulerSection {
     /// while one plugin is busy. Once free slots are down to these, only plugins below their
     /// weighted share (`[plugin.NAME] weight`) take them. Default: an eighth of `concurrency`.
     pub reserved_slots: Option<usize>,
-    /// Attempts that may be recording their start at once (claim slots). Default: 8 ×
+    /// Attempts that may be recording their start at once (claim slots). Default: 32 ×
     /// `concurrency` on the embedded store, where starts share group commits and more of them
     /// make each commit carry more; `concurrency` on Cassandra, where each start is its own
     /// Paxos round (more at once measured no faster, and each takes longer when Cassandra is
@@ -437,7 +437,7 @@ impl Config {
         })
     }
 
-    /// Claim slots: `scheduler.claim_slots`, else 8 per run slot on the embedded store and one
+    /// Claim slots: `scheduler.claim_slots`, else 32 per run slot on the embedded store and one
     /// per run slot on Cassandra (see [`SchedulerSection::claim_slots`]).
     pub fn claim_slots(&self) -> usize {
         self.scheduler.claim_slots.unwrap_or_else(|| {
@@ -746,9 +746,9 @@ mod tests {
             ("kairos", "local_quorum", true)
         );
         assert_eq!(s.datacenters["dc2"], 3);
-        // One claim slot per run slot on Cassandra, eight on the embedded store.
+        // One claim slot per run slot on Cassandra, 32 on the embedded store.
         assert_eq!(c.claim_slots(), 64);
-        assert_eq!(Config::default().claim_slots(), 512);
+        assert_eq!(Config::default().claim_slots(), 2048);
         let c = Config::parse("[scheduler]\nconcurrency = 4\nclaim_slots = 10").expect("valid");
         assert_eq!(c.claim_slots(), 10);
         let e = Config::parse("[scheduler]\nclaim_slots = 0").expect_err("no claim slots");

@@ -147,8 +147,8 @@ impl Sim {
             shares,
             takeover_wait_ms: TAKEOVER_WAIT_MS,
             rng_seed: Some(self.seed.wrapping_mul(31).wrapping_add(n as u64)),
-            // One claim slot per run slot (the cluster default) up to eight (the embedded one).
-            claim_slots: Some(concurrency * (1 + below(&self.rng, 8) as usize)),
+            // One claim slot per run slot (the cluster default) up to 32 (the embedded one).
+            claim_slots: Some(concurrency * (1 + below(&self.rng, 32) as usize)),
         };
         // Loading the paused keys may fail under faults: the node retries, as a real one would.
         loop {

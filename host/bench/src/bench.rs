@@ -229,13 +229,18 @@ async fn throughput(args: &BenchArgs) -> anyhow::Result<()> {
         rates.push(rate);
         node.shutdown().await;
     }
+    print_median("end-to-end throughput", rates);
+    Ok(())
+}
+
+/// Prints the median of `rates` (at least one) as a table row.
+fn print_median(what: &str, mut rates: Vec<f64>) {
     rates.sort_by(f64::total_cmp);
     println!(
-        "| end-to-end throughput (median of {}) | {:.0} tasks/s |",
+        "| {what} (median of {}) | {:.0} tasks/s |",
         rates.len(),
         rates[rates.len() / 2]
     );
-    Ok(())
 }
 
 /// The throughput issue's workload: `--tasks` (default 20,000) no-op tasks over `--keys`
@@ -302,11 +307,9 @@ async fn due(args: &BenchArgs) -> anyhow::Result<()> {
         rates.push(rate);
         node.shutdown().await;
     }
-    rates.sort_by(f64::total_cmp);
-    println!(
-        "| {tasks} tasks over {keys} keys due at one moment: completed/s (median of {}) | {:.0} tasks/s |",
-        rates.len(),
-        rates[rates.len() / 2]
+    print_median(
+        &format!("{tasks} tasks over {keys} keys due at one moment: completed/s"),
+        rates,
     );
     Ok(())
 }

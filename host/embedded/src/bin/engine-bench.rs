@@ -24,6 +24,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+#[path = "common/proc_io.rs"]
+mod proc_io;
+use proc_io::written_bytes;
+
 const ENQUEUE_BATCH: usize = 1_000;
 const PARTITIONS: u64 = 64;
 const KEYS: u64 = 1_000;
@@ -251,15 +255,6 @@ struct Figures {
     enqueue: Duration,
     run: Duration,
     written: Option<u64>,
-}
-
-fn written_bytes() -> Option<u64> {
-    let io = std::fs::read_to_string("/proc/self/io").ok()?;
-    io.lines()
-        .find_map(|l| l.strip_prefix("write_bytes: "))?
-        .trim()
-        .parse()
-        .ok()
 }
 
 fn run_once(

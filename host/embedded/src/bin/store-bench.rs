@@ -19,6 +19,10 @@ use kairos_core::store::TaskStore;
 use kairos_embedded::{EmbeddedOptions, EmbeddedStore};
 use tokio::sync::{Mutex, mpsc};
 
+#[path = "common/proc_io.rs"]
+mod proc_io;
+use proc_io::written_bytes;
+
 const BATCH: usize = 1_000;
 const PARTITIONS: u32 = 16;
 const KEYS: usize = 10_000;
@@ -82,16 +86,6 @@ struct RunResult {
     cpu: Option<(Duration, Duration)>,
     /// Bytes the process caused to be written to storage during the run.
     written: Option<u64>,
-}
-
-/// `write_bytes` of `/proc/self/io` (Linux).
-fn written_bytes() -> Option<u64> {
-    let io = std::fs::read_to_string("/proc/self/io").ok()?;
-    io.lines()
-        .find_map(|l| l.strip_prefix("write_bytes: "))?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// utime + stime of a `/proc/.../stat` file (Linux; clock ticks of 10 ms).

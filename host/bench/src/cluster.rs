@@ -49,7 +49,7 @@ pub struct ClusterArgs {
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
     /// Distinct ordering keys the tasks are spread over [default: embedded throughput
-    /// 10000; cluster 2000].
+    /// 10000; due 1000; cluster 2000].
     #[arg(long)]
     pub keys: Option<usize>,
     /// Cluster scenarios: tasks read back from Cassandra for the lateness figures (an even

@@ -243,6 +243,31 @@ fn print_median(what: &str, mut rates: Vec<f64>) {
     );
 }
 
+/// Enqueues `count` tasks, `make(i, now)` for `i` in `0..count`, in batches of `batch`,
+/// showing progress as `label`; returns their ids. Fails with `too_slow` unless the last
+/// batch was accepted before `deadline` (the moment the tasks are due).
+async fn enqueue_before(
+    node: &Node,
+    label: &str,
+    (count, batch): (usize, usize),
+    deadline: Millis,
+    too_slow: &str,
+    make: impl Fn(usize, Millis) -> NewTask,
+) -> anyhow::Result<Vec<String>> {
+    let mut ids = Vec::with_capacity(count);
+    let mut enqueued = Progress::new(label, Some(count as u64), "tasks");
+    for chunk in (0..count).collect::<Vec<_>>().chunks(batch) {
+        let now = node.enqueuer.clock.now();
+        let tasks: Vec<NewTask> = chunk.iter().map(|&i| make(i, now)).collect();
+        ids.extend(tasks.iter().map(|t| t.id.clone()));
+        node.enqueuer.submit(tasks).await?;
+        enqueued.batch(ids.len() as u64);
+    }
+    enqueued.finish();
+    anyhow::ensure!(node.enqueuer.clock.now() < deadline, "{too_slow}");
+    Ok(ids)
+}
+
 /// The throughput issue's workload: `--tasks` (default 20,000) no-op tasks over `--keys`
 /// (default 1,000), all due at one moment 3 s after the first is enqueued; the figure is
 /// completed tasks per second from that moment until the last one succeeded, with the
@@ -259,23 +284,15 @@ async fn due(args: &BenchArgs) -> anyhow::Result<()> {
         let node = Node::start(cfg).await?;
         let due_at = node.enqueuer.clock.now() + LEAD_MS;
         let label = format!("due run {}", run + 1);
-        let mut ids = Vec::with_capacity(tasks);
-        let mut enqueued = Progress::new(format!("{label}: enqueued"), Some(tasks as u64), "tasks");
-        for chunk in (0..tasks).collect::<Vec<_>>().chunks(1_000) {
-            let now = node.enqueuer.clock.now();
-            let batch: Vec<NewTask> = chunk
-                .iter()
-                .map(|i| task(format!("k{}", i % keys), due_at, now, partitions))
-                .collect();
-            ids.extend(batch.iter().map(|t| t.id.clone()));
-            node.enqueuer.submit(batch).await?;
-            enqueued.batch(ids.len() as u64);
-        }
-        enqueued.finish();
-        anyhow::ensure!(
-            node.enqueuer.clock.now() < due_at,
-            "enqueueing {tasks} tasks took longer than {LEAD_MS} ms; run fewer"
-        );
+        let ids = enqueue_before(
+            &node,
+            &format!("{label}: enqueued"),
+            (tasks, 1_000),
+            due_at,
+            &format!("enqueueing {tasks} tasks took longer than {LEAD_MS} ms; run fewer"),
+            |i, now| task(format!("k{}", i % keys), due_at, now, partitions),
+        )
+        .await?;
         let wait = (due_at - node.enqueuer.clock.now()).max(0) as u64;
         tokio::time::sleep(Duration::from_millis(wait)).await;
         let before = cpu_and_written();
@@ -369,29 +386,22 @@ async fn burst(args: &BenchArgs) -> anyhow::Result<()> {
     let node = Node::start(cfg).await?;
     let now = node.enqueuer.clock.now();
     let second = (now / 1000 + 8) * 1000;
-    let mut ids = Vec::with_capacity(args.burst);
-    let mut enqueued = Progress::new("burst: enqueued", Some(args.burst as u64), "tasks");
-    for chunk in (0..args.burst).collect::<Vec<_>>().chunks(5_000) {
-        let batch: Vec<NewTask> = chunk
-            .iter()
-            .map(|i| {
-                task(
-                    format!("b{}", i % 20_000),
-                    second + (*i as i64 % 1000),
-                    now,
-                    partitions,
-                )
-            })
-            .collect();
-        ids.extend(batch.iter().map(|t| t.id.clone()));
-        node.enqueuer.submit(batch).await?;
-        enqueued.batch(ids.len() as u64);
-    }
-    enqueued.finish();
-    anyhow::ensure!(
-        node.enqueuer.clock.now() < second,
-        "enqueueing the burst took longer than 8 s"
-    );
+    let ids = enqueue_before(
+        &node,
+        "burst: enqueued",
+        (args.burst, 5_000),
+        second,
+        "enqueueing the burst took longer than 8 s",
+        |i, _| {
+            task(
+                format!("b{}", i % 20_000),
+                second + (i as i64 % 1000),
+                now,
+                partitions,
+            )
+        },
+    )
+    .await?;
     wait_succeeded(
         &node,
         ids.len() as u64,

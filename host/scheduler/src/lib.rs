@@ -169,7 +169,35 @@ pub(crate) struct Shared {
     pub cfg: SchedulerConfig,
     pub rng: StdMutex<StdRng>,
     /// Every actor and attempt task started, so a crash (or drop) stops them all at once.
-    pub tasks: StdMutex<Vec<tokio::task::AbortHandle>>,
+    pub tasks: StdMutex<Tracked>,
+}
+
+/// Abort handles of the tasks started, with the finished ones swept out now and then.
+#[derive(Default)]
+pub(crate) struct Tracked {
+    handles: Vec<tokio::task::AbortHandle>,
+    /// The next sweep runs when this many handles are held: twice as many as were left
+    /// alive by the last one (at least [`Tracked::MIN_SWEEP`]), so each handle costs O(1)
+    /// sweeping however many tasks run at once. (A fixed threshold swept every live handle on
+    /// every start once more than that many attempts were in flight.)
+    sweep_at: usize,
+}
+
+impl Tracked {
+    const MIN_SWEEP: usize = 1_024;
+
+    fn push(&mut self, h: tokio::task::AbortHandle) {
+        if self.handles.len() >= self.sweep_at.max(Self::MIN_SWEEP) {
+            self.handles.retain(|h| !h.is_finished());
+            self.sweep_at = self.handles.len().saturating_mul(2);
+        }
+        self.handles.push(h);
+    }
+
+    fn take(&mut self) -> Vec<tokio::task::AbortHandle> {
+        self.sweep_at = 0;
+        std::mem::take(&mut self.handles)
+    }
 }
 
 impl Shared {
@@ -179,9 +207,6 @@ impl Shared {
             Ok(t) => t,
             Err(p) => p.into_inner(),
         };
-        if t.len() >= 1_024 {
-            t.retain(|h| !h.is_finished());
-        }
         t.push(h);
     }
 }
@@ -263,7 +288,7 @@ impl Scheduler {
             paused: RwLock::new(paused),
             cfg,
             rng: StdMutex::new(rng),
-            tasks: StdMutex::new(Vec::new()),
+            tasks: StdMutex::new(Tracked::default()),
         });
         Ok(Arc::new(Self {
             shared,
@@ -320,8 +345,8 @@ impl Scheduler {
     /// simulation crashes nodes with it; a node stops with [`Scheduler::shutdown`].
     pub fn crash(&self) {
         let actors = match self.shared.tasks.lock() {
-            Ok(mut a) => std::mem::take(&mut *a),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+            Ok(mut a) => a.take(),
+            Err(poisoned) => poisoned.into_inner().take(),
         };
         for a in actors {
             a.abort();
@@ -535,5 +560,41 @@ impl Scheduler {
 async fn futures_join_all(handles: impl Iterator<Item = tokio::task::JoinHandle<()>>) {
     for h in handles {
         let _ = h.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Tracked;
+
+    #[tokio::test]
+    async fn tracking_sweeps_finished_tasks_without_rescanning_live_ones_at_every_start() {
+        let mut t = Tracked::default();
+        let live: Vec<_> = (0..5_000)
+            .map(|_| tokio::spawn(std::future::pending::<()>()))
+            .collect();
+        for j in &live {
+            t.push(j.abort_handle());
+        }
+        assert_eq!(t.handles.len(), 5_000, "live tasks are all kept");
+        // The sweep threshold moved past the live handles: the next starts do not scan them.
+        assert!(t.sweep_at > 4_096, "sweep at {}", t.sweep_at);
+        for j in &live {
+            j.abort();
+        }
+        for j in live {
+            let _ = j.await;
+        }
+        // Once they have finished, the next sweep drops them.
+        let done = tokio::spawn(async {});
+        let h = done.abort_handle();
+        let _ = done.await;
+        for _ in 0..t.sweep_at {
+            t.push(h.clone());
+        }
+        assert!(t.handles.len() < 5_000, "{} handles kept", t.handles.len());
+        let kept = t.handles.len();
+        assert_eq!(t.take().len(), kept);
+        assert!(t.handles.is_empty() && t.sweep_at == 0);
     }
 }

@@ -418,6 +418,10 @@ fn empty_object() -> serde_json::Value {
 /// `alerting` schedules `notify` for each target of an escalation level.
 pub const STANDARD_GRANTS: &[(&str, &[&str])] = &[("alerting", &["notify"])];
 
+fn is_redb_file(p: &std::path::Path) -> bool {
+    p.extension().is_some_and(|e| e == "redb") || p.is_file()
+}
+
 impl Config {
     /// `scheduler.takeover_wait_ms`, or the longest plugin `timeout_ms` configured here plus
     /// 2 s. (This config is the ceiling: a plugin's own manifest can only lower its timeout.)
@@ -588,12 +592,29 @@ impl Config {
         Ok(())
     }
 
+    /// The embedded store's directory: `[store] path`, or `<data_dir>/store`. A `path` that
+    /// names a store file of the earlier redb format (`*.redb`) gives `<that>.store`, and
+    /// the file is migrated into it (see [`Config::legacy_store_file`]).
     pub fn store_path(&self) -> PathBuf {
         match &self.store {
+            StoreConfig::Embedded { path: Some(p), .. } if is_redb_file(p) => {
+                p.with_extension("store")
+            }
             StoreConfig::Embedded { path: Some(p), .. } => p.clone(),
             StoreConfig::Embedded { path: None, .. } | StoreConfig::Cassandra(_) => {
-                self.data_dir.join("kairos.redb")
+                self.data_dir.join("store")
             }
+        }
+    }
+
+    /// The store file of the earlier (redb) format that the embedded store is migrated from
+    /// when its directory does not exist yet: `<data_dir>/kairos.redb`, or a `[store] path`
+    /// ending in `.redb`.
+    pub fn legacy_store_file(&self) -> Option<PathBuf> {
+        match &self.store {
+            StoreConfig::Embedded { path: Some(p), .. } if is_redb_file(p) => Some(p.clone()),
+            StoreConfig::Embedded { path: Some(_), .. } | StoreConfig::Cassandra(_) => None,
+            StoreConfig::Embedded { path: None, .. } => Some(self.data_dir.join("kairos.redb")),
         }
     }
 }
@@ -673,6 +694,27 @@ mod tests {
         ));
         assert_eq!(c.plugin["notify"].allowed_hosts, ["127.0.0.1:8080"]);
         assert_eq!(c.plugin["notify"].config["token"], "s3cret");
+    }
+
+    #[test]
+    fn the_store_directory_and_the_old_store_file_it_is_migrated_from() {
+        let c = Config::parse("data_dir = \"d\"\n").expect("valid");
+        assert_eq!(c.store_path(), Path::new("d/store"));
+        assert_eq!(
+            c.legacy_store_file().as_deref(),
+            Some(Path::new("d/kairos.redb"))
+        );
+        // A path naming an old redb file (as the example config used to suggest).
+        let c = Config::parse("[store]\ntype = \"embedded\"\npath = \"x/kairos.redb\"\n")
+            .expect("valid");
+        assert_eq!(c.store_path(), Path::new("x/kairos.store"));
+        assert_eq!(
+            c.legacy_store_file().as_deref(),
+            Some(Path::new("x/kairos.redb"))
+        );
+        let c = Config::parse("[store]\ntype = \"embedded\"\npath = \"x/db\"\n").expect("valid");
+        assert_eq!(c.store_path(), Path::new("x/db"));
+        assert_eq!(c.legacy_store_file(), None);
     }
 
     #[test]

@@ -69,8 +69,11 @@ fn open_embedded(cfg: &Config) -> anyhow::Result<Arc<dyn TaskStore>> {
                 min_free_bytes: min_free_mb.saturating_mul(1024 * 1024),
                 ..EmbeddedOptions::default()
             };
-            let store = EmbeddedStore::open(&path, opts)
-                .with_context(|| format!("opening store {}", path.display()))?;
+            let store = match cfg.legacy_store_file() {
+                Some(legacy) => EmbeddedStore::open_migrating(&path, &legacy, opts),
+                None => EmbeddedStore::open(&path, opts),
+            }
+            .with_context(|| format!("opening store {}", path.display()))?;
             Ok(Arc::new(store))
         }
         StoreConfig::Cassandra(_) => anyhow::bail!("not an embedded store"),

@@ -102,7 +102,7 @@ async fn harness(dir: &Path, clock: ManualClock, cfg: SchedulerConfig) -> Harnes
 
 async fn harness_with(dir: &Path, clock: ManualClock, cfg: SchedulerConfig) -> Harness {
     let store: Arc<dyn TaskStore> = Arc::new(
-        EmbeddedStore::open(&dir.join("k.redb"), EmbeddedOptions::default()).expect("open store"),
+        EmbeddedStore::open(&dir.join("store"), EmbeddedOptions::default()).expect("open store"),
     );
     let exec = Arc::new(Scripted {
         clock: clock.clone(),

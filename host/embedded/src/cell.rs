@@ -1,18 +1,16 @@
 //! The open database handle, and its recovery after a failed write.
 //!
-//! redb refuses every operation with `PreviousIo` once a write hit an I/O error (a full disk,
-//! say) until the file is opened again. The writer thread then marks the store broken; the
-//! next write (or health probe) reopens the file — after the readers let go of the old handle
-//! — and carries on. Nothing acknowledged is lost: an acknowledged write was committed
+//! fjall refuses every write with `Poisoned` once a journal write or flush hit an I/O error
+//! (a full disk, say) until the database is opened again. The writer thread then marks the
+//! store broken; the next write (or health probe) reopens the database — after the readers let
+//! go of the old handle — and carries on. Nothing acknowledged is lost: an acknowledged write was committed
 //! (fsynced) before its answer, and the failed commit was never acknowledged.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use redb::Database;
-
-use super::tables::DbResult;
+use super::tables::Db;
 use kairos_core::store::{StoreError, StoreResult};
 
 /// How long a reopen waits for reads in flight to drop the old handle.
@@ -23,7 +21,7 @@ pub(crate) struct DbCell {
     cache_bytes: usize,
     /// `None` only between dropping a broken handle and opening the new one (or while the
     /// reopen keeps failing).
-    current: RwLock<Option<Arc<Database>>>,
+    current: RwLock<Option<Arc<Db>>>,
     /// Why writes fail, while they do.
     broken: Mutex<Option<String>>,
 }
@@ -44,7 +42,7 @@ impl DbCell {
     }
 
     /// The current handle.
-    pub(crate) fn get(&self) -> StoreResult<Arc<Database>> {
+    pub(crate) fn get(&self) -> StoreResult<Arc<Db>> {
         self.current
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -71,7 +69,7 @@ impl DbCell {
     pub(crate) fn mark_broken(&self, why: &StoreError) {
         let mut b = lock(&self.broken);
         if b.is_none() {
-            tracing::error!(error = %why, path = %self.path.display(), "embedded store writes fail; reopening the file on the next write");
+            tracing::error!(error = %why, path = %self.path.display(), "embedded store writes fail; reopening the database on the next write");
         }
         *b = Some(why.to_string());
     }
@@ -82,9 +80,9 @@ impl DbCell {
         }
     }
 
-    /// Drops the broken handle (once no read holds it) and opens the file again, which runs
-    /// redb's recovery. Called by the writer thread only, holding no handle itself.
-    pub(crate) fn reopen(&self) -> StoreResult<Arc<Database>> {
+    /// Drops the broken handle (once no read holds it) and opens the database again, which
+    /// replays fjall's journal. Called by the writer thread only, holding no handle itself.
+    pub(crate) fn reopen(&self) -> StoreResult<Arc<Db>> {
         let mut cur = self.current.write().unwrap_or_else(|p| p.into_inner());
         if let Some(old) = cur.take() {
             let deadline = Instant::now() + READERS_WAIT;
@@ -142,9 +140,6 @@ pub(crate) fn free_bytes(path: &Path) -> Option<u64> {
     }
 }
 
-fn open_db(path: &Path, cache_bytes: usize) -> StoreResult<Database> {
-    redb::Builder::new()
-        .set_cache_size(cache_bytes)
-        .create(path)
-        .db()
+fn open_db(path: &Path, cache_bytes: usize) -> StoreResult<Db> {
+    Db::open(path, cache_bytes as u64)
 }

@@ -1,22 +1,24 @@
-//! The embedded store: one crash-safe redb file, for the single-process deployment.
+//! The embedded store: one crash-safe fjall database (an LSM tree with a write-ahead journal)
+//! in one directory, for the single-process deployment.
 //!
-//! Writes go through one writer thread that group-commits (see `writer.rs`); every commit is
-//! `Durability::Immediate` (fsynced before any caller hears `Ok`). Reads open their own read
-//! transactions; the ones that can return many rows run on tokio's blocking pool.
+//! Writes go through one writer thread that group-commits (see `writer.rs`); every commit
+//! syncs the journal (`PersistMode::SyncData`) before any caller hears `Ok`. Reads run on
+//! their own snapshots; the ones that can return many rows run on tokio's blocking pool.
 //!
-//! Table layout: see `tables.rs`. Records are postcard behind a one-byte format version
-//! (see `codec.rs`); a record that does not decode is reported as [`StoreError::Corrupt`].
+//! Layout: see `tables.rs`. Records are postcard behind a one-byte format version (see
+//! `codec.rs`); a record that does not decode is reported as [`StoreError::Corrupt`]. A store
+//! file of the earlier redb layout is migrated once, at open (see `legacy.rs`).
 //!
-//! Cost notes: `list` without a key scans every stored task (bounded memory, linear time, and a
-//! long read transaction during which redb cannot reuse freed pages); with a key it walks that
-//! key's index. `unpark_key` walks the key's index. After a failed commit (an I/O error) redb
-//! refuses further writes until the store is reopened; those writes fail with
-//! [`StoreError::Other`].
+//! Cost notes: `list` without a key scans every stored task (bounded memory, linear time); with
+//! a key it walks that key's index. `unpark_key` walks the key's index. After a failed journal
+//! write (an I/O error) fjall refuses further writes until the database is reopened, which the
+//! writer does by itself on the next write.
 //! Beyond the trait's contract, re-enqueueing an id that is already stored returns
 //! [`EnqueueOutcome::Duplicate`] with the stored task (a replayed enqueue never resets a task).
 
 mod cell;
 mod codec;
+mod legacy;
 mod ops;
 mod read;
 mod tables;
@@ -26,21 +28,21 @@ use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableTable, TableHandle};
+use fjall::{PersistMode, Readable};
 
 use kairos_core::model::{
     Attempt, EnqueueOutcome, KvEntryMeta, ListFilter, Millis, NewTask, OrderPos, Schedule,
-    StateCounts, Task, TaskRecord, TaskState, Transition,
+    StateCounts, Task, TaskRecord, Transition,
 };
 use kairos_core::ownership::{Holder, Lease};
 use kairos_core::store::{Purged, StoreError, StoreResult, TaskStore};
-use tables::DbResult;
+use tables::{Db, DbResult};
 pub use writer::CommitStats;
 
 /// Tuning of the embedded store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EmbeddedOptions {
-    /// redb page cache, in MiB.
+    /// Block cache, in MiB.
     pub cache_mb: usize,
     /// Most write operations carried by one commit (one `enqueue` call is one operation,
     /// whatever its batch size). Also the capacity of the writer's queue.
@@ -61,7 +63,7 @@ impl Default for EmbeddedOptions {
     }
 }
 
-/// [`TaskStore`] on a redb database file.
+/// [`TaskStore`] on a fjall database directory.
 pub struct EmbeddedStore {
     // Field order matters on drop: the writer thread is joined first, then the last handle on
     // the database goes, which releases the file lock.
@@ -79,14 +81,19 @@ impl std::fmt::Debug for EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database file at `path`. A file written by an incompatible
-    /// version is refused with [`StoreError::Corrupt`]; a file locked by another process with
-    /// [`StoreError::Other`]. Blocking (it may run redb's crash recovery).
+    /// Opens (or creates) the database directory at `path`. A database written by an
+    /// incompatible version is refused with [`StoreError::Corrupt`]; one opened by another
+    /// process with [`StoreError::Other`]. Blocking (it may replay fjall's journal).
     pub fn open(path: &Path, opts: EmbeddedOptions) -> Result<Self, StoreError> {
-        let cell = Arc::new(cell::DbCell::open(
-            path,
-            opts.cache_mb.saturating_mul(1024 * 1024),
-        )?);
+        if path.is_file() {
+            return Err(StoreError::Other(format!(
+                "{} is a file; the embedded store is a directory now (a store file of the \
+                 earlier redb format is migrated by EmbeddedStore::open_migrating)",
+                path.display()
+            )));
+        }
+        let cache_bytes = opts.cache_mb.saturating_mul(1024 * 1024);
+        let cell = Arc::new(cell::DbCell::open(path, cache_bytes)?);
         let next_seq = init(&*cell.get()?)?;
         let writer = writer::Writer::spawn(cell.clone(), next_seq, opts.max_batch)?;
         Ok(Self {
@@ -94,6 +101,29 @@ impl EmbeddedStore {
             cell,
             min_free_bytes: opts.min_free_bytes,
         })
+    }
+
+    /// [`EmbeddedStore::open`], after copying the store file of the earlier redb format at
+    /// `legacy` into `path` if `path` does not exist yet. The old file is kept, renamed
+    /// `<legacy>.migrated`; a crash during the copy leaves it untouched and the next open
+    /// copies again.
+    pub fn open_migrating(
+        path: &Path,
+        legacy: &Path,
+        opts: EmbeddedOptions,
+    ) -> Result<Self, StoreError> {
+        if legacy.is_file() {
+            if path.exists() {
+                // The copy was put in place and the process stopped before the old file was
+                // renamed.
+                tracing::warn!(store = %path.display(), old = %legacy.display(), "the old store file was already migrated; renaming it");
+                legacy::retire(legacy)?;
+            } else {
+                let cache_bytes = opts.cache_mb.saturating_mul(1024 * 1024) as u64;
+                legacy::migrate(legacy, path, cache_bytes)?;
+            }
+        }
+        Self::open(path, opts)
     }
 
     /// `Unavailable` when the disk holding the file has less than `min_free_bytes` free.
@@ -128,7 +158,7 @@ impl EmbeddedStore {
     async fn read_blocking<T, F>(&self, f: F) -> StoreResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Database) -> StoreResult<T> + Send + 'static,
+        F: FnOnce(&Db) -> StoreResult<T> + Send + 'static,
     {
         let db = self.cell.get()?;
         tokio::task::spawn_blocking(move || f(&db))
@@ -137,52 +167,33 @@ impl EmbeddedStore {
     }
 }
 
-/// Creates the tables, checks the format, counts the tasks by state if the file has no
-/// `state_counts` yet, and returns the next sequence number.
-pub(crate) fn init(db: &Database) -> StoreResult<u64> {
-    let txn = db.begin_write().db()?;
-    let counted = txn
-        .list_tables()
-        .db()?
-        .any(|t| t.name() == tables::STATE_COUNTS.name());
-    let next_seq = {
-        // Opening creates the tables of a new file.
-        let _ = txn.open_table(tables::TASKS).db()?;
-        let _ = txn.open_table(tables::PENDING).db()?;
-        let _ = txn.open_table(tables::UKEYS).db()?;
-        let _ = txn.open_table(tables::ATTEMPTS).db()?;
-        let _ = txn.open_table(tables::BY_KEY).db()?;
-        let _ = txn.open_table(tables::PAUSED).db()?;
-        let _ = txn.open_table(tables::SCHEDULES).db()?;
-        let _ = txn.open_table(tables::KV).db()?;
-        let _ = txn.open_table(tables::KV_USAGE).db()?;
-        let _ = txn.open_table(tables::OWNERS).db()?;
-        let mut counts = txn.open_table(tables::STATE_COUNTS).db()?;
-        if !counted {
-            let found = tables::count_states(&txn.open_table(tables::TASKS).db()?)?;
-            for state in TaskState::ALL {
-                counts.insert(state.as_str(), found.get(state)).db()?;
-            }
+/// Checks the format (stamping a new database with it) and returns the next sequence number.
+pub(crate) fn init(db: &Db) -> StoreResult<u64> {
+    let ks = &db.ks;
+    let mut tx = db.db.write_tx().durability(Some(PersistMode::SyncData));
+    let format = tx.get(&ks.meta, tables::META_FORMAT).db()?;
+    match format.as_deref().map(tables::decode_u64).transpose()? {
+        None => {
+            tx.insert(
+                &ks.meta,
+                tables::META_FORMAT,
+                tables::u64_value(tables::FORMAT),
+            );
         }
-        let mut meta = txn.open_table(tables::META).db()?;
-        let format = meta.get(tables::META_FORMAT).db()?.map(|v| v.value());
-        match format {
-            None => {
-                meta.insert(tables::META_FORMAT, tables::FORMAT).db()?;
-            }
-            Some(tables::FORMAT) => {}
-            Some(other) => {
-                return Err(StoreError::Corrupt(format!(
-                    "embedded store format {other}, this build reads format {}",
-                    tables::FORMAT
-                )));
-            }
+        Some(tables::FORMAT) => {}
+        Some(other) => {
+            return Err(StoreError::Corrupt(format!(
+                "embedded store format {other}, this build reads format {}",
+                tables::FORMAT
+            )));
         }
-        let next = meta.get(tables::META_NEXT_SEQ).db()?.map(|v| v.value());
-        next.unwrap_or(1)
+    }
+    let next = match tx.get(&ks.meta, tables::META_NEXT_SEQ).db()? {
+        Some(v) => tables::decode_u64(&v)?,
+        None => 1,
     };
-    txn.commit().db()?;
-    Ok(next_seq)
+    tx.commit().db()?;
+    Ok(next)
 }
 
 #[async_trait]

@@ -9,13 +9,13 @@
 //! It also counts the tasks entering and leaving each state; `finish` applies the differences
 //! to `state_counts` once per transaction.
 
-use redb::{ReadableTable, Table, WriteTransaction};
+use fjall::{Readable, SingleWriterWriteTx};
 
 use super::codec;
 use super::tables::{
-    ATTEMPTS, BY_KEY, DbResult, FORMAT, KV, KV_USAGE, META, META_FORMAT, META_NEXT_SEQ, OWNERS,
-    PAUSED, PENDING, SCHEDULES, STATE_COUNTS, TASKS, UKEYS, indexed_task, key_range_bounds,
-    kv_usage, load_task,
+    DbResult, FORMAT, Keyspaces, META_FORMAT, META_NEXT_SEQ, attempt_key, by_key_key,
+    by_key_prefix, decode_kv_value, decode_owner, decode_u64, id_value, indexed_task, kv_key,
+    kv_usage, kv_value, load_task, owner_key, owner_value, pending_key, u64_value,
 };
 use kairos_core::model::{
     Attempt, EnqueueOutcome, Millis, NewTask, Schedule, StateCounts, Task, TaskState, Transition,
@@ -24,20 +24,10 @@ use kairos_core::ownership::Lease;
 use kairos_core::store::{Purged, StoreError, StoreResult};
 use std::ops::Bound;
 
-/// The tables of one write transaction.
+/// One write transaction and the keyspaces it writes.
 pub(crate) struct WriteTables<'t> {
-    tasks: Table<'t, &'static str, &'static [u8]>,
-    pending: Table<'t, (u32, i64, u64), &'static str>,
-    ukeys: Table<'t, &'static str, &'static str>,
-    attempts: Table<'t, (&'static str, u32), &'static [u8]>,
-    by_key: Table<'t, (&'static str, i64, u64), &'static str>,
-    meta: Table<'t, &'static str, u64>,
-    paused: Table<'t, &'static str, ()>,
-    schedules: Table<'t, &'static str, &'static [u8]>,
-    kv: Table<'t, (&'static str, &'static str), (i64, &'static [u8])>,
-    kv_usage: Table<'t, &'static str, u64>,
-    owners: Table<'t, u32, (u64, &'static str)>,
-    state_counts: Table<'t, &'static str, u64>,
+    tx: SingleWriterWriteTx<'t>,
+    ks: &'t Keyspaces,
     /// Tasks that entered each state in this transaction (new tasks included).
     entered: StateCounts,
     /// Tasks that left each state in this transaction (purged tasks included).
@@ -76,33 +66,25 @@ fn conflict(t: &Task, what: &str) -> StoreError {
 }
 
 impl<'t> WriteTables<'t> {
-    pub(crate) fn open(txn: &'t WriteTransaction, next_seq: u64) -> StoreResult<Self> {
-        Ok(Self {
-            tasks: txn.open_table(TASKS).db()?,
-            pending: txn.open_table(PENDING).db()?,
-            ukeys: txn.open_table(UKEYS).db()?,
-            attempts: txn.open_table(ATTEMPTS).db()?,
-            by_key: txn.open_table(BY_KEY).db()?,
-            meta: txn.open_table(META).db()?,
-            paused: txn.open_table(PAUSED).db()?,
-            schedules: txn.open_table(SCHEDULES).db()?,
-            kv: txn.open_table(KV).db()?,
-            kv_usage: txn.open_table(KV_USAGE).db()?,
-            owners: txn.open_table(OWNERS).db()?,
-            state_counts: txn.open_table(STATE_COUNTS).db()?,
+    pub(crate) fn new(tx: SingleWriterWriteTx<'t>, ks: &'t Keyspaces, next_seq: u64) -> Self {
+        Self {
+            tx,
+            ks,
             entered: StateCounts::default(),
             left: StateCounts::default(),
             next_seq,
             first_seq: next_seq,
             dirty: false,
-        })
+        }
     }
 
-    /// Persists the sequence counter and the state counts; returns the next sequence number
-    /// after this batch.
-    pub(crate) fn finish(mut self) -> StoreResult<u64> {
+    /// Puts the sequence counter and the state counts into the transaction; returns it with
+    /// the next sequence number after this batch, for the caller to commit.
+    pub(crate) fn finish(mut self) -> StoreResult<(SingleWriterWriteTx<'t>, u64)> {
+        let ks = self.ks;
         if self.next_seq != self.first_seq {
-            self.meta.insert(META_NEXT_SEQ, self.next_seq).db()?;
+            self.tx
+                .insert(&ks.meta, META_NEXT_SEQ, u64_value(self.next_seq));
         }
         if self.entered != self.left {
             for state in TaskState::ALL {
@@ -111,26 +93,38 @@ impl<'t> WriteTables<'t> {
                     continue;
                 }
                 let key = state.as_str();
-                let stored = self.state_counts.get(key).db()?.map_or(0, |v| v.value());
+                let stored = match self.tx.get(&ks.state_counts, key).db()? {
+                    Some(v) => decode_u64(&v)?,
+                    None => 0,
+                };
                 let count = stored.saturating_add(entered).saturating_sub(left);
-                self.state_counts.insert(key, count).db()?;
+                self.tx.insert(&ks.state_counts, key, u64_value(count));
             }
         }
-        Ok(self.next_seq)
+        Ok((self.tx, self.next_seq))
+    }
+
+    /// Gives the transaction back, to be rolled back.
+    pub(crate) fn into_tx(self) -> SingleWriterWriteTx<'t> {
+        self.tx
     }
 
     /// A write of no consequence (the health probe): rewrites the format marker.
     pub(crate) fn probe(&mut self) -> StoreResult<()> {
-        self.meta.insert(META_FORMAT, FORMAT).db()?;
+        self.tx
+            .insert(&self.ks.meta, META_FORMAT, u64_value(FORMAT));
         Ok(())
     }
 
     fn require(&self, id: &str) -> StoreResult<Task> {
-        load_task(&self.tasks, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))
+        load_task(&self.tx, self.ks, id)?.ok_or_else(|| StoreError::NotFound(id.to_owned()))
     }
 
     fn epoch_of(&self, partition: u32) -> StoreResult<Option<u64>> {
-        Ok(self.owners.get(partition).db()?.map(|v| v.value().0))
+        match self.tx.get(&self.ks.owners, owner_key(partition)).db()? {
+            Some(v) => Ok(Some(decode_owner(&v)?.0)),
+            None => Ok(None),
+        }
     }
 
     /// `Fenced` unless `lease` is its partition's current lease.
@@ -159,7 +153,11 @@ impl<'t> WriteTables<'t> {
     pub(crate) fn acquire_lease(&mut self, partition: u32, node_id: &str) -> StoreResult<Lease> {
         let epoch = self.epoch_of(partition)?.unwrap_or(0) + 1;
         self.dirty = true;
-        self.owners.insert(partition, (epoch, node_id)).db()?;
+        self.tx.insert(
+            &self.ks.owners,
+            owner_key(partition),
+            owner_value(epoch, node_id),
+        );
         Ok(Lease { partition, epoch })
     }
 
@@ -167,7 +165,7 @@ impl<'t> WriteTables<'t> {
     fn save(&mut self, before: Option<Before>, t: &Task) -> StoreResult<()> {
         self.reindex(before, t)?;
         let bytes = codec::encode_task(t)?;
-        self.tasks.insert(t.id.as_str(), bytes.as_slice()).db()?;
+        self.tx.insert(&self.ks.tasks, t.id.as_str(), bytes);
         Ok(())
     }
 
@@ -180,6 +178,7 @@ impl<'t> WriteTables<'t> {
     /// counts the change of state.
     fn reindex(&mut self, before: Option<Before>, t: &Task) -> StoreResult<()> {
         self.dirty = true;
+        let ks = self.ks;
         let was = before.map(|b| b.state);
         if was != Some(t.state) {
             if let Some(s) = was {
@@ -191,21 +190,27 @@ impl<'t> WriteTables<'t> {
         let was_pending = before.is_some_and(|b| b.pending);
         if let Some(b) = before {
             if b.pending && (moved || !t.is_pending()) {
-                self.pending.remove((t.partition, b.due_at, t.seq)).db()?;
+                self.tx
+                    .remove(&ks.pending, pending_key(t.partition, b.due_at, t.seq));
             }
             if moved {
-                self.by_key.remove((t.key.as_str(), b.due_at, t.seq)).db()?;
+                self.tx
+                    .remove(&ks.by_key, by_key_key(&t.key, b.due_at, t.seq));
             }
         }
         if t.is_pending() && (moved || !was_pending) {
-            self.pending
-                .insert((t.partition, t.due_at, t.seq), t.id.as_str())
-                .db()?;
+            self.tx.insert(
+                &ks.pending,
+                pending_key(t.partition, t.due_at, t.seq),
+                t.id.as_str(),
+            );
         }
         if before.is_none() || moved {
-            self.by_key
-                .insert((t.key.as_str(), t.due_at, t.seq), t.id.as_str())
-                .db()?;
+            self.tx.insert(
+                &ks.by_key,
+                by_key_key(&t.key, t.due_at, t.seq),
+                t.id.as_str(),
+            );
         }
         Ok(())
     }
@@ -218,23 +223,24 @@ impl<'t> WriteTables<'t> {
         after: Option<&str>,
         scan: usize,
     ) -> StoreResult<Purged> {
+        let ks = self.ks;
         let scan = scan.max(1);
         let mut expired = Vec::new();
         let mut seen = 0;
         let mut last = None;
         {
             let range = match after {
-                Some(a) => self
-                    .tasks
-                    .range::<&str>((Bound::Excluded(a), Bound::Unbounded))
-                    .db()?,
-                None => self.tasks.range::<&str>(..).db()?,
+                Some(a) => self.tx.range::<&[u8], _>(
+                    &ks.tasks,
+                    (Bound::Excluded(a.as_bytes()), Bound::Unbounded),
+                ),
+                None => self.tx.iter(&ks.tasks),
             };
             for entry in range.take(scan) {
-                let (id, bytes) = entry.db()?;
+                let (id, bytes) = entry.into_inner().db()?;
                 seen += 1;
-                last = Some(id.value().to_string());
-                if let Ok(t) = codec::decode_task(bytes.value())
+                last = Some(id_value(&id)?.to_string());
+                if let Ok(t) = codec::decode_task(&bytes)
                     && t.expired(before)
                 {
                     expired.push(t);
@@ -244,15 +250,16 @@ impl<'t> WriteTables<'t> {
         for t in &expired {
             self.dirty = true;
             self.left.add(t.state, 1);
-            self.tasks.remove(t.id.as_str()).db()?;
+            self.tx.remove(&ks.tasks, t.id.as_str());
             for n in 1..=t.attempts {
-                self.attempts.remove((t.id.as_str(), n)).db()?;
+                self.tx.remove(&ks.attempts, attempt_key(&t.id, n));
             }
-            self.by_key.remove((t.key.as_str(), t.due_at, t.seq)).db()?;
+            self.tx
+                .remove(&ks.by_key, by_key_key(&t.key, t.due_at, t.seq));
             if let Some(u) = &t.uniqueness_key {
-                let holder = self.ukeys.get(u.as_str()).db()?.map(|v| v.value() == t.id);
-                if holder == Some(true) {
-                    self.ukeys.remove(u.as_str()).db()?;
+                let holder = self.tx.get(&ks.ukeys, u.as_str()).db()?;
+                if holder.is_some_and(|v| *v == *t.id.as_bytes()) {
+                    self.tx.remove(&ks.ukeys, u.as_str());
                 }
             }
         }
@@ -263,44 +270,30 @@ impl<'t> WriteTables<'t> {
     }
 
     pub(crate) fn enqueue(&mut self, batch: &[NewTask]) -> StoreResult<Vec<EnqueueOutcome>> {
+        let ks = self.ks;
         let mut out = Vec::with_capacity(batch.len());
         for new in batch {
-            if let Some(ukey) = &new.uniqueness_key {
-                let owner = self
-                    .ukeys
-                    .get(ukey.as_str())
-                    .db()?
-                    .map(|v| v.value().to_owned());
-                if let Some(owner) = owner {
-                    out.push(EnqueueOutcome::Duplicate(indexed_task(
-                        &self.tasks,
-                        &owner,
-                    )?));
-                    continue;
-                }
+            if let Some(ukey) = &new.uniqueness_key
+                && let Some(owner) = self.tx.get(&ks.ukeys, ukey.as_str()).db()?
+            {
+                out.push(EnqueueOutcome::Duplicate(indexed_task(
+                    &self.tx, ks, &owner,
+                )?));
+                continue;
             }
-            let task = Task::from_new(new.clone(), self.next_seq);
-            // The record goes in first: its previous value tells whether the id is taken, which
-            // saves a separate lookup on the common path.
-            self.dirty = true;
-            let bytes = codec::encode_task(&task)?;
-            let previous = self
-                .tasks
-                .insert(task.id.as_str(), bytes.as_slice())
-                .db()?
-                .map(|old| old.value().to_vec());
-            if let Some(previous) = previous {
-                // A replayed enqueue (same id) never resets the stored task.
-                self.tasks
-                    .insert(task.id.as_str(), previous.as_slice())
-                    .db()?;
+            // A replayed enqueue (same id) never resets the stored task.
+            if let Some(previous) = self.tx.get(&ks.tasks, new.id.as_str()).db()? {
                 out.push(EnqueueOutcome::Duplicate(codec::decode_task(&previous)?));
                 continue;
             }
+            let task = Task::from_new(new.clone(), self.next_seq);
+            self.dirty = true;
+            let bytes = codec::encode_task(&task)?;
+            self.tx.insert(&ks.tasks, task.id.as_str(), bytes);
             self.next_seq += 1;
             self.index_new(&task)?;
             if let Some(ukey) = &task.uniqueness_key {
-                self.ukeys.insert(ukey.as_str(), task.id.as_str()).db()?;
+                self.tx.insert(&ks.ukeys, ukey.as_str(), task.id.as_str());
             }
             out.push(EnqueueOutcome::Created(task));
         }
@@ -354,9 +347,8 @@ impl<'t> WriteTables<'t> {
         t.apply_finish(attempt.number, transition, at);
         self.dirty = true;
         let bytes = codec::encode_attempt(attempt)?;
-        self.attempts
-            .insert((id, attempt.number), bytes.as_slice())
-            .db()?;
+        self.tx
+            .insert(&self.ks.attempts, attempt_key(id, attempt.number), bytes);
         self.save(Some(before), &t)?;
         Ok(t)
     }
@@ -417,11 +409,12 @@ impl<'t> WriteTables<'t> {
 
     pub(crate) fn unpark_key(&mut self, lease: &Lease, key: &str, at: Millis) -> StoreResult<u32> {
         self.check_lease(lease)?;
+        let ks = self.ks;
         // Find the parked tasks first (reading only), then update them.
         let mut parked = Vec::new();
-        for entry in self.by_key.range(key_range_bounds(key)).db()? {
-            let (_, id) = entry.db()?;
-            let t = indexed_task(&self.tasks, id.value())?;
+        for entry in self.tx.prefix(&ks.by_key, by_key_prefix(key)) {
+            let (_, id) = entry.into_inner().db()?;
+            let t = indexed_task(&self.tx, ks, &id)?;
             if t.state == TaskState::Dead && t.park_on_dead {
                 parked.push(t);
             }
@@ -439,9 +432,9 @@ impl<'t> WriteTables<'t> {
     pub(crate) fn set_key_paused(&mut self, key: &str, paused: bool) -> StoreResult<()> {
         self.dirty = true;
         if paused {
-            self.paused.insert(key, ()).db()?;
+            self.tx.insert(&self.ks.paused, key, b"");
         } else {
-            self.paused.remove(key).db()?;
+            self.tx.remove(&self.ks.paused, key);
         }
         Ok(())
     }
@@ -449,15 +442,14 @@ impl<'t> WriteTables<'t> {
     pub(crate) fn put_schedule(&mut self, schedule: &Schedule) -> StoreResult<()> {
         let bytes = codec::encode_schedule(schedule)?;
         self.dirty = true;
-        self.schedules
-            .insert(schedule.name.as_str(), bytes.as_slice())
-            .db()?;
+        self.tx
+            .insert(&self.ks.schedules, schedule.name.as_str(), bytes);
         Ok(())
     }
 
     pub(crate) fn delete_schedule(&mut self, name: &str) -> StoreResult<bool> {
         self.dirty = true;
-        Ok(self.schedules.remove(name).db()?.is_some())
+        Ok(self.tx.take(&self.ks.schedules, name).db()?.is_some())
     }
 
     pub(crate) fn mark_schedule_fired(
@@ -465,8 +457,8 @@ impl<'t> WriteTables<'t> {
         name: &str,
         occurrence: Millis,
     ) -> StoreResult<()> {
-        let mut s = match self.schedules.get(name).db()? {
-            Some(v) => codec::decode_schedule(v.value())?,
+        let mut s = match self.tx.get(&self.ks.schedules, name).db()? {
+            Some(v) => codec::decode_schedule(&v)?,
             None => return Err(StoreError::NotFound(format!("schedule {name}"))),
         };
         if s.last_fired.is_some_and(|last| last >= occurrence) {
@@ -476,6 +468,14 @@ impl<'t> WriteTables<'t> {
         self.put_schedule(&s)
     }
 
+    /// The size an existing kv entry counts for, if there is one.
+    fn kv_size(&self, plugin: &str, key: &str) -> StoreResult<Option<u64>> {
+        match self.tx.get(&self.ks.kv, kv_key(plugin, key)).db()? {
+            Some(v) => Ok(Some((key.len() + decode_kv_value(&v)?.1.len()) as u64)),
+            None => Ok(None),
+        }
+    }
+
     pub(crate) fn kv_set(
         &mut self,
         plugin: &str,
@@ -483,23 +483,27 @@ impl<'t> WriteTables<'t> {
         value: &[u8],
         at: Millis,
     ) -> StoreResult<()> {
+        let ks = self.ks;
+        let total = kv_usage(&self.tx, ks, plugin)?;
+        let old = self.kv_size(plugin, key)?.unwrap_or(0);
         self.dirty = true;
-        let total = kv_usage(&self.kv_usage, &self.kv, plugin)?;
-        let old = self.kv.insert((plugin, key), (at, value)).db()?;
-        let old = old.map_or(0, |v| (key.len() + v.value().1.len()) as u64);
+        self.tx
+            .insert(&ks.kv, kv_key(plugin, key), kv_value(at, value));
         let new = total.saturating_sub(old) + (key.len() + value.len()) as u64;
-        self.kv_usage.insert(plugin, new).db()?;
+        self.tx.insert(&ks.kv_usage, plugin, u64_value(new));
         Ok(())
     }
 
     pub(crate) fn kv_delete(&mut self, plugin: &str, key: &str) -> StoreResult<bool> {
+        let ks = self.ks;
+        let total = kv_usage(&self.tx, ks, plugin)?;
+        let Some(old) = self.kv_size(plugin, key)? else {
+            return Ok(false);
+        };
         self.dirty = true;
-        let total = kv_usage(&self.kv_usage, &self.kv, plugin)?;
-        let old = self.kv.remove((plugin, key)).db()?;
-        let old = old.map(|v| (key.len() + v.value().1.len()) as u64);
-        if let Some(n) = old {
-            self.kv_usage.insert(plugin, total.saturating_sub(n)).db()?;
-        }
-        Ok(old.is_some())
+        self.tx.remove(&ks.kv, kv_key(plugin, key));
+        self.tx
+            .insert(&ks.kv_usage, plugin, u64_value(total.saturating_sub(old)));
+        Ok(true)
     }
 }

@@ -1,14 +1,14 @@
-//! Reads: each runs in its own redb read transaction (a consistent snapshot, never blocked by
-//! the writer). Results are bounded by the caller's limit; nothing loads the whole backlog.
+//! Reads: each runs on its own snapshot of the database (consistent, never blocked by the
+//! writer). Results are bounded by the caller's limit; nothing loads the whole backlog.
 
 use std::ops::Bound;
 
-use redb::{Database, ReadTransaction, ReadableTable};
+use fjall::{Readable, Snapshot};
 
 use super::codec;
 use super::tables::{
-    ATTEMPTS, BY_KEY, DbResult, KV, KV_USAGE, OWNERS, PAUSED, PENDING, SCHEDULES, STATE_COUNTS,
-    TASKS, UKEYS, indexed_task, key_range_bounds, load_attempts, load_task,
+    Db, DbResult, by_key_prefix, decode_kv_value, decode_owner, id_value, indexed_task, kv_key,
+    kv_user_key, load_attempts, load_task, owner_key, pending_key,
 };
 use kairos_core::model::{
     KvEntryMeta, ListFilter, Millis, OrderPos, Schedule, StateCounts, Task, TaskRecord,
@@ -19,64 +19,61 @@ use kairos_core::store::{FirstByPos, StoreResult};
 /// `limit` 0 in a [`ListFilter`] means this many.
 const DEFAULT_LIST_LIMIT: usize = 100;
 
-fn begin(db: &Database) -> StoreResult<ReadTransaction> {
-    db.begin_read().db()
+fn begin(db: &Db) -> Snapshot {
+    db.db.read_tx()
 }
 
-pub(super) fn get(db: &Database, id: &str) -> StoreResult<Option<TaskRecord>> {
-    let txn = begin(db)?;
-    let tasks = txn.open_table(TASKS).db()?;
-    let Some(task) = load_task(&tasks, id)? else {
+pub(super) fn get(db: &Db, id: &str) -> StoreResult<Option<TaskRecord>> {
+    let snap = begin(db);
+    let Some(task) = load_task(&snap, &db.ks, id)? else {
         return Ok(None);
     };
-    let attempts = load_attempts(&txn.open_table(ATTEMPTS).db()?, id)?;
+    let attempts = load_attempts(&snap, &db.ks, id)?;
     Ok(Some(TaskRecord { task, attempts }))
 }
 
-pub(super) fn lease_holder(db: &Database, partition: u32) -> StoreResult<Option<Holder>> {
-    let txn = begin(db)?;
-    let owners = txn.open_table(OWNERS).db()?;
-    Ok(owners.get(partition).db()?.map(|v| {
-        let (epoch, node) = v.value();
-        Holder {
-            epoch,
-            node_id: node.to_owned(),
+pub(super) fn lease_holder(db: &Db, partition: u32) -> StoreResult<Option<Holder>> {
+    let snap = begin(db);
+    match snap.get(&db.ks.owners, owner_key(partition)).db()? {
+        Some(v) => {
+            let (epoch, node) = decode_owner(&v)?;
+            Ok(Some(Holder {
+                epoch,
+                node_id: node.to_owned(),
+            }))
         }
-    }))
+        None => Ok(None),
+    }
 }
 
-pub(super) fn find_by_uniqueness_key(db: &Database, ukey: &str) -> StoreResult<Option<Task>> {
-    let txn = begin(db)?;
-    let ukeys = txn.open_table(UKEYS).db()?;
-    let Some(id) = ukeys.get(ukey).db()? else {
+pub(super) fn find_by_uniqueness_key(db: &Db, ukey: &str) -> StoreResult<Option<Task>> {
+    let snap = begin(db);
+    let Some(id) = snap.get(&db.ks.ukeys, ukey).db()? else {
         return Ok(None);
     };
-    let tasks = txn.open_table(TASKS).db()?;
-    indexed_task(&tasks, id.value()).map(Some)
+    indexed_task(&snap, &db.ks, &id).map(Some)
 }
 
 pub(super) fn load_window(
-    db: &Database,
+    db: &Db,
     partition: u32,
     after: OrderPos,
     up_to: Millis,
     limit: usize,
 ) -> StoreResult<Vec<Task>> {
-    let start = (partition, after.due_at, after.seq);
-    let end = (partition, up_to, u64::MAX);
+    let start = pending_key(partition, after.due_at, after.seq);
+    let end = pending_key(partition, up_to, u64::MAX);
     if limit == 0 || start >= end {
         return Ok(Vec::new());
     }
-    let txn = begin(db)?;
-    let pending = txn.open_table(PENDING).db()?;
-    let tasks = txn.open_table(TASKS).db()?;
+    let snap = begin(db);
     let mut out = Vec::with_capacity(limit.min(1024));
-    for entry in pending
-        .range::<(u32, i64, u64)>((Bound::Excluded(start), Bound::Included(end)))
-        .db()?
-    {
-        let (_, id) = entry.db()?;
-        out.push(indexed_task(&tasks, id.value())?);
+    for entry in snap.range::<&[u8], _>(
+        &db.ks.pending,
+        (Bound::Excluded(&start[..]), Bound::Included(&end[..])),
+    ) {
+        let (_, id) = entry.into_inner().db()?;
+        out.push(indexed_task(&snap, &db.ks, &id)?);
         if out.len() == limit {
             break;
         }
@@ -87,22 +84,20 @@ pub(super) fn load_window(
 /// With a key: walks that key's index in order. Without one: scans every task once, keeping
 /// only the first `limit` positions in a bounded heap (time linear in the number of stored
 /// tasks, memory bounded by `limit`). It is an operator query, not a hot path.
-pub(super) fn list(db: &Database, filter: &ListFilter) -> StoreResult<Vec<Task>> {
+pub(super) fn list(db: &Db, filter: &ListFilter) -> StoreResult<Vec<Task>> {
     let limit = if filter.limit == 0 {
         DEFAULT_LIST_LIMIT
     } else {
         filter.limit
     };
     let wanted = |t: &Task| filter.admits(t);
-    let txn = begin(db)?;
-    let tasks = txn.open_table(TASKS).db()?;
+    let snap = begin(db);
     match &filter.key {
         Some(key) => {
-            let by_key = txn.open_table(BY_KEY).db()?;
             let mut out = Vec::new();
-            for entry in by_key.range(key_range_bounds(key)).db()? {
-                let (_, id) = entry.db()?;
-                let t = indexed_task(&tasks, id.value())?;
+            for entry in snap.prefix(&db.ks.by_key, by_key_prefix(key)) {
+                let (_, id) = entry.into_inner().db()?;
+                let t = indexed_task(&snap, &db.ks, &id)?;
                 if wanted(&t) {
                     out.push(t);
                     if out.len() == limit {
@@ -114,9 +109,9 @@ pub(super) fn list(db: &Database, filter: &ListFilter) -> StoreResult<Vec<Task>>
         }
         None => {
             let mut first = FirstByPos::new(limit);
-            for entry in tasks.iter().db()? {
-                let (_, bytes) = entry.db()?;
-                let t = codec::decode_task(bytes.value())?;
+            for entry in snap.iter(&db.ks.tasks) {
+                let (_, bytes) = entry.into_inner().db()?;
+                let t = codec::decode_task(&bytes)?;
                 if wanted(&t) {
                     first.offer(t);
                 }
@@ -126,57 +121,52 @@ pub(super) fn list(db: &Database, filter: &ListFilter) -> StoreResult<Vec<Task>>
     }
 }
 
-pub(super) fn paused_keys(db: &Database) -> StoreResult<Vec<String>> {
-    let txn = begin(db)?;
-    let paused = txn.open_table(PAUSED).db()?;
+pub(super) fn paused_keys(db: &Db) -> StoreResult<Vec<String>> {
+    let snap = begin(db);
     let mut out = Vec::new();
-    for entry in paused.iter().db()? {
-        let (k, _) = entry.db()?;
-        out.push(k.value().to_owned());
+    for entry in snap.iter(&db.ks.paused) {
+        let (k, _) = entry.into_inner().db()?;
+        out.push(id_value(&k)?.to_owned());
     }
     Ok(out)
 }
 
-pub(super) fn get_schedule(db: &Database, name: &str) -> StoreResult<Option<Schedule>> {
-    let txn = begin(db)?;
-    let schedules = txn.open_table(SCHEDULES).db()?;
-    match schedules.get(name).db()? {
-        Some(v) => codec::decode_schedule(v.value()).map(Some),
+pub(super) fn get_schedule(db: &Db, name: &str) -> StoreResult<Option<Schedule>> {
+    let snap = begin(db);
+    match snap.get(&db.ks.schedules, name).db()? {
+        Some(v) => codec::decode_schedule(&v).map(Some),
         None => Ok(None),
     }
 }
 
-pub(super) fn list_schedules(db: &Database) -> StoreResult<Vec<Schedule>> {
-    let txn = begin(db)?;
-    let schedules = txn.open_table(SCHEDULES).db()?;
+pub(super) fn list_schedules(db: &Db) -> StoreResult<Vec<Schedule>> {
+    let snap = begin(db);
     let mut out = Vec::new();
-    for entry in schedules.iter().db()? {
-        let (_, v) = entry.db()?;
-        out.push(codec::decode_schedule(v.value())?);
+    for entry in snap.iter(&db.ks.schedules) {
+        let (_, v) = entry.into_inner().db()?;
+        out.push(codec::decode_schedule(&v)?);
     }
     Ok(out)
 }
 
-pub(super) fn kv_get(db: &Database, plugin: &str, key: &str) -> StoreResult<Option<Vec<u8>>> {
-    let txn = begin(db)?;
-    let kv = txn.open_table(KV).db()?;
-    Ok(kv.get((plugin, key)).db()?.map(|v| v.value().1.to_vec()))
+pub(super) fn kv_get(db: &Db, plugin: &str, key: &str) -> StoreResult<Option<Vec<u8>>> {
+    let snap = begin(db);
+    match snap.get(&db.ks.kv, kv_key(plugin, key)).db()? {
+        Some(v) => Ok(Some(decode_kv_value(&v)?.1.to_vec())),
+        None => Ok(None),
+    }
 }
 
-pub(super) fn kv_usage(db: &Database, plugin: &str) -> StoreResult<u64> {
-    let txn = begin(db)?;
-    let usage = txn.open_table(KV_USAGE).db()?;
-    let kv = txn.open_table(KV).db()?;
-    super::tables::kv_usage(&usage, &kv, plugin)
+pub(super) fn kv_usage(db: &Db, plugin: &str) -> StoreResult<u64> {
+    super::tables::kv_usage(&begin(db), &db.ks, plugin)
 }
 
-pub(super) fn state_counts(db: &Database) -> StoreResult<StateCounts> {
-    let txn = begin(db)?;
-    super::tables::state_counts(&txn.open_table(STATE_COUNTS).db()?)
+pub(super) fn state_counts(db: &Db) -> StoreResult<StateCounts> {
+    super::tables::state_counts(&begin(db), &db.ks)
 }
 
 pub(super) fn kv_list(
-    db: &Database,
+    db: &Db,
     plugin: &str,
     prefix: &str,
     limit: usize,
@@ -185,15 +175,12 @@ pub(super) fn kv_list(
     if limit == 0 {
         return Ok(out);
     }
-    let txn = begin(db)?;
-    let kv = txn.open_table(KV).db()?;
-    for entry in kv.range((plugin, prefix)..).db()? {
-        let (k, v) = entry.db()?;
-        let (p, key) = k.value();
-        if p != plugin || !key.starts_with(prefix) {
-            break;
-        }
-        let (updated_at, value) = v.value();
+    let snap = begin(db);
+    let plugin_len = kv_key(plugin, "").len();
+    for entry in snap.prefix(&db.ks.kv, kv_key(plugin, prefix)) {
+        let (k, v) = entry.into_inner().db()?;
+        let key = kv_user_key(&k, plugin_len)?;
+        let (updated_at, value) = decode_kv_value(&v)?;
         out.push(KvEntryMeta {
             key: key.to_owned(),
             updated_at,

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use redb::Durability;
+use fjall::PersistMode;
 use tokio::sync::{mpsc, oneshot};
 
 use super::cell::DbCell;
@@ -207,8 +207,8 @@ impl WriterThread {
 
     /// Applies and commits `batch`, answering (and draining) every operation in it.
     fn commit_batch(&mut self, batch: &mut Vec<Box<dyn WriteOp>>) {
-        // After an I/O failure redb refuses everything until the file is opened again: the
-        // batch is retried once on a reopened file.
+        // After an I/O failure fjall refuses every write until the database is opened again:
+        // the batch is retried once on a reopened database.
         let mut reopened = false;
         loop {
             if self.cell.broken().is_some() {
@@ -272,23 +272,19 @@ impl WriterThread {
 
     fn run_batch(&self, batch: &mut [Box<dyn WriteOp>]) -> StoreResult<Attempted> {
         let db = self.cell.get()?;
-        let mut txn = db.begin_write().db()?;
-        txn.set_durability(Durability::Immediate);
-        let mut w = WriteTables::open(&txn, self.next_seq)?;
+        let tx = db.db.write_tx().durability(Some(PersistMode::SyncData));
+        let mut w = WriteTables::new(tx, &db.ks, self.next_seq);
         let applying = Instant::now();
         for (i, op) in batch.iter_mut().enumerate() {
             w.dirty = false;
             if !op.apply(&mut w) && w.dirty {
-                drop(w);
-                if let Err(e) = txn.abort() {
-                    tracing::warn!(error = %e, "aborting a poisoned batch");
-                }
+                w.into_tx().rollback();
                 return Ok(Attempted::Poisoned(i));
             }
         }
-        let next_seq = w.finish()?;
+        let (tx, next_seq) = w.finish()?;
         let committing = Instant::now();
-        txn.commit().db()?;
+        tx.commit().db()?;
         let s = &self.stats;
         s.apply_micros
             .fetch_add(micros(committing - applying), Ordering::Relaxed);

@@ -1,8 +1,7 @@
 //! A real full disk (a small tmpfs; needs root to mount it), with the free-space watermark
 //! off so that the writes themselves fail: a failed write is a transient `Unavailable`, and
-//! the store reopens the file by itself (redb refuses everything after an I/O error until
-//! then, which before this change lasted until a restart), with every acknowledged task
-//! intact.
+//! once there is room again the store reopens the database by itself (fjall refuses every
+//! write after an I/O error until then), with every acknowledged task intact.
 
 use std::io::Write;
 
@@ -27,7 +26,7 @@ async fn a_full_disk_is_transient_and_the_store_reopens_itself() {
         min_free_bytes: 0,
         ..EmbeddedOptions::default()
     };
-    let store = EmbeddedStore::open(&mnt.join("kairos.redb"), opts).expect("open");
+    let store = EmbeddedStore::open(&mnt.join("store"), opts).expect("open");
     let mut acked = Vec::new();
     for i in 0..20 {
         acked.push(enqueue_one(&store, new_task(&format!("k{i}"), T0)).await);
@@ -51,21 +50,20 @@ async fn a_full_disk_is_transient_and_the_store_reopens_itself() {
     }
     let e = failed.expect("a write fails on a full disk");
     assert!(e.is_transient(), "a full disk is transient, not {e:?}");
-    // The next write reopens the file: what fits in the file's free pages is written
-    // (redb alone would answer "previous I/O error" to everything from now on).
-    let small = enqueue_one(&store, new_task("small", T0)).await;
-    store.health().await.expect("healthy: writes work again");
-    let mut big = new_task("big", T0);
-    big.payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(4 * 1024 * 1024));
-    let e = store
-        .enqueue(vec![big.clone()])
-        .await
-        .expect_err("a write that needs new space still fails");
+    // While the disk stays full, writes that need room keep failing with the same transient
+    // error (and the reads keep working).
+    let mut big = new_task("while-full", T0);
+    big.payload = format!("{{\"pad\":\"{}\"}}", "x".repeat(1024 * 1024));
+    let e = store.enqueue(vec![big]).await.expect_err("no room yet");
     assert!(e.is_transient(), "{e:?}");
+    for t in &acked {
+        assert!(store.get(&t.id).await.expect("read").is_some());
+    }
 
+    // Room again: the next write reopens the database, without a restart.
     std::fs::remove_file(mnt.join("filler")).expect("free the space");
-    let after = enqueue_one(&store, big).await;
-    acked.push(small);
+    let after = enqueue_one(&store, new_task("after", T0)).await;
+    store.health().await.expect("healthy: writes work again");
     for t in acked.iter().chain(std::iter::once(&after)) {
         let got = store
             .get(&t.id)
@@ -73,5 +71,11 @@ async fn a_full_disk_is_transient_and_the_store_reopens_itself() {
             .expect("read")
             .expect("acknowledged task kept");
         assert_eq!(got.task.key, t.key);
+    }
+    // And it all survives a restart.
+    drop(store);
+    let store = EmbeddedStore::open(&mnt.join("store"), opts).expect("reopen");
+    for t in acked.iter().chain(std::iter::once(&after)) {
+        assert!(store.get(&t.id).await.expect("read").is_some(), "{}", t.id);
     }
 }

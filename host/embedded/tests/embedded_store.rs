@@ -8,7 +8,7 @@ use kairos_conformance::{
     T0, dead, enqueue_all, enqueue_one, held, lease_for, new_task, parking, retry, run_attempt,
     succeeded, window, with_ukey,
 };
-use kairos_core::model::{EnqueueOutcome, ListFilter, OrderPos, Schedule, StateCounts, TaskState};
+use kairos_core::model::{EnqueueOutcome, ListFilter, OrderPos, Schedule, TaskState};
 use kairos_core::store::{StoreError, TaskStore};
 use kairos_embedded::{EmbeddedOptions, EmbeddedStore};
 
@@ -19,7 +19,7 @@ fn open(path: &Path) -> EmbeddedStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn everything_survives_a_reopen_and_seq_continues() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("kairos.redb");
+    let path = dir.path().join("store");
 
     let store = open(&path);
     let t = enqueue_all(
@@ -111,18 +111,21 @@ async fn everything_survives_a_reopen_and_seq_continues() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_second_open_of_the_same_file_is_refused() {
+async fn a_second_open_of_the_same_store_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("kairos.redb");
+    let path = dir.path().join("store");
     let _store = open(&path);
     let second = EmbeddedStore::open(&path, EmbeddedOptions::default());
-    assert!(second.is_err(), "the file is locked by the first store");
+    assert!(
+        second.is_err(),
+        "the directory is locked by the first store"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writes_share_commits() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = Arc::new(open(&dir.path().join("kairos.redb")));
+    let store = Arc::new(open(&dir.path().join("store")));
     let tasks: Vec<_> = (0..500).map(|i| new_task(&format!("k{i}"), T0)).collect();
     let t = enqueue_all(&*store, tasks).await;
     let lease = held(&*store, 0).await;
@@ -158,7 +161,7 @@ async fn concurrent_writes_share_commits() {
     assert_eq!((counts.running, counts.total()), (500, 500), "{counts:?}");
 }
 
-/// Writes raw records with redb behind the store's back (the store must be closed).
+/// Writes raw records into a store file of the earlier redb layout.
 fn plant_corrupt_task(path: &Path, id: &str, ukey: &str) {
     const TASKS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("tasks");
     const UKEYS: redb::TableDefinition<&str, &str> = redb::TableDefinition::new("ukeys");
@@ -180,10 +183,18 @@ fn plant_corrupt_task(path: &Path, id: &str, ukey: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrupt_records_are_reported_and_operations_stay_all_or_nothing() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("kairos.redb");
-    drop(open(&path));
-    plant_corrupt_task(&path, "bad", "u-bad");
-    let store = Arc::new(open(&path));
+    // Planted in a store file of the earlier (redb) layout, which the open migrates: the
+    // record that does not decode is carried over as it is.
+    let legacy = dir.path().join("kairos.redb");
+    plant_corrupt_task(&legacy, "bad", "u-bad");
+    let store = Arc::new(
+        EmbeddedStore::open_migrating(
+            &dir.path().join("store"),
+            &legacy,
+            EmbeddedOptions::default(),
+        )
+        .expect("open and migrate"),
+    );
 
     assert!(matches!(
         store.get("bad").await,
@@ -234,73 +245,34 @@ async fn corrupt_records_are_reported_and_operations_stay_all_or_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_without_state_counts_is_counted_when_opened() {
-    const STATE_COUNTS: redb::TableDefinition<&str, u64> =
-        redb::TableDefinition::new("state_counts");
+async fn a_store_of_another_format_is_refused() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("kairos.redb");
-    let store = open(&path);
-    let t = enqueue_all(
-        &store,
-        (0..6).map(|i| new_task(&format!("k{i}"), T0)).collect(),
-    )
-    .await;
-    run_attempt(&store, &t[0].id, succeeded(None)).await;
-    run_attempt(&store, &t[1].id, dead("broken")).await;
-    run_attempt(&store, &t[2].id, retry(T0 + 60_000, "flaky")).await;
-    store
-        .start_attempt(&lease_for(&store, &t[3].id).await, &t[3].id, 1, T0)
-        .await
-        .expect("start");
-    store
-        .cancel(&lease_for(&store, &t[4].id).await, &t[4].id, T0)
-        .await
-        .expect("cancel");
-    let want = StateCounts {
-        scheduled: 1,
-        running: 1,
-        retrying: 1,
-        succeeded: 1,
-        dead: 1,
-        cancelled: 1,
-    };
-    assert_eq!(store.state_counts().await.expect("counts"), want);
-    drop(store);
+    let path = dir.path().join("store");
+    drop(open(&path));
     {
-        // The file as a version without the table left it.
-        let db = redb::Database::create(&path).expect("open raw");
-        let txn = db.begin_write().expect("write txn");
-        assert!(
-            txn.delete_table(STATE_COUNTS).expect("delete"),
-            "it existed"
-        );
-        txn.commit().expect("commit");
+        // The format marker as a later, incompatible version would leave it.
+        let db = fjall::SingleWriterTxDatabase::builder(&path)
+            .open()
+            .expect("open raw");
+        let meta = db
+            .keyspace("meta", fjall::KeyspaceCreateOptions::default)
+            .expect("meta");
+        meta.insert("format", 99u64.to_be_bytes()).expect("insert");
+        db.persist(fjall::PersistMode::SyncAll).expect("persist");
     }
-
-    let store = open(&path);
-    assert_eq!(store.state_counts().await.expect("counts"), want);
-    // Kept from then on, and not counted again at the next open.
-    enqueue_one(&store, new_task("k", T0)).await;
-    drop(store);
-    let store = open(&path);
-    let counts = store.state_counts().await.expect("counts");
-    assert_eq!(
-        counts,
-        StateCounts {
-            scheduled: 2,
-            ..want
-        }
-    );
+    match EmbeddedStore::open(&path, EmbeddedOptions::default()) {
+        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("99"), "{msg}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_file_of_another_format_is_refused() {
+async fn an_old_store_file_of_another_format_is_refused_and_kept() {
     const META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta");
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("kairos.redb");
-    drop(open(&path));
+    let legacy = dir.path().join("kairos.redb");
     {
-        let db = redb::Database::create(&path).expect("open raw");
+        let db = redb::Database::create(&legacy).expect("open raw");
         let txn = db.begin_write().expect("write txn");
         txn.open_table(META)
             .expect("meta")
@@ -308,8 +280,22 @@ async fn a_file_of_another_format_is_refused() {
             .expect("insert");
         txn.commit().expect("commit");
     }
-    match EmbeddedStore::open(&path, EmbeddedOptions::default()) {
+    let path = dir.path().join("store");
+    match EmbeddedStore::open_migrating(&path, &legacy, EmbeddedOptions::default()) {
         Err(StoreError::Corrupt(msg)) => assert!(msg.contains("99"), "{msg}"),
         other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(legacy.is_file(), "the old file is left where it was");
+    assert!(!path.exists(), "no store was put in place");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_path_that_is_a_file_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("kairos.redb");
+    std::fs::write(&path, b"not a directory").expect("write");
+    match EmbeddedStore::open(&path, EmbeddedOptions::default()) {
+        Err(StoreError::Other(msg)) => assert!(msg.contains("is a file"), "{msg}"),
+        other => panic!("expected a clear error, got {other:?}"),
     }
 }

@@ -112,7 +112,7 @@ async fn run_once(args: &Args, run: usize) -> Result<RunResult, String> {
         .join(format!("kairos-store-bench-{}-{run}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let store = Arc::new(
-        EmbeddedStore::open(&dir.join("bench.redb"), EmbeddedOptions::default())
+        EmbeddedStore::open(&dir.join("bench-store"), EmbeddedOptions::default())
             .map_err(|e| e.to_string())?,
     );
     let mut leases = Vec::new();

@@ -63,7 +63,7 @@ pub fn config(topic: &str, partitions: u32) -> KafkaConfig {
 
 pub fn store(dir: &tempfile::TempDir) -> Arc<EmbeddedStore> {
     Arc::new(
-        EmbeddedStore::open(&dir.path().join("kairos.redb"), EmbeddedOptions::default())
+        EmbeddedStore::open(&dir.path().join("store"), EmbeddedOptions::default())
             .expect("open store"),
     )
 }

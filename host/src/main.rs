@@ -9,6 +9,12 @@ use kairos::config::Config;
 use kairos::node::{Node, shutdown_signal};
 use kairos_runtime::{LoadError, MemoryServices, RunOutcome, RunRequest, Runtime, TaskInfo};
 
+/// mimalloc instead of glibc's malloc: the node allocates and frees many small objects per
+/// task (ids, records, Wasm stores), and glibc's malloc and free were about a quarter of the
+/// scheduler threads' samples (BENCHMARKS.md, issue 10).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Flags over the config file over the defaults.
 pub fn serve_config(args: &ServeArgs) -> anyhow::Result<Config> {
     let mut cfg = match &args.config {

@@ -9,6 +9,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// The allocator the product binary uses (`host/src/main.rs`), so the embedded scenarios
+/// measure the node as it ships.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "kairos-bench", version, about)]
 struct Cli {

@@ -36,6 +36,14 @@ pub(super) const META_NEXT_SEQ: &[u8] = b"next_seq";
 /// Bumped when the layout changes incompatibly.
 pub(super) const FORMAT: u64 = 1;
 
+/// Memtable size per keyspace (fjall's default is 64 MiB). With the four busy keyspaces
+/// (tasks, pending, by_key, attempts) this bounds the write buffers at about 64 MiB, so a
+/// large backlog stays within the memory target (BENCHMARKS.md, issue 3).
+const MEMTABLE_BYTES: u64 = 16 * 1024 * 1024;
+/// Journal kept before the memtables are flushed (fjall's default is 512 MiB; 64 MiB is its
+/// minimum). It is what a restart replays.
+const JOURNAL_BYTES: u64 = 64 * 1024 * 1024;
+
 /// The open database and its keyspaces.
 pub(crate) struct Db {
     pub(super) db: SingleWriterTxDatabase,
@@ -63,9 +71,14 @@ impl Db {
     pub(crate) fn open(path: &std::path::Path, cache_bytes: u64) -> StoreResult<Self> {
         let db = SingleWriterTxDatabase::builder(path)
             .cache_size(cache_bytes)
+            .max_journaling_size(JOURNAL_BYTES)
             .open()
             .db()?;
-        let ks = |name: &str| db.keyspace(name, fjall::KeyspaceCreateOptions::default);
+        let ks = |name: &str| {
+            db.keyspace(name, || {
+                fjall::KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES)
+            })
+        };
         let ks = Keyspaces {
             tasks: ks("tasks").db()?,
             pending: ks("pending").db()?,

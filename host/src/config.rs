@@ -74,11 +74,11 @@ impl Default for Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum StoreConfig {
-    /// One crash-safe redb file under `data_dir` (or `path`).
+    /// One crash-safe fjall database directory, `<data_dir>/store` (or `path`).
     Embedded {
         #[serde(default)]
         path: Option<PathBuf>,
-        /// redb page cache, MiB.
+        /// Block cache, MiB.
         #[serde(default = "default_cache_mb")]
         cache_mb: usize,
         /// Below this much free disk space, MiB, new tasks are refused (503) and /healthz

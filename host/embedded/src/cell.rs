@@ -18,7 +18,7 @@ const READERS_WAIT: Duration = Duration::from_secs(5);
 
 pub(crate) struct DbCell {
     path: PathBuf,
-    cache_bytes: usize,
+    cache_bytes: u64,
     /// `None` only between dropping a broken handle and opening the new one (or while the
     /// reopen keeps failing).
     current: RwLock<Option<Arc<Db>>>,
@@ -31,7 +31,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl DbCell {
-    pub(crate) fn open(path: &Path, cache_bytes: usize) -> StoreResult<Self> {
+    pub(crate) fn open(path: &Path, cache_bytes: u64) -> StoreResult<Self> {
         let db = open_db(path, cache_bytes)?;
         Ok(Self {
             path: path.to_path_buf(),
@@ -140,6 +140,6 @@ pub(crate) fn free_bytes(path: &Path) -> Option<u64> {
     }
 }
 
-fn open_db(path: &Path, cache_bytes: usize) -> StoreResult<Db> {
-    Db::open(path, cache_bytes as u64)
+fn open_db(path: &Path, cache_bytes: u64) -> StoreResult<Db> {
+    Db::open(path, cache_bytes)
 }

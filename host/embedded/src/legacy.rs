@@ -37,11 +37,16 @@ fn legacy_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Other(format!("reading the old redb store file: {e}"))
 }
 
+/// `path` with `suffix` appended to its last component.
+fn suffixed(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
 /// The name the old file gets once copied.
 pub(crate) fn migrated_name(file: &Path) -> PathBuf {
-    let mut name = file.as_os_str().to_owned();
-    name.push(".migrated");
-    PathBuf::from(name)
+    suffixed(file, ".migrated")
 }
 
 /// Writes the copy in chunks of unsynced transactions.
@@ -99,9 +104,7 @@ macro_rules! each_row {
 /// Copies the redb store file `from` into a new fjall database at `to` (which must not exist),
 /// then renames `from` to `<from>.migrated`. Returns the number of tasks copied.
 pub(crate) fn migrate(from: &Path, to: &Path, cache_bytes: u64) -> StoreResult<u64> {
-    let mut tmp = to.as_os_str().to_owned();
-    tmp.push(".migrating");
-    let tmp = PathBuf::from(tmp);
+    let tmp = suffixed(to, ".migrating");
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| {
             StoreError::Unavailable(format!(
@@ -121,13 +124,8 @@ pub(crate) fn migrate(from: &Path, to: &Path, cache_bytes: u64) -> StoreResult<u
             _ => {}
         }
     });
-    if let Some(f) = format
-        && f != tables::FORMAT
-    {
-        return Err(StoreError::Corrupt(format!(
-            "embedded store format {f}, this build reads format {}",
-            tables::FORMAT
-        )));
+    if let Some(f) = format {
+        tables::check_format(f)?;
     }
     let tasks_in_file = match rtx.open_table(TASKS) {
         Ok(t) => t.len().map_err(legacy_err)?,

@@ -53,6 +53,12 @@ pub struct EmbeddedOptions {
     pub min_free_bytes: u64,
 }
 
+impl EmbeddedOptions {
+    fn cache_bytes(&self) -> u64 {
+        (self.cache_mb as u64).saturating_mul(1024 * 1024)
+    }
+}
+
 impl Default for EmbeddedOptions {
     fn default() -> Self {
         Self {
@@ -92,8 +98,7 @@ impl EmbeddedStore {
                 path.display()
             )));
         }
-        let cache_bytes = opts.cache_mb.saturating_mul(1024 * 1024);
-        let cell = Arc::new(cell::DbCell::open(path, cache_bytes)?);
+        let cell = Arc::new(cell::DbCell::open(path, opts.cache_bytes())?);
         let next_seq = init(&*cell.get()?)?;
         let writer = writer::Writer::spawn(cell.clone(), next_seq, opts.max_batch)?;
         Ok(Self {
@@ -119,8 +124,7 @@ impl EmbeddedStore {
                 tracing::warn!(store = %path.display(), old = %legacy.display(), "the old store file was already migrated; renaming it");
                 legacy::retire(legacy)?;
             } else {
-                let cache_bytes = opts.cache_mb.saturating_mul(1024 * 1024) as u64;
-                legacy::migrate(legacy, path, cache_bytes)?;
+                legacy::migrate(legacy, path, opts.cache_bytes())?;
             }
         }
         Self::open(path, opts)
@@ -180,13 +184,7 @@ pub(crate) fn init(db: &Db) -> StoreResult<u64> {
                 tables::u64_value(tables::FORMAT),
             );
         }
-        Some(tables::FORMAT) => {}
-        Some(other) => {
-            return Err(StoreError::Corrupt(format!(
-                "embedded store format {other}, this build reads format {}",
-                tables::FORMAT
-            )));
-        }
+        Some(found) => tables::check_format(found)?,
     }
     let next = match tx.get(&ks.meta, tables::META_NEXT_SEQ).db()? {
         Some(v) => tables::decode_u64(&v)?,

@@ -36,6 +36,17 @@ pub(super) const META_NEXT_SEQ: &[u8] = b"next_seq";
 /// Bumped when the layout changes incompatibly.
 pub(super) const FORMAT: u64 = 1;
 
+/// `Corrupt` unless a stored format marker is the one this build reads.
+pub(super) fn check_format(found: u64) -> StoreResult<()> {
+    if found == FORMAT {
+        Ok(())
+    } else {
+        Err(StoreError::Corrupt(format!(
+            "embedded store format {found}, this build reads format {FORMAT}"
+        )))
+    }
+}
+
 /// Memtable size per keyspace (fjall's default is 64 MiB). With the four busy keyspaces
 /// (tasks, pending, by_key, attempts) this bounds the write buffers at about 64 MiB, so a
 /// large backlog stays within the memory target (BENCHMARKS.md, issue 3).

@@ -20,7 +20,8 @@ use kairos::progress::Progress;
 pub struct BenchArgs {
     /// Which scenarios: throughput, due (the throughput issue's workload: all tasks due at one
     /// moment after they are enqueued), steady, burst, pending (RSS + restart), fair (another
-    /// plugin's lateness while 150 tasks of one plugin spin), or all (embedded);
+    /// plugin's lateness while 150 tasks of one plugin spin), or all (embedded); disk (the
+    /// data directory's fdatasync latency, the floor under the lateness figures);
     /// cluster-throughput, cluster-steady, or cluster (both; needs Kafka and Cassandra).
     #[arg(long, default_value = "all")]
     pub scenario: String,
@@ -30,7 +31,8 @@ pub struct BenchArgs {
     /// Repetitions of the embedded throughput run (the median is reported).
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
-    /// Steady rate for the lateness run, tasks/s [default: 5000; cluster: 2000], and its duration.
+    /// Steady rate for the lateness run, tasks/s [default: 5000; cluster: 2000], and its
+    /// duration (also the disk probe's).
     #[arg(long)]
     pub rate: Option<usize>,
     #[arg(long, default_value_t = 10)]
@@ -565,6 +567,9 @@ async fn fair(args: &BenchArgs) -> anyhow::Result<()> {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.scenario.starts_with("cluster") {
         return crate::cluster::run(&args).await;
+    }
+    if args.scenario == "disk" {
+        return crate::disk::run(&args).await;
     }
     let all = args.scenario == "all";
     println!("| scenario | figure |\n|---|---|");

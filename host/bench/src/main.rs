@@ -4,6 +4,7 @@
 
 mod bench;
 mod cluster;
+mod disk;
 
 use std::process::ExitCode;
 

@@ -31,6 +31,8 @@ pub struct Node {
     pub scheduler: Arc<Scheduler>,
     pub enqueuer: Arc<Enqueuer>,
     pub store: Arc<dyn TaskStore>,
+    /// The embedded store itself, when the node runs on it (its commit statistics).
+    pub embedded: Option<Arc<EmbeddedStore>>,
     pub runtime: Arc<Runtime>,
     pub metrics: Arc<Metrics>,
     cancel: CancellationToken,
@@ -41,18 +43,24 @@ pub struct Node {
     source: Box<dyn PartitionSource>,
 }
 
-/// The store; in cluster mode also the Cassandra store itself (owners and node addresses).
-type Opened = (Arc<dyn TaskStore>, Option<Arc<CassandraStore>>);
+/// The store; also the store itself: Cassandra in cluster mode (owners and node addresses),
+/// else the embedded one.
+type Opened = (
+    Arc<dyn TaskStore>,
+    Option<Arc<CassandraStore>>,
+    Option<Arc<EmbeddedStore>>,
+);
 
 async fn open_store(cfg: &Config) -> anyhow::Result<Opened> {
     if let StoreConfig::Cassandra(c) = &cfg.store {
         let store = cluster::connect_cassandra(c).await?;
-        return Ok((store.clone(), Some(store)));
+        return Ok((store.clone(), Some(store), None));
     }
-    Ok((open_embedded(cfg)?, None))
+    let embedded = open_embedded(cfg)?;
+    Ok((embedded.clone(), None, Some(embedded)))
 }
 
-fn open_embedded(cfg: &Config) -> anyhow::Result<Arc<dyn TaskStore>> {
+fn open_embedded(cfg: &Config) -> anyhow::Result<Arc<EmbeddedStore>> {
     match &cfg.store {
         StoreConfig::Embedded {
             cache_mb,
@@ -123,7 +131,7 @@ impl Node {
     pub async fn start(cfg: Config) -> anyhow::Result<Node> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         let metrics = Arc::new(Metrics::new(cfg.partitions));
-        let (store, cassandra) = open_store(&cfg).await?;
+        let (store, cassandra, embedded) = open_store(&cfg).await?;
 
         let services = Arc::new(StoreServices::new(store.clone()));
         let runtime = Runtime::new(
@@ -312,6 +320,7 @@ impl Node {
             scheduler,
             enqueuer,
             store,
+            embedded,
             runtime,
             metrics,
             cancel,

@@ -172,6 +172,28 @@ pub(crate) fn percentile(sorted: &[i64], p: f64) -> i64 {
 }
 
 /// Start − due of every attempt-1 in the store, sorted.
+/// Slow commits of the node's embedded store so far: (count, longest in µs).
+fn slow_commits(node: &Node) -> Option<(u64, u64)> {
+    node.embedded.as_ref().map(|e| {
+        let s = e.commit_stats();
+        (s.slow_commits, s.max_commit_micros)
+    })
+}
+
+/// `", N commits ≥ 50 ms (longest X ms)"` for the commits since `before`: a run with a slow
+/// commit waited for the disk (see `--scenario disk`).
+fn stalls_since(node: &Node, before: Option<(u64, u64)>) -> String {
+    match (before, slow_commits(node)) {
+        (Some((n0, _)), Some((n1, longest))) => format!(
+            "{} commits ≥ {} ms (longest so far {} ms)",
+            n1.saturating_sub(n0),
+            kairos_embedded::SLOW_COMMIT.as_millis(),
+            longest / 1000
+        ),
+        _ => String::new(),
+    }
+}
+
 async fn lateness(node: &Node, ids: &[String]) -> anyhow::Result<Vec<i64>> {
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
@@ -298,6 +320,7 @@ async fn due(args: &BenchArgs) -> anyhow::Result<()> {
         let wait = (due_at - node.enqueuer.clock.now()).max(0) as u64;
         tokio::time::sleep(Duration::from_millis(wait)).await;
         let before = cpu_and_written();
+        let stalls_before = slow_commits(&node);
         wait_succeeded(
             &node,
             tasks as u64,
@@ -315,9 +338,10 @@ async fn due(args: &BenchArgs) -> anyhow::Result<()> {
             ),
             _ => String::new(),
         };
+        let stalls = stalls_since(&node, stalls_before);
         let l = lateness(&node, &ids).await?;
         println!(
-            "due run {}: {tasks} tasks over {keys} keys done {secs:.2} s after their due moment = {rate:.0} tasks/s; lateness p50 {} ms, p99 {} ms, max {} ms{costs}",
+            "due run {}: {tasks} tasks over {keys} keys done {secs:.2} s after their due moment = {rate:.0} tasks/s; lateness p50 {} ms, p99 {} ms, max {} ms{costs}; {stalls}",
             run + 1,
             percentile(&l, 0.5),
             percentile(&l, 0.99),
@@ -342,6 +366,7 @@ async fn steady(args: &BenchArgs) -> anyhow::Result<()> {
     let ticks = args.seconds * 100;
     let mut ids = Vec::new();
     let mut enqueued = Progress::new("steady: enqueued", Some(ticks * per_tick as u64), "tasks");
+    let stalls_before = slow_commits(&node);
     let mut next = Instant::now();
     for i in 0..ticks {
         let now = node.enqueuer.clock.now();
@@ -370,10 +395,11 @@ async fn steady(args: &BenchArgs) -> anyhow::Result<()> {
         Some("steady: succeeded"),
     )
     .await?;
+    let stalls = stalls_since(&node, stalls_before);
     let l = lateness(&node, &ids).await?;
     report_lateness(
         &format!(
-            "steady {rate} tasks/s for {} s, due 50 ms after enqueue",
+            "steady {rate} tasks/s for {} s, due 50 ms after enqueue; {stalls}",
             args.seconds
         ),
         &l,
@@ -404,6 +430,7 @@ async fn burst(args: &BenchArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
+    let stalls_before = slow_commits(&node);
     wait_succeeded(
         &node,
         ids.len() as u64,
@@ -411,9 +438,10 @@ async fn burst(args: &BenchArgs) -> anyhow::Result<()> {
         Some("burst: succeeded"),
     )
     .await?;
+    let stalls = stalls_since(&node, stalls_before);
     let l = lateness(&node, &ids).await?;
     report_lateness(
-        &format!("{} tasks due within the same second", args.burst),
+        &format!("{} tasks due within the same second; {stalls}", args.burst),
         &l,
     );
     node.shutdown().await;

@@ -37,7 +37,7 @@ use kairos_core::model::{
 use kairos_core::ownership::{Holder, Lease};
 use kairos_core::store::{Purged, StoreError, StoreResult, TaskStore};
 use tables::{Db, DbResult};
-pub use writer::CommitStats;
+pub use writer::{CommitStats, SLOW_COMMIT};
 
 /// Tuning of the embedded store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -86,7 +86,17 @@ pub struct CommitStats {
     pub apply_micros: u64,
     /// Time the writer spent committing them (page writes and fsync), µs.
     pub commit_micros: u64,
+    /// Commits that took [`SLOW_COMMIT`] or longer (applying and committing): mostly a sync
+    /// the disk stalled, which every operation of the commit waited for.
+    pub slow_commits: u64,
+    /// The longest commit so far, µs.
+    pub max_commit_micros: u64,
 }
+
+/// A commit this long or longer is counted in [`CommitStats::slow_commits`].
+pub const SLOW_COMMIT: Duration = Duration::from_millis(50);
+/// A commit this long or longer is also logged (a disk this slow delays every task).
+const LOGGED_COMMIT: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
 pub(super) struct Stats {
@@ -94,6 +104,8 @@ pub(super) struct Stats {
     ops: AtomicU64,
     apply_micros: AtomicU64,
     commit_micros: AtomicU64,
+    slow_commits: AtomicU64,
+    max_commit_micros: AtomicU64,
 }
 
 impl Stats {
@@ -103,6 +115,8 @@ impl Stats {
             ops: self.ops.load(Ordering::Relaxed),
             apply_micros: self.apply_micros.load(Ordering::Relaxed),
             commit_micros: self.commit_micros.load(Ordering::Relaxed),
+            slow_commits: self.slow_commits.load(Ordering::Relaxed),
+            max_commit_micros: self.max_commit_micros.load(Ordering::Relaxed),
         }
     }
 }
@@ -290,6 +304,19 @@ impl WriterThread {
             .fetch_add(micros(committing - applying), Ordering::Relaxed);
         s.commit_micros
             .fetch_add(micros(committing.elapsed()), Ordering::Relaxed);
+        let took = applying.elapsed();
+        s.max_commit_micros
+            .fetch_max(micros(took), Ordering::Relaxed);
+        if took >= SLOW_COMMIT {
+            s.slow_commits.fetch_add(1, Ordering::Relaxed);
+            if took >= LOGGED_COMMIT {
+                tracing::warn!(
+                    ms = micros(took) / 1000,
+                    ops = batch.len(),
+                    "embedded store: a commit took over a second (the disk's sync stalled?); every task in it waited"
+                );
+            }
+        }
         Ok(Attempted::Committed(next_seq))
     }
 }

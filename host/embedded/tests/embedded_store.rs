@@ -150,6 +150,11 @@ async fn concurrent_writes_share_commits() {
         "500 concurrent writes took {} commits",
         after.commits - before.commits
     );
+    // The longest commit is the longest of all: it covers at least the average one, and the
+    // slow ones are some of them.
+    let average = (after.apply_micros + after.commit_micros) / after.commits.max(1);
+    assert!(after.max_commit_micros > 0 && after.max_commit_micros >= average);
+    assert!(after.slow_commits <= after.commits);
     assert!(
         window(&*store, 0)
             .await

@@ -34,6 +34,7 @@ pub mod fencing;
 mod misc;
 mod nodes;
 mod retention;
+mod rowcache;
 mod rows;
 pub mod schema;
 mod stmts;
@@ -151,6 +152,8 @@ pub struct CassandraStore {
     opts: Arc<CassandraOptions>,
     seq: Arc<Mutex<SeqBlock>>,
     leases: Arc<fencing::Leases>,
+    /// Rows read or written last, the expected rows of the next compare-and-set.
+    rows: Arc<rowcache::RowCache>,
 }
 
 impl std::fmt::Debug for CassandraStore {
@@ -196,6 +199,7 @@ impl CassandraStore {
             opts: Arc::new(opts),
             seq: Arc::new(Mutex::new(SeqBlock::default())),
             leases: Arc::new(fencing::Leases::default()),
+            rows: Arc::new(rowcache::RowCache::default()),
         })
     }
 

@@ -61,6 +61,7 @@ impl CassandraStore {
             if !Lwt::parse(res)?.applied {
                 continue;
             }
+            self.rows.forget(&t.id);
             deleted += 1;
             self.session
                 .execute_unpaged(&self.st.attempts_delete, (&t.id,))

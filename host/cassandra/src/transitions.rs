@@ -34,9 +34,20 @@ impl CassandraStore {
     where
         F: Fn(&Stored) -> StoreResult<(Task, u64)>,
     {
+        // The row this store read or wrote last, if any: the compare-and-set refuses it if
+        // the task changed since (see `crate::rowcache`), and then the row is read.
+        let mut cached = self.rows.take(id);
         for _ in 0..MAX_CAS_TRIES {
-            let old = self.require(id).await?;
-            let (new, epoch) = f(&old)?;
+            let (old, from_cache) = match cached.take() {
+                Some(row) => (row, true),
+                None => (self.require(id).await?, false),
+            };
+            let (new, epoch) = match f(&old) {
+                Ok(v) => v,
+                // A refusal is only ever judged on a row read now.
+                Err(_) if from_cache => continue,
+                Err(e) => return Err(e),
+            };
             let moved = old.task.due_at != new.due_at;
             let add_pending = new.is_pending() && (moved || !old.task.is_pending());
             if add_pending || moved {
@@ -49,6 +60,14 @@ impl CassandraStore {
                 .exec()?;
             if !Lwt::parse(res)?.applied {
                 continue;
+            }
+            if new.state == TaskState::Running || new.is_pending() {
+                // The next change of a running or pending task starts from this row.
+                self.rows.put(Stored {
+                    task: new.clone(),
+                    owner_epoch: epoch,
+                    rev: old.rev.wrapping_add(1),
+                });
             }
             let drop_pending = old.task.is_pending() && (moved || !new.is_pending());
             if drop_pending && let Err(e) = self.pending_remove(&old.task).await {

@@ -173,7 +173,10 @@ impl CassandraStore {
             && seq_db(s.task.seq) == seq
             && s.task.is_pending()
         {
-            return Ok(Some(s.task));
+            let task = s.task.clone();
+            // The start of this task begins from the row just read.
+            self.rows.put(s);
+            return Ok(Some(task));
         }
         if let Some(wt) = written
             && wt < now_us() - STALE_GRACE_US

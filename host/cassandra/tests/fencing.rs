@@ -346,3 +346,94 @@ async fn concurrent_starts_are_batched_per_lease() {
         .await
         .expect("start after idling");
 }
+
+/// A store remembers the rows its window read and its starts wrote, and begins the next
+/// change of a task from them (without reading the row again). When another store (node) has
+/// changed the task since, the compare-and-set refuses the remembered row and the change is
+/// judged on the row as it is now.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remembered_rows_are_not_trusted_after_another_node_changed_the_task() {
+    let (a_store, guard) = common::fresh_store().await;
+    let b_store = other_node(&guard).await;
+    let t = enqueue_all(
+        &a_store,
+        vec![
+            new_task_in(6, "k1", T0),
+            new_task_in(6, "k2", T0),
+            new_task_in(6, "k3", T0),
+        ],
+    )
+    .await;
+    let lease = a_store.acquire_lease(6, "node-a").await.expect("acquire");
+    // A's window reads (and remembers) all three rows.
+    assert_eq!(kairos_conformance::window(&a_store, 6).await.len(), 3);
+
+    // Operators reach the tasks through B meanwhile (under the same, current lease).
+    let moved = b_store
+        .reschedule(&lease, &t[0].id, T0 - 7, T0)
+        .await
+        .expect("b reschedules");
+    assert_eq!(moved.due_at, T0 - 7);
+    b_store
+        .cancel(&lease, &t[1].id, T0)
+        .await
+        .expect("b cancels");
+
+    // A's start of the rescheduled task starts it as it is now, not as A read it.
+    let started = a_store
+        .start_attempt(&lease, &t[0].id, 1, T0 + 1)
+        .await
+        .expect("a starts the rescheduled task");
+    assert_eq!(
+        (started.state, started.due_at),
+        (TaskState::Running, T0 - 7)
+    );
+    // A's start of the cancelled task is refused, though A read it as scheduled.
+    match a_store.start_attempt(&lease, &t[1].id, 1, T0 + 1).await {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("expected Conflict for a cancelled task, got {other:?}"),
+    }
+    assert_eq!(
+        b_store
+            .get(&t[1].id)
+            .await
+            .expect("get")
+            .expect("stored")
+            .task
+            .state,
+        TaskState::Cancelled
+    );
+
+    // A's start wrote (and remembered) t[2]'s row; B finishes that attempt, so A's remembered
+    // row is stale: A's own finish of it is refused as a conflict, and B's end stands.
+    a_store
+        .start_attempt(&lease, &t[2].id, 1, T0 + 2)
+        .await
+        .expect("a starts");
+    b_store
+        .finish_attempt(
+            &lease,
+            &t[2].id,
+            attempt(1),
+            succeeded(Some("from b")),
+            T0 + 3,
+        )
+        .await
+        .expect("b finishes");
+    match a_store
+        .finish_attempt(
+            &lease,
+            &t[2].id,
+            attempt(1),
+            succeeded(Some("from a")),
+            T0 + 4,
+        )
+        .await
+    {
+        Err(StoreError::Conflict(_)) => {}
+        other => panic!("expected Conflict for a finished task, got {other:?}"),
+    }
+    let rec = a_store.get(&t[2].id).await.expect("get").expect("stored");
+    assert_eq!(rec.task.output.as_deref(), Some("from b"));
+    assert_eq!(rec.attempts.len(), 1);
+}

@@ -2,10 +2,11 @@
 //! reading it again: the window's read feeds the start, the start's write feeds the finish.
 //!
 //! A cached row is only ever used as the *expected* old row of a compare-and-set
-//! (`UPDATE tasks … IF rev = <cached rev>`): every change of a task row bumps `rev`, so if
-//! anything changed the task since, the LWT is not applied and the caller reads the row and
-//! tries again, as it would have without the cache. A stale entry costs one refused LWT,
-//! never a wrong write.
+//! (`UPDATE tasks … IF rev = <cached rev> AND seq = <cached seq>`): every change of a task row
+//! bumps `rev`, and every insert of one gets a new `seq` (two inserts of one id both start at
+//! `rev` 0). So if anything changed the task since, the LWT is not applied and the caller
+//! reads the row and tries again, as it would have without the cache. A stale entry costs one
+//! refused LWT, never a wrong write.
 //!
 //! Each entry is taken out when used. The cache is bounded by entries and by bytes: when it
 //! is full it is emptied (entries of tasks this node no longer runs, e.g. of partitions it
@@ -18,19 +19,23 @@ use crate::rows::Stored;
 
 /// Rows kept at most (about a window's worth of running tasks per node).
 pub(crate) const CAPACITY: usize = 65_536;
-/// Bytes of rows kept at most (payloads and outputs counted, plus a fixed overhead per row).
+/// Bytes of rows kept at most: every string of a row, the id again as the map's key, and the
+/// map's slots (twice an entry, for the hash table's spare capacity).
 pub(crate) const CAPACITY_BYTES: usize = 64 << 20;
-const ROW_OVERHEAD: usize = 256;
+const SLOT_BYTES: usize = 2 * std::mem::size_of::<(String, Stored)>();
 
 fn size_of(row: &Stored) -> usize {
     let t = &row.task;
-    ROW_OVERHEAD
-        + t.id.len()
+    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    SLOT_BYTES
+        + 2 * t.id.len()
         + t.plugin.len()
         + t.key.len()
         + t.payload.len()
-        + t.output.as_ref().map_or(0, String::len)
-        + t.last_error.as_ref().map_or(0, String::len)
+        + opt(&t.pin_version)
+        + opt(&t.uniqueness_key)
+        + opt(&t.output)
+        + opt(&t.last_error)
 }
 
 #[derive(Default)]
@@ -57,8 +62,8 @@ impl RowCache {
             rows.bytes -= size_of(&old);
         }
         if rows.by_id.len() >= CAPACITY || rows.bytes + size > CAPACITY_BYTES {
-            rows.by_id.clear();
-            rows.bytes = 0;
+            // A fresh map: `clear` would keep the full table's allocation.
+            *rows = Rows::default();
         }
         if size <= CAPACITY_BYTES {
             rows.bytes += size;
@@ -93,24 +98,11 @@ impl RowCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kairos_core::model::{Backoff, NewTask, Task};
+    use kairos_core::model::Task;
 
     fn row(id: &str) -> Stored {
-        let new = NewTask {
-            id: id.into(),
-            partition: 0,
-            plugin: "p".into(),
-            pin_version: None,
-            key: "k".into(),
-            due_at: 0,
-            payload: "{}".into(),
-            uniqueness_key: None,
-            max_attempts: 3,
-            backoff: Backoff::default(),
-            park_on_dead: false,
-            generation: 0,
-            created_at: 0,
-        };
+        let mut new = kairos_conformance::new_task("k", 0);
+        new.id = id.into();
         Stored {
             task: Task::from_new(new, 1),
             owner_epoch: 1,

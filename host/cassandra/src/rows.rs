@@ -40,7 +40,10 @@ pub(crate) struct TaskRow {
     pub generation: Option<i64>,
 }
 
-/// Values of the compare-and-set update (`UPDATE tasks SET … WHERE id = :id IF rev = :expected_rev`).
+/// Values of the compare-and-set update (`UPDATE tasks SET … WHERE id = :id IF rev =
+/// :expected_rev AND seq = :expected_seq`). `rev` is bumped by every change; `seq` tells apart
+/// two inserts of the same id (an enqueue replayed by two nodes at once, or an id enqueued
+/// again after its task was purged), which both start at `rev` 0.
 #[derive(Debug, Clone, SerializeRow)]
 pub(crate) struct TaskCas {
     pub due_at: i64,
@@ -56,6 +59,7 @@ pub(crate) struct TaskCas {
     pub rev: i64,
     pub id: String,
     pub expected_rev: i64,
+    pub expected_seq: i64,
 }
 
 fn corrupt(id: &str, what: &str, v: impl std::fmt::Display) -> StoreError {
@@ -161,6 +165,7 @@ impl TaskCas {
             rev: old.rev.wrapping_add(1),
             id: new.id.clone(),
             expected_rev: old.rev,
+            expected_seq: to_db("seq", old.task.seq)?,
         })
     }
 }

@@ -95,7 +95,7 @@ impl Stmts {
             max_attempts = :max_attempts, park_on_dead = :park_on_dead, state = :state, \
             attempts = :attempts, updated_at = :updated_at, last_error = :last_error, \
             output = :output, owner_epoch = :owner_epoch, rev = :rev \
-            WHERE id = :id IF rev = :expected_rev";
+            WHERE id = :id IF rev = :expected_rev AND seq = :expected_seq";
         let pending_key = "WHERE partition = ? AND bucket = ? AND due_at = ? AND seq = ?";
         Ok(Self {
             task_get: p(Plain, format!("SELECT {TASK_COLS} FROM {{ks}}.tasks WHERE id = ?")).await?,

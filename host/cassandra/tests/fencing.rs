@@ -437,3 +437,40 @@ async fn remembered_rows_are_not_trusted_after_another_node_changed_the_task() {
     assert_eq!(rec.task.output.as_deref(), Some("from b"));
     assert_eq!(rec.attempts.len(), 1);
 }
+
+/// Two inserts of one task id (an enqueue replayed by two nodes at once) both leave the row at
+/// `rev` 0, with different sequence numbers. A row remembered from the first insert is not
+/// taken for the second: the compare-and-set checks the sequence number too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_remembered_row_is_not_taken_for_a_second_insert_of_the_same_id() {
+    let (store, guard) = common::fresh_store().await;
+    let t = enqueue_one(&store, new_task_in(7, "k", T0)).await;
+    let lease = store.acquire_lease(7, "node-a").await.expect("acquire");
+    // The window reads (and remembers) the row of the first insert.
+    assert_eq!(kairos_conformance::window(&store, 7).await.len(), 1);
+
+    // The second insert's row: the same task, `rev` 0, another sequence number.
+    let second_seq = t.seq + 1_000_000;
+    let session = scylla::client::session_builder::SessionBuilder::new()
+        .known_node(common::NODE)
+        .build()
+        .await
+        .expect("session");
+    session
+        .query_unpaged(
+            format!("UPDATE {}.tasks SET seq = ? WHERE id = ?", guard.keyspace),
+            (i64::try_from(second_seq).expect("seq"), t.id.as_str()),
+        )
+        .await
+        .expect("second insert");
+
+    let started = store
+        .start_attempt(&lease, &t.id, 1, T0 + 1)
+        .await
+        .expect("start");
+    assert_eq!(
+        (started.state, started.seq),
+        (TaskState::Running, second_seq),
+        "the start began from the row as it is, not from the remembered one"
+    );
+}

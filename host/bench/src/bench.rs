@@ -171,7 +171,6 @@ pub(crate) fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Start − due of every attempt-1 in the store, sorted.
 /// Slow commits of the node's embedded store so far: (count, longest in µs).
 fn slow_commits(node: &Node) -> Option<(u64, u64)> {
     node.embedded.as_ref().map(|e| {
@@ -180,8 +179,8 @@ fn slow_commits(node: &Node) -> Option<(u64, u64)> {
     })
 }
 
-/// `", N commits ≥ 50 ms (longest X ms)"` for the commits since `before`: a run with a slow
-/// commit waited for the disk (see `--scenario disk`).
+/// `"N commits ≥ 50 ms (longest so far X ms)"` for the commits since `before` (empty off the
+/// embedded store): a run with a slow commit waited for the disk (see `--scenario disk`).
 fn stalls_since(node: &Node, before: Option<(u64, u64)>) -> String {
     match (before, slow_commits(node)) {
         (Some((n0, _)), Some((n1, longest))) => format!(
@@ -194,6 +193,7 @@ fn stalls_since(node: &Node, before: Option<(u64, u64)>) -> String {
     }
 }
 
+/// Start − due of every attempt-1 in the store, sorted.
 async fn lateness(node: &Node, ids: &[String]) -> anyhow::Result<Vec<i64>> {
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
-use crate::bench::BenchArgs;
+use crate::bench::{BenchArgs, percentile};
 
 /// Bytes appended before each sync (about one small group commit).
 const APPEND: usize = 4096;
@@ -20,7 +20,7 @@ const APPEND: usize = 4096;
 const PAUSE: Duration = Duration::from_millis(2);
 
 /// Sync latencies of one probe run, sorted, in µs.
-fn probe(path: &std::path::Path, seconds: u64) -> anyhow::Result<Vec<u64>> {
+fn probe(path: &std::path::Path, seconds: u64) -> anyhow::Result<Vec<i64>> {
     let mut file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(true)
@@ -36,19 +36,16 @@ fn probe(path: &std::path::Path, seconds: u64) -> anyhow::Result<Vec<u64>> {
         let t = Instant::now();
         file.sync_data()
             .with_context(|| format!("syncing {}", path.display()))?;
-        out.push(u64::try_from(t.elapsed().as_micros()).unwrap_or(u64::MAX));
+        out.push(i64::try_from(t.elapsed().as_micros()).unwrap_or(i64::MAX));
         std::thread::sleep(PAUSE);
     }
     out.sort_unstable();
     Ok(out)
 }
 
-fn pct(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 * p) as usize).min(sorted.len() - 1);
-    sorted[i] as f64 / 1000.0
+/// The `p` percentile of sorted µs, in ms.
+fn pct(sorted: &[i64], p: f64) -> f64 {
+    percentile(sorted, p) as f64 / 1000.0
 }
 
 pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
@@ -62,8 +59,8 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .context("the disk probe panicked")??;
     // Best effort: the file is scratch.
     let _ = std::fs::remove_file(&path);
-    let over = |ms: u64| lat.iter().filter(|&&us| us >= ms * 1000).count();
-    let stalled_ms: u64 = lat.iter().filter(|&&us| us >= 20_000).sum::<u64>() / 1000;
+    let over = |ms: i64| lat.iter().filter(|&&us| us >= ms * 1000).count();
+    let stalled_ms: i64 = lat.iter().filter(|&&us| us >= 20_000).sum::<i64>() / 1000;
     println!(
         "\n| disk: 4 KiB append + fdatasync every 2 ms for {seconds} s in {} | syncs | p50 | p99 | p99.9 | max | ≥ 20 / 50 / 100 ms | time in syncs ≥ 20 ms |\n|---|---|---|---|---|---|---|---|",
         dir.display()

@@ -1,8 +1,8 @@
 //! State changes of one task: a read (or the row this store read or wrote last, see
 //! [`crate::rowcache`]), the new state computed by the same rules as the embedded store, then
-//! a compare-and-set LWT `UPDATE tasks … IF rev = <read rev>`. A lost race re-reads and
-//! re-checks, so the `Conflict` rules hold exactly against concurrent operators and
-//! schedulers.
+//! a compare-and-set LWT `UPDATE tasks … IF rev = <read rev> AND seq = <read seq>`. A lost
+//! race re-reads and re-checks, so the `Conflict` rules hold exactly against concurrent
+//! operators and schedulers.
 //!
 //! Index upkeep around the CAS: rows the new state needs are written *before* it (if the CAS
 //! loses they are stale and skipped by readers), rows the old state no longer needs are

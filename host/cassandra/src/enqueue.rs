@@ -1,9 +1,9 @@
 //! `enqueue`: dedup within the batch, one seq block reservation, then every task written
 //! concurrently (at most `concurrency` in flight).
 //!
-//! Per new task: [uniqueness LWT if it has a key] → read by id (a replayed enqueue is a
-//! duplicate) → index rows (`pending`, `tasks_by_key`), then the bucket directory and the task
-//! row. Index rows go first so a pending task is never missing from the window; a crash in
+//! Per new task: [uniqueness LWT if it has a key] → read of its home by id (a replayed
+//! enqueue is a duplicate) → its home (`task_homes`) and index rows (`pending`,
+//! `tasks_by_key`), then the bucket directory, then the task row. Index rows go first so a pending task is never missing from the window; a crash in
 //! between leaves an index row without a task, which readers skip.
 
 use std::collections::HashMap;
@@ -105,17 +105,39 @@ impl CassandraStore {
                 // Our own claim from an earlier, interrupted attempt: carry on.
             }
         }
-        if let Some(existing) = self.load(&new.id).await? {
+        // A replayed enqueue finds the home its first attempt recorded.
+        let partition = i64::from(new.partition);
+        let known = self
+            .home_of(&new.id)
+            .await?
+            .filter(|(p, _)| *p == partition);
+        if let Some((_, home)) = known
+            && let Some(existing) = self.load_at(partition, home, &new.id).await?
+        {
             // A replay. Re-assert the index rows of a pending task (cheap, idempotent) in case
             // the first attempt died between the task row and its index rows.
             if existing.task.is_pending() {
-                self.index_add(&existing.task, true, true).await?;
+                self.index_add(&existing.task, home, true, true).await?;
             }
             return Ok(EnqueueOutcome::Duplicate(existing.task));
         }
+        let home = known.map_or_else(|| self.bucket_of(new.due_at), |(_, home)| home);
         let task = Task::from_new(new, seq);
-        self.index_add(&task, true, true).await?;
-        let row = TaskRow::from_task(&task, 0, 0)?;
+        // The home and the index rows first, then the row: once the row is there, it is found
+        // by id and by the window.
+        let located = async {
+            if known.is_none() {
+                self.session
+                    .execute_unpaged(&self.st.home_insert, (&task.id, partition, home))
+                    .await
+                    .exec()?;
+            }
+            StoreResult::Ok(())
+        };
+        let (located, indexed) = tokio::join!(located, self.index_add(&task, home, true, true));
+        located?;
+        indexed?;
+        let row = TaskRow::from_task(&task, home, 0, 0)?;
         self.session
             .execute_unpaged(&self.st.task_insert, row)
             .await

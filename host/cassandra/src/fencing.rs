@@ -29,13 +29,13 @@ use std::sync::Mutex as StdMutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use futures::future::join_all;
 use kairos_core::model::{Millis, Task};
 use kairos_core::ownership::{Holder, Lease};
 use kairos_core::store::{StoreError, StoreResult};
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::batch::Finish;
 use crate::error::{Decode, Exec};
 use crate::{CassandraStore, Lwt};
 
@@ -63,15 +63,22 @@ pub(crate) struct Leases {
 /// A running claim batcher.
 struct Batcher {
     id: u64,
-    tx: mpsc::Sender<StartReq>,
+    tx: mpsc::Sender<Req>,
 }
 
-/// A start waiting for its lease's next batch.
-struct StartReq {
-    id: String,
-    attempt: u32,
-    at: Millis,
+/// A start or a finish waiting for its lease's next batch.
+struct Req {
+    op: Op,
     reply: oneshot::Sender<StoreResult<Task>>,
+}
+
+enum Op {
+    Start {
+        id: String,
+        attempt: u32,
+        at: Millis,
+    },
+    Finish(Finish),
 }
 
 fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -234,33 +241,59 @@ impl CassandraStore {
         attempt: u32,
         at: Millis,
     ) -> StoreResult<Task> {
+        let op = Op::Start {
+            id: id.to_owned(),
+            attempt,
+            at,
+        };
+        self.queue(lease, id, op).await
+    }
+
+    /// [`TaskStore::finish_attempt`](kairos_core::store::TaskStore::finish_attempt): queued
+    /// for the lease's batcher, like a start.
+    pub(crate) async fn finish_attempt_impl(
+        &self,
+        lease: &Lease,
+        id: &str,
+        attempt: kairos_core::model::Attempt,
+        transition: kairos_core::model::Transition,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        let op = Op::Finish(Finish {
+            id: id.to_owned(),
+            attempt,
+            transition,
+            at,
+        });
+        self.queue(lease, id, op).await
+    }
+
+    /// Hands `op` (on task `id`) to the lease's batcher and waits for its answer.
+    async fn queue(&self, lease: &Lease, id: &str, op: Op) -> StoreResult<Task> {
         self.leases.check_not_superseded(lease)?;
+        let mut op = Some(op);
         for _ in 0..MAX_QUEUE_TRIES {
+            let Some(this) = op.take() else { break };
             let tx = self.batcher(lease);
             let (reply, answer) = oneshot::channel();
-            let req = StartReq {
-                id: id.to_owned(),
-                attempt,
-                at,
-                reply,
-            };
-            if tx.send(req).await.is_err() {
+            if let Err(mpsc::error::SendError(req)) = tx.send(Req { op: this, reply }).await {
                 // That batcher went idle between the lookup and the send: take a new one.
+                op = Some(req.op);
                 continue;
             }
             return answer.await.unwrap_or_else(|_| {
                 Err(StoreError::Unavailable(format!(
-                    "claim of task {id} was dropped ({lease}); its outcome is unknown"
+                    "change of task {id} was dropped ({lease}); its outcome is unknown"
                 )))
             });
         }
         Err(StoreError::Unavailable(format!(
-            "claims of {lease} could not be queued"
+            "changes of {lease} could not be queued"
         )))
     }
 
     /// The sender of the lease's running claim batcher; starts one if there is none.
-    fn batcher(&self, lease: &Lease) -> mpsc::Sender<StartReq> {
+    fn batcher(&self, lease: &Lease) -> mpsc::Sender<Req> {
         let key = (lease.partition, lease.epoch);
         let mut batchers = lock(&self.leases.batchers);
         if let Some(b) = batchers.get(&key)
@@ -291,6 +324,33 @@ impl CassandraStore {
         self.claim_batch(&Lease { partition, epoch }, &starts).await
     }
 
+    /// Finishes `(id, attempt, transition)` of tasks of `partition` under lease `epoch`,
+    /// as one batch (what the batcher does with the finishes it gathered). Per input, in
+    /// order: the task after the finish, or why it was refused. Bypasses the batcher.
+    pub async fn finish_attempts_fenced(
+        &self,
+        partition: u32,
+        epoch: u64,
+        finishes: Vec<(
+            String,
+            kairos_core::model::Attempt,
+            kairos_core::model::Transition,
+        )>,
+        at: Millis,
+    ) -> Vec<StoreResult<Task>> {
+        let finishes: Vec<Finish> = finishes
+            .into_iter()
+            .map(|(id, attempt, transition)| Finish {
+                id,
+                attempt,
+                transition,
+                at,
+            })
+            .collect();
+        self.finish_many(&Lease { partition, epoch }, &finishes)
+            .await
+    }
+
     /// The batch behind [`start_attempts_fenced`](Self::start_attempts_fenced): `(id,
     /// attempt, at)` per claim.
     async fn claim_batch(
@@ -301,16 +361,7 @@ impl CassandraStore {
         if let Err(e) = self.leases.check_not_superseded(lease) {
             return Ok(starts.iter().map(|_| Err(e.clone())).collect());
         }
-        // Concurrently, `concurrency` at a time. (A `Vec` of futures rather than a mapped
-        // stream: the compiler can prove this future `Send`, so it can run in a spawned task.)
-        let mut claimed: Vec<StoreResult<Task>> = Vec::with_capacity(starts.len());
-        for chunk in starts.chunks(self.opts.concurrency.max(1)) {
-            let futs: Vec<_> = chunk
-                .iter()
-                .map(|(id, attempt, at)| self.start_impl(lease, id, *attempt, *at))
-                .collect();
-            claimed.extend(join_all(futs).await);
-        }
+        let claimed = self.start_many(lease, starts).await;
         if claimed.iter().any(|r| r.is_ok()) {
             let current = self.read_owner(lease.partition).await?.map(|h| h.epoch);
             if current != Some(lease.epoch) {
@@ -324,38 +375,62 @@ impl CassandraStore {
         Ok(claimed)
     }
 
-    /// Claims one batch and answers its callers.
-    async fn serve(&self, lease: &Lease, batch: &mut Vec<StartReq>) {
-        let starts: Vec<(String, u32, Millis)> = batch
-            .iter()
-            .map(|r| (r.id.clone(), r.attempt, r.at))
-            .collect();
-        match self.claim_batch(lease, &starts).await {
-            Ok(results) => {
-                for (req, res) in batch.drain(..).zip(results) {
-                    let _ = req.reply.send(res);
+    /// Claims and finishes one batch and answers its callers.
+    async fn serve(&self, lease: &Lease, batch: &mut Vec<Req>) {
+        let mut starts: Vec<(String, u32, Millis)> = Vec::new();
+        let mut start_replies = Vec::new();
+        let mut finishes: Vec<Finish> = Vec::new();
+        let mut finish_replies = Vec::new();
+        for req in batch.drain(..) {
+            match req.op {
+                Op::Start { id, attempt, at } => {
+                    starts.push((id, attempt, at));
+                    start_replies.push(req.reply);
                 }
+                Op::Finish(f) => {
+                    finishes.push(f);
+                    finish_replies.push(req.reply);
+                }
+            }
+        }
+        let claim = async {
+            if starts.is_empty() {
+                Ok(Vec::new())
+            } else {
+                self.claim_batch(lease, &starts).await
+            }
+        };
+        let finish = async {
+            if finishes.is_empty() {
+                Vec::new()
+            } else {
+                self.finish_many(lease, &finishes).await
+            }
+        };
+        let (claimed, finished) = tokio::join!(claim, finish);
+        match claimed {
+            Ok(results) => {
                 // (Should the answers run short, the rest are dropped: "outcome unknown".)
-                batch.clear();
+                for (reply, res) in start_replies.into_iter().zip(results) {
+                    let _ = reply.send(res);
+                }
             }
             Err(e) => {
-                for req in batch.drain(..) {
-                    let _ = req.reply.send(Err(e.clone()));
+                for reply in start_replies {
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
+        }
+        for (reply, res) in finish_replies.into_iter().zip(finished) {
+            let _ = reply.send(res);
         }
     }
 }
 
 /// One lease's claims, a batch at a time, until the lease is let go and its callers are gone,
 /// or it idles.
-async fn run_batcher(
-    store: CassandraStore,
-    lease: Lease,
-    id: u64,
-    mut rx: mpsc::Receiver<StartReq>,
-) {
-    let mut batch: Vec<StartReq> = Vec::with_capacity(START_BATCH);
+async fn run_batcher(store: CassandraStore, lease: Lease, id: u64, mut rx: mpsc::Receiver<Req>) {
+    let mut batch: Vec<Req> = Vec::with_capacity(START_BATCH);
     loop {
         match tokio::time::timeout(BATCHER_IDLE, rx.recv_many(&mut batch, START_BATCH)).await {
             Ok(0) => break,

@@ -4,14 +4,17 @@
 //! epoch guards every change of its tasks.
 //!
 //! Schema: see [`schema`]. Design choices, in short:
-//! - The `tasks` row is the truth. Index tables (`pending`, `tasks_by_key`) are written
+//! - The task row (`task_rows`, found through `task_homes` or an index row that names its
+//!   home) is the truth. Index tables (`pending`, `tasks_by_key`) are written
 //!   *before* a change that adds an entry and cleaned *after* a change that removes one, and
 //!   every index hit is checked against the task row, so a crash between two writes leaves at
 //!   worst a stale index row (skipped, and deleted once older than [`STALE_GRACE_US`]), never a
 //!   pending task the window cannot find.
 //! - Every state change of a task is a lightweight transaction `IF rev = ?` (compare-and-set
 //!   on a revision column), so the trait's `Conflict` rules are exact even when an operator
-//!   cancels a task the scheduler is starting. Enqueue is not: a new task is one read (replay
+//!   cancels a task the scheduler is starting. The scheduler's starts and finishes come in
+//!   batches, and the changes of one batch whose rows share a home are one conditional batch:
+//!   one Paxos round (see [`schema`] and [`transitions`]). Enqueue is not: a new task is one read (replay
 //!   detection) and plain writes, run concurrently; only tasks with a uniqueness key add one
 //!   `INSERT … IF NOT EXISTS` on the uniqueness index.
 //! - `seq` comes from blocks reserved with an LWT on the `counters` row (one LWT per
@@ -23,11 +26,12 @@
 //!   on the first load. Empty buckets leave the directory when a load scans them whole (with a
 //!   `USING TIMESTAMP` delete that cannot erase a concurrent re-registration).
 //!
-//! Cost notes: `list` without a key scans the whole `tasks` table (an operator query); with a
+//! Cost notes: `list` without a key scans the whole `task_rows` table (an operator query); with a
 //! key it walks `tasks_by_key`. `state_counts` reads the `state` column of every task (paged):
 //! its callers cache the answer. Nothing expires: finished tasks, their attempts and index
 //! rows stay until an operator removes them (no TTL yet).
 
+mod batch;
 mod enqueue;
 mod error;
 pub mod fencing;
@@ -154,6 +158,9 @@ pub struct CassandraStore {
     leases: Arc<fencing::Leases>,
     /// Rows read or written last, the expected rows of the next compare-and-set.
     rows: Arc<rowcache::RowCache>,
+    /// Lightweight transactions (Paxos rounds) sent to change task rows: one per single
+    /// compare-and-set, one per conditional batch.
+    task_lwts: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for CassandraStore {
@@ -200,6 +207,7 @@ impl CassandraStore {
             seq: Arc::new(Mutex::new(SeqBlock::default())),
             leases: Arc::new(fencing::Leases::default()),
             rows: Arc::new(rowcache::RowCache::default()),
+            task_lwts: Arc::default(),
         })
     }
 
@@ -220,6 +228,17 @@ impl CassandraStore {
         Ok(())
     }
 
+    /// How many lightweight transactions (Paxos rounds) this store and its clones sent to
+    /// change task rows so far: one per single compare-and-set, one per conditional batch.
+    pub fn task_lwts(&self) -> u64 {
+        self.task_lwts.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_task_lwt(&self) {
+        self.task_lwts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     pub fn options(&self) -> &CassandraOptions {
         &self.opts
     }
@@ -228,11 +247,38 @@ impl CassandraStore {
         due_at.div_euclid(self.opts.bucket_ms)
     }
 
-    /// The stored task with its fencing epoch and revision.
+    /// The stored task with its fencing epoch and revision: its home from `task_homes`, then
+    /// its row.
     pub(crate) async fn load(&self, id: &str) -> StoreResult<Option<Stored>> {
+        match self.home_of(id).await? {
+            Some((partition, home)) => self.load_at(partition, home, id).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Where the task's row lives, `(partition, home)`, if it was ever written.
+    pub(crate) async fn home_of(&self, id: &str) -> StoreResult<Option<(i64, i64)>> {
         let res = self
             .session
-            .execute_unpaged(&self.st.task_get, (id,))
+            .execute_unpaged(&self.st.home_get, (id,))
+            .await
+            .exec()?;
+        res.into_rows_result()
+            .decode()?
+            .maybe_first_row::<(i64, i64)>()
+            .decode()
+    }
+
+    /// The task row at `(partition, home)`, when the caller knows where it lives.
+    pub(crate) async fn load_at(
+        &self,
+        partition: i64,
+        home: i64,
+        id: &str,
+    ) -> StoreResult<Option<Stored>> {
+        let res = self
+            .session
+            .execute_unpaged(&self.st.task_get, (partition, home, id))
             .await
             .exec()?;
         let row = res

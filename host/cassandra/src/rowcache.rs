@@ -105,6 +105,7 @@ mod tests {
         new.id = id.into();
         Stored {
             task: Task::from_new(new, 1),
+            home: 0,
             owner_epoch: 1,
             rev: 0,
         }

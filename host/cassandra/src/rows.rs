@@ -1,4 +1,4 @@
-//! Rows of the `tasks`, `attempts` and `schedules` tables and their conversion to the model.
+//! Rows of the `task_rows`, `attempts` and `schedules` tables and their conversion to the model.
 //! Nothing read from the database is trusted: out-of-range numbers and unknown states are
 //! [`StoreError::Corrupt`].
 
@@ -6,16 +6,26 @@ use kairos_core::model::{Attempt, AttemptOutcome, Backoff, Schedule, Task, TaskS
 use kairos_core::store::{StoreError, StoreResult};
 use scylla::{DeserializeRow, SerializeRow};
 
-/// The columns of `tasks`, in the order of [`TaskRow`].
-pub(crate) const TASK_COLS: &str = "id, partition, seq, plugin, pin_version, key, due_at, \
+/// The columns of `task_rows`, in the order of [`TaskRow`].
+pub(crate) const TASK_COLS: &str = "id, partition, home, seq, plugin, pin_version, key, due_at, \
     next_at, payload, uniqueness_key, max_attempts, backoff_initial_ms, backoff_max_ms, \
     park_on_dead, state, attempts, created_at, updated_at, last_error, output, owner_epoch, rev, \
     generation";
+
+/// `:a, :b, …` for the columns `a, b, …`.
+pub(crate) fn named_markers(cols: &str) -> String {
+    cols.split(", ")
+        .map(|c| format!(":{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 #[derive(Debug, Clone, DeserializeRow, SerializeRow)]
 pub(crate) struct TaskRow {
     pub id: String,
     pub partition: i64,
+    /// The row's home bucket (see [`crate::schema`]): fixed when the task is first written.
+    pub home: i64,
     pub seq: i64,
     pub plugin: String,
     pub pin_version: Option<String>,
@@ -40,8 +50,8 @@ pub(crate) struct TaskRow {
     pub generation: Option<i64>,
 }
 
-/// Values of the compare-and-set update (`UPDATE tasks SET … WHERE id = :id IF rev =
-/// :expected_rev AND seq = :expected_seq`). `rev` is bumped by every change; `seq` tells apart
+/// Values of the compare-and-set update (`UPDATE task_rows SET … WHERE partition = :partition
+/// AND home = :home AND id = :id IF rev = :expected_rev AND seq = :expected_seq`). `rev` is bumped by every change; `seq` tells apart
 /// two inserts of the same id (an enqueue replayed by two nodes at once, or an id enqueued
 /// again after its task was purged), which both start at `rev` 0.
 #[derive(Debug, Clone, SerializeRow)]
@@ -57,6 +67,8 @@ pub(crate) struct TaskCas {
     pub output: Option<String>,
     pub owner_epoch: i64,
     pub rev: i64,
+    pub partition: i64,
+    pub home: i64,
     pub id: String,
     pub expected_rev: i64,
     pub expected_seq: i64,
@@ -74,15 +86,18 @@ fn to_db(what: &str, v: u64) -> StoreResult<i64> {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Stored {
     pub task: Task,
+    /// Where the row lives: `task_rows` partition `(task.partition, home)`.
+    pub home: i64,
     pub owner_epoch: u64,
     pub rev: i64,
 }
 
 impl TaskRow {
-    pub(crate) fn from_task(t: &Task, owner_epoch: u64, rev: i64) -> StoreResult<Self> {
+    pub(crate) fn from_task(t: &Task, home: i64, owner_epoch: u64, rev: i64) -> StoreResult<Self> {
         Ok(Self {
             id: t.id.clone(),
             partition: i64::from(t.partition),
+            home,
             seq: to_db("seq", t.seq)?,
             plugin: t.plugin.clone(),
             pin_version: t.pin_version.clone(),
@@ -142,6 +157,7 @@ impl TaskRow {
         let owner_epoch = u64_of("owner_epoch", self.owner_epoch)?;
         Ok(Stored {
             task: Task { id, ..task },
+            home: self.home,
             owner_epoch,
             rev: self.rev,
         })
@@ -163,6 +179,8 @@ impl TaskCas {
             output: new.output.clone(),
             owner_epoch: to_db("owner_epoch", owner_epoch)?,
             rev: old.rev.wrapping_add(1),
+            partition: i64::from(old.task.partition),
+            home: old.home,
             id: new.id.clone(),
             expected_rev: old.rev,
             expected_seq: to_db("seq", old.task.seq)?,

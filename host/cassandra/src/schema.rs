@@ -1,10 +1,11 @@
 //! Keyspace and tables (`migrate`): idempotent, every statement is `IF NOT EXISTS`.
 //!
 //! ```text
-//! tasks            (id) → the task record, one column per field, plus
+//! task_rows        ((partition, home), id) → the task record, one column per field, plus
 //!                  owner_epoch (epoch of the lease that last changed it) and
 //!                  rev (compare-and-set revision: every state change is an LWT `IF rev = ?`)
-//! pending          ((partition, bucket), due_at, seq) → id: exactly the pending tasks
+//! task_homes       (id) → partition, home: where a task's row lives
+//! pending          ((partition, bucket), due_at, seq) → id, home: exactly the pending tasks
 //!                  (Task::is_pending); bucket = floor(due_at / bucket_ms)
 //! pending_buckets  (partition, bucket) → live: the directory of buckets that may hold
 //!                  pending rows, so load_window finds overdue tasks however old they are
@@ -20,14 +21,34 @@
 //!                  (written at start; task operations are forwarded to a partition's owner)
 //! ```
 //!
-//! The index tables (`pending`, `pending_buckets`, `tasks_by_key`) are hints checked against
-//! the `tasks` row on every read; a stale or resurrected index row is skipped, so they run
-//! with a short `gc_grace_seconds` (tombstones of executed tasks go away sooner).
+//! A task's **home** is the bucket of the due time it was enqueued with,
+//! `floor(due_at / bucket_ms)`, and never changes (a reschedule or a retry moves the task in
+//! the `pending` index, not its row). So the tasks of one Kairos partition that fall due
+//! together share one Cassandra partition of `task_rows`, and the starts (or finishes) of a
+//! batch of them are one conditional batch: one Paxos round for the batch, where each task
+//! would take one (see [`crate::transitions`]). The `pending` rows carry the home, so the window
+//! reads a task's row without a lookup; `task_homes` serves the reads by id alone (`get`, the
+//! operator's changes, `list` by key, retention).
+//!
+//! The index tables (`pending`, `pending_buckets`, `tasks_by_key`, `task_homes`) are hints
+//! checked against the task row on every read; a stale or resurrected index row is skipped,
+//! so the first three run with a short `gc_grace_seconds` (tombstones of executed tasks go
+//! away sooner).
+//!
+//! **Earlier keyspaces** kept the task record in `tasks (id)`. [`migrate`] copies those rows
+//! into `task_rows` and `task_homes` once (each with `INSERT … IF NOT EXISTS`, so a copy that
+//! runs late never overwrites a row a node already changed) and records that in `counters`
+//! (`task_rows_copied`). Stop every node of the older release before the first node of this
+//! one starts (or run `kairos migrate` first): an older node would go on writing `tasks`,
+//! which this release no longer reads. The old table is left in place; drop it once the
+//! copy is done.
 
+use futures::StreamExt;
 use kairos_core::store::{StoreError, StoreResult};
 use scylla::client::session::Session;
 
-use crate::error::Exec;
+use crate::error::{Decode, Exec};
+use crate::rows::{TASK_COLS, TaskRow};
 use crate::{CassandraOptions, Replication};
 
 /// Rejects names that cannot be used unquoted in CQL.
@@ -67,22 +88,24 @@ fn replication_map(r: &Replication) -> StoreResult<String> {
 }
 
 /// Columns added to a table after its first definition: (table, column, type).
-const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
-    ("tasks", "generation", "bigint"),
-    ("attempts", "logs", "text"),
-];
+const ADDED_COLUMNS: &[(&str, &str, &str)] =
+    &[("attempts", "logs", "text"), ("pending", "home", "bigint")];
+
+/// The `counters` row that records that the rows of the old `tasks` table were copied.
+const COPIED_MARK: &str = "task_rows_copied";
 
 /// The table definitions, `{ks}` replaced by the keyspace.
 const TABLES: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS {ks}.tasks (
-        id text PRIMARY KEY, partition bigint, seq bigint, plugin text, pin_version text,
+    "CREATE TABLE IF NOT EXISTS {ks}.task_rows (
+        partition bigint, home bigint, id text, seq bigint, plugin text, pin_version text,
         key text, due_at bigint, next_at bigint, payload text, uniqueness_key text,
         max_attempts bigint, backoff_initial_ms bigint, backoff_max_ms bigint,
         park_on_dead boolean, state text, attempts bigint, created_at bigint,
         updated_at bigint, last_error text, output text, owner_epoch bigint, rev bigint,
-        generation bigint)",
+        generation bigint, PRIMARY KEY ((partition, home), id))",
+    "CREATE TABLE IF NOT EXISTS {ks}.task_homes (id text PRIMARY KEY, partition bigint, home bigint)",
     "CREATE TABLE IF NOT EXISTS {ks}.pending (
-        partition bigint, bucket bigint, due_at bigint, seq bigint, id text,
+        partition bigint, bucket bigint, due_at bigint, seq bigint, id text, home bigint,
         PRIMARY KEY ((partition, bucket), due_at, seq)) WITH gc_grace_seconds = 3600",
     "CREATE TABLE IF NOT EXISTS {ks}.pending_buckets (
         partition bigint, bucket bigint, live boolean,
@@ -127,17 +150,7 @@ pub(crate) async fn migrate(session: &Session, opts: &CassandraOptions) -> Store
     }
     // Columns added since the first release, for keyspaces created before them.
     for (table, column, ty) in ADDED_COLUMNS {
-        let added = session
-            .query_unpaged(format!("ALTER TABLE {ks}.{table} ADD {column} {ty}"), ())
-            .await;
-        if let Err(e) = added {
-            let message = e.to_string();
-            let exists = message.contains("already exist") || message.contains("conflicts with");
-            if !exists {
-                tracing::error!(%table, %column, error = %message, "adding a column failed");
-                return Err(crate::error::exec_err(e));
-            }
-        }
+        add_column(session, ks, table, column, ty).await?;
     }
     session
         .query_unpaged(
@@ -146,5 +159,112 @@ pub(crate) async fn migrate(session: &Session, opts: &CassandraOptions) -> Store
         )
         .await
         .exec()?;
+    copy_old_tasks(session, opts).await
+}
+
+/// `ALTER TABLE … ADD`, unless the column is there already.
+async fn add_column(
+    session: &Session,
+    ks: &str,
+    table: &str,
+    column: &str,
+    ty: &str,
+) -> StoreResult<()> {
+    let added = session
+        .query_unpaged(format!("ALTER TABLE {ks}.{table} ADD {column} {ty}"), ())
+        .await;
+    if let Err(e) = added {
+        let message = e.to_string();
+        let exists = message.contains("already exist") || message.contains("conflicts with");
+        if !exists {
+            tracing::error!(%table, %column, error = %message, "adding a column failed");
+            return Err(crate::error::exec_err(e));
+        }
+    }
+    Ok(())
+}
+
+/// Copies the rows of an earlier release's `tasks` table into `task_rows` and `task_homes`,
+/// once per keyspace (see the module doc).
+async fn copy_old_tasks(session: &Session, opts: &CassandraOptions) -> StoreResult<()> {
+    let ks = &opts.keyspace;
+    let res = session
+        .query_unpaged(
+            "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = 'tasks'",
+            (ks.as_str(),),
+        )
+        .await
+        .exec()?;
+    let old_table = res
+        .into_rows_result()
+        .decode()?
+        .maybe_first_row::<(String,)>()
+        .decode()?
+        .is_some();
+    if !old_table {
+        return Ok(());
+    }
+    let res = session
+        .query_unpaged(
+            format!("SELECT next FROM {ks}.counters WHERE name = '{COPIED_MARK}'"),
+            (),
+        )
+        .await
+        .exec()?;
+    let copied = res
+        .into_rows_result()
+        .decode()?
+        .maybe_first_row::<(Option<i64>,)>()
+        .decode()?
+        .is_some();
+    if copied {
+        return Ok(());
+    }
+    // Rows of the first release lack `generation`.
+    add_column(session, ks, "tasks", "generation", "bigint").await?;
+    // The old table has no `home`: read `partition` in its place and set it below.
+    let cols = TASK_COLS.replace("home,", "partition AS home,");
+    let select = session
+        .prepare(format!("SELECT {cols} FROM {ks}.tasks"))
+        .await
+        .map_err(crate::error::prepare_err)?;
+    let home_insert = session
+        .prepare(format!(
+            "INSERT INTO {ks}.task_homes (id, partition, home) VALUES (?, ?, ?)"
+        ))
+        .await
+        .map_err(crate::error::prepare_err)?;
+    let row_insert = session
+        .prepare(format!(
+            "INSERT INTO {ks}.task_rows ({TASK_COLS}) VALUES ({}) IF NOT EXISTS",
+            crate::rows::named_markers(TASK_COLS)
+        ))
+        .await
+        .map_err(crate::error::prepare_err)?;
+    let mut rows = session
+        .execute_iter(select, ())
+        .await
+        .map_err(crate::error::pager_err)?
+        .rows_stream::<TaskRow>()
+        .decode()?;
+    let mut n = 0u64;
+    while let Some(row) = rows.next().await {
+        let mut row = row.map_err(crate::error::row_err)?;
+        row.home = row.due_at.div_euclid(opts.bucket_ms);
+        session
+            .execute_unpaged(&home_insert, (&row.id, row.partition, row.home))
+            .await
+            .exec()?;
+        session.execute_unpaged(&row_insert, row).await.exec()?;
+        n += 1;
+    }
+    session
+        .query_unpaged(
+            format!("INSERT INTO {ks}.counters (name, next) VALUES ('{COPIED_MARK}', {n})"),
+            (),
+        )
+        .await
+        .exec()?;
+    tracing::info!(keyspace = %ks, tasks = n, "copied the tasks of the old `tasks` table into `task_rows`");
     Ok(())
 }

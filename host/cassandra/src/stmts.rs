@@ -6,10 +6,13 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
 
 use crate::error::prepare_err;
-use crate::rows::{ATTEMPT_COLS, SCHEDULE_COLS, TASK_COLS};
+use crate::rows::{ATTEMPT_COLS, SCHEDULE_COLS, TASK_COLS, named_markers};
 
 pub(crate) struct Stmts {
     pub task_get: PreparedStatement,
+    pub home_get: PreparedStatement,
+    pub home_insert: PreparedStatement,
+    pub home_delete: PreparedStatement,
     pub task_insert: PreparedStatement,
     pub task_cas: PreparedStatement,
     pub task_scan: PreparedStatement,
@@ -91,36 +94,50 @@ impl Stmts {
             StoreResult::Ok(st)
         };
         use Kind::*;
-        let task_cas_cql = "UPDATE {ks}.tasks SET due_at = :due_at, next_at = :next_at, \
+        let task_cas_cql = "UPDATE {ks}.task_rows SET due_at = :due_at, next_at = :next_at, \
             max_attempts = :max_attempts, park_on_dead = :park_on_dead, state = :state, \
             attempts = :attempts, updated_at = :updated_at, last_error = :last_error, \
             output = :output, owner_epoch = :owner_epoch, rev = :rev \
-            WHERE id = :id IF rev = :expected_rev AND seq = :expected_seq";
+            WHERE partition = :partition AND home = :home AND id = :id \
+            IF rev = :expected_rev AND seq = :expected_seq";
         let pending_key = "WHERE partition = ? AND bucket = ? AND due_at = ? AND seq = ?";
         Ok(Self {
-            task_get: p(Plain, format!("SELECT {TASK_COLS} FROM {{ks}}.tasks WHERE id = ?")).await?,
+            task_get: p(
+                Plain,
+                format!(
+                    "SELECT {TASK_COLS} FROM {{ks}}.task_rows WHERE partition = ? AND home = ? AND id = ?"
+                ),
+            )
+            .await?,
+            home_get: p(Plain, "SELECT partition, home FROM {ks}.task_homes WHERE id = ?".into()).await?,
+            home_insert: p(
+                Plain,
+                "INSERT INTO {ks}.task_homes (id, partition, home) VALUES (?, ?, ?)".into(),
+            )
+            .await?,
+            home_delete: p(Plain, "DELETE FROM {ks}.task_homes WHERE id = ?".into()).await?,
             task_insert: p(
                 Plain,
                 format!(
-                    "INSERT INTO {{ks}}.tasks ({TASK_COLS}) VALUES ({})",
-                    TASK_COLS
-                        .split(", ")
-                        .map(|c| format!(":{}", c.trim()))
-                        .collect::<Vec<_>>()
-                        .join(", ")
+                    "INSERT INTO {{ks}}.task_rows ({TASK_COLS}) VALUES ({})",
+                    named_markers(TASK_COLS)
                 ),
             )
             .await?,
             task_cas: p(Lwt, task_cas_cql.into()).await?,
-            task_scan: p(Plain, format!("SELECT {TASK_COLS} FROM {{ks}}.tasks")).await?,
-            task_states: p(Plain, "SELECT state FROM {ks}.tasks".into()).await?,
-            task_page_first: p(Plain, format!("SELECT {TASK_COLS} FROM {{ks}}.tasks LIMIT ?")).await?,
+            task_scan: p(Plain, format!("SELECT {TASK_COLS} FROM {{ks}}.task_rows")).await?,
+            task_states: p(Plain, "SELECT state FROM {ks}.task_rows".into()).await?,
+            task_page_first: p(Plain, "SELECT id, partition, home FROM {ks}.task_homes LIMIT ?".into()).await?,
             task_page_after: p(
                 Plain,
-                format!("SELECT {TASK_COLS} FROM {{ks}}.tasks WHERE token(id) > token(?) LIMIT ?"),
+                "SELECT id, partition, home FROM {ks}.task_homes WHERE token(id) > token(?) LIMIT ?".into(),
             )
             .await?,
-            task_purge: p(Lwt, "DELETE FROM {ks}.tasks WHERE id = ? IF rev = ?".into()).await?,
+            task_purge: p(
+                Lwt,
+                "DELETE FROM {ks}.task_rows WHERE partition = ? AND home = ? AND id = ? IF rev = ?".into(),
+            )
+            .await?,
             attempts_delete: p(Plain, "DELETE FROM {ks}.attempts WHERE task_id = ?".into()).await?,
             ukey_release: p(
                 Lwt,
@@ -129,7 +146,7 @@ impl Stmts {
             .await?,
             pending_insert: p(
                 Plain,
-                "INSERT INTO {ks}.pending (partition, bucket, due_at, seq, id) VALUES (?, ?, ?, ?, ?)".into(),
+                "INSERT INTO {ks}.pending (partition, bucket, due_at, seq, id, home) VALUES (?, ?, ?, ?, ?, ?)".into(),
             )
             .await?,
             pending_delete: p(Plain, format!("DELETE FROM {{ks}}.pending {pending_key}")).await?,
@@ -140,7 +157,7 @@ impl Stmts {
             .await?,
             pending_range: p(
                 Plain,
-                "SELECT due_at, seq, id, WRITETIME(id) FROM {ks}.pending \
+                "SELECT due_at, seq, id, home, WRITETIME(id) FROM {ks}.pending \
                  WHERE partition = ? AND bucket = ? AND (due_at, seq) > (?, ?) \
                  AND (due_at, seq) <= (?, ?) LIMIT ?"
                     .into(),

@@ -52,7 +52,8 @@ impl TaskStore for CassandraStore {
         transition: Transition,
         at: Millis,
     ) -> StoreResult<Task> {
-        self.finish_impl(lease, id, &attempt, &transition, at).await
+        self.finish_attempt_impl(lease, id, attempt, transition, at)
+            .await
     }
 
     async fn get(&self, id: &str) -> StoreResult<Option<TaskRecord>> {

@@ -10,6 +10,9 @@
 //!
 //! Every change takes the caller's lease: see [`crate::fencing`] for how it is checked.
 
+use std::collections::HashMap;
+
+use futures::future::join_all;
 use kairos_core::model::{Attempt, Millis, Task, TaskState, Transition};
 use kairos_core::ownership::Lease;
 use kairos_core::store::{StoreError, StoreResult};
@@ -28,6 +31,28 @@ pub(crate) fn conflict(t: &Task, what: &str) -> StoreError {
     ))
 }
 
+/// The index rows a change from `old` to `new` adds before its compare-and-set and drops
+/// after it.
+pub(crate) struct IndexPlan {
+    /// `new` needs a `pending` row (it is pending at a new position).
+    pub add_pending: bool,
+    /// The due time moved: a new `tasks_by_key` row, the old one dropped.
+    pub moved: bool,
+    /// `old`'s `pending` row goes.
+    pub drop_pending: bool,
+}
+
+impl IndexPlan {
+    pub(crate) fn of(old: &Task, new: &Task) -> Self {
+        let moved = old.due_at != new.due_at;
+        Self {
+            add_pending: new.is_pending() && (moved || !old.is_pending()),
+            moved,
+            drop_pending: old.is_pending() && (moved || !new.is_pending()),
+        }
+    }
+}
+
 impl CassandraStore {
     /// Applies `f` (old → new task and the owner epoch to store) with compare-and-set.
     /// Returns the old and the new state.
@@ -38,22 +63,27 @@ impl CassandraStore {
         // The row this store read or wrote last, if any: the compare-and-set refuses it if
         // the task changed since (see `crate::rowcache`), and then the row is read.
         let mut cached = self.rows.take(id);
+        let mut at: Option<(i64, i64)> = None;
         for _ in 0..MAX_CAS_TRIES {
-            let (old, from_cache) = match cached.take() {
-                Some(row) => (row, true),
-                None => (self.require(id).await?, false),
+            let (old, from_cache) = match (cached.take(), at) {
+                (Some(row), _) => (row, true),
+                (None, Some((p, home))) => (
+                    self.load_at(p, home, id)
+                        .await?
+                        .ok_or_else(|| StoreError::NotFound(id.to_owned()))?,
+                    false,
+                ),
+                (None, None) => (self.require(id).await?, false),
             };
+            at = Some((i64::from(old.task.partition), old.home));
             let (new, epoch) = match f(&old) {
                 Ok(v) => v,
                 // A refusal is only ever judged on a row read now.
                 Err(_) if from_cache => continue,
                 Err(e) => return Err(e),
             };
-            let moved = old.task.due_at != new.due_at;
-            let add_pending = new.is_pending() && (moved || !old.task.is_pending());
-            if add_pending || moved {
-                self.index_add(&new, add_pending, moved).await?;
-            }
+            self.before_cas(&old, &new).await?;
+            self.count_task_lwt();
             let res = self
                 .session
                 .execute_unpaged(&self.st.task_cas, TaskCas::new(&old, &new, epoch)?)
@@ -62,26 +92,83 @@ impl CassandraStore {
             if !Lwt::parse(res)?.applied {
                 continue;
             }
-            if new.state == TaskState::Running || new.is_pending() {
-                // The next change of a running or pending task starts from this row.
-                self.rows.put(Stored {
-                    task: new.clone(),
-                    owner_epoch: epoch,
-                    rev: old.rev.wrapping_add(1),
-                });
-            }
-            let drop_pending = old.task.is_pending() && (moved || !new.is_pending());
-            if drop_pending && let Err(e) = self.pending_remove(&old.task).await {
-                tracing::warn!(task = id, error = %e, "stale pending row left behind");
-            }
-            if moved && let Err(e) = self.bykey_remove(&old.task).await {
-                tracing::warn!(task = id, error = %e, "stale by-key row left behind");
-            }
+            self.after_cas(&old, &new, epoch).await;
             return Ok((old, new));
         }
         Err(StoreError::Unavailable(format!(
             "task {id}: too many concurrent changes"
         )))
+    }
+
+    /// The index rows a change needs before its compare-and-set.
+    pub(crate) async fn before_cas(&self, old: &Stored, new: &Task) -> StoreResult<()> {
+        let plan = IndexPlan::of(&old.task, new);
+        if plan.add_pending || plan.moved {
+            self.index_add(new, old.home, plan.add_pending, plan.moved)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// After an applied compare-and-set: remembers the new row, drops the index rows the old
+    /// state no longer needs (a failure leaves a stale row that readers skip).
+    pub(crate) async fn after_cas(&self, old: &Stored, new: &Task, epoch: u64) {
+        self.after_cas_many(&[(old, new, epoch)]).await;
+    }
+
+    /// [`after_cas`](Self::after_cas) of many changes: the `pending` rows that go and share a
+    /// Cassandra partition are deleted by one unlogged batch (one mutation).
+    pub(crate) async fn after_cas_many(&self, applied: &[(&Stored, &Task, u64)]) {
+        let mut drop_pending: HashMap<(u32, i64), Vec<&Task>> = HashMap::new();
+        let mut moved: Vec<&Task> = Vec::new();
+        for &(old, new, epoch) in applied {
+            if new.state == TaskState::Running || new.is_pending() {
+                // The next change of a running or pending task starts from this row.
+                self.rows.put(Stored {
+                    task: new.clone(),
+                    home: old.home,
+                    owner_epoch: epoch,
+                    rev: old.rev.wrapping_add(1),
+                });
+            }
+            let plan = IndexPlan::of(&old.task, new);
+            if plan.drop_pending {
+                let bucket = self.bucket_of(old.task.due_at);
+                drop_pending
+                    .entry((old.task.partition, bucket))
+                    .or_default()
+                    .push(&old.task);
+            }
+            if plan.moved {
+                moved.push(&old.task);
+            }
+        }
+        // (Vecs of futures rather than mapped streams: the compiler can prove these futures
+        // `Send`, so they can run in the spawned claim batcher.)
+        let mut groups: Vec<Vec<&Task>> = Vec::new();
+        for tasks in drop_pending.into_values() {
+            groups.extend(tasks.chunks(crate::batch::MAX_ROWS).map(<[&Task]>::to_vec));
+        }
+        let conc = self.opts.concurrency.max(1);
+        for chunk in groups.chunks(conc) {
+            let futs: Vec<_> = chunk
+                .iter()
+                .map(|tasks| self.pending_remove_many(tasks))
+                .collect();
+            for r in join_all(futs).await {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "stale pending rows left behind");
+                }
+            }
+        }
+        for chunk in moved.chunks(conc) {
+            let futs: Vec<_> = chunk.iter().map(|t| self.bykey_remove(t)).collect();
+            for (t, r) in chunk.iter().zip(join_all(futs).await) {
+                if let Err(e) = r {
+                    tracing::warn!(task = %t.id, error = %e, "stale by-key row left behind");
+                }
+            }
+        }
     }
 
     /// The checks every change under `lease` makes on the task row it read: the task belongs
@@ -100,66 +187,63 @@ impl CassandraStore {
         Ok(())
     }
 
-    /// One claim of `start_attempt` under `lease` (the caller confirms the lease afterwards):
-    /// refused if a newer lease changed the task; stamps the task with the lease's epoch.
-    pub(crate) async fn start_impl(
+    /// The start of attempt `attempt` of the task stored as `old`, under `lease` (the caller
+    /// confirms the lease afterwards): refused if a newer lease changed the task; stamps the
+    /// task with the lease's epoch.
+    pub(crate) fn start_change(
         &self,
         lease: &Lease,
-        id: &str,
+        old: &Stored,
         attempt: u32,
         at: Millis,
-    ) -> StoreResult<Task> {
-        let (_, new) = self
-            .cas(id, |old| {
-                self.check_leased(old, lease)?;
-                let t = &old.task;
-                if t.state.is_terminal() {
-                    return Err(conflict(t, "start"));
-                }
-                // A new attempt, or the same attempt claimed again after its answer was lost.
-                let reclaim = attempt == t.attempts && t.state == TaskState::Running;
-                if attempt <= t.attempts && !reclaim {
-                    return Err(StoreError::Conflict(format!(
-                        "cannot start attempt {attempt} of task {id}: it is {} after {} attempts",
-                        t.state.as_str(),
-                        t.attempts
-                    )));
-                }
-                let mut t = t.clone();
-                t.state = TaskState::Running;
-                t.attempts = attempt;
-                t.updated_at = at;
-                Ok((t, lease.epoch))
-            })
-            .await?;
-        Ok(new)
+    ) -> StoreResult<(Task, u64)> {
+        self.check_leased(old, lease)?;
+        let t = &old.task;
+        if t.state.is_terminal() {
+            return Err(conflict(t, "start"));
+        }
+        // A new attempt, or the same attempt claimed again after its answer was lost.
+        let reclaim = attempt == t.attempts && t.state == TaskState::Running;
+        if attempt <= t.attempts && !reclaim {
+            return Err(StoreError::Conflict(format!(
+                "cannot start attempt {attempt} of task {}: it is {} after {} attempts",
+                t.id,
+                t.state.as_str(),
+                t.attempts
+            )));
+        }
+        let mut t = t.clone();
+        t.state = TaskState::Running;
+        t.attempts = attempt;
+        t.updated_at = at;
+        Ok((t, lease.epoch))
     }
 
-    /// `finish_attempt`: only the epoch that started the attempt may finish it.
-    pub(crate) async fn finish_impl(
+    /// The end of attempt `number` of the task stored as `old`, under `lease`: only the epoch
+    /// that started the attempt may finish it.
+    pub(crate) fn finish_change(
         &self,
         lease: &Lease,
-        id: &str,
-        attempt: &Attempt,
+        old: &Stored,
+        number: u32,
         transition: &Transition,
         at: Millis,
-    ) -> StoreResult<Task> {
-        self.leases.check_not_superseded(lease)?;
-        let (_, new) = self
-            .cas(id, |old| {
-                self.check_leased(old, lease)?;
-                if old.task.state != TaskState::Running {
-                    return Err(conflict(&old.task, "finish an attempt of"));
-                }
-                if old.owner_epoch != lease.epoch {
-                    // Running since an older lease claimed it: not an attempt of this lease.
-                    return Err(self.leases.fenced_by_stamp(lease, old.owner_epoch));
-                }
-                let mut t = old.task.clone();
-                t.apply_finish(attempt.number, transition, at);
-                Ok((t, lease.epoch))
-            })
-            .await?;
+    ) -> StoreResult<(Task, u64)> {
+        self.check_leased(old, lease)?;
+        if old.task.state != TaskState::Running {
+            return Err(conflict(&old.task, "finish an attempt of"));
+        }
+        if old.owner_epoch != lease.epoch {
+            // Running since an older lease claimed it: not an attempt of this lease.
+            return Err(self.leases.fenced_by_stamp(lease, old.owner_epoch));
+        }
+        let mut t = old.task.clone();
+        t.apply_finish(number, transition, at);
+        Ok((t, lease.epoch))
+    }
+
+    /// Writes the record of a finished attempt.
+    pub(crate) async fn record_attempt(&self, id: &str, attempt: &Attempt) -> StoreResult<()> {
         self.session
             .execute_unpaged(
                 &self.st.attempt_insert,
@@ -176,7 +260,7 @@ impl CassandraStore {
             )
             .await
             .exec()?;
-        Ok(new)
+        Ok(())
     }
 
     /// An operator's change of one task under `lease`: the lease is confirmed current first,

@@ -9,10 +9,15 @@
 use futures::{StreamExt, TryStreamExt, stream};
 use kairos_core::model::{ListFilter, Millis, OrderPos, Task};
 use kairos_core::store::{FirstByPos, StoreResult};
+use scylla::statement::batch::{Batch, BatchType};
 
 use crate::error::{Decode, Exec, pager_err, row_err};
-use crate::rows::TaskRow;
+use crate::rows::{Stored, TaskRow};
 use crate::{CassandraStore, STALE_GRACE_US, now_us};
+
+/// A `pending` row: due_at, seq, id, the task's home (null in rows written before homes
+/// existed) and the row's write time.
+type IndexRow = (i64, i64, String, Option<i64>, Option<i64>);
 
 /// `limit` 0 in a [`ListFilter`] means this many.
 const DEFAULT_LIST_LIMIT: usize = 100;
@@ -24,9 +29,16 @@ fn seq_db(seq: u64) -> i64 {
 
 impl CassandraStore {
     /// Writes index rows of `t`: (when `pending`) its `pending` row and bucket registration,
-    /// and (when `by_key`) its `tasks_by_key` row. The bucket is registered after the pending
-    /// row is written, so a directory entry younger than a pending row always exists.
-    pub(crate) async fn index_add(&self, t: &Task, pending: bool, by_key: bool) -> StoreResult<()> {
+    /// and (when `by_key`) its `tasks_by_key` row, both naming the row's `home`. The bucket
+    /// is registered after the pending row is written, so a directory entry younger than a
+    /// pending row always exists.
+    pub(crate) async fn index_add(
+        &self,
+        t: &Task,
+        home: i64,
+        pending: bool,
+        by_key: bool,
+    ) -> StoreResult<()> {
         let (p, b, seq) = (
             i64::from(t.partition),
             self.bucket_of(t.due_at),
@@ -36,7 +48,7 @@ impl CassandraStore {
         let pending = async {
             if add_pending {
                 self.session
-                    .execute_unpaged(&self.st.pending_insert, (p, b, t.due_at, seq, &t.id))
+                    .execute_unpaged(&self.st.pending_insert, (p, b, t.due_at, seq, &t.id, home))
                     .await
                     .exec()?;
             }
@@ -63,6 +75,20 @@ impl CassandraStore {
         Ok(())
     }
 
+    /// The task row an index row of partition `p` points at: at its home if the index row
+    /// names it, else found by id.
+    async fn load_indexed(
+        &self,
+        p: i64,
+        home: Option<i64>,
+        id: &str,
+    ) -> StoreResult<Option<Stored>> {
+        match home {
+            Some(home) => self.load_at(p, home, id).await,
+            None => self.load(id).await,
+        }
+    }
+
     pub(crate) async fn pending_remove(&self, t: &Task) -> StoreResult<()> {
         let (p, b) = (i64::from(t.partition), self.bucket_of(t.due_at));
         self.session
@@ -70,6 +96,35 @@ impl CassandraStore {
             .await
             .exec()?;
         Ok(())
+    }
+
+    /// Deletes the `pending` rows of `tasks`, which share one `pending` partition: one
+    /// unlogged batch (a single mutation).
+    pub(crate) async fn pending_remove_many(&self, tasks: &[&Task]) -> StoreResult<()> {
+        match tasks {
+            [] => Ok(()),
+            [t] => self.pending_remove(t).await,
+            _ => {
+                let mut batch = Batch::new(BatchType::Unlogged);
+                if let Some(c) = self.st.pending_delete.get_consistency() {
+                    batch.set_consistency(c);
+                }
+                let values: Vec<(i64, i64, i64, i64)> = tasks
+                    .iter()
+                    .map(|t| {
+                        batch.append_statement(self.st.pending_delete.clone());
+                        (
+                            i64::from(t.partition),
+                            self.bucket_of(t.due_at),
+                            t.due_at,
+                            seq_db(t.seq),
+                        )
+                    })
+                    .collect();
+                self.session.batch(&batch, values).await.exec()?;
+                Ok(())
+            }
+        }
     }
 
     pub(crate) async fn bykey_remove(&self, t: &Task) -> StoreResult<()> {
@@ -124,10 +179,10 @@ impl CassandraStore {
                     )
                     .await
                     .exec()?;
-                let rows: Vec<(i64, i64, String, Option<i64>)> = res
+                let rows: Vec<IndexRow> = res
                     .into_rows_result()
                     .decode()?
-                    .rows::<(i64, i64, String, Option<i64>)>()
+                    .rows::<IndexRow>()
                     .decode()?
                     .collect::<Result<_, _>>()
                     .decode()?;
@@ -137,7 +192,7 @@ impl CassandraStore {
                     cursor = (last.0, last.1);
                 }
                 let checked: Vec<Option<Task>> = stream::iter(rows)
-                    .map(|(due_at, seq, id, wt)| self.check_pending(p, b, due_at, seq, id, wt))
+                    .map(|row| self.check_pending(p, b, row))
                     .buffered(self.opts.concurrency)
                     .try_collect()
                     .await?;
@@ -157,16 +212,9 @@ impl CassandraStore {
     }
 
     /// The task a `pending` row points at, if the row is current.
-    async fn check_pending(
-        &self,
-        p: i64,
-        b: i64,
-        due_at: i64,
-        seq: i64,
-        id: String,
-        written: Option<i64>,
-    ) -> StoreResult<Option<Task>> {
-        let stored = self.load(&id).await?;
+    async fn check_pending(&self, p: i64, b: i64, row: IndexRow) -> StoreResult<Option<Task>> {
+        let (due_at, seq, id, home, written) = row;
+        let stored = self.load_indexed(p, home, &id).await?;
         if let Some(s) = stored
             && i64::from(s.task.partition) == p
             && s.task.due_at == due_at

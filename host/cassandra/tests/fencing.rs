@@ -456,10 +456,29 @@ async fn a_remembered_row_is_not_taken_for_a_second_insert_of_the_same_id() {
         .build()
         .await
         .expect("session");
+    let ks = &guard.keyspace;
+    let (partition, home) = session
+        .query_unpaged(
+            format!("SELECT partition, home FROM {ks}.task_homes WHERE id = ?"),
+            (t.id.as_str(),),
+        )
+        .await
+        .expect("home")
+        .into_rows_result()
+        .expect("rows")
+        .single_row::<(i64, i64)>()
+        .expect("one home");
     session
         .query_unpaged(
-            format!("UPDATE {}.tasks SET seq = ? WHERE id = ?", guard.keyspace),
-            (i64::try_from(second_seq).expect("seq"), t.id.as_str()),
+            format!(
+                "UPDATE {ks}.task_rows SET seq = ? WHERE partition = ? AND home = ? AND id = ?"
+            ),
+            (
+                i64::try_from(second_seq).expect("seq"),
+                partition,
+                home,
+                t.id.as_str(),
+            ),
         )
         .await
         .expect("second insert");

@@ -100,21 +100,23 @@ async fn enqueue_start_finish_throughput() {
                     .expect("finish")
             }
         })
-        .buffer_unordered(256)
+        .buffer_unordered(START_CONCURRENCY)
         .collect::<Vec<_>>()
         .await;
     let finish = t.elapsed();
 
     let rate = |d: std::time::Duration| n as f64 / d.as_secs_f64();
+    let lwts = s.task_lwts();
     let total = enq + load + start + finish;
     println!(
         "tasks={n} enqueue={:.0}/s load_window={:.0}/s start_fenced={:.0}/s finish_fenced={:.0}/s \
-         whole_lifecycle={:.0} tasks/s ({:.1}s)",
+         whole_lifecycle={:.0} tasks/s ({:.1}s) task_lwts={lwts} ({:.3} per task)",
         rate(enq),
         rate(load),
         rate(start),
         rate(finish),
         rate(total),
-        total.as_secs_f64()
+        total.as_secs_f64(),
+        lwts as f64 / n as f64
     );
 }

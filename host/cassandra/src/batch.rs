@@ -1,15 +1,18 @@
-//! Changes of many tasks at once: the scheduler's starts and finishes, which the claim batcher
-//! ([`crate::fencing`]) gathers per lease.
+//! Changes of many tasks at once: the scheduler's starts and finishes, which the lease's
+//! batcher ([`crate::fencing`]) gathers.
 //!
 //! Each change is the same compare-and-set as [`CassandraStore::cas`] (expected `rev` and
 //! `seq`, the new state computed by the same rules), but the changes whose rows share a home
 //! (see [`crate::schema`]) are sent as one conditional batch: one Paxos round for up to
-//! [`MAX_ROWS`] tasks. A batch applies all of its changes or none; when it does not apply
-//! (some task changed since its row was read), each of its tasks goes the one-task way
-//! (read, check, compare-and-set), so a conflict is judged on that task's own row, exactly as
-//! without batching.
+//! [`MAX_ROWS`] tasks. The batches of one home go one after another (concurrent Paxos rounds
+//! on one partition would contend); different homes go concurrently.
+//!
+//! A batch applies all of its changes or none. When it does not apply (some task changed
+//! since its row was read), its tasks are read afresh and go again in the next round, so a
+//! refusal is only ever judged on a task's own row as read then, exactly as without
+//! batching. A task named twice in one call goes in a later round than its first change.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use futures::future::join_all;
 use futures::{StreamExt, stream};
@@ -27,26 +30,27 @@ pub const MAX_ROWS: usize = 128;
 /// Most bytes of changed text (errors, outputs) in one conditional batch; a Cassandra
 /// mutation must stay well under its `max_mutation_size` (half the commit log segment).
 const MAX_BYTES: usize = 1 << 20;
+/// Rounds before the changes still refused by concurrent writers give up.
+const MAX_ROUNDS: u32 = 32;
 
-/// Where one change of a batch stands.
-enum Slot {
-    Done(StoreResult<(Stored, Task)>),
-    /// Computed from `old`, waiting for its compare-and-set.
-    Planned {
-        old: Stored,
-        new: Task,
-        epoch: u64,
+/// One change the batcher gathered.
+pub(crate) enum Change {
+    /// Start attempt `attempt` (the lease is confirmed afterwards).
+    Start { attempt: u32, at: Millis },
+    /// Finish `attempt` with `transition`, then record the attempt.
+    Finish {
+        attempt: Attempt,
+        transition: Transition,
+        at: Millis,
     },
-    /// To be done the one-task way (its row came from the cache and is refused or stale).
-    Alone,
 }
 
-/// One finish of a batch: the task, its attempt and what follows it.
-pub(crate) struct Finish {
-    pub id: String,
-    pub attempt: Attempt,
-    pub transition: Transition,
-    pub at: Millis,
+/// A change computed from an expected row, waiting for its compare-and-set.
+struct Planned {
+    i: usize,
+    old: Stored,
+    new: Task,
+    epoch: u64,
 }
 
 fn text_bytes(t: &Task) -> usize {
@@ -62,177 +66,144 @@ impl CassandraStore {
     where
         F: Fn(usize, &Stored) -> StoreResult<(Task, u64)> + Sync,
     {
+        let n = ids.len();
         let conc = self.opts.concurrency.max(1);
-        // The expected rows: remembered, else read.
-        let cached: Vec<Option<Stored>> = ids.iter().map(|id| self.rows.take(id)).collect();
-        let misses: Vec<usize> = (0..ids.len()).filter(|&i| cached[i].is_none()).collect();
-        let mut loaded: HashMap<usize, StoreResult<Option<Stored>>> = HashMap::new();
-        for chunk in misses.chunks(conc) {
-            let futs: Vec<_> = chunk
-                .iter()
-                .map(|&i| async move { (i, self.load(ids[i]).await) })
-                .collect();
-            loaded.extend(join_all(futs).await);
-        }
-        let mut slots: Vec<Slot> = Vec::with_capacity(ids.len());
-        for (i, row) in cached.into_iter().enumerate() {
-            let slot = match row {
-                Some(old) => match f(i, &old) {
-                    Ok((new, epoch)) => Slot::Planned { old, new, epoch },
-                    // A refusal is only ever judged on a row read now.
-                    Err(_) => Slot::Alone,
-                },
-                None => match loaded.remove(&i) {
-                    Some(Ok(Some(old))) => match f(i, &old) {
-                        Ok((new, epoch)) => Slot::Planned { old, new, epoch },
-                        Err(e) => Slot::Done(Err(e)),
-                    },
-                    Some(Ok(None)) => Slot::Done(Err(StoreError::NotFound(ids[i].to_owned()))),
-                    Some(Err(e)) => Slot::Done(Err(e)),
-                    None => Slot::Done(Err(StoreError::Other("batch lost a read".into()))),
-                },
-            };
-            slots.push(slot);
-        }
-        // The index rows the new states need, before their compare-and-sets.
-        let planned: Vec<usize> = (0..slots.len())
-            .filter(|&i| matches!(slots[i], Slot::Planned { .. }))
+        let mut answers: Vec<Option<StoreResult<(Stored, Task)>>> = (0..n).map(|_| None).collect();
+        // The expected row of each change, and whether it was remembered (not read now).
+        let mut rows: Vec<Option<(Stored, bool)>> = ids
+            .iter()
+            .map(|id| self.rows.take(id).map(|r| (r, true)))
             .collect();
-        for chunk in planned.chunks(conc) {
-            let futs: Vec<_> = chunk
+        for _ in 0..MAX_ROUNDS {
+            let mut named = HashSet::new();
+            let round: Vec<usize> = (0..n)
+                .filter(|&i| answers[i].is_none() && named.insert(ids[i]))
+                .collect();
+            if round.is_empty() {
+                break;
+            }
+            // Rows not in hand are read now.
+            let unread: Vec<usize> = round
                 .iter()
-                .filter_map(|&i| match &slots[i] {
-                    Slot::Planned { old, new, .. } => {
-                        Some(async move { (i, self.before_cas(old, new).await) })
+                .copied()
+                .filter(|&i| rows[i].is_none())
+                .collect();
+            for chunk in unread.chunks(conc) {
+                let futs: Vec<_> = chunk
+                    .iter()
+                    .map(|&i| async move { (i, self.load(ids[i]).await) })
+                    .collect();
+                for (i, r) in join_all(futs).await {
+                    match r {
+                        Ok(Some(row)) => rows[i] = Some((row, false)),
+                        Ok(None) => answers[i] = Some(Err(StoreError::NotFound(ids[i].to_owned()))),
+                        Err(e) => answers[i] = Some(Err(e)),
                     }
-                    _ => None,
-                })
-                .collect();
-            for (i, r) in join_all(futs).await {
-                if let Err(e) = r {
-                    slots[i] = Slot::Done(Err(e));
                 }
             }
-        }
-        // One conditional batch per home, at most MAX_ROWS and MAX_BYTES each.
-        // A task named twice goes alone the second time (after the batch that has the first).
-        let mut by_home: HashMap<(u32, i64), Vec<usize>> = HashMap::new();
-        let mut seen: HashSet<&str> = HashSet::new();
-        for i in 0..slots.len() {
-            let Slot::Planned { old, .. } = &slots[i] else {
-                continue;
-            };
-            if !seen.insert(ids[i]) {
-                slots[i] = Slot::Alone;
-                continue;
-            }
-            by_home
-                .entry((old.task.partition, old.home))
-                .or_default()
-                .push(i);
-        }
-        let mut batches: Vec<Vec<usize>> = Vec::new();
-        for (_, members) in by_home {
-            let mut current: Vec<usize> = Vec::new();
-            let mut bytes = 0;
-            for i in members {
-                let size = match &slots[i] {
-                    Slot::Planned { new, .. } => text_bytes(new),
-                    _ => 0,
+            let mut planned: Vec<Planned> = Vec::new();
+            for &i in &round {
+                let Some((old, remembered)) = rows[i].take() else {
+                    continue;
                 };
-                if !current.is_empty() && (current.len() == MAX_ROWS || bytes + size > MAX_BYTES) {
-                    batches.push(std::mem::take(&mut current));
-                    bytes = 0;
+                match f(i, &old) {
+                    Ok((new, epoch)) => planned.push(Planned { i, old, new, epoch }),
+                    // A refusal is only ever judged on a row read now: read it next round.
+                    Err(_) if remembered => {}
+                    Err(e) => answers[i] = Some(Err(e)),
                 }
-                bytes += size;
-                current.push(i);
             }
-            if !current.is_empty() {
-                batches.push(current);
+            // The index rows the new states need, before their compare-and-sets.
+            let mut ready: Vec<Planned> = Vec::with_capacity(planned.len());
+            let mut planned = planned.into_iter();
+            loop {
+                let chunk: Vec<Planned> = planned.by_ref().take(conc).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                let futs: Vec<_> = chunk
+                    .iter()
+                    .map(|p| self.before_cas(&p.old, &p.new))
+                    .collect();
+                let results = join_all(futs).await;
+                for (p, r) in chunk.into_iter().zip(results) {
+                    match r {
+                        Ok(()) => ready.push(p),
+                        Err(e) => answers[p.i] = Some(Err(e)),
+                    }
+                }
+            }
+            // Per home, batches of at most MAX_ROWS and MAX_BYTES, one after another.
+            let mut homes: BTreeMap<(u32, i64), Vec<Vec<Planned>>> = BTreeMap::new();
+            for p in ready {
+                let size = text_bytes(&p.new);
+                let batches = homes.entry((p.old.task.partition, p.old.home)).or_default();
+                let full = batches.last().is_none_or(|b| {
+                    b.len() == MAX_ROWS
+                        || b.iter().map(|q| text_bytes(&q.new)).sum::<usize>() + size > MAX_BYTES
+                });
+                if full {
+                    batches.push(Vec::new());
+                }
+                if let Some(b) = batches.last_mut() {
+                    b.push(p);
+                }
+            }
+            let outcomes: Vec<Vec<(Vec<Planned>, StoreResult<bool>)>> =
+                stream::iter(homes.into_values())
+                    .map(|batches| async move {
+                        let mut out = Vec::with_capacity(batches.len());
+                        for b in batches {
+                            let applied = self.cas_batch(&b).await;
+                            out.push((b, applied));
+                        }
+                        out
+                    })
+                    .buffer_unordered(conc)
+                    .collect()
+                    .await;
+            let mut applied: Vec<Planned> = Vec::new();
+            for (batch, outcome) in outcomes.into_iter().flatten() {
+                match outcome {
+                    Ok(true) => applied.extend(batch),
+                    // Some task of the batch changed since it was read: all are read again.
+                    Ok(false) => {}
+                    Err(e) => {
+                        for p in batch {
+                            answers[p.i] = Some(Err(e.clone()));
+                        }
+                    }
+                }
+            }
+            let changes: Vec<(&Stored, &Task, u64)> =
+                applied.iter().map(|p| (&p.old, &p.new, p.epoch)).collect();
+            self.after_cas_many(&changes).await;
+            for p in applied {
+                answers[p.i] = Some(Ok((p.old, p.new)));
             }
         }
-        let outcomes: Vec<(Vec<usize>, StoreResult<bool>)> = {
-            let slots = &slots;
-            stream::iter(batches)
-                .map(|members| async move {
-                    let changes: Vec<(&Stored, &Task, u64)> = members
-                        .iter()
-                        .filter_map(|&i| match &slots[i] {
-                            Slot::Planned { old, new, epoch } => Some((old, new, *epoch)),
-                            _ => None,
-                        })
-                        .collect();
-                    let applied = self.cas_batch(&changes).await;
-                    (members, applied)
-                })
-                .buffer_unordered(conc)
-                .collect()
-                .await
-        };
-        let mut done: Vec<usize> = Vec::new();
-        for (members, applied) in outcomes {
-            match applied {
-                Ok(true) => done.extend(members),
-                // Some task of the batch changed since it was read: each goes alone.
-                Ok(false) => members.into_iter().for_each(|i| slots[i] = Slot::Alone),
-                Err(e) => members
-                    .into_iter()
-                    .for_each(|i| slots[i] = Slot::Done(Err(e.clone()))),
-            }
-        }
-        {
-            let applied: Vec<(&Stored, &Task, u64)> = done
-                .iter()
-                .filter_map(|&i| match &slots[i] {
-                    Slot::Planned { old, new, epoch } => Some((old, new, *epoch)),
-                    _ => None,
-                })
-                .collect();
-            self.after_cas_many(&applied).await;
-        }
-        for i in done {
-            if let Slot::Planned { old, new, .. } = std::mem::replace(&mut slots[i], Slot::Alone) {
-                slots[i] = Slot::Done(Ok((old, new)));
-            }
-        }
-        // The rest, one task at a time (reading each row afresh).
-        let alone: Vec<usize> = (0..slots.len())
-            .filter(|&i| matches!(slots[i], Slot::Alone))
-            .collect();
-        for chunk in alone.chunks(conc) {
-            let futs: Vec<_> = chunk
-                .iter()
-                .map(|&i| {
-                    let f = &f;
-                    async move { (i, self.cas(ids[i], |old| f(i, old)).await) }
-                })
-                .collect();
-            for (i, r) in join_all(futs).await {
-                slots[i] = Slot::Done(r);
-            }
-        }
-        slots
+        answers
             .into_iter()
-            .map(|slot| match slot {
-                Slot::Done(r) => r,
-                _ => Err(StoreError::Other("batch left a change undone".into())),
+            .zip(ids)
+            .map(|(a, id)| {
+                a.unwrap_or_else(|| {
+                    Err(StoreError::Unavailable(format!(
+                        "task {id}: too many concurrent changes"
+                    )))
+                })
             })
             .collect()
     }
 
     /// One compare-and-set of rows that share a home: a conditional batch (a plain LWT for
     /// one row). Whether it applied.
-    async fn cas_batch(&self, changes: &[(&Stored, &Task, u64)]) -> StoreResult<bool> {
+    async fn cas_batch(&self, changes: &[Planned]) -> StoreResult<bool> {
         let values = changes
             .iter()
-            .map(|(old, new, epoch)| TaskCas::new(old, new, *epoch))
+            .map(|p| TaskCas::new(&p.old, &p.new, p.epoch))
             .collect::<StoreResult<Vec<_>>>()?;
         self.count_task_lwt();
-        let res = if values.len() == 1 {
-            let one = values.into_iter().next();
-            let Some(one) = one else {
-                return Ok(true);
-            };
+        let res = if let [one] = values.as_slice() {
             self.session
                 .execute_unpaged(&self.st.task_cas, one)
                 .await
@@ -251,58 +222,65 @@ impl CassandraStore {
         Ok(Lwt::parse(res)?.applied)
     }
 
-    /// Starts `(id, attempt, at)` under `lease`; one answer per start, in order. The caller
-    /// confirms the lease afterwards.
-    pub(crate) async fn start_many(
+    /// Applies the starts and finishes of one batch under `lease`; one answer per change, in
+    /// order. Starts are confirmed against the partition's owner afterwards (a start a newer
+    /// lease overrides is answered `Fenced`); finishes record their attempts.
+    pub(crate) async fn change_many(
         &self,
         lease: &Lease,
-        starts: &[(String, u32, Millis)],
-    ) -> Vec<StoreResult<Task>> {
-        let ids: Vec<&str> = starts.iter().map(|(id, _, _)| id.as_str()).collect();
-        self.cas_many(&ids, |i, old| {
-            let (_, attempt, at) = &starts[i];
-            self.start_change(lease, old, *attempt, *at)
-        })
-        .await
-        .into_iter()
-        .map(|r| r.map(|(_, new)| new))
-        .collect()
-    }
-
-    /// Finishes under `lease`, then records their attempts; one answer per finish, in order.
-    pub(crate) async fn finish_many(
-        &self,
-        lease: &Lease,
-        finishes: &[Finish],
+        ids: &[&str],
+        changes: &[Change],
     ) -> Vec<StoreResult<Task>> {
         if let Err(e) = self.leases.check_not_superseded(lease) {
-            return finishes.iter().map(|_| Err(e.clone())).collect();
+            return changes.iter().map(|_| Err(e.clone())).collect();
         }
-        let ids: Vec<&str> = finishes.iter().map(|f| f.id.as_str()).collect();
         let changed = self
-            .cas_many(&ids, |i, old| {
-                let f = &finishes[i];
-                self.finish_change(lease, old, f.attempt.number, &f.transition, f.at)
+            .cas_many(ids, |i, old| match &changes[i] {
+                Change::Start { attempt, at } => self.start_change(lease, old, *attempt, *at),
+                Change::Finish {
+                    attempt,
+                    transition,
+                    at,
+                } => self.finish_change(lease, old, attempt.number, transition, *at),
             })
             .await;
-        let mut out = Vec::with_capacity(finishes.len());
+        let mut out: Vec<StoreResult<Task>> = Vec::with_capacity(changes.len());
         let conc = self.opts.concurrency.max(1);
-        let pairs: Vec<_> = changed.into_iter().zip(finishes).collect();
-        let mut pairs = pairs.into_iter();
-        loop {
-            let chunk: Vec<_> = pairs.by_ref().take(conc).collect();
-            if chunk.is_empty() {
-                break;
-            }
-            let futs: Vec<_> = chunk
-                .into_iter()
-                .map(|(r, f)| async move {
+        let mut items = changed.into_iter().zip(changes).zip(ids).peekable();
+        while items.peek().is_some() {
+            let futs: Vec<_> = items
+                .by_ref()
+                .take(conc)
+                .map(|((r, change), id)| async move {
                     let (_, new) = r?;
-                    self.record_attempt(&f.id, &f.attempt).await?;
+                    if let Change::Finish { attempt, .. } = change {
+                        self.record_attempt(id, attempt).await?;
+                    }
                     Ok(new)
                 })
                 .collect();
             out.extend(join_all(futs).await);
+        }
+        let started = out
+            .iter()
+            .zip(changes)
+            .any(|(r, c)| r.is_ok() && matches!(c, Change::Start { .. }));
+        if started {
+            let fenced = match self.read_owner(lease.partition).await {
+                Ok(holder) => {
+                    let current = holder.map(|h| h.epoch);
+                    // Lost the partition meanwhile: the new holder's claim overrides ours.
+                    (current != Some(lease.epoch)).then(|| StoreError::fenced(lease, current))
+                }
+                Err(e) => Some(e),
+            };
+            if let Some(e) = fenced {
+                for (r, c) in out.iter_mut().zip(changes) {
+                    if r.is_ok() && matches!(c, Change::Start { .. }) {
+                        *r = Err(e.clone());
+                    }
+                }
+            }
         }
         out
     }

@@ -105,14 +105,12 @@ impl CassandraStore {
                 // Our own claim from an earlier, interrupted attempt: carry on.
             }
         }
-        // A replayed enqueue finds the home its first attempt recorded.
+        // A replayed enqueue finds the home its first attempt recorded (in whichever
+        // partition that was).
         let partition = i64::from(new.partition);
-        let known = self
-            .home_of(&new.id)
-            .await?
-            .filter(|(p, _)| *p == partition);
-        if let Some((_, home)) = known
-            && let Some(existing) = self.load_at(partition, home, &new.id).await?
+        let known = self.home_of(&new.id).await?;
+        if let Some((p, home)) = known
+            && let Some(existing) = self.load_at(p, home, &new.id).await?
         {
             // A replay. Re-assert the index rows of a pending task (cheap, idempotent) in case
             // the first attempt died between the task row and its index rows.
@@ -121,6 +119,9 @@ impl CassandraStore {
             }
             return Ok(EnqueueOutcome::Duplicate(existing.task));
         }
+        // A home without a row: the first attempt died before the row. It is reused if it is in
+        // this partition, else replaced.
+        let known = known.filter(|(p, _)| *p == partition);
         let home = known.map_or_else(|| self.bucket_of(new.due_at), |(_, home)| home);
         let task = Task::from_new(new, seq);
         // The home and the index rows first, then the row: once the row is there, it is found

@@ -35,7 +35,7 @@ use kairos_core::store::{StoreError, StoreResult};
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::batch::Finish;
+use crate::batch::Change;
 use crate::error::{Decode, Exec};
 use crate::{CassandraStore, Lwt};
 
@@ -68,17 +68,9 @@ struct Batcher {
 
 /// A start or a finish waiting for its lease's next batch.
 struct Req {
-    op: Op,
+    id: String,
+    change: Change,
     reply: oneshot::Sender<StoreResult<Task>>,
-}
-
-enum Op {
-    Start {
-        id: String,
-        attempt: u32,
-        at: Millis,
-    },
-    Finish(Finish),
 }
 
 fn lock<T>(m: &StdMutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -197,7 +189,7 @@ impl CassandraStore {
     }
 
     /// The partition's current holder, read linearizably (and remembered).
-    async fn read_owner(&self, partition: u32) -> StoreResult<Option<Holder>> {
+    pub(crate) async fn read_owner(&self, partition: u32) -> StoreResult<Option<Holder>> {
         let res = self
             .session
             .execute_unpaged(&self.st.owner_get, (i64::from(partition),))
@@ -241,12 +233,7 @@ impl CassandraStore {
         attempt: u32,
         at: Millis,
     ) -> StoreResult<Task> {
-        let op = Op::Start {
-            id: id.to_owned(),
-            attempt,
-            at,
-        };
-        self.queue(lease, id, op).await
+        self.queue(lease, id, Change::Start { attempt, at }).await
     }
 
     /// [`TaskStore::finish_attempt`](kairos_core::store::TaskStore::finish_attempt): queued
@@ -259,26 +246,30 @@ impl CassandraStore {
         transition: kairos_core::model::Transition,
         at: Millis,
     ) -> StoreResult<Task> {
-        let op = Op::Finish(Finish {
-            id: id.to_owned(),
+        let change = Change::Finish {
             attempt,
             transition,
             at,
-        });
-        self.queue(lease, id, op).await
+        };
+        self.queue(lease, id, change).await
     }
 
-    /// Hands `op` (on task `id`) to the lease's batcher and waits for its answer.
-    async fn queue(&self, lease: &Lease, id: &str, op: Op) -> StoreResult<Task> {
+    /// Hands `change` (of task `id`) to the lease's batcher and waits for its answer.
+    async fn queue(&self, lease: &Lease, id: &str, change: Change) -> StoreResult<Task> {
         self.leases.check_not_superseded(lease)?;
-        let mut op = Some(op);
+        let mut change = Some(change);
         for _ in 0..MAX_QUEUE_TRIES {
-            let Some(this) = op.take() else { break };
+            let Some(this) = change.take() else { break };
             let tx = self.batcher(lease);
             let (reply, answer) = oneshot::channel();
-            if let Err(mpsc::error::SendError(req)) = tx.send(Req { op: this, reply }).await {
+            let req = Req {
+                id: id.to_owned(),
+                change: this,
+                reply,
+            };
+            if let Err(mpsc::error::SendError(req)) = tx.send(req).await {
                 // That batcher went idle between the lookup and the send: take a new one.
-                op = Some(req.op);
+                change = Some(req.change);
                 continue;
             }
             return answer.await.unwrap_or_else(|_| {
@@ -308,10 +299,10 @@ impl CassandraStore {
         tx
     }
 
-    /// Claims attempts of tasks of `partition` under lease `epoch` (concurrently), then checks
+    /// Claims attempts of tasks of `partition` under lease `epoch` (as one batch), then checks
     /// once that `epoch` is still the partition's current one. Per input, in order: the
-    /// running task, or why it must not run (`Fenced`, `Conflict`, `NotFound`). The outer
-    /// error is for the whole batch (store unavailable). Bypasses the claim batcher.
+    /// running task, or why it must not run (`Fenced`, `Conflict`, `NotFound`, or the error
+    /// that kept the claim from being confirmed). Bypasses the claim batcher.
     pub async fn start_attempts_fenced(
         &self,
         partition: u32,
@@ -319,9 +310,17 @@ impl CassandraStore {
         starts: &[(String, u32)],
         at: Millis,
     ) -> StoreResult<Vec<StoreResult<Task>>> {
-        let starts: Vec<(String, u32, Millis)> =
-            starts.iter().map(|(id, n)| (id.clone(), *n, at)).collect();
-        self.claim_batch(&Lease { partition, epoch }, &starts).await
+        let ids: Vec<&str> = starts.iter().map(|(id, _)| id.as_str()).collect();
+        let changes: Vec<Change> = starts
+            .iter()
+            .map(|(_, attempt)| Change::Start {
+                attempt: *attempt,
+                at,
+            })
+            .collect();
+        Ok(self
+            .change_many(&Lease { partition, epoch }, &ids, &changes)
+            .await)
     }
 
     /// Finishes `(id, attempt, transition)` of tasks of `partition` under lease `epoch`,
@@ -338,90 +337,35 @@ impl CassandraStore {
         )>,
         at: Millis,
     ) -> Vec<StoreResult<Task>> {
-        let finishes: Vec<Finish> = finishes
-            .into_iter()
-            .map(|(id, attempt, transition)| Finish {
-                id,
+        let mut ids = Vec::with_capacity(finishes.len());
+        let mut changes = Vec::with_capacity(finishes.len());
+        for (id, attempt, transition) in finishes {
+            ids.push(id);
+            changes.push(Change::Finish {
                 attempt,
                 transition,
                 at,
-            })
-            .collect();
-        self.finish_many(&Lease { partition, epoch }, &finishes)
+            });
+        }
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        self.change_many(&Lease { partition, epoch }, &ids, &changes)
             .await
     }
 
-    /// The batch behind [`start_attempts_fenced`](Self::start_attempts_fenced): `(id,
-    /// attempt, at)` per claim.
-    async fn claim_batch(
-        &self,
-        lease: &Lease,
-        starts: &[(String, u32, Millis)],
-    ) -> StoreResult<Vec<StoreResult<Task>>> {
-        if let Err(e) = self.leases.check_not_superseded(lease) {
-            return Ok(starts.iter().map(|_| Err(e.clone())).collect());
-        }
-        let claimed = self.start_many(lease, starts).await;
-        if claimed.iter().any(|r| r.is_ok()) {
-            let current = self.read_owner(lease.partition).await?.map(|h| h.epoch);
-            if current != Some(lease.epoch) {
-                // Lost the partition meanwhile: the new holder's claim overrides ours.
-                return Ok(claimed
-                    .into_iter()
-                    .map(|r| r.and_then(|_| Err(StoreError::fenced(lease, current))))
-                    .collect());
-            }
-        }
-        Ok(claimed)
-    }
-
-    /// Claims and finishes one batch and answers its callers.
+    /// Applies one batch and answers its callers.
     async fn serve(&self, lease: &Lease, batch: &mut Vec<Req>) {
-        let mut starts: Vec<(String, u32, Millis)> = Vec::new();
-        let mut start_replies = Vec::new();
-        let mut finishes: Vec<Finish> = Vec::new();
-        let mut finish_replies = Vec::new();
+        let mut ids = Vec::with_capacity(batch.len());
+        let mut changes = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
         for req in batch.drain(..) {
-            match req.op {
-                Op::Start { id, attempt, at } => {
-                    starts.push((id, attempt, at));
-                    start_replies.push(req.reply);
-                }
-                Op::Finish(f) => {
-                    finishes.push(f);
-                    finish_replies.push(req.reply);
-                }
-            }
+            ids.push(req.id);
+            changes.push(req.change);
+            replies.push(req.reply);
         }
-        let claim = async {
-            if starts.is_empty() {
-                Ok(Vec::new())
-            } else {
-                self.claim_batch(lease, &starts).await
-            }
-        };
-        let finish = async {
-            if finishes.is_empty() {
-                Vec::new()
-            } else {
-                self.finish_many(lease, &finishes).await
-            }
-        };
-        let (claimed, finished) = tokio::join!(claim, finish);
-        match claimed {
-            Ok(results) => {
-                // (Should the answers run short, the rest are dropped: "outcome unknown".)
-                for (reply, res) in start_replies.into_iter().zip(results) {
-                    let _ = reply.send(res);
-                }
-            }
-            Err(e) => {
-                for reply in start_replies {
-                    let _ = reply.send(Err(e.clone()));
-                }
-            }
-        }
-        for (reply, res) in finish_replies.into_iter().zip(finished) {
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let results = self.change_many(lease, &ids, &changes).await;
+        // (Should the answers run short, the rest are dropped: "outcome unknown".)
+        for (reply, res) in replies.into_iter().zip(results) {
             let _ = reply.send(res);
         }
     }

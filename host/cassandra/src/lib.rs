@@ -192,6 +192,14 @@ impl CassandraStore {
         if opts.migrate_on_start {
             schema::migrate(&session, &opts).await?;
         }
+        if schema::old_tasks_uncopied(&session, &opts.keyspace).await? {
+            return Err(StoreError::Other(format!(
+                "keyspace {} holds tasks of an earlier release that are not copied to \
+                 `task_rows` yet: stop the older nodes and run `kairos migrate` (or start one \
+                 node with migrate_on_start)",
+                opts.keyspace
+            )));
+        }
         let st = Stmts::prepare(&session, &opts.keyspace, consistency, serial)
             .await
             .map_err(|e| match e {

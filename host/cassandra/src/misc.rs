@@ -241,7 +241,7 @@ impl CassandraStore {
         Ok(total)
     }
 
-    /// Counts the tasks by state: reads the `state` column of every row of `tasks`, paged.
+    /// Counts the tasks by state: reads the `state` column of every row of `task_rows`, paged.
     /// O(tasks) (no counters: Cassandra's are not idempotent under retries), so it is meant to
     /// be called rarely and its answer cached by the caller.
     pub(crate) async fn state_counts_impl(&self) -> StoreResult<StateCounts> {

@@ -71,21 +71,22 @@ impl CassandraStore {
             }
             self.rows.forget(&t.id);
             deleted += 1;
-            self.session
-                .execute_unpaged(&self.st.home_delete, (&t.id,))
-                .await
-                .exec()?;
-            self.session
-                .execute_unpaged(&self.st.attempts_delete, (&t.id,))
-                .await
-                .exec()?;
-            self.bykey_remove(t).await?;
             if let Some(u) = &t.uniqueness_key {
                 self.session
                     .execute_unpaged(&self.st.ukey_release, (u, &t.id))
                     .await
                     .exec()?;
             }
+            self.session
+                .execute_unpaged(&self.st.attempts_delete, (&t.id,))
+                .await
+                .exec()?;
+            self.bykey_remove(t).await?;
+            // The home last (a home without a row is skipped by later scans).
+            self.session
+                .execute_unpaged(&self.st.home_delete, (&t.id,))
+                .await
+                .exec()?;
         }
         Ok(Purged {
             deleted,

@@ -2,7 +2,7 @@
 //! reading it again: the window's read feeds the start, the start's write feeds the finish.
 //!
 //! A cached row is only ever used as the *expected* old row of a compare-and-set
-//! (`UPDATE tasks … IF rev = <cached rev> AND seq = <cached seq>`): every change of a task row
+//! (`UPDATE task_rows … IF rev = <cached rev> AND seq = <cached seq>`): every change of a task row
 //! bumps `rev`, and every insert of one gets a new `seq` (two inserts of one id both start at
 //! `rev` 0). So if anything changed the task since, the LWT is not applied and the caller
 //! reads the row and tries again, as it would have without the cache. A stale entry costs one

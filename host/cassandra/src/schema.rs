@@ -38,14 +38,16 @@
 //! **Earlier keyspaces** kept the task record in `tasks (id)`. [`migrate`] copies those rows
 //! into `task_rows` and `task_homes` once (each with `INSERT … IF NOT EXISTS`, so a copy that
 //! runs late never overwrites a row a node already changed) and records that in `counters`
-//! (`task_rows_copied`). Stop every node of the older release before the first node of this
-//! one starts (or run `kairos migrate` first): an older node would go on writing `tasks`,
-//! which this release no longer reads. The old table is left in place; drop it once the
-//! copy is done.
+//! (`task_rows_copied`). Until that mark is there, a store refuses to start on the keyspace
+//! unless it migrates it itself. Stop every node of the older release first (or run
+//! `kairos migrate` while they are stopped): an older node would go on writing `tasks`, which
+//! this release no longer reads. The old table is left in place; drop it once the copy is
+//! done.
 
 use futures::StreamExt;
 use kairos_core::store::{StoreError, StoreResult};
 use scylla::client::session::Session;
+use scylla::value::CqlValue;
 
 use crate::error::{Decode, Exec};
 use crate::rows::{TASK_COLS, TaskRow};
@@ -184,14 +186,14 @@ async fn add_column(
     Ok(())
 }
 
-/// Copies the rows of an earlier release's `tasks` table into `task_rows` and `task_homes`,
-/// once per keyspace (see the module doc).
-async fn copy_old_tasks(session: &Session, opts: &CassandraOptions) -> StoreResult<()> {
-    let ks = &opts.keyspace;
+/// Whether the keyspace holds an earlier release's `tasks` table whose rows are not copied
+/// yet. A store refuses to start on such a keyspace unless it migrates it (the window would
+/// not find those tasks, and would drop their pending rows as stale).
+pub(crate) async fn old_tasks_uncopied(session: &Session, ks: &str) -> StoreResult<bool> {
     let res = session
         .query_unpaged(
             "SELECT table_name FROM system_schema.tables WHERE keyspace_name = ? AND table_name = 'tasks'",
-            (ks.as_str(),),
+            (ks,),
         )
         .await
         .exec()?;
@@ -202,7 +204,7 @@ async fn copy_old_tasks(session: &Session, opts: &CassandraOptions) -> StoreResu
         .decode()?
         .is_some();
     if !old_table {
-        return Ok(());
+        return Ok(false);
     }
     let res = session
         .query_unpaged(
@@ -217,7 +219,15 @@ async fn copy_old_tasks(session: &Session, opts: &CassandraOptions) -> StoreResu
         .maybe_first_row::<(Option<i64>,)>()
         .decode()?
         .is_some();
-    if copied {
+    Ok(!copied)
+}
+
+/// Copies the rows of an earlier release's `tasks` table into `task_rows` and `task_homes`,
+/// once per keyspace (see the module doc). Not resumable: a copy that fails starts over
+/// (rows already copied are skipped by their `IF NOT EXISTS`).
+async fn copy_old_tasks(session: &Session, opts: &CassandraOptions) -> StoreResult<()> {
+    let ks = &opts.keyspace;
+    if !old_tasks_uncopied(session, ks).await? {
         return Ok(());
     }
     // Rows of the first release lack `generation`.
@@ -230,7 +240,7 @@ async fn copy_old_tasks(session: &Session, opts: &CassandraOptions) -> StoreResu
         .map_err(crate::error::prepare_err)?;
     let home_insert = session
         .prepare(format!(
-            "INSERT INTO {ks}.task_homes (id, partition, home) VALUES (?, ?, ?)"
+            "INSERT INTO {ks}.task_homes (id, partition, home) VALUES (?, ?, ?) IF NOT EXISTS"
         ))
         .await
         .map_err(crate::error::prepare_err)?;
@@ -251,10 +261,26 @@ async fn copy_old_tasks(session: &Session, opts: &CassandraOptions) -> StoreResu
     while let Some(row) = rows.next().await {
         let mut row = row.map_err(crate::error::row_err)?;
         row.home = row.due_at.div_euclid(opts.bucket_ms);
-        session
+        let res = session
             .execute_unpaged(&home_insert, (&row.id, row.partition, row.home))
             .await
             .exec()?;
+        // A home already there (an earlier copy's) is where the row goes.
+        let lwt = crate::Lwt::parse(res)?;
+        if !lwt.applied {
+            match (lwt.get("partition"), lwt.get("home")) {
+                (Some(CqlValue::BigInt(p)), Some(CqlValue::BigInt(h))) => {
+                    row.partition = *p;
+                    row.home = *h;
+                }
+                _ => {
+                    return Err(StoreError::Corrupt(format!(
+                        "task {}: its home row has no partition or home",
+                        row.id
+                    )));
+                }
+            }
+        }
         session.execute_unpaged(&row_insert, row).await.exec()?;
         n += 1;
     }

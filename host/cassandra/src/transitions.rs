@@ -1,6 +1,7 @@
 //! State changes of one task: a read (or the row this store read or wrote last, see
 //! [`crate::rowcache`]), the new state computed by the same rules as the embedded store, then
-//! a compare-and-set LWT `UPDATE tasks … IF rev = <read rev> AND seq = <read seq>`. A lost
+//! a compare-and-set LWT `UPDATE task_rows … IF rev = <read rev> AND seq = <read seq>`
+//! (the scheduler's starts and finishes do the same in batches: [`crate::batch`]). A lost
 //! race re-reads and re-checks, so the `Conflict` rules hold exactly against concurrent
 //! operators and schedulers.
 //!
@@ -63,19 +64,21 @@ impl CassandraStore {
         // The row this store read or wrote last, if any: the compare-and-set refuses it if
         // the task changed since (see `crate::rowcache`), and then the row is read.
         let mut cached = self.rows.take(id);
+        // Where the row was last read (not remembered: a remembered row may be of an earlier
+        // insert of the id, stored elsewhere).
         let mut at: Option<(i64, i64)> = None;
         for _ in 0..MAX_CAS_TRIES {
             let (old, from_cache) = match (cached.take(), at) {
                 (Some(row), _) => (row, true),
-                (None, Some((p, home))) => (
-                    self.load_at(p, home, id)
-                        .await?
-                        .ok_or_else(|| StoreError::NotFound(id.to_owned()))?,
-                    false,
-                ),
+                (None, Some((p, home))) => match self.load_at(p, home, id).await? {
+                    Some(row) => (row, false),
+                    None => (self.require(id).await?, false),
+                },
                 (None, None) => (self.require(id).await?, false),
             };
-            at = Some((i64::from(old.task.partition), old.home));
+            if !from_cache {
+                at = Some((i64::from(old.task.partition), old.home));
+            }
             let (new, epoch) = match f(&old) {
                 Ok(v) => v,
                 // A refusal is only ever judged on a row read now.

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{NODE, fresh_store, options};
-use kairos_cassandra::CassandraStore;
+use kairos_cassandra::{CassandraOptions, CassandraStore};
 use kairos_conformance::{succeeded, window};
 use kairos_core::model::{Attempt, AttemptOutcome, TaskState};
 use kairos_core::store::TaskStore;
@@ -75,6 +75,16 @@ async fn a_keyspace_of_an_earlier_release_is_copied_to_task_rows_once_and_its_ta
     )
     .await;
 
+    // A node that does not migrate refuses to start: it would not find the old tasks.
+    let refused = CassandraStore::connect(CassandraOptions {
+        migrate_on_start: false,
+        ..options(&ks)
+    })
+    .await;
+    match refused {
+        Err(e) => assert!(e.to_string().contains("kairos migrate"), "{e}"),
+        Ok(_) => panic!("a node started on a keyspace whose tasks are not copied"),
+    }
     let store = CassandraStore::connect(options(&ks))
         .await
         .expect("a node starts on the old keyspace");

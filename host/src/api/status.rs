@@ -21,7 +21,7 @@ use super::{ApiError, State};
 
 type ApiResult<T> = Result<T, ApiError>;
 
-/// How long counts by state are reused (on Cassandra they are a scan of the tasks table).
+/// How long counts by state are reused (on Cassandra they are a scan of the task table).
 const COUNTS_TTL: Duration = Duration::from_secs(1);
 /// Lease reads in flight at once for `GET /v1/partitions`.
 const LEASE_READS: usize = 16;

@@ -1,23 +1,47 @@
-//! `enqueue`: dedup within the batch, one seq block reservation, then every task written
-//! concurrently (at most `concurrency` in flight).
+//! `enqueue`: dedup within the batch, one seq block reservation, then the tasks in three
+//! steps, each for all of them at once (at most `concurrency` statements in flight):
 //!
-//! Per new task: [uniqueness LWT if it has a key] → read of its home by id (a replayed
-//! enqueue is a duplicate) → its home (`task_homes`) and index rows (`pending`,
-//! `tasks_by_key`), then the bucket directory, then the task row. Index rows go first so a pending task is never missing from the window; a crash in
+//! 1. per task, [its uniqueness LWT if it has a key] and a read of its home by id (a
+//!    replayed enqueue is a duplicate);
+//! 2. the homes (`task_homes`) and index rows (`pending` as one unlogged batch per pending
+//!    partition, `tasks_by_key`), then the bucket directory, once per bucket;
+//! 3. the task rows, one unlogged batch per home.
+//!
+//! Index rows go first so a pending task is never missing from the window; a crash in
 //! between leaves an index row without a task, which readers skip.
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::time::Duration;
 
+use futures::future::join_all;
 use futures::{StreamExt, stream};
 use kairos_core::model::{EnqueueOutcome, NewTask, Task};
 use kairos_core::store::{StoreError, StoreResult};
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::value::CqlValue;
 
 use crate::error::Exec;
 use crate::rows::TaskRow;
 use crate::{CassandraStore, Lwt};
+
+/// What is left to write for one task of an enqueue.
+enum Prepared {
+    /// Nothing: a duplicate.
+    Done(EnqueueOutcome),
+    /// A replay of a pending task: its index rows again, then it is a duplicate.
+    Reassert { task: Task, home: i64 },
+    /// A new task: its home (`write_home`: unless an interrupted attempt wrote it), index
+    /// rows and row.
+    New {
+        task: Task,
+        home: i64,
+        write_home: bool,
+    },
+}
+
+/// Most bytes of task rows (payloads mostly) in one unlogged batch.
+const ROW_BATCH_BYTES: usize = 1 << 20;
 
 /// How long a duplicate waits for the task that holds its uniqueness key to appear (the
 /// winner writes the uniqueness row before the task row).
@@ -57,11 +81,40 @@ impl CassandraStore {
                 seq += 1;
             }
         }
-        let results: Vec<(usize, StoreResult<EnqueueOutcome>)> = stream::iter(jobs)
-            .map(|(i, t, seq)| async move { (i, self.insert_one(t, seq).await) })
+        // Per task: its uniqueness claim and replay check.
+        let prepared: Vec<(usize, StoreResult<Prepared>)> = stream::iter(jobs)
+            .map(|(i, t, seq)| async move { (i, self.prepare_one(t, seq).await) })
             .buffer_unordered(self.opts.concurrency)
             .collect()
             .await;
+        let mut results: Vec<(usize, StoreResult<EnqueueOutcome>)> = Vec::with_capacity(n);
+        let mut to_index: Vec<(usize, Task, i64, Option<bool>)> = Vec::new();
+        for (i, r) in prepared {
+            match r {
+                Ok(Prepared::Done(o)) => results.push((i, Ok(o))),
+                Ok(Prepared::Reassert { task, home }) => to_index.push((i, task, home, None)),
+                Ok(Prepared::New {
+                    task,
+                    home,
+                    write_home,
+                }) => to_index.push((i, task, home, Some(write_home))),
+                Err(e) => results.push((i, Err(e))),
+            }
+        }
+        // Then, for all of them together: homes and index rows, then the task rows.
+        if let Some((_, Err(e))) = results.iter().find(|(_, r)| r.is_err()) {
+            return Err(e.clone());
+        }
+        self.write_new(&to_index).await?;
+        for (i, task, _, new) in to_index {
+            results.push((
+                i,
+                Ok(match new {
+                    Some(_) => EnqueueOutcome::Created(task),
+                    None => EnqueueOutcome::Duplicate(task),
+                }),
+            ));
+        }
         let mut out: Vec<Option<EnqueueOutcome>> = vec![None; n];
         for (i, r) in results {
             // The first error fails the call; tasks already written stay (a retry of the
@@ -82,7 +135,8 @@ impl CassandraStore {
             .collect()
     }
 
-    async fn insert_one(&self, new: NewTask, seq: u64) -> StoreResult<EnqueueOutcome> {
+    /// The uniqueness claim and replay check of one new task: what is left to write for it.
+    async fn prepare_one(&self, new: NewTask, seq: u64) -> StoreResult<Prepared> {
         if let Some(ukey) = &new.uniqueness_key {
             let res = self
                 .session
@@ -100,7 +154,8 @@ impl CassandraStore {
                     }
                 };
                 if owner != new.id {
-                    return Ok(EnqueueOutcome::Duplicate(self.await_task(&owner).await?));
+                    let task = self.await_task(&owner).await?;
+                    return Ok(Prepared::Done(EnqueueOutcome::Duplicate(task)));
                 }
                 // Our own claim from an earlier, interrupted attempt: carry on.
             }
@@ -114,36 +169,113 @@ impl CassandraStore {
         {
             // A replay. Re-assert the index rows of a pending task (cheap, idempotent) in case
             // the first attempt died between the task row and its index rows.
-            if existing.task.is_pending() {
-                self.index_add(&existing.task, home, true, true).await?;
-            }
-            return Ok(EnqueueOutcome::Duplicate(existing.task));
+            return Ok(if existing.task.is_pending() {
+                Prepared::Reassert {
+                    task: existing.task,
+                    home,
+                }
+            } else {
+                Prepared::Done(EnqueueOutcome::Duplicate(existing.task))
+            });
         }
         // A home without a row: the first attempt died before the row. It is reused if it is in
         // this partition, else replaced.
         let known = known.filter(|(p, _)| *p == partition);
-        let home = known.map_or_else(|| self.bucket_of(new.due_at), |(_, home)| home);
-        let task = Task::from_new(new, seq);
-        // The home and the index rows first, then the row: once the row is there, it is found
-        // by id and by the window.
+        Ok(Prepared::New {
+            home: known.map_or_else(|| self.bucket_of(new.due_at), |(_, home)| home),
+            task: Task::from_new(new, seq),
+            write_home: known.is_none(),
+        })
+    }
+
+    /// Writes what `prepare_one` left: `(_, task, home, new)`, where `new` is `None` for a
+    /// replay whose index rows are re-asserted, else whether the home is to be written. The
+    /// homes and index rows go first, then the rows: once a row is there, it is found by id
+    /// and by the window. Rows that share a home go as one unlogged batch (one mutation).
+    async fn write_new(&self, items: &[(usize, Task, i64, Option<bool>)]) -> StoreResult<()> {
+        let conc = self.opts.concurrency.max(1);
+        let homes: Vec<&(usize, Task, i64, Option<bool>)> =
+            items.iter().filter(|it| it.3 == Some(true)).collect();
         let located = async {
-            if known.is_none() {
-                self.session
-                    .execute_unpaged(&self.st.home_insert, (&task.id, partition, home))
-                    .await
-                    .exec()?;
+            for chunk in homes.chunks(conc) {
+                let futs: Vec<_> = chunk
+                    .iter()
+                    .map(|(_, t, home, _)| {
+                        self.session.execute_unpaged(
+                            &self.st.home_insert,
+                            (&t.id, i64::from(t.partition), *home),
+                        )
+                    })
+                    .collect();
+                for r in join_all(futs).await {
+                    r.exec()?;
+                }
             }
             StoreResult::Ok(())
         };
-        let (located, indexed) = tokio::join!(located, self.index_add(&task, home, true, true));
+        let indexed: Vec<(&Task, i64)> = items.iter().map(|(_, t, home, _)| (t, *home)).collect();
+        let (located, indexed) = tokio::join!(located, self.index_add_many(&indexed));
         located?;
         indexed?;
-        let row = TaskRow::from_task(&task, home, 0, 0)?;
-        self.session
-            .execute_unpaged(&self.st.task_insert, row)
-            .await
-            .exec()?;
-        Ok(EnqueueOutcome::Created(task))
+        let mut by_home: HashMap<(u32, i64), Vec<&Task>> = HashMap::new();
+        for (_, t, home, new) in items {
+            if new.is_some() {
+                by_home.entry((t.partition, *home)).or_default().push(t);
+            }
+        }
+        let mut batches: Vec<(i64, Vec<&Task>)> = Vec::new();
+        for ((_, home), tasks) in by_home {
+            let mut bytes = 0;
+            let mut current: Vec<&Task> = Vec::new();
+            for t in tasks {
+                let size = 512 + t.payload.len() + t.key.len() + t.id.len();
+                if !current.is_empty()
+                    && (current.len() == crate::batch::MAX_ROWS || bytes + size > ROW_BATCH_BYTES)
+                {
+                    batches.push((home, std::mem::take(&mut current)));
+                    bytes = 0;
+                }
+                bytes += size;
+                current.push(t);
+            }
+            if !current.is_empty() {
+                batches.push((home, current));
+            }
+        }
+        for chunk in batches.chunks(conc) {
+            let futs: Vec<_> = chunk
+                .iter()
+                .map(|(home, tasks)| self.insert_rows(*home, tasks))
+                .collect();
+            for r in join_all(futs).await {
+                r?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts new task rows that share `home` (and a partition): one unlogged batch.
+    async fn insert_rows(&self, home: i64, tasks: &[&Task]) -> StoreResult<()> {
+        let rows = tasks
+            .iter()
+            .map(|t| TaskRow::from_task(t, home, 0, 0))
+            .collect::<StoreResult<Vec<_>>>()?;
+        if let [row] = rows.as_slice() {
+            self.session
+                .execute_unpaged(&self.st.task_insert, row)
+                .await
+                .exec()?;
+            return Ok(());
+        }
+        let mut batch = Batch::new(BatchType::Unlogged);
+        for _ in 0..rows.len() {
+            batch.append_statement(self.st.task_insert.clone());
+        }
+        if let Some(c) = self.st.task_insert.get_consistency() {
+            batch.set_consistency(c);
+        }
+        self.session.batch(&batch, rows).await.exec()?;
+        Ok(())
     }
 
     /// The task that holds a uniqueness key; it may still be on its way in.

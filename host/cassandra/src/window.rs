@@ -6,6 +6,9 @@
 //! [`STALE_GRACE_US`] it is deleted with `USING TIMESTAMP <its write time>`, which removes
 //! exactly that write and never a later re-insert of the same position.
 
+use std::collections::BTreeMap;
+
+use futures::future::join_all;
 use futures::{StreamExt, TryStreamExt, stream};
 use kairos_core::model::{ListFilter, Millis, OrderPos, Task};
 use kairos_core::store::{FirstByPos, StoreResult};
@@ -72,6 +75,98 @@ impl CassandraStore {
                 .await
                 .exec()?;
         }
+        Ok(())
+    }
+
+    /// [`index_add`](Self::index_add) of many new tasks `(task, home)`, all pending: their
+    /// `pending` rows as one unlogged batch per pending partition, their `tasks_by_key` rows,
+    /// then each bucket registered once.
+    pub(crate) async fn index_add_many(&self, items: &[(&Task, i64)]) -> StoreResult<()> {
+        let conc = self.opts.concurrency.max(1);
+        let mut by_bucket: BTreeMap<(i64, i64), Vec<(&Task, i64)>> = BTreeMap::new();
+        for &(t, home) in items {
+            by_bucket
+                .entry((i64::from(t.partition), self.bucket_of(t.due_at)))
+                .or_default()
+                .push((t, home));
+        }
+        let mut groups: Vec<Vec<(&Task, i64)>> = Vec::new();
+        for rows in by_bucket.values() {
+            groups.extend(rows.chunks(crate::batch::MAX_ROWS).map(<[_]>::to_vec));
+        }
+        let pending = async {
+            for chunk in groups.chunks(conc) {
+                let futs: Vec<_> = chunk.iter().map(|g| self.pending_insert_many(g)).collect();
+                for r in join_all(futs).await {
+                    r?;
+                }
+            }
+            StoreResult::Ok(())
+        };
+        let keyed = async {
+            for chunk in items.chunks(conc) {
+                let futs: Vec<_> = chunk
+                    .iter()
+                    .map(|(t, _)| {
+                        self.session.execute_unpaged(
+                            &self.st.bykey_insert,
+                            (&t.key, t.due_at, seq_db(t.seq), &t.id),
+                        )
+                    })
+                    .collect();
+                for r in join_all(futs).await {
+                    r.exec()?;
+                }
+            }
+            StoreResult::Ok(())
+        };
+        let (a, k) = tokio::join!(pending, keyed);
+        a?;
+        k?;
+        let buckets: Vec<(i64, i64)> = by_bucket.into_keys().collect();
+        for chunk in buckets.chunks(conc) {
+            let futs: Vec<_> = chunk
+                .iter()
+                .map(|pb| self.session.execute_unpaged(&self.st.bucket_touch, *pb))
+                .collect();
+            for r in join_all(futs).await {
+                r.exec()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts the `pending` rows of `(task, home)`, which share one pending partition: one
+    /// unlogged batch.
+    async fn pending_insert_many(&self, rows: &[(&Task, i64)]) -> StoreResult<()> {
+        let values: Vec<(i64, i64, i64, i64, &str, i64)> = rows
+            .iter()
+            .map(|(t, home)| {
+                (
+                    i64::from(t.partition),
+                    self.bucket_of(t.due_at),
+                    t.due_at,
+                    seq_db(t.seq),
+                    t.id.as_str(),
+                    *home,
+                )
+            })
+            .collect();
+        if let [one] = values.as_slice() {
+            self.session
+                .execute_unpaged(&self.st.pending_insert, one)
+                .await
+                .exec()?;
+            return Ok(());
+        }
+        let mut batch = Batch::new(BatchType::Unlogged);
+        for _ in 0..values.len() {
+            batch.append_statement(self.st.pending_insert.clone());
+        }
+        if let Some(c) = self.st.pending_insert.get_consistency() {
+            batch.set_consistency(c);
+        }
+        self.session.batch(&batch, values).await.exec()?;
         Ok(())
     }
 

@@ -169,6 +169,14 @@ impl CassandraStore {
                     // Some task of the batch changed since it was read: all are read again.
                     Ok(false) => {}
                     Err(e) => {
+                        // The batch may have applied (a timeout): all or none of it.
+                        let e = match e {
+                            StoreError::Unavailable(m) => StoreError::Unavailable(format!(
+                                "{m} (a batch of {} task changes; whether it applied is unknown)",
+                                batch.len()
+                            )),
+                            e => e,
+                        };
                         for p in batch {
                             answers[p.i] = Some(Err(e.clone()));
                         }

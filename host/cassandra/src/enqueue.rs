@@ -2,7 +2,8 @@
 //! steps, each for all of them at once (at most `concurrency` statements in flight):
 //!
 //! 1. per task, [its uniqueness LWT if it has a key] and a read of its home by id (a
-//!    replayed enqueue is a duplicate);
+//!    replayed enqueue is a duplicate; a task whose key another task holds is answered with
+//!    that task, looked up after the writes below);
 //! 2. the homes (`task_homes`) and index rows (`pending` as one unlogged batch per pending
 //!    partition, `tasks_by_key`), then the bucket directory, once per bucket;
 //! 3. the task rows, one unlogged batch per home.
@@ -11,7 +12,6 @@
 //! between leaves an index row without a task, which readers skip.
 
 use std::collections::HashMap;
-use std::collections::hash_map::Entry;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -29,6 +29,8 @@ use crate::{CassandraStore, Lwt};
 enum Prepared {
     /// Nothing: a duplicate.
     Done(EnqueueOutcome),
+    /// Nothing: its uniqueness key is held by that task (answered once it is found).
+    HeldBy(String),
     /// A replay of a pending task: its index rows again, then it is a duplicate.
     Reassert { task: Task, home: i64 },
     /// A new task: its home (`write_home`: unless an interrupted attempt wrote it), index
@@ -57,18 +59,25 @@ impl CassandraStore {
         if n == 0 {
             return Ok(Vec::new());
         }
-        // Within a batch the first task with a uniqueness key wins.
+        // Within a batch the first task with an id, or with a uniqueness key, wins; a later
+        // one is its duplicate.
         let mut dup_of: Vec<Option<usize>> = vec![None; n];
         {
-            let mut first: HashMap<&str, usize> = HashMap::new();
+            let mut by_id: HashMap<&str, usize> = HashMap::new();
+            let mut by_ukey: HashMap<&str, usize> = HashMap::new();
             for (i, t) in batch.iter().enumerate() {
+                let leader = match by_id.get(t.id.as_str()) {
+                    Some(&j) => Some(j),
+                    None => t
+                        .uniqueness_key
+                        .as_deref()
+                        .and_then(|u| by_ukey.get(u).copied()),
+                };
+                dup_of[i] = leader;
+                let me = leader.unwrap_or(i);
+                by_id.entry(t.id.as_str()).or_insert(me);
                 if let Some(u) = &t.uniqueness_key {
-                    match first.entry(u.as_str()) {
-                        Entry::Occupied(e) => dup_of[i] = Some(*e.get()),
-                        Entry::Vacant(v) => {
-                            v.insert(i);
-                        }
-                    }
+                    by_ukey.entry(u.as_str()).or_insert(me);
                 }
             }
         }
@@ -89,9 +98,11 @@ impl CassandraStore {
             .await;
         let mut results: Vec<(usize, StoreResult<EnqueueOutcome>)> = Vec::with_capacity(n);
         let mut to_index: Vec<(usize, Task, i64, Option<bool>)> = Vec::new();
+        let mut owned_elsewhere: Vec<(usize, String)> = Vec::new();
         for (i, r) in prepared {
             match r {
                 Ok(Prepared::Done(o)) => results.push((i, Ok(o))),
+                Ok(Prepared::HeldBy(owner)) => owned_elsewhere.push((i, owner)),
                 Ok(Prepared::Reassert { task, home }) => to_index.push((i, task, home, None)),
                 Ok(Prepared::New {
                     task,
@@ -101,10 +112,8 @@ impl CassandraStore {
                 Err(e) => results.push((i, Err(e))),
             }
         }
-        // Then, for all of them together: homes and index rows, then the task rows.
-        if let Some((_, Err(e))) = results.iter().find(|(_, r)| r.is_err()) {
-            return Err(e.clone());
-        }
+        // Then, for all that prepared (whatever happened to the others, so that no claimed
+        // uniqueness key is left without its task): homes and index rows, then task rows.
         self.write_new(&to_index).await?;
         for (i, task, _, new) in to_index {
             results.push((
@@ -115,6 +124,20 @@ impl CassandraStore {
                 }),
             ));
         }
+        // Last, the tasks whose uniqueness key another task holds: that one may be on its way
+        // in (possibly from another batch waiting for ours).
+        let waited: Vec<(usize, StoreResult<EnqueueOutcome>)> = stream::iter(owned_elsewhere)
+            .map(|(i, owner)| async move {
+                let r = self.await_task(&owner).await;
+                (i, r.map(EnqueueOutcome::Duplicate))
+            })
+            .buffer_unordered(self.opts.concurrency)
+            .collect()
+            .await;
+        results.extend(waited);
+        // The first error (in input order) fails the call; tasks written stay (a retry of the
+        // batch sees them as duplicates of themselves).
+        results.sort_by_key(|(i, _)| *i);
         let mut out: Vec<Option<EnqueueOutcome>> = vec![None; n];
         for (i, r) in results {
             // The first error fails the call; tasks already written stay (a retry of the
@@ -154,8 +177,7 @@ impl CassandraStore {
                     }
                 };
                 if owner != new.id {
-                    let task = self.await_task(&owner).await?;
-                    return Ok(Prepared::Done(EnqueueOutcome::Duplicate(task)));
+                    return Ok(Prepared::HeldBy(owner));
                 }
                 // Our own claim from an earlier, interrupted attempt: carry on.
             }

@@ -36,3 +36,42 @@ async fn an_id_enqueued_again_in_another_partition_is_the_same_task() {
     let rec = store.get(&task.id).await.expect("get").expect("stored");
     assert_eq!(rec.task.partition, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_twice_in_one_batch_is_one_task() {
+    let (store, _guard) = common::fresh_store().await;
+    let first = new_task_in(3, "k", T0 + 2_000);
+    let mut again = first.clone();
+    again.due_at = T0 + 1_000;
+    let out = store.enqueue(vec![first, again]).await.expect("enqueue");
+    let EnqueueOutcome::Created(task) = &out[0] else {
+        panic!("{out:?}");
+    };
+    match &out[1] {
+        EnqueueOutcome::Duplicate(t) => assert_eq!((&t.id, t.due_at), (&task.id, T0 + 2_000)),
+        other => panic!("expected a duplicate of the first, got {other:?}"),
+    }
+    let due = window(&store, 3).await;
+    assert_eq!(due.len(), 1);
+    assert_eq!((due[0].due_at, due[0].seq), (task.due_at, task.seq));
+}
+
+/// Two batches, each holding the uniqueness key the other one's second task wants: each
+/// writes its own tasks before it looks for the other's, so both complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_that_hold_each_others_uniqueness_keys_both_complete() {
+    let (store, _guard) = common::fresh_store().await;
+    let keyed = |key: &str, ukey: &str| {
+        let mut t = new_task_in(0, key, T0);
+        t.uniqueness_key = Some(ukey.into());
+        t
+    };
+    let x = vec![keyed("a", "u1"), keyed("b", "u2")];
+    let y = vec![keyed("c", "u2"), keyed("d", "u1")];
+    let (x, y) = tokio::join!(store.enqueue(x), store.enqueue(y));
+    let (x, y) = (x.expect("batch x"), y.expect("batch y"));
+    // Whichever claimed u1 first, "a" and "d" are one task, and "b" and "c" another.
+    assert_eq!(x[0].task().id, y[1].task().id);
+    assert_eq!(x[1].task().id, y[0].task().id);
+    assert_eq!(window(&store, 0).await.len(), 2);
+}

@@ -18,7 +18,6 @@ use futures::future::join_all;
 use futures::{StreamExt, stream};
 use kairos_core::model::{EnqueueOutcome, NewTask, Task};
 use kairos_core::store::{StoreError, StoreResult};
-use scylla::statement::batch::{Batch, BatchType};
 use scylla::value::CqlValue;
 
 use crate::error::Exec;
@@ -282,22 +281,7 @@ impl CassandraStore {
             .iter()
             .map(|t| TaskRow::from_task(t, home, 0, 0))
             .collect::<StoreResult<Vec<_>>>()?;
-        if let [row] = rows.as_slice() {
-            self.session
-                .execute_unpaged(&self.st.task_insert, row)
-                .await
-                .exec()?;
-            return Ok(());
-        }
-        let mut batch = Batch::new(BatchType::Unlogged);
-        for _ in 0..rows.len() {
-            batch.append_statement(self.st.task_insert.clone());
-        }
-        if let Some(c) = self.st.task_insert.get_consistency() {
-            batch.set_consistency(c);
-        }
-        self.session.batch(&batch, rows).await.exec()?;
-        Ok(())
+        self.write_one_partition(&self.st.task_insert, rows).await
     }
 
     /// The task that holds a uniqueness key; it may still be on its way in.

@@ -54,6 +54,7 @@ use kairos_core::store::{StoreError, StoreResult};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::response::query_result::QueryResult;
+use scylla::statement::batch::{Batch, BatchType};
 use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row};
 use tokio::sync::Mutex;
@@ -301,6 +302,32 @@ impl CassandraStore {
         self.load(id)
             .await?
             .ok_or_else(|| StoreError::NotFound(id.to_owned()))
+    }
+
+    /// Runs `st` once per value, all on one Cassandra partition: one unlogged batch (a single
+    /// mutation), or the plain statement for one value.
+    pub(crate) async fn write_one_partition<V: scylla::serialize::row::SerializeRow>(
+        &self,
+        st: &scylla::statement::prepared::PreparedStatement,
+        values: Vec<V>,
+    ) -> StoreResult<()> {
+        match values.as_slice() {
+            [] => {}
+            [one] => {
+                self.session.execute_unpaged(st, one).await.exec()?;
+            }
+            _ => {
+                let mut batch = Batch::new(BatchType::Unlogged);
+                for _ in 0..values.len() {
+                    batch.append_statement(st.clone());
+                }
+                if let Some(c) = st.get_consistency() {
+                    batch.set_consistency(c);
+                }
+                self.session.batch(&batch, values).await.exec()?;
+            }
+        }
+        Ok(())
     }
 
     /// Reserves `n` consecutive sequence numbers, above every number any store reserved

@@ -12,7 +12,6 @@ use futures::future::join_all;
 use futures::{StreamExt, TryStreamExt, stream};
 use kairos_core::model::{ListFilter, Millis, OrderPos, Task};
 use kairos_core::store::{FirstByPos, StoreResult};
-use scylla::statement::batch::{Batch, BatchType};
 
 use crate::error::{Decode, Exec, pager_err, row_err};
 use crate::rows::{Stored, TaskRow};
@@ -152,22 +151,8 @@ impl CassandraStore {
                 )
             })
             .collect();
-        if let [one] = values.as_slice() {
-            self.session
-                .execute_unpaged(&self.st.pending_insert, one)
-                .await
-                .exec()?;
-            return Ok(());
-        }
-        let mut batch = Batch::new(BatchType::Unlogged);
-        for _ in 0..values.len() {
-            batch.append_statement(self.st.pending_insert.clone());
-        }
-        if let Some(c) = self.st.pending_insert.get_consistency() {
-            batch.set_consistency(c);
-        }
-        self.session.batch(&batch, values).await.exec()?;
-        Ok(())
+        self.write_one_partition(&self.st.pending_insert, values)
+            .await
     }
 
     /// The task row an index row of partition `p` points at: at its home if the index row
@@ -184,42 +169,22 @@ impl CassandraStore {
         }
     }
 
-    pub(crate) async fn pending_remove(&self, t: &Task) -> StoreResult<()> {
-        let (p, b) = (i64::from(t.partition), self.bucket_of(t.due_at));
-        self.session
-            .execute_unpaged(&self.st.pending_delete, (p, b, t.due_at, seq_db(t.seq)))
-            .await
-            .exec()?;
-        Ok(())
-    }
-
     /// Deletes the `pending` rows of `tasks`, which share one `pending` partition: one
     /// unlogged batch (a single mutation).
     pub(crate) async fn pending_remove_many(&self, tasks: &[&Task]) -> StoreResult<()> {
-        match tasks {
-            [] => Ok(()),
-            [t] => self.pending_remove(t).await,
-            _ => {
-                let mut batch = Batch::new(BatchType::Unlogged);
-                if let Some(c) = self.st.pending_delete.get_consistency() {
-                    batch.set_consistency(c);
-                }
-                let values: Vec<(i64, i64, i64, i64)> = tasks
-                    .iter()
-                    .map(|t| {
-                        batch.append_statement(self.st.pending_delete.clone());
-                        (
-                            i64::from(t.partition),
-                            self.bucket_of(t.due_at),
-                            t.due_at,
-                            seq_db(t.seq),
-                        )
-                    })
-                    .collect();
-                self.session.batch(&batch, values).await.exec()?;
-                Ok(())
-            }
-        }
+        let values: Vec<(i64, i64, i64, i64)> = tasks
+            .iter()
+            .map(|t| {
+                (
+                    i64::from(t.partition),
+                    self.bucket_of(t.due_at),
+                    t.due_at,
+                    seq_db(t.seq),
+                )
+            })
+            .collect();
+        self.write_one_partition(&self.st.pending_delete, values)
+            .await
     }
 
     pub(crate) async fn bykey_remove(&self, t: &Task) -> StoreResult<()> {

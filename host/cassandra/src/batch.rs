@@ -53,6 +53,51 @@ struct Planned {
     epoch: u64,
 }
 
+/// Runs `f` on every item, at most `conc` at a time; the answers in order. (Chunks of
+/// joined futures rather than a mapped stream: the compiler can prove these futures `Send`,
+/// so they can run in the spawned batcher.)
+pub(crate) async fn each_bounded<'a, T, F, Fut>(
+    items: &'a [T],
+    conc: usize,
+    mut f: F,
+) -> Vec<Fut::Output>
+where
+    F: FnMut(&'a T) -> Fut,
+    Fut: std::future::Future,
+{
+    let mut out = Vec::with_capacity(items.len());
+    for chunk in items.chunks(conc.max(1)) {
+        out.extend(join_all(chunk.iter().map(&mut f)).await);
+    }
+    out
+}
+
+/// Splits `items` into batches of at most [`MAX_ROWS`] items and `max_bytes` by `size` (a
+/// batch holds at least one item), in order.
+pub(crate) fn bounded_batches<T>(
+    items: impl IntoIterator<Item = T>,
+    max_bytes: usize,
+    size: impl Fn(&T) -> usize,
+) -> Vec<Vec<T>> {
+    let mut batches: Vec<Vec<T>> = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let n = size(&item);
+        let full = batches
+            .last()
+            .is_none_or(|b| b.len() == MAX_ROWS || bytes + n > max_bytes);
+        if full {
+            batches.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += n;
+        if let Some(b) = batches.last_mut() {
+            b.push(item);
+        }
+    }
+    batches
+}
+
 fn text_bytes(t: &Task) -> usize {
     256 + t.id.len()
         + t.last_error.as_ref().map_or(0, String::len)
@@ -88,17 +133,12 @@ impl CassandraStore {
                 .copied()
                 .filter(|&i| rows[i].is_none())
                 .collect();
-            for chunk in unread.chunks(conc) {
-                let futs: Vec<_> = chunk
-                    .iter()
-                    .map(|&i| async move { (i, self.load(ids[i]).await) })
-                    .collect();
-                for (i, r) in join_all(futs).await {
-                    match r {
-                        Ok(Some(row)) => rows[i] = Some((row, false)),
-                        Ok(None) => answers[i] = Some(Err(StoreError::NotFound(ids[i].to_owned()))),
-                        Err(e) => answers[i] = Some(Err(e)),
-                    }
+            let read = each_bounded(&unread, conc, |&i| self.load(ids[i])).await;
+            for (&i, r) in unread.iter().zip(read) {
+                match r {
+                    Ok(Some(row)) => rows[i] = Some((row, false)),
+                    Ok(None) => answers[i] = Some(Err(StoreError::NotFound(ids[i].to_owned()))),
+                    Err(e) => answers[i] = Some(Err(e)),
                 }
             }
             let mut planned: Vec<Planned> = Vec::new();
@@ -114,54 +154,33 @@ impl CassandraStore {
                 }
             }
             // The index rows the new states need, before their compare-and-sets.
-            let mut ready: Vec<Planned> = Vec::with_capacity(planned.len());
-            let mut planned = planned.into_iter();
-            loop {
-                let chunk: Vec<Planned> = planned.by_ref().take(conc).collect();
-                if chunk.is_empty() {
-                    break;
-                }
-                let futs: Vec<_> = chunk
-                    .iter()
-                    .map(|p| self.before_cas(&p.old, &p.new))
-                    .collect();
-                let results = join_all(futs).await;
-                for (p, r) in chunk.into_iter().zip(results) {
-                    match r {
-                        Ok(()) => ready.push(p),
-                        Err(e) => answers[p.i] = Some(Err(e)),
-                    }
+            let indexed = each_bounded(&planned, conc, |p| self.before_cas(&p.old, &p.new)).await;
+            let mut homes: BTreeMap<(u32, i64), Vec<Planned>> = BTreeMap::new();
+            for (p, r) in planned.into_iter().zip(indexed) {
+                match r {
+                    Ok(()) => homes
+                        .entry((p.old.task.partition, p.old.home))
+                        .or_default()
+                        .push(p),
+                    Err(e) => answers[p.i] = Some(Err(e)),
                 }
             }
             // Per home, batches of at most MAX_ROWS and MAX_BYTES, one after another.
-            let mut homes: BTreeMap<(u32, i64), Vec<Vec<Planned>>> = BTreeMap::new();
-            for p in ready {
-                let size = text_bytes(&p.new);
-                let batches = homes.entry((p.old.task.partition, p.old.home)).or_default();
-                let full = batches.last().is_none_or(|b| {
-                    b.len() == MAX_ROWS
-                        || b.iter().map(|q| text_bytes(&q.new)).sum::<usize>() + size > MAX_BYTES
-                });
-                if full {
-                    batches.push(Vec::new());
-                }
-                if let Some(b) = batches.last_mut() {
-                    b.push(p);
-                }
-            }
             let outcomes: Vec<Vec<(Vec<Planned>, StoreResult<bool>)>> =
-                stream::iter(homes.into_values())
-                    .map(|batches| async move {
-                        let mut out = Vec::with_capacity(batches.len());
-                        for b in batches {
-                            let applied = self.cas_batch(&b).await;
-                            out.push((b, applied));
-                        }
-                        out
-                    })
-                    .buffer_unordered(conc)
-                    .collect()
-                    .await;
+                stream::iter(homes.into_values().map(|home| {
+                    bounded_batches(home, MAX_BYTES, |p: &Planned| text_bytes(&p.new))
+                }))
+                .map(|batches| async move {
+                    let mut out = Vec::with_capacity(batches.len());
+                    for b in batches {
+                        let applied = self.cas_batch(&b).await;
+                        out.push((b, applied));
+                    }
+                    out
+                })
+                .buffer_unordered(conc)
+                .collect()
+                .await;
             let mut applied: Vec<Planned> = Vec::new();
             for (batch, outcome) in outcomes.into_iter().flatten() {
                 match outcome {
@@ -252,22 +271,26 @@ impl CassandraStore {
                 } => self.finish_change(lease, old, attempt.number, transition, *at),
             })
             .await;
-        let mut out: Vec<StoreResult<Task>> = Vec::with_capacity(changes.len());
-        let conc = self.opts.concurrency.max(1);
-        let mut items = changed.into_iter().zip(changes).zip(ids).peekable();
-        while items.peek().is_some() {
-            let futs: Vec<_> = items
-                .by_ref()
-                .take(conc)
-                .map(|((r, change), id)| async move {
-                    let (_, new) = r?;
-                    if let Change::Finish { attempt, .. } = change {
-                        self.record_attempt(id, attempt).await?;
-                    }
-                    Ok(new)
-                })
-                .collect();
-            out.extend(join_all(futs).await);
+        let mut out: Vec<StoreResult<Task>> =
+            changed.into_iter().map(|r| r.map(|(_, new)| new)).collect();
+        // The finishes that applied record their attempts.
+        let finished: Vec<(usize, &Attempt)> = out
+            .iter()
+            .zip(changes)
+            .enumerate()
+            .filter_map(|(i, (r, c))| match (r, c) {
+                (Ok(_), Change::Finish { attempt, .. }) => Some((i, attempt)),
+                _ => None,
+            })
+            .collect();
+        let recorded = each_bounded(&finished, self.opts.concurrency, |&(i, attempt)| {
+            self.record_attempt(ids[i], attempt)
+        })
+        .await;
+        for (&(i, _), r) in finished.iter().zip(recorded) {
+            if let Err(e) = r {
+                out[i] = Err(e);
+            }
         }
         let started = out
             .iter()

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures::future::join_all;
+use crate::batch::{bounded_batches, each_bounded};
 use futures::{StreamExt, stream};
 use kairos_core::model::{EnqueueOutcome, NewTask, Task};
 use kairos_core::store::{StoreError, StoreResult};
@@ -214,23 +214,17 @@ impl CassandraStore {
     /// homes and index rows go first, then the rows: once a row is there, it is found by id
     /// and by the window. Rows that share a home go as one unlogged batch (one mutation).
     async fn write_new(&self, items: &[(usize, Task, i64, Option<bool>)]) -> StoreResult<()> {
-        let conc = self.opts.concurrency.max(1);
+        let conc = self.opts.concurrency;
         let homes: Vec<&(usize, Task, i64, Option<bool>)> =
             items.iter().filter(|it| it.3 == Some(true)).collect();
         let located = async {
-            for chunk in homes.chunks(conc) {
-                let futs: Vec<_> = chunk
-                    .iter()
-                    .map(|(_, t, home, _)| {
-                        self.session.execute_unpaged(
-                            &self.st.home_insert,
-                            (&t.id, i64::from(t.partition), *home),
-                        )
-                    })
-                    .collect();
-                for r in join_all(futs).await {
-                    r.exec()?;
-                }
+            let written = each_bounded(&homes, conc, |(_, t, home, _)| {
+                self.session
+                    .execute_unpaged(&self.st.home_insert, (&t.id, i64::from(t.partition), *home))
+            })
+            .await;
+            for r in written {
+                r.exec()?;
             }
             StoreResult::Ok(())
         };
@@ -246,33 +240,18 @@ impl CassandraStore {
         }
         let mut batches: Vec<(i64, Vec<&Task>)> = Vec::new();
         for ((_, home), tasks) in by_home {
-            let mut bytes = 0;
-            let mut current: Vec<&Task> = Vec::new();
-            for t in tasks {
-                let size = 512 + t.payload.len() + t.key.len() + t.id.len();
-                if !current.is_empty()
-                    && (current.len() == crate::batch::MAX_ROWS || bytes + size > ROW_BATCH_BYTES)
-                {
-                    batches.push((home, std::mem::take(&mut current)));
-                    bytes = 0;
-                }
-                bytes += size;
-                current.push(t);
-            }
-            if !current.is_empty() {
-                batches.push((home, current));
-            }
+            let size = |t: &&Task| 512 + t.payload.len() + t.key.len() + t.id.len();
+            batches.extend(
+                bounded_batches(tasks, ROW_BATCH_BYTES, size)
+                    .into_iter()
+                    .map(|b| (home, b)),
+            );
         }
-        for chunk in batches.chunks(conc) {
-            let futs: Vec<_> = chunk
-                .iter()
-                .map(|(home, tasks)| self.insert_rows(*home, tasks))
-                .collect();
-            for r in join_all(futs).await {
-                r?;
-            }
-        }
-        Ok(())
+        let written = each_bounded(&batches, conc, |(home, tasks)| {
+            self.insert_rows(*home, tasks)
+        })
+        .await;
+        written.into_iter().collect()
     }
 
     /// Inserts new task rows that share `home` (and a partition): one unlogged batch.

@@ -298,12 +298,6 @@ impl CassandraStore {
         row.map(TaskRow::into_stored).transpose()
     }
 
-    pub(crate) async fn require(&self, id: &str) -> StoreResult<Stored> {
-        self.load(id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(id.to_owned()))
-    }
-
     /// Runs `st` once per value, all on one Cassandra partition: one unlogged batch (a single
     /// mutation), or the plain statement for one value.
     pub(crate) async fn write_one_partition<V: scylla::serialize::row::SerializeRow>(

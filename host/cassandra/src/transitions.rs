@@ -13,16 +13,14 @@
 
 use std::collections::HashMap;
 
-use futures::future::join_all;
+use crate::batch::{bounded_batches, each_bounded};
 use kairos_core::model::{Attempt, Millis, Task, TaskState, Transition};
 use kairos_core::ownership::Lease;
 use kairos_core::store::{StoreError, StoreResult};
 
+use crate::CassandraStore;
 use crate::error::Exec;
-use crate::rows::{Stored, TaskCas, outcome_str};
-use crate::{CassandraStore, Lwt};
-
-const MAX_CAS_TRIES: u32 = 32;
+use crate::rows::{Stored, outcome_str};
 
 pub(crate) fn conflict(t: &Task, what: &str) -> StoreError {
     StoreError::Conflict(format!(
@@ -55,52 +53,18 @@ impl IndexPlan {
 }
 
 impl CassandraStore {
-    /// Applies `f` (old → new task and the owner epoch to store) with compare-and-set.
-    /// Returns the old and the new state.
+    /// Applies `f` (old → new task and the owner epoch to store) with compare-and-set: the
+    /// one-task case of [`cas_many`](Self::cas_many). Returns the old and the new state.
     pub(crate) async fn cas<F>(&self, id: &str, f: F) -> StoreResult<(Stored, Task)>
     where
-        F: Fn(&Stored) -> StoreResult<(Task, u64)>,
+        F: Fn(&Stored) -> StoreResult<(Task, u64)> + Sync,
     {
-        // The row this store read or wrote last, if any: the compare-and-set refuses it if
-        // the task changed since (see `crate::rowcache`), and then the row is read.
-        let mut cached = self.rows.take(id);
-        // Where the row was last read (not remembered: a remembered row may be of an earlier
-        // insert of the id, stored elsewhere).
-        let mut at: Option<(i64, i64)> = None;
-        for _ in 0..MAX_CAS_TRIES {
-            let (old, from_cache) = match (cached.take(), at) {
-                (Some(row), _) => (row, true),
-                (None, Some((p, home))) => match self.load_at(p, home, id).await? {
-                    Some(row) => (row, false),
-                    None => (self.require(id).await?, false),
-                },
-                (None, None) => (self.require(id).await?, false),
-            };
-            if !from_cache {
-                at = Some((i64::from(old.task.partition), old.home));
-            }
-            let (new, epoch) = match f(&old) {
-                Ok(v) => v,
-                // A refusal is only ever judged on a row read now.
-                Err(_) if from_cache => continue,
-                Err(e) => return Err(e),
-            };
-            self.before_cas(&old, &new).await?;
-            self.count_task_lwt();
-            let res = self
-                .session
-                .execute_unpaged(&self.st.task_cas, TaskCas::new(&old, &new, epoch)?)
-                .await
-                .exec()?;
-            if !Lwt::parse(res)?.applied {
-                continue;
-            }
-            self.after_cas(&old, &new, epoch).await;
-            return Ok((old, new));
-        }
-        Err(StoreError::Unavailable(format!(
-            "task {id}: too many concurrent changes"
-        )))
+        let answer = self
+            .cas_many(&[id], |_, old| f(old))
+            .await
+            .into_iter()
+            .next();
+        answer.unwrap_or_else(|| Err(StoreError::Other(format!("task {id}: no answer"))))
     }
 
     /// The index rows a change needs before its compare-and-set.
@@ -113,14 +77,9 @@ impl CassandraStore {
         Ok(())
     }
 
-    /// After an applied compare-and-set: remembers the new row, drops the index rows the old
-    /// state no longer needs (a failure leaves a stale row that readers skip).
-    pub(crate) async fn after_cas(&self, old: &Stored, new: &Task, epoch: u64) {
-        self.after_cas_many(&[(old, new, epoch)]).await;
-    }
-
-    /// [`after_cas`](Self::after_cas) of many changes: the `pending` rows that go and share a
-    /// Cassandra partition are deleted by one unlogged batch (one mutation).
+    /// After applied compare-and-sets: remembers the new rows, drops the index rows the old
+    /// states no longer need (a failure leaves a stale row that readers skip). The `pending`
+    /// rows that go and share a Cassandra partition are deleted by one unlogged batch.
     pub(crate) async fn after_cas_many(&self, applied: &[(&Stored, &Task, u64)]) {
         let mut drop_pending: HashMap<(u32, i64), Vec<&Task>> = HashMap::new();
         let mut moved: Vec<&Task> = Vec::new();
@@ -146,30 +105,21 @@ impl CassandraStore {
                 moved.push(&old.task);
             }
         }
-        // (Vecs of futures rather than mapped streams: the compiler can prove these futures
-        // `Send`, so they can run in the spawned claim batcher.)
-        let mut groups: Vec<Vec<&Task>> = Vec::new();
-        for tasks in drop_pending.into_values() {
-            groups.extend(tasks.chunks(crate::batch::MAX_ROWS).map(<[&Task]>::to_vec));
-        }
-        let conc = self.opts.concurrency.max(1);
-        for chunk in groups.chunks(conc) {
-            let futs: Vec<_> = chunk
-                .iter()
-                .map(|tasks| self.pending_remove_many(tasks))
-                .collect();
-            for r in join_all(futs).await {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "stale pending rows left behind");
-                }
+        let groups: Vec<Vec<&Task>> = drop_pending
+            .into_values()
+            .flat_map(|tasks| bounded_batches(tasks, usize::MAX, |_| 0))
+            .collect();
+        let conc = self.opts.concurrency;
+        let dropped = each_bounded(&groups, conc, |tasks| self.pending_remove_many(tasks)).await;
+        for r in dropped {
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "stale pending rows left behind");
             }
         }
-        for chunk in moved.chunks(conc) {
-            let futs: Vec<_> = chunk.iter().map(|t| self.bykey_remove(t)).collect();
-            for (t, r) in chunk.iter().zip(join_all(futs).await) {
-                if let Err(e) = r {
-                    tracing::warn!(task = %t.id, error = %e, "stale by-key row left behind");
-                }
+        let unkeyed = each_bounded(&moved, conc, |t| self.bykey_remove(t)).await;
+        for (t, r) in moved.iter().zip(unkeyed) {
+            if let Err(e) = r {
+                tracing::warn!(task = %t.id, error = %e, "stale by-key row left behind");
             }
         }
     }
@@ -271,7 +221,7 @@ impl CassandraStore {
     /// lease's epoch.
     async fn leased_change<F>(&self, lease: &Lease, id: &str, change: F) -> StoreResult<Task>
     where
-        F: Fn(&Task) -> StoreResult<Task>,
+        F: Fn(&Task) -> StoreResult<Task> + Sync,
     {
         self.confirm_lease(lease).await?;
         let (_, new) = self

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use futures::future::join_all;
+use crate::batch::{bounded_batches, each_bounded};
 use futures::{StreamExt, TryStreamExt, stream};
 use kairos_core::model::{ListFilter, Millis, OrderPos, Task};
 use kairos_core::store::{FirstByPos, StoreResult};
@@ -81,7 +81,7 @@ impl CassandraStore {
     /// `pending` rows as one unlogged batch per pending partition, their `tasks_by_key` rows,
     /// then each bucket registered once.
     pub(crate) async fn index_add_many(&self, items: &[(&Task, i64)]) -> StoreResult<()> {
-        let conc = self.opts.concurrency.max(1);
+        let conc = self.opts.concurrency;
         let mut by_bucket: BTreeMap<(i64, i64), Vec<(&Task, i64)>> = BTreeMap::new();
         for &(t, home) in items {
             by_bucket
@@ -89,33 +89,24 @@ impl CassandraStore {
                 .or_default()
                 .push((t, home));
         }
-        let mut groups: Vec<Vec<(&Task, i64)>> = Vec::new();
-        for rows in by_bucket.values() {
-            groups.extend(rows.chunks(crate::batch::MAX_ROWS).map(<[_]>::to_vec));
-        }
+        let groups: Vec<Vec<(&Task, i64)>> = by_bucket
+            .values()
+            .flat_map(|rows| bounded_batches(rows.iter().copied(), usize::MAX, |_| 0))
+            .collect();
         let pending = async {
-            for chunk in groups.chunks(conc) {
-                let futs: Vec<_> = chunk.iter().map(|g| self.pending_insert_many(g)).collect();
-                for r in join_all(futs).await {
-                    r?;
-                }
-            }
-            StoreResult::Ok(())
+            let written = each_bounded(&groups, conc, |g| self.pending_insert_many(g)).await;
+            written.into_iter().collect::<StoreResult<()>>()
         };
         let keyed = async {
-            for chunk in items.chunks(conc) {
-                let futs: Vec<_> = chunk
-                    .iter()
-                    .map(|(t, _)| {
-                        self.session.execute_unpaged(
-                            &self.st.bykey_insert,
-                            (&t.key, t.due_at, seq_db(t.seq), &t.id),
-                        )
-                    })
-                    .collect();
-                for r in join_all(futs).await {
-                    r.exec()?;
-                }
+            let written = each_bounded(items, conc, |(t, _)| {
+                self.session.execute_unpaged(
+                    &self.st.bykey_insert,
+                    (&t.key, t.due_at, seq_db(t.seq), &t.id),
+                )
+            })
+            .await;
+            for r in written {
+                r.exec()?;
             }
             StoreResult::Ok(())
         };
@@ -123,14 +114,12 @@ impl CassandraStore {
         a?;
         k?;
         let buckets: Vec<(i64, i64)> = by_bucket.into_keys().collect();
-        for chunk in buckets.chunks(conc) {
-            let futs: Vec<_> = chunk
-                .iter()
-                .map(|pb| self.session.execute_unpaged(&self.st.bucket_touch, *pb))
-                .collect();
-            for r in join_all(futs).await {
-                r.exec()?;
-            }
+        let touched = each_bounded(&buckets, conc, |pb| {
+            self.session.execute_unpaged(&self.st.bucket_touch, *pb)
+        })
+        .await;
+        for r in touched {
+            r.exec()?;
         }
         Ok(())
     }

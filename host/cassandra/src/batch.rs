@@ -37,7 +37,7 @@ const MAX_ROUNDS: u32 = 32;
 pub(crate) enum Change {
     /// Start attempt `attempt` (the lease is confirmed afterwards).
     Start { attempt: u32, at: Millis },
-    /// Finish `attempt` with `transition`, then record the attempt.
+    /// Finish `attempt` with `transition`, recording the attempt in the same compare-and-set.
     Finish {
         attempt: Attempt,
         transition: Transition,
@@ -51,6 +51,8 @@ struct Planned {
     old: Stored,
     new: Task,
     epoch: u64,
+    /// The attempt the change records in the row (a finish's).
+    attempt: Option<Attempt>,
 }
 
 /// Runs `f` on every item, at most `conc` at a time; the answers in order. (Chunks of
@@ -98,16 +100,27 @@ pub(crate) fn bounded_batches<T>(
     batches
 }
 
-fn text_bytes(t: &Task) -> usize {
+fn text_bytes(p: &Planned) -> usize {
+    let len = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    let t = &p.new;
     256 + t.id.len()
-        + t.last_error.as_ref().map_or(0, String::len)
-        + t.output.as_ref().map_or(0, String::len)
+        + len(&t.last_error)
+        + len(&t.output)
+        + p.attempt.as_ref().map_or(0, |a| {
+            128 + len(&a.error) + len(&a.plugin_digest) + len(&a.logs)
+        })
 }
 
 impl CassandraStore {
     /// Applies `f(i, old)` (old → new task and the owner epoch to store) to task `ids[i]`,
-    /// for every `i`, by compare-and-set; one answer per id, in order.
-    pub(crate) async fn cas_many<F>(&self, ids: &[&str], f: F) -> Vec<StoreResult<(Stored, Task)>>
+    /// for every `i`, by compare-and-set, recording `attempts[i]` (if any) in the same
+    /// compare-and-set; one answer per id, in order.
+    pub(crate) async fn cas_many<F>(
+        &self,
+        ids: &[&str],
+        attempts: &[Option<&Attempt>],
+        f: F,
+    ) -> Vec<StoreResult<(Stored, Task)>>
     where
         F: Fn(usize, &Stored) -> StoreResult<(Task, u64)> + Sync,
     {
@@ -147,7 +160,13 @@ impl CassandraStore {
                     continue;
                 };
                 match f(i, &old) {
-                    Ok((new, epoch)) => planned.push(Planned { i, old, new, epoch }),
+                    Ok((new, epoch)) => planned.push(Planned {
+                        i,
+                        old,
+                        new,
+                        epoch,
+                        attempt: attempts.get(i).copied().flatten().cloned(),
+                    }),
                     // A refusal is only ever judged on a row read now: read it next round.
                     Err(_) if remembered => {}
                     Err(e) => answers[i] = Some(Err(e)),
@@ -166,21 +185,22 @@ impl CassandraStore {
                 }
             }
             // Per home, batches of at most MAX_ROWS and MAX_BYTES, one after another.
-            let outcomes: Vec<Vec<(Vec<Planned>, StoreResult<bool>)>> =
-                stream::iter(homes.into_values().map(|home| {
-                    bounded_batches(home, MAX_BYTES, |p: &Planned| text_bytes(&p.new))
-                }))
-                .map(|batches| async move {
-                    let mut out = Vec::with_capacity(batches.len());
-                    for b in batches {
-                        let applied = self.cas_batch(&b).await;
-                        out.push((b, applied));
-                    }
-                    out
-                })
-                .buffer_unordered(conc)
-                .collect()
-                .await;
+            let outcomes: Vec<Vec<(Vec<Planned>, StoreResult<bool>)>> = stream::iter(
+                homes
+                    .into_values()
+                    .map(|home| bounded_batches(home, MAX_BYTES, text_bytes)),
+            )
+            .map(|batches| async move {
+                let mut out = Vec::with_capacity(batches.len());
+                for b in batches {
+                    let applied = self.cas_batch(&b).await;
+                    out.push((b, applied));
+                }
+                out
+            })
+            .buffer_unordered(conc)
+            .collect()
+            .await;
             let mut applied: Vec<Planned> = Vec::new();
             for (batch, outcome) in outcomes.into_iter().flatten() {
                 match outcome {
@@ -227,7 +247,7 @@ impl CassandraStore {
     async fn cas_batch(&self, changes: &[Planned]) -> StoreResult<bool> {
         let values = changes
             .iter()
-            .map(|p| TaskCas::new(&p.old, &p.new, p.epoch))
+            .map(|p| TaskCas::new(&p.old, &p.new, p.epoch, p.attempt.as_ref()))
             .collect::<StoreResult<Vec<_>>>()?;
         self.count_task_lwt();
         let res = if let [one] = values.as_slice() {
@@ -251,7 +271,7 @@ impl CassandraStore {
 
     /// Applies the starts and finishes of one batch under `lease`; one answer per change, in
     /// order. Starts are confirmed against the partition's owner afterwards (a start a newer
-    /// lease overrides is answered `Fenced`); finishes record their attempts.
+    /// lease overrides is answered `Fenced`); finishes record their attempts in their rows.
     pub(crate) async fn change_many(
         &self,
         lease: &Lease,
@@ -261,8 +281,16 @@ impl CassandraStore {
         if let Err(e) = self.leases.check_not_superseded(lease) {
             return changes.iter().map(|_| Err(e.clone())).collect();
         }
+        // A finish records its attempt in the row, by the same compare-and-set.
+        let attempts: Vec<Option<&Attempt>> = changes
+            .iter()
+            .map(|c| match c {
+                Change::Finish { attempt, .. } => Some(attempt),
+                Change::Start { .. } => None,
+            })
+            .collect();
         let changed = self
-            .cas_many(ids, |i, old| match &changes[i] {
+            .cas_many(ids, &attempts, |i, old| match &changes[i] {
                 Change::Start { attempt, at } => self.start_change(lease, old, *attempt, *at),
                 Change::Finish {
                     attempt,
@@ -273,25 +301,6 @@ impl CassandraStore {
             .await;
         let mut out: Vec<StoreResult<Task>> =
             changed.into_iter().map(|r| r.map(|(_, new)| new)).collect();
-        // The finishes that applied record their attempts.
-        let finished: Vec<(usize, &Attempt)> = out
-            .iter()
-            .zip(changes)
-            .enumerate()
-            .filter_map(|(i, (r, c))| match (r, c) {
-                (Ok(_), Change::Finish { attempt, .. }) => Some((i, attempt)),
-                _ => None,
-            })
-            .collect();
-        let recorded = each_bounded(&finished, self.opts.concurrency, |&(i, attempt)| {
-            self.record_attempt(ids[i], attempt)
-        })
-        .await;
-        for (&(i, _), r) in finished.iter().zip(recorded) {
-            if let Err(e) = r {
-                out[i] = Err(e);
-            }
-        }
         let started = out
             .iter()
             .zip(changes)

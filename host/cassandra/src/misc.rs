@@ -1,11 +1,15 @@
 //! Reads of one task, the uniqueness index, paused keys, schedules, plugin key-value state and
 //! the task counts by state.
 
-use kairos_core::model::{KvEntryMeta, Schedule, StateCounts, Task, TaskRecord, TaskState};
+use std::collections::BTreeMap;
+
+use kairos_core::model::{
+    Attempt, KvEntryMeta, Schedule, StateCounts, Task, TaskRecord, TaskState,
+};
 use kairos_core::store::{StoreError, StoreResult};
 
 use crate::error::{Decode, Exec};
-use crate::rows::{AttemptRow, ScheduleRow};
+use crate::rows::{AttemptCell, AttemptRow, ScheduleRow, attempts_of_log};
 use crate::{CassandraStore, Lwt};
 use futures::StreamExt;
 
@@ -16,18 +20,40 @@ impl CassandraStore {
         let Some(stored) = self.load(id).await? else {
             return Ok(None);
         };
-        let res = self
-            .session
-            .execute_unpaged(&self.st.attempts_get, (id,))
-            .await
-            .exec()?;
-        let attempts = res
+        // The attempts recorded in the row, and those an earlier release recorded in the
+        // `attempts` table (the row's win: the same attempt number is the same attempt).
+        let t = &stored.task;
+        let (logged, older) = tokio::join!(
+            self.session.execute_unpaged(
+                &self.st.attempt_log_get,
+                (i64::from(t.partition), stored.home, id)
+            ),
+            self.session.execute_unpaged(&self.st.attempts_get, (id,))
+        );
+        let logged = logged
+            .exec()?
+            .into_rows_result()
+            .decode()?
+            .maybe_first_row::<(Option<BTreeMap<i64, AttemptCell>>,)>()
+            .decode()?
+            .and_then(|(log,)| log)
+            .unwrap_or_default();
+        let mut attempts: BTreeMap<u32, Attempt> = attempts_of_log(id, logged)?
+            .into_iter()
+            .map(|a| (a.number, a))
+            .collect();
+        let older = older
+            .exec()?
             .into_rows_result()
             .decode()?
             .rows::<AttemptRow>()
             .decode()?
             .map(|r| r.decode().and_then(|r| r.into_attempt(id)))
             .collect::<StoreResult<Vec<_>>>()?;
+        for a in older {
+            attempts.entry(a.number).or_insert(a);
+        }
+        let attempts = attempts.into_values().collect();
         Ok(Some(TaskRecord {
             task: stored.task,
             attempts,

@@ -1,10 +1,68 @@
 //! Rows of the `task_rows`, `attempts` and `schedules` tables and their conversion to the model.
+//! A task's attempt records live in its row (`attempt_log`, written by the finish's own
+//! compare-and-set); the `attempts` table holds those of earlier releases.
 //! Nothing read from the database is trusted: out-of-range numbers and unknown states are
 //! [`StoreError::Corrupt`].
 
+use std::collections::BTreeMap;
+
 use kairos_core::model::{Attempt, AttemptOutcome, Backoff, Schedule, Task, TaskState};
 use kairos_core::store::{StoreError, StoreResult};
+use scylla::value::MaybeUnset;
 use scylla::{DeserializeRow, SerializeRow};
+
+/// The CQL type of `task_rows.attempt_log`: attempt number → (started_at, ended_at, outcome,
+/// error, plugin_digest, logs).
+pub(crate) const ATTEMPT_LOG_TYPE: &str =
+    "map<bigint, frozen<tuple<bigint, bigint, text, text, text, text>>>";
+
+/// One entry of `attempt_log` (see [`ATTEMPT_LOG_TYPE`]).
+pub(crate) type AttemptCell = (
+    i64,
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
+
+/// An attempt as an `attempt_log` entry.
+pub(crate) fn attempt_cell(a: &Attempt) -> (i64, AttemptCell) {
+    (
+        i64::from(a.number),
+        (
+            a.started_at,
+            a.ended_at,
+            outcome_str(a.outcome).to_owned(),
+            a.error.clone(),
+            a.plugin_digest.clone(),
+            a.logs.clone(),
+        ),
+    )
+}
+
+/// The attempts of task `id` from its `attempt_log`.
+pub(crate) fn attempts_of_log(
+    id: &str,
+    log: BTreeMap<i64, AttemptCell>,
+) -> StoreResult<Vec<Attempt>> {
+    log.into_iter()
+        .map(
+            |(number, (started_at, ended_at, outcome, error, plugin_digest, logs))| {
+                AttemptRow {
+                    number,
+                    started_at,
+                    ended_at,
+                    outcome,
+                    error,
+                    plugin_digest,
+                    logs,
+                }
+                .into_attempt(id)
+            },
+        )
+        .collect()
+}
 
 /// The columns of `task_rows`, in the order of [`TaskRow`].
 pub(crate) const TASK_COLS: &str = "id, partition, home, seq, plugin, pin_version, key, due_at, \
@@ -72,6 +130,8 @@ pub(crate) struct TaskCas {
     pub id: String,
     pub expected_rev: i64,
     pub expected_seq: i64,
+    /// The attempt a finish records (`attempt_log + {number: record}`); unset otherwise.
+    pub attempt_log: MaybeUnset<BTreeMap<i64, AttemptCell>>,
 }
 
 fn corrupt(id: &str, what: &str, v: impl std::fmt::Display) -> StoreError {
@@ -165,8 +225,14 @@ impl TaskRow {
 }
 
 impl TaskCas {
-    /// The update that turns the stored `old` into `new`, claimed by `owner_epoch`.
-    pub(crate) fn new(old: &Stored, new: &Task, owner_epoch: u64) -> StoreResult<Self> {
+    /// The update that turns the stored `old` into `new`, claimed by `owner_epoch`, recording
+    /// `attempt` (a finish's) in the row.
+    pub(crate) fn new(
+        old: &Stored,
+        new: &Task,
+        owner_epoch: u64,
+        attempt: Option<&Attempt>,
+    ) -> StoreResult<Self> {
         Ok(Self {
             due_at: new.due_at,
             next_at: new.next_at,
@@ -184,6 +250,10 @@ impl TaskCas {
             id: new.id.clone(),
             expected_rev: old.rev,
             expected_seq: to_db("seq", old.task.seq)?,
+            attempt_log: match attempt {
+                Some(a) => MaybeUnset::Set(BTreeMap::from([attempt_cell(a)])),
+                None => MaybeUnset::Unset,
+            },
         })
     }
 }

@@ -50,7 +50,7 @@ use scylla::client::session::Session;
 use scylla::value::CqlValue;
 
 use crate::error::{Decode, Exec};
-use crate::rows::{TASK_COLS, TaskRow};
+use crate::rows::{ATTEMPT_LOG_TYPE, TASK_COLS, TaskRow};
 use crate::{CassandraOptions, Replication};
 
 /// Rejects names that cannot be used unquoted in CQL.
@@ -90,8 +90,11 @@ fn replication_map(r: &Replication) -> StoreResult<String> {
 }
 
 /// Columns added to a table after its first definition: (table, column, type).
-const ADDED_COLUMNS: &[(&str, &str, &str)] =
-    &[("attempts", "logs", "text"), ("pending", "home", "bigint")];
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("attempts", "logs", "text"),
+    ("pending", "home", "bigint"),
+    ("task_rows", "attempt_log", ATTEMPT_LOG_TYPE),
+];
 
 /// The `counters` row that records that the rows of the old `tasks` table were copied.
 const COPIED_MARK: &str = "task_rows_copied";
@@ -104,7 +107,8 @@ const TABLES: &[&str] = &[
         max_attempts bigint, backoff_initial_ms bigint, backoff_max_ms bigint,
         park_on_dead boolean, state text, attempts bigint, created_at bigint,
         updated_at bigint, last_error text, output text, owner_epoch bigint, rev bigint,
-        generation bigint, PRIMARY KEY ((partition, home), id))",
+        generation bigint, attempt_log map<bigint, frozen<tuple<bigint, bigint, text, text, text, text>>>,
+        PRIMARY KEY ((partition, home), id))",
     "CREATE TABLE IF NOT EXISTS {ks}.task_homes (id text PRIMARY KEY, partition bigint, home bigint)",
     "CREATE TABLE IF NOT EXISTS {ks}.pending (
         partition bigint, bucket bigint, due_at bigint, seq bigint, id text, home bigint,

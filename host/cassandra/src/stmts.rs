@@ -33,7 +33,7 @@ pub(crate) struct Stmts {
     pub bykey_delete: PreparedStatement,
     pub bykey_delete_at: PreparedStatement,
     pub bykey_scan: PreparedStatement,
-    pub attempt_insert: PreparedStatement,
+    pub attempt_log_get: PreparedStatement,
     pub attempts_get: PreparedStatement,
     pub ukey_claim: PreparedStatement,
     pub ukey_get: PreparedStatement,
@@ -97,7 +97,8 @@ impl Stmts {
         let task_cas_cql = "UPDATE {ks}.task_rows SET due_at = :due_at, next_at = :next_at, \
             max_attempts = :max_attempts, park_on_dead = :park_on_dead, state = :state, \
             attempts = :attempts, updated_at = :updated_at, last_error = :last_error, \
-            output = :output, owner_epoch = :owner_epoch, rev = :rev \
+            output = :output, owner_epoch = :owner_epoch, rev = :rev, \
+            attempt_log = attempt_log + :attempt_log \
             WHERE partition = :partition AND home = :home AND id = :id \
             IF rev = :expected_rev AND seq = :expected_seq";
         let pending_key = "WHERE partition = ? AND bucket = ? AND due_at = ? AND seq = ?";
@@ -200,9 +201,9 @@ impl Stmts {
                 "SELECT due_at, seq, id, WRITETIME(id) FROM {ks}.tasks_by_key WHERE key = ?".into(),
             )
             .await?,
-            attempt_insert: p(
+            attempt_log_get: p(
                 Plain,
-                format!("INSERT INTO {{ks}}.attempts (task_id, {ATTEMPT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
+                "SELECT attempt_log FROM {ks}.task_rows WHERE partition = ? AND home = ? AND id = ?".into(),
             )
             .await?,
             attempts_get: p(

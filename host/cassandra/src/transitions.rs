@@ -14,13 +14,13 @@
 use std::collections::HashMap;
 
 use crate::batch::{bounded_batches, each_bounded};
-use kairos_core::model::{Attempt, Millis, Task, TaskState, Transition};
+use kairos_core::model::{Millis, Task, TaskState, Transition};
 use kairos_core::ownership::Lease;
 use kairos_core::store::{StoreError, StoreResult};
 
 use crate::CassandraStore;
-use crate::error::Exec;
-use crate::rows::{Stored, outcome_str};
+
+use crate::rows::Stored;
 
 pub(crate) fn conflict(t: &Task, what: &str) -> StoreError {
     StoreError::Conflict(format!(
@@ -60,7 +60,7 @@ impl CassandraStore {
         F: Fn(&Stored) -> StoreResult<(Task, u64)> + Sync,
     {
         let answer = self
-            .cas_many(&[id], |_, old| f(old))
+            .cas_many(&[id], &[], |_, old| f(old))
             .await
             .into_iter()
             .next();
@@ -193,27 +193,6 @@ impl CassandraStore {
         let mut t = old.task.clone();
         t.apply_finish(number, transition, at);
         Ok((t, lease.epoch))
-    }
-
-    /// Writes the record of a finished attempt.
-    pub(crate) async fn record_attempt(&self, id: &str, attempt: &Attempt) -> StoreResult<()> {
-        self.session
-            .execute_unpaged(
-                &self.st.attempt_insert,
-                (
-                    id,
-                    i64::from(attempt.number),
-                    attempt.started_at,
-                    attempt.ended_at,
-                    outcome_str(attempt.outcome),
-                    &attempt.error,
-                    &attempt.plugin_digest,
-                    &attempt.logs,
-                ),
-            )
-            .await
-            .exec()?;
-        Ok(())
     }
 
     /// An operator's change of one task under `lease`: the lease is confirmed current first,

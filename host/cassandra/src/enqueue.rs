@@ -21,7 +21,7 @@ use kairos_core::store::{StoreError, StoreResult};
 use scylla::value::CqlValue;
 
 use crate::error::Exec;
-use crate::rows::TaskRow;
+use crate::rows::{Stored, TaskRow};
 use crate::{CassandraStore, Lwt};
 
 /// What is left to write for one task of an enqueue.
@@ -40,6 +40,9 @@ enum Prepared {
         write_home: bool,
     },
 }
+
+/// New tasks due within this long of their enqueue are remembered (see `remember_new`).
+const REMEMBER_DUE_WITHIN_MS: i64 = 60_000;
 
 /// Most bytes of task rows (payloads mostly) in one unlogged batch.
 const ROW_BATCH_BYTES: usize = 1 << 20;
@@ -251,7 +254,29 @@ impl CassandraStore {
             self.insert_rows(*home, tasks)
         })
         .await;
+        for ((home, tasks), r) in batches.iter().zip(&written) {
+            if r.is_ok() {
+                self.remember_new(*home, tasks);
+            }
+        }
         written.into_iter().collect()
+    }
+
+    /// Remembers the rows just inserted of tasks due soon, so that their starts (on this
+    /// node: the partition's owner enqueues them) need not read them back. A remembered row is
+    /// only ever an expected row of a compare-and-set (see [`crate::rowcache`]): wrong, it
+    /// costs one refused round.
+    fn remember_new(&self, home: i64, tasks: &[&Task]) {
+        for t in tasks {
+            if t.due_at <= t.created_at.saturating_add(REMEMBER_DUE_WITHIN_MS) {
+                self.rows.put(Stored {
+                    task: (*t).clone(),
+                    home,
+                    owner_epoch: 0,
+                    rev: 0,
+                });
+            }
+        }
     }
 
     /// Inserts new task rows that share `home` (and a partition): one unlogged batch.

@@ -1,11 +1,13 @@
 //! `enqueue`: dedup within the batch, one seq block reservation, then the tasks in three
 //! steps, each for all of them at once (at most `concurrency` statements in flight):
 //!
-//! 1. per task, [its uniqueness LWT if it has a key] and a read of its home by id (a
-//!    replayed enqueue is a duplicate; a task whose key another task holds is answered with
-//!    that task, looked up after the writes below);
+//! 1. the homes of all by id, in a few `IN` reads (a replayed enqueue is a duplicate), then per
+//!    task its uniqueness LWT if it has a key (a task whose key another task holds is
+//!    answered with that task, looked up after the writes below);
 //! 2. the homes (`task_homes`) and index rows (`pending` as one unlogged batch per pending
-//!    partition, `tasks_by_key`), then the bucket directory, once per bucket;
+//!    partition, `tasks_by_key`; homes and by-key rows in unlogged batches of a few
+//!    partitions that share a replica, see [`crate::spread`]), then the bucket directory,
+//!    once per bucket;
 //! 3. the task rows, one unlogged batch per home.
 //!
 //! Index rows go first so a pending task is never missing from the window; a crash in
@@ -23,6 +25,9 @@ use scylla::value::CqlValue;
 use crate::error::Exec;
 use crate::rows::{Stored, TaskRow};
 use crate::{CassandraStore, Lwt};
+
+/// Where a task row lives: `(partition, home)`.
+type Home = (i64, i64);
 
 /// What is left to write for one task of an enqueue.
 enum Prepared {
@@ -92,9 +97,19 @@ impl CassandraStore {
                 seq += 1;
             }
         }
+        // Where earlier attempts of these tasks put them (a replay), for all at once.
+        let ids: Vec<&str> = jobs.iter().map(|(_, t, _)| t.id.as_str()).collect();
+        let mut homes = self.homes_of(&ids).await?;
+        let jobs: Vec<(usize, NewTask, u64, Option<Home>)> = jobs
+            .into_iter()
+            .map(|(i, t, seq)| {
+                let known = homes.remove(&t.id);
+                (i, t, seq, known)
+            })
+            .collect();
         // Per task: its uniqueness claim and replay check.
         let prepared: Vec<(usize, StoreResult<Prepared>)> = stream::iter(jobs)
-            .map(|(i, t, seq)| async move { (i, self.prepare_one(t, seq).await) })
+            .map(|(i, t, seq, known)| async move { (i, self.prepare_one(t, seq, known).await) })
             .buffer_unordered(self.opts.concurrency)
             .collect()
             .await;
@@ -160,8 +175,14 @@ impl CassandraStore {
             .collect()
     }
 
-    /// The uniqueness claim and replay check of one new task: what is left to write for it.
-    async fn prepare_one(&self, new: NewTask, seq: u64) -> StoreResult<Prepared> {
+    /// The uniqueness claim and replay check of one new task, whose home an earlier attempt
+    /// recorded as `known` (if any): what is left to write for it.
+    async fn prepare_one(
+        &self,
+        new: NewTask,
+        seq: u64,
+        known: Option<Home>,
+    ) -> StoreResult<Prepared> {
         if let Some(ukey) = &new.uniqueness_key {
             let res = self
                 .session
@@ -187,7 +208,6 @@ impl CassandraStore {
         // A replayed enqueue finds the home its first attempt recorded (in whichever
         // partition that was).
         let partition = i64::from(new.partition);
-        let known = self.home_of(&new.id).await?;
         if let Some((p, home)) = known
             && let Some(existing) = self.load_at(p, home, &new.id).await?
         {
@@ -220,17 +240,14 @@ impl CassandraStore {
         let conc = self.opts.concurrency;
         let homes: Vec<&(usize, Task, i64, Option<bool>)> =
             items.iter().filter(|it| it.3 == Some(true)).collect();
-        let located = async {
-            let written = each_bounded(&homes, conc, |(_, t, home, _)| {
-                self.session
-                    .execute_unpaged(&self.st.home_insert, (&t.id, i64::from(t.partition), *home))
-            })
-            .await;
-            for r in written {
-                r.exec()?;
-            }
-            StoreResult::Ok(())
-        };
+        let located = self.write_spread(
+            &self.st.home_insert,
+            "task_homes",
+            homes
+                .iter()
+                .map(|(_, t, home, _)| (t.id.as_str(), (&t.id, i64::from(t.partition), *home)))
+                .collect(),
+        );
         let indexed: Vec<(&Task, i64)> = items.iter().map(|(_, t, home, _)| (t, *home)).collect();
         let (located, indexed) = tokio::join!(located, self.index_add_many(&indexed));
         located?;
@@ -285,7 +302,7 @@ impl CassandraStore {
             .iter()
             .map(|t| TaskRow::from_task(t, home, 0, 0))
             .collect::<StoreResult<Vec<_>>>()?;
-        self.write_one_partition(&self.st.task_insert, rows).await
+        self.write_batch(&self.st.task_insert, rows).await
     }
 
     /// The task that holds a uniqueness key; it may still be on its way in.

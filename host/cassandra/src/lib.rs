@@ -41,6 +41,7 @@ mod retention;
 mod rowcache;
 mod rows;
 pub mod schema;
+mod spread;
 mod stmts;
 mod store_impl;
 mod transitions;
@@ -298,9 +299,10 @@ impl CassandraStore {
         row.map(TaskRow::into_stored).transpose()
     }
 
-    /// Runs `st` once per value, all on one Cassandra partition: one unlogged batch (a single
-    /// mutation), or the plain statement for one value.
-    pub(crate) async fn write_one_partition<V: scylla::serialize::row::SerializeRow>(
+    /// Runs `st` once per value as one unlogged batch (the plain statement for one value). The
+    /// callers keep a batch to one Cassandra partition (a single mutation), or to a few that
+    /// share a replica ([`crate::spread`]).
+    pub(crate) async fn write_batch<V: scylla::serialize::row::SerializeRow>(
         &self,
         st: &scylla::statement::prepared::PreparedStatement,
         values: Vec<V>,

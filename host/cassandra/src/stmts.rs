@@ -13,6 +13,7 @@ pub(crate) struct Stmts {
     pub home_get: PreparedStatement,
     pub home_insert: PreparedStatement,
     pub home_delete: PreparedStatement,
+    pub homes_get: PreparedStatement,
     pub task_insert: PreparedStatement,
     pub task_cas: PreparedStatement,
     pub task_scan: PreparedStatement,
@@ -116,6 +117,7 @@ impl Stmts {
                 "INSERT INTO {ks}.task_homes (id, partition, home) VALUES (?, ?, ?)".into(),
             )
             .await?,
+            homes_get: p(Plain, "SELECT id, partition, home FROM {ks}.task_homes WHERE id IN ?".into()).await?,
             home_delete: p(Plain, "DELETE FROM {ks}.task_homes WHERE id = ?".into()).await?,
             task_insert: p(
                 Plain,

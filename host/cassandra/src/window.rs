@@ -78,8 +78,8 @@ impl CassandraStore {
     }
 
     /// [`index_add`](Self::index_add) of many new tasks `(task, home)`, all pending: their
-    /// `pending` rows as one unlogged batch per pending partition, their `tasks_by_key` rows,
-    /// then each bucket registered once.
+    /// `pending` rows as one unlogged batch per pending partition, their `tasks_by_key` rows
+    /// in unlogged batches of a few partitions per replica, then each bucket registered once.
     pub(crate) async fn index_add_many(&self, items: &[(&Task, i64)]) -> StoreResult<()> {
         let conc = self.opts.concurrency;
         let mut by_bucket: BTreeMap<(i64, i64), Vec<(&Task, i64)>> = BTreeMap::new();
@@ -97,19 +97,14 @@ impl CassandraStore {
             let written = each_bounded(&groups, conc, |g| self.pending_insert_many(g)).await;
             written.into_iter().collect::<StoreResult<()>>()
         };
-        let keyed = async {
-            let written = each_bounded(items, conc, |(t, _)| {
-                self.session.execute_unpaged(
-                    &self.st.bykey_insert,
-                    (&t.key, t.due_at, seq_db(t.seq), &t.id),
-                )
-            })
-            .await;
-            for r in written {
-                r.exec()?;
-            }
-            StoreResult::Ok(())
-        };
+        let keyed = self.write_spread(
+            &self.st.bykey_insert,
+            "tasks_by_key",
+            items
+                .iter()
+                .map(|(t, _)| (t.key.as_str(), (&t.key, t.due_at, seq_db(t.seq), &t.id)))
+                .collect(),
+        );
         let (a, k) = tokio::join!(pending, keyed);
         a?;
         k?;
@@ -140,8 +135,7 @@ impl CassandraStore {
                 )
             })
             .collect();
-        self.write_one_partition(&self.st.pending_insert, values)
-            .await
+        self.write_batch(&self.st.pending_insert, values).await
     }
 
     /// The task row an index row of partition `p` points at: at its home if the index row
@@ -172,8 +166,7 @@ impl CassandraStore {
                 )
             })
             .collect();
-        self.write_one_partition(&self.st.pending_delete, values)
-            .await
+        self.write_batch(&self.st.pending_delete, values).await
     }
 
     pub(crate) async fn bykey_remove(&self, t: &Task) -> StoreResult<()> {

@@ -22,7 +22,7 @@ use kairos_core::store::{StoreError, StoreResult};
 use scylla::statement::batch::{Batch, BatchType};
 
 use crate::error::Exec;
-use crate::rows::{Stored, TaskCas};
+use crate::rows::{Stored, TaskCas, outcome_str};
 use crate::{CassandraStore, Lwt};
 
 /// Most changes in one conditional batch.
@@ -106,9 +106,9 @@ fn text_bytes(p: &Planned) -> usize {
     256 + t.id.len()
         + len(&t.last_error)
         + len(&t.output)
-        + p.attempt.as_ref().map_or(0, |a| {
-            128 + len(&a.error) + len(&a.plugin_digest) + len(&a.logs)
-        })
+        + p.attempt
+            .as_ref()
+            .map_or(0, |a| 128 + len(&a.error) + len(&a.plugin_digest))
 }
 
 impl CassandraStore {
@@ -269,6 +269,27 @@ impl CassandraStore {
         Ok(Lwt::parse(res)?.applied)
     }
 
+    /// Writes a finished attempt, logs included, to the `attempts` table.
+    async fn record_attempt(&self, id: &str, attempt: &Attempt) -> StoreResult<()> {
+        self.session
+            .execute_unpaged(
+                &self.st.attempt_insert,
+                (
+                    id,
+                    i64::from(attempt.number),
+                    attempt.started_at,
+                    attempt.ended_at,
+                    outcome_str(attempt.outcome),
+                    &attempt.error,
+                    &attempt.plugin_digest,
+                    &attempt.logs,
+                ),
+            )
+            .await
+            .exec()?;
+        Ok(())
+    }
+
     /// Applies the starts and finishes of one batch under `lease`; one answer per change, in
     /// order. Starts are confirmed against the partition's owner afterwards (a start a newer
     /// lease overrides is answered `Fenced`); finishes record their attempts in their rows.
@@ -299,8 +320,29 @@ impl CassandraStore {
                 } => self.finish_change(lease, old, attempt.number, transition, *at),
             })
             .await;
-        let mut out: Vec<StoreResult<Task>> =
+        let out: Vec<StoreResult<Task>> =
             changed.into_iter().map(|r| r.map(|(_, new)| new)).collect();
+        // The logs of the finished attempts that have some, in the `attempts` table. The
+        // finish stands if this fails: its record is in the row, only the lines are lost.
+        let logged: Vec<(usize, &Attempt)> = out
+            .iter()
+            .zip(&attempts)
+            .enumerate()
+            .filter_map(|(i, (r, a))| match (r, a) {
+                (Ok(_), Some(a)) if a.logs.as_ref().is_some_and(|l| !l.is_empty()) => Some((i, *a)),
+                _ => None,
+            })
+            .collect();
+        let written = each_bounded(&logged, self.opts.concurrency, |&(i, a)| {
+            self.record_attempt(ids[i], a)
+        })
+        .await;
+        for (&(i, a), r) in logged.iter().zip(written) {
+            if let Err(e) = r {
+                tracing::warn!(task = %ids[i], attempt = a.number, error = %e, "the log lines of a finished attempt were not recorded");
+            }
+        }
+        let mut out = out;
         let started = out
             .iter()
             .zip(changes)

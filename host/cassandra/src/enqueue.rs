@@ -181,7 +181,7 @@ impl CassandraStore {
         &self,
         new: NewTask,
         seq: u64,
-        known: Option<Home>,
+        mut known: Option<Home>,
     ) -> StoreResult<Prepared> {
         if let Some(ukey) = &new.uniqueness_key {
             let res = self
@@ -202,7 +202,11 @@ impl CassandraStore {
                 if owner != new.id {
                     return Ok(Prepared::HeldBy(owner));
                 }
-                // Our own claim from an earlier, interrupted attempt: carry on.
+                // Our own claim: from an earlier, interrupted attempt, or from a replay of
+                // this task on another node that may have written it since `known` was read.
+                if known.is_none() {
+                    known = self.home_of(&new.id).await?;
+                }
             }
         }
         // A replayed enqueue finds the home its first attempt recorded (in whichever
@@ -245,7 +249,10 @@ impl CassandraStore {
             "task_homes",
             homes
                 .iter()
-                .map(|(_, t, home, _)| (t.id.as_str(), (&t.id, i64::from(t.partition), *home)))
+                .map(|(_, t, home, _)| {
+                    let row = (&t.id, i64::from(t.partition), *home);
+                    (t.id.as_str(), 32 + t.id.len(), row)
+                })
                 .collect(),
         );
         let indexed: Vec<(&Task, i64)> = items.iter().map(|(_, t, home, _)| (t, *home)).collect();
@@ -286,7 +293,8 @@ impl CassandraStore {
     fn remember_new(&self, home: i64, tasks: &[&Task]) {
         for t in tasks {
             if t.due_at <= t.created_at.saturating_add(REMEMBER_DUE_WITHIN_MS) {
-                self.rows.put(Stored {
+                // Not over a newer row (the window may have read it and a start changed it).
+                self.rows.put_if_absent(Stored {
                     task: (*t).clone(),
                     home,
                     owner_epoch: 0,

@@ -14,9 +14,10 @@
 //!   on a revision column), so the trait's `Conflict` rules are exact even when an operator
 //!   cancels a task the scheduler is starting. The scheduler's starts and finishes come in
 //!   batches, and the changes of one batch whose rows share a home are one conditional batch:
-//!   one Paxos round (see [`schema`] and [`transitions`]). Enqueue is not: a new task is one read (replay
-//!   detection) and plain writes, run concurrently; only tasks with a uniqueness key add one
-//!   `INSERT … IF NOT EXISTS` on the uniqueness index.
+//!   one Paxos round (see [`schema`] and [`transitions`]). A finish records its attempt in
+//!   the row by that same round. Enqueue is not a transaction: the replay check (`IN` reads of
+//!   `task_homes`) and plain writes, all in requests shared by many tasks (`spread`); only
+//!   tasks with a uniqueness key add one `INSERT … IF NOT EXISTS` on the uniqueness index.
 //! - `seq` comes from blocks reserved with an LWT on the `counters` row (one LWT per
 //!   [`CassandraOptions::seq_block`] tasks); a store's seqs are strictly increasing and seqs
 //!   are unique across stores. Taking a lease ([`fencing`]) starts a fresh block, so the new

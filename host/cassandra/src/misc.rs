@@ -20,8 +20,9 @@ impl CassandraStore {
         let Some(stored) = self.load(id).await? else {
             return Ok(None);
         };
-        // The attempts recorded in the row, and those an earlier release recorded in the
-        // `attempts` table (the row's win: the same attempt number is the same attempt).
+        // The attempts recorded in the row, and those in the `attempts` table: the logs of
+        // this release's attempts, and whole records of an earlier release's (the row's record
+        // wins: the same attempt number is the same attempt).
         let t = &stored.task;
         let (logged, older) = tokio::join!(
             self.session.execute_unpaged(
@@ -51,7 +52,16 @@ impl CassandraStore {
             .map(|r| r.decode().and_then(|r| r.into_attempt(id)))
             .collect::<StoreResult<Vec<_>>>()?;
         for a in older {
-            attempts.entry(a.number).or_insert(a);
+            match attempts.get_mut(&a.number) {
+                Some(recorded) => {
+                    if recorded.logs.is_none() {
+                        recorded.logs = a.logs;
+                    }
+                }
+                None => {
+                    attempts.insert(a.number, a);
+                }
+            }
         }
         let attempts = attempts.into_values().collect();
         Ok(Some(TaskRecord {

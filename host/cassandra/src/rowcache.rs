@@ -1,5 +1,6 @@
 //! Task rows this store read or wrote last, so that the next change of the task can skip
-//! reading it again: the window's read feeds the start, the start's write feeds the finish.
+//! reading it again: the enqueue's insert (of a task due soon) or the window's read feeds the
+//! start, the start's write feeds the finish.
 //!
 //! A cached row is only ever used as the *expected* old row of a compare-and-set
 //! (`UPDATE task_rows … IF rev = <cached rev> AND seq = <cached seq>`): every change of a task row
@@ -56,8 +57,19 @@ impl RowCache {
 
     /// Remembers `row` as the task's current row.
     pub(crate) fn put(&self, row: Stored) {
-        let size = size_of(&row);
+        Self::insert(&mut self.lock(), row);
+    }
+
+    /// Remembers `row` unless a row of its task is remembered already.
+    pub(crate) fn put_if_absent(&self, row: Stored) {
         let mut rows = self.lock();
+        if !rows.by_id.contains_key(&row.task.id) {
+            Self::insert(&mut rows, row);
+        }
+    }
+
+    fn insert(rows: &mut Rows, row: Stored) {
+        let size = size_of(&row);
         if let Some(old) = rows.by_id.remove(&row.task.id) {
             rows.bytes -= size_of(&old);
         }

@@ -1,6 +1,8 @@
 //! Rows of the `task_rows`, `attempts` and `schedules` tables and their conversion to the model.
 //! A task's attempt records live in its row (`attempt_log`, written by the finish's own
-//! compare-and-set); the `attempts` table holds those of earlier releases.
+//! compare-and-set), without their logs: an attempt with log lines is also written whole to
+//! the `attempts` table (one partition per task), which holds the records of earlier
+//! releases too. So the row partitions of tasks due together do not fill with logs.
 //! Nothing read from the database is trusted: out-of-range numbers and unknown states are
 //! [`StoreError::Corrupt`].
 
@@ -26,7 +28,7 @@ pub(crate) type AttemptCell = (
     Option<String>,
 );
 
-/// An attempt as an `attempt_log` entry.
+/// An attempt as an `attempt_log` entry: without its logs.
 pub(crate) fn attempt_cell(a: &Attempt) -> (i64, AttemptCell) {
     (
         i64::from(a.number),
@@ -36,7 +38,7 @@ pub(crate) fn attempt_cell(a: &Attempt) -> (i64, AttemptCell) {
             outcome_str(a.outcome).to_owned(),
             a.error.clone(),
             a.plugin_digest.clone(),
-            a.logs.clone(),
+            None,
         ),
     )
 }

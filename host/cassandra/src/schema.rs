@@ -3,14 +3,17 @@
 //! ```text
 //! task_rows        ((partition, home), id) → the task record, one column per field, plus
 //!                  owner_epoch (epoch of the lease that last changed it) and
-//!                  rev (compare-and-set revision: every state change is an LWT `IF rev = ?`)
+//!                  rev (compare-and-set revision: every state change is an LWT `IF rev = ?`),
+//!                  attempt_log (number → the attempt's record without its logs, written by
+//!                  the finish's own compare-and-set; added later)
 //! task_homes       (id) → partition, home: where a task's row lives
 //! pending          ((partition, bucket), due_at, seq) → id, home: exactly the pending tasks
 //!                  (Task::is_pending); bucket = floor(due_at / bucket_ms)
 //! pending_buckets  (partition, bucket) → live: the directory of buckets that may hold
 //!                  pending rows, so load_window finds overdue tasks however old they are
 //! tasks_by_key     (key, due_at, seq) → id: every task of an ordering key (list, unpark)
-//! attempts         (task_id, number) → one attempt (logs: the tail of its log, added later)
+//! attempts         (task_id, number) → one attempt whole: the records of earlier releases,
+//!                  and of attempts with log lines (logs: the tail of its log, added later)
 //! uniqueness       (ukey) → task_id, claimed with INSERT ... IF NOT EXISTS
 //! paused_keys      (shard = 0, key): one small partition, listed in one read
 //! schedules        (name) → schedule
@@ -297,4 +300,19 @@ async fn copy_old_tasks(session: &Session, opts: &CassandraOptions) -> StoreResu
         .exec()?;
     tracing::info!(keyspace = %ks, tasks = n, "copied the tasks of the old `tasks` table into `task_rows`");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_new_keyspace_gets_the_attempt_log_column_an_old_one_is_given() {
+        let table = TABLES
+            .iter()
+            .find(|t| t.contains("{ks}.task_rows "))
+            .expect("task_rows");
+        assert!(table.contains(&format!("attempt_log {ATTEMPT_LOG_TYPE}")));
+        assert!(ADDED_COLUMNS.contains(&("task_rows", "attempt_log", ATTEMPT_LOG_TYPE)));
+    }
 }

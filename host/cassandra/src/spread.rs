@@ -2,12 +2,14 @@
 //! (`task_homes`, `tasks_by_key`) and its replay check, which would otherwise be one request
 //! per task each.
 //!
-//! Rows are grouped by the replica that owns their partition (token-aware, as the driver
-//! routes a batch by its first statement), so a request's coordinator holds every row of it.
-//! A write request is an unlogged batch of at most [`SPREAD_PARTITIONS`] partitions (no
-//! atomicity is wanted: each row is idempotent and written before anything depends on it;
-//! Cassandra warns about unlogged batches across more partitions than that). A read request
-//! is one `IN` of at most [`IN_KEYS`] partition keys.
+//! Rows are grouped by the first replica of their partition, and the driver routes a batch by
+//! its first statement's token, so a write's coordinator is a replica of each of its rows.
+//! A write request is an unlogged batch of at most [`SPREAD_PARTITIONS`] partitions and
+//! [`SPREAD_BYTES`] (no atomicity is wanted: each row is idempotent and written before anything
+//! depends on it; Cassandra warns about unlogged batches across more partitions, or larger,
+//! than that, and refuses them from 50 KiB). A read request is one `IN` of at most [`IN_KEYS`]
+//! partition keys; the driver cannot route an `IN` by token, so its coordinator is any node
+//! (with one replica per key in a group, it reads from at most one other node).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -22,18 +24,23 @@ use crate::error::{Decode, Exec};
 /// Most partitions in one unlogged batch (Cassandra's default
 /// `unlogged_batch_across_partitions_warn_threshold`).
 pub(crate) const SPREAD_PARTITIONS: usize = 10;
+/// Most bytes of values in one unlogged batch (Cassandra's default
+/// `batch_size_warn_threshold` is 5 KiB).
+pub(crate) const SPREAD_BYTES: usize = 4 << 10;
 /// Most partition keys in one `IN` read (ScyllaDB refuses more than 100 by default).
 pub(crate) const IN_KEYS: usize = 64;
 
 impl CassandraStore {
     /// `items` in groups that share their partition's first replica in `table` (text
-    /// partition key `pk`), each group of at most `max_keys` distinct keys.
+    /// partition key `pk`), each group of at most `max_keys` distinct keys and `max_bytes` by
+    /// `size` (a group holds at least one item).
     fn replica_groups<T>(
         &self,
         table: &str,
         items: Vec<T>,
         pk: impl Fn(&T) -> &str,
         max_keys: usize,
+        (max_bytes, size): (usize, impl Fn(&T) -> usize),
     ) -> Vec<Vec<T>> {
         let cluster = self.session.get_cluster_state();
         let ks = &self.opts.keyspace;
@@ -55,12 +62,18 @@ impl CassandraStore {
         for items in by_replica.into_values() {
             let mut keys: HashSet<String> = HashSet::new();
             let mut group: Vec<T> = Vec::new();
+            let mut bytes = 0;
             for item in items {
-                if !keys.contains(pk(&item)) && keys.len() == max_keys {
+                let n = size(&item);
+                let full =
+                    (!keys.contains(pk(&item)) && keys.len() == max_keys) || bytes + n > max_bytes;
+                if full && !group.is_empty() {
                     groups.push(std::mem::take(&mut group));
                     keys.clear();
+                    bytes = 0;
                 }
                 keys.insert(pk(&item).to_owned());
+                bytes += n;
                 group.push(item);
             }
             if !group.is_empty() {
@@ -70,17 +83,24 @@ impl CassandraStore {
         groups
     }
 
-    /// Writes `rows` (`(partition key, values of st)`) of `table`: unlogged batches of at most
-    /// [`SPREAD_PARTITIONS`] partitions that share a replica, `concurrency` at a time.
+    /// Writes `rows` (`(partition key, bytes of values, values of st)`) of `table`: unlogged
+    /// batches of at most [`SPREAD_PARTITIONS`] partitions that share a replica and
+    /// [`SPREAD_BYTES`], `concurrency` at a time.
     pub(crate) async fn write_spread<V: SerializeRow + Sync>(
         &self,
         st: &PreparedStatement,
         table: &str,
-        rows: Vec<(&str, V)>,
+        rows: Vec<(&str, usize, V)>,
     ) -> StoreResult<()> {
-        let groups = self.replica_groups(table, rows, |(pk, _)| pk, SPREAD_PARTITIONS);
+        let groups = self.replica_groups(
+            table,
+            rows,
+            |(pk, _, _)| pk,
+            SPREAD_PARTITIONS,
+            (SPREAD_BYTES, |(_, n, _): &(&str, usize, V)| *n),
+        );
         let written = each_bounded(&groups, self.opts.concurrency, |group| {
-            self.write_batch(st, group.iter().map(|(_, v)| v).collect::<Vec<&V>>())
+            self.write_batch(st, group.iter().map(|(_, _, v)| v).collect::<Vec<&V>>())
         })
         .await;
         written.into_iter().collect()
@@ -89,7 +109,13 @@ impl CassandraStore {
     /// Where the rows of `ids` live, for those that have a home: `IN` reads of at most
     /// [`IN_KEYS`] ids that share a replica, `concurrency` at a time.
     pub(crate) async fn homes_of(&self, ids: &[&str]) -> StoreResult<HashMap<String, (i64, i64)>> {
-        let groups = self.replica_groups("task_homes", ids.to_vec(), |id| id, IN_KEYS);
+        let groups = self.replica_groups(
+            "task_homes",
+            ids.to_vec(),
+            |id| id,
+            IN_KEYS,
+            (usize::MAX, |_: &&str| 0),
+        );
         let read = each_bounded(&groups, self.opts.concurrency, |group| {
             self.session.execute_unpaged(&self.st.homes_get, (group,))
         })

@@ -35,6 +35,7 @@ pub(crate) struct Stmts {
     pub bykey_delete_at: PreparedStatement,
     pub bykey_scan: PreparedStatement,
     pub attempt_log_get: PreparedStatement,
+    pub attempt_insert: PreparedStatement,
     pub attempts_get: PreparedStatement,
     pub ukey_claim: PreparedStatement,
     pub ukey_get: PreparedStatement,
@@ -206,6 +207,11 @@ impl Stmts {
             attempt_log_get: p(
                 Plain,
                 "SELECT attempt_log FROM {ks}.task_rows WHERE partition = ? AND home = ? AND id = ?".into(),
+            )
+            .await?,
+            attempt_insert: p(
+                Plain,
+                format!("INSERT INTO {{ks}}.attempts (task_id, {ATTEMPT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"),
             )
             .await?,
             attempts_get: p(

@@ -19,7 +19,6 @@ use kairos_core::ownership::Lease;
 use kairos_core::store::{StoreError, StoreResult};
 
 use crate::CassandraStore;
-
 use crate::rows::Stored;
 
 pub(crate) fn conflict(t: &Task, what: &str) -> StoreError {

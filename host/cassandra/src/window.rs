@@ -102,7 +102,10 @@ impl CassandraStore {
             "tasks_by_key",
             items
                 .iter()
-                .map(|(t, _)| (t.key.as_str(), (&t.key, t.due_at, seq_db(t.seq), &t.id)))
+                .map(|(t, _)| {
+                    let row = (&t.key, t.due_at, seq_db(t.seq), &t.id);
+                    (t.key.as_str(), 32 + t.key.len() + t.id.len(), row)
+                })
                 .collect(),
         );
         let (a, k) = tokio::join!(pending, keyed);

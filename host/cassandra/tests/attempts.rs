@@ -1,6 +1,7 @@
 //! A finish records its attempt in the task's own row, by the same compare-and-set that ends
-//! the attempt: there is no second write to lose. Attempts an earlier release recorded in the
-//! `attempts` table are still listed. Needs Cassandra on 127.0.0.1:9042.
+//! the attempt: there is no second write to lose. Only an attempt's log lines go to the
+//! `attempts` table (so rows of tasks due together do not fill with logs), where the attempts
+//! an earlier release recorded are also still listed. Needs Cassandra on 127.0.0.1:9042.
 
 mod common;
 
@@ -10,7 +11,7 @@ use kairos_core::store::{StoreError, TaskStore};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 
-fn attempt(number: u32, outcome: AttemptOutcome, logs: &str) -> Attempt {
+fn attempt(number: u32, outcome: AttemptOutcome, logs: Option<&str>) -> Attempt {
     Attempt {
         number,
         started_at: T0 + i64::from(number) * 10,
@@ -18,7 +19,7 @@ fn attempt(number: u32, outcome: AttemptOutcome, logs: &str) -> Attempt {
         outcome,
         error: (outcome != AttemptOutcome::Succeeded).then(|| format!("failed {number}")),
         plugin_digest: Some("sha256:abc".into()),
-        logs: Some(logs.into()),
+        logs: logs.map(Into::into),
     }
 }
 
@@ -56,7 +57,7 @@ async fn a_finish_records_its_attempt_in_the_task_row() {
         .start_attempt(&lease, &id, 1, T0)
         .await
         .expect("start 1");
-    let first = attempt(1, AttemptOutcome::Retryable, "line one\nline two");
+    let first = attempt(1, AttemptOutcome::Retryable, Some("line one\nline two"));
     let t = store
         .finish_attempt(&lease, &id, first.clone(), retry(T0 + 20, "boom"), T0 + 11)
         .await
@@ -66,7 +67,7 @@ async fn a_finish_records_its_attempt_in_the_task_row() {
         .start_attempt(&lease, &id, 2, T0 + 20)
         .await
         .expect("start 2");
-    let second = attempt(2, AttemptOutcome::Succeeded, "done");
+    let second = attempt(2, AttemptOutcome::Succeeded, None);
     store
         .finish_attempt(&lease, &id, second.clone(), succeeded(Some("ok")), T0 + 21)
         .await
@@ -77,7 +78,7 @@ async fn a_finish_records_its_attempt_in_the_task_row() {
         .finish_attempt(
             &lease,
             &id,
-            attempt(2, AttemptOutcome::Permanent, "late"),
+            attempt(2, AttemptOutcome::Permanent, Some("late")),
             succeeded(None),
             T0 + 30,
         )
@@ -88,11 +89,12 @@ async fn a_finish_records_its_attempt_in_the_task_row() {
     assert_eq!(rec.task.state, TaskState::Succeeded);
     assert_eq!(rec.attempts, vec![first, second]);
 
-    // Both live in the task row; nothing went to the `attempts` table.
+    // Both records live in the task row, without logs; only the attempt with log lines
+    // went to the `attempts` table too.
     let s = session().await;
     assert_eq!(
         count(&s, format!("SELECT count(*) FROM {ks}.attempts")).await,
-        0
+        1
     );
     let log = s
         .query_unpaged(format!("SELECT attempt_log FROM {ks}.task_rows"), ())
@@ -104,6 +106,8 @@ async fn a_finish_records_its_attempt_in_the_task_row() {
         .expect("row")
         .0;
     assert_eq!(log.keys().copied().collect::<Vec<_>>(), vec![1, 2]);
+    assert!(log.values().all(|cell| cell.5.is_none()), "{log:?}");
+    assert_eq!(log[&1].2, "retryable");
 }
 
 /// An `attempt_log` entry as CQL returns it.
@@ -132,14 +136,15 @@ async fn attempts_an_earlier_release_recorded_are_listed_with_the_new_ones() {
         .finish_attempt(
             &lease,
             &id,
-            attempt(1, AttemptOutcome::Retryable, "new"),
+            attempt(1, AttemptOutcome::Retryable, None),
             retry(T0 + 20, "boom"),
             T0 + 11,
         )
         .await
         .expect("finish 1");
-    // As an earlier release wrote them: attempt 1 again (the row's record wins) and an
-    // attempt 7 only the table has.
+    // As an earlier release wrote them (or this one, for attempts with log lines): attempt 1
+    // again (the row's record wins, the table lends it its logs) and an attempt 7 only the
+    // table has.
     let s = session().await;
     for (number, logs) in [(1i64, "old"), (7, "only in the table")] {
         s.query_unpaged(
@@ -153,13 +158,16 @@ async fn attempts_an_earlier_release_recorded_are_listed_with_the_new_ones() {
         .expect("insert old attempt");
     }
     let rec = store.get(&id).await.expect("get").expect("stored");
-    let listed: Vec<(u32, Option<&str>)> = rec
+    let listed: Vec<(u32, AttemptOutcome, Option<&str>)> = rec
         .attempts
         .iter()
-        .map(|a| (a.number, a.logs.as_deref()))
+        .map(|a| (a.number, a.outcome, a.logs.as_deref()))
         .collect();
     assert_eq!(
         listed,
-        vec![(1, Some("new")), (7, Some("only in the table"))]
+        vec![
+            (1, AttemptOutcome::Retryable, Some("old")),
+            (7, AttemptOutcome::Permanent, Some("only in the table"))
+        ]
     );
 }

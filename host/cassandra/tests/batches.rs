@@ -170,3 +170,27 @@ async fn a_batch_that_meets_a_task_changed_behind_it_answers_each_task_on_its_ow
         "{late:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_enqueue_of_many_tasks_of_few_keys_stays_within_cassandras_batch_limits() {
+    let (store, _guard) = common::fresh_store().await;
+    // 1,000 by-key rows over two long keys would be one unlogged batch of two partitions and
+    // about 250 KB, which Cassandra refuses (`batch_size_fail_threshold`, 50 KiB).
+    let keys = ["a".repeat(200), "b".repeat(200)];
+    let batch = (0..1_000)
+        .map(|i| new_task_in(8, &keys[i % 2], T0))
+        .collect();
+    let tasks = enqueue_all(&store, batch).await;
+    assert_eq!(tasks.len(), 1_000);
+    assert_eq!(window(&store, 8).await.len(), 1_000);
+    let listed = store
+        .list(&kairos_core::model::ListFilter {
+            key: Some(keys[0].clone()),
+            state: None,
+            limit: 1_000,
+            after: None,
+        })
+        .await
+        .expect("list by key");
+    assert_eq!(listed.len(), 500);
+}

@@ -294,6 +294,11 @@ impl Default for RuntimeSection {
     }
 }
 
+/// Default claim slots per run slot on Cassandra: a node's starts that fall due together go
+/// as one Paxos round per partition, so more claims in flight make fewer, larger rounds (×1.3–
+/// 1.7 end to end against one per run slot; BENCHMARKS.md, issue 10, seventh session).
+pub const CASSANDRA_CLAIMS_PER_RUN_SLOT: usize = 8;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SchedulerSection {
@@ -306,9 +311,9 @@ pub struct SchedulerSection {
     pub reserved_slots: Option<usize>,
     /// Attempts that may be recording their start at once (claim slots). Default: 32 ×
     /// `concurrency` on the embedded store, where starts share group commits and more of them
-    /// make each commit carry more; `concurrency` on Cassandra, where each start is its own
-    /// Paxos round (more at once measured no faster, and each takes longer when Cassandra is
-    /// slow).
+    /// make each commit carry more; 8 × `concurrency` on Cassandra, where the starts of one
+    /// partition due together share a Paxos round (one per batch), so more of them make fewer,
+    /// larger rounds.
     pub claim_slots: Option<usize>,
     /// Most tasks held in memory per partition.
     pub window_capacity: usize,
@@ -441,13 +446,13 @@ impl Config {
         })
     }
 
-    /// Claim slots: `scheduler.claim_slots`, else 32 per run slot on the embedded store and one
-    /// per run slot on Cassandra (see [`SchedulerSection::claim_slots`]).
+    /// Claim slots: `scheduler.claim_slots`, else 32 per run slot on the embedded store and
+    /// [`CASSANDRA_CLAIMS_PER_RUN_SLOT`] on Cassandra (see [`SchedulerSection::claim_slots`]).
     pub fn claim_slots(&self) -> usize {
         self.scheduler.claim_slots.unwrap_or_else(|| {
             let per_slot = match self.store {
                 StoreConfig::Embedded { .. } => crate::scheduler::CLAIMS_PER_RUN_SLOT,
-                StoreConfig::Cassandra(_) => 1,
+                StoreConfig::Cassandra(_) => CASSANDRA_CLAIMS_PER_RUN_SLOT,
             };
             self.scheduler.concurrency.saturating_mul(per_slot)
         })
@@ -788,8 +793,8 @@ mod tests {
             ("kairos", "local_quorum", true)
         );
         assert_eq!(s.datacenters["dc2"], 3);
-        // One claim slot per run slot on Cassandra, 32 on the embedded store.
-        assert_eq!(c.claim_slots(), 64);
+        // Eight claim slots per run slot on Cassandra, 32 on the embedded store.
+        assert_eq!(c.claim_slots(), 512);
         assert_eq!(Config::default().claim_slots(), 2048);
         let c = Config::parse("[scheduler]\nconcurrency = 4\nclaim_slots = 10").expect("valid");
         assert_eq!(c.claim_slots(), 10);

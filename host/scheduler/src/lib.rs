@@ -147,9 +147,9 @@ impl From<StoreError> for OpError {
 /// writes about a third fewer bytes per task and end-to-end throughput rose by ×1.2–1.4;
 /// 16, 64 and 128 measured slower than 32 (BENCHMARKS.md, issue 10). An attempt whose claim
 /// then waits for a run slot longer than the claim slack records its start again under the
-/// run slot. (Cluster nodes default to one per run slot: each Cassandra claim is its own
-/// Paxos round, not shared with others, and eight per run slot measured no faster there;
-/// fewer in flight keep each claim well inside the slack when Cassandra is slow.)
+/// run slot. (Cluster nodes default to eight per run slot: on Cassandra the claims of one
+/// partition that fall due together share a Paxos round, so more claims in flight make
+/// fewer, larger rounds; BENCHMARKS.md, issue 10, seventh session.)
 pub const CLAIMS_PER_RUN_SLOT: usize = 32;
 
 /// Everything the partition actors share.

@@ -1,9 +1,13 @@
 //! One owned partition: read a batch from its queue, decode, persist in the store, tell the
-//! listener, *then* commit the batch's offsets.
+//! listener, *then* commit the batch's offsets: at most every [`COMMIT_EVERY`] (the position
+//! when the partition is revoked is committed then). A commit is a write to Kafka's offsets
+//! log: one per small batch cost the broker more CPU than the records did at a steady rate.
+//! Records persisted but not yet committed are read again by the partition's next owner after
+//! a crash, and deduplicated by the store.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kairos_core::model::{EnqueueOutcome, NewTask, Task};
 use rdkafka::consumer::base_consumer::PartitionQueue;
@@ -14,6 +18,9 @@ use tokio::sync::{Notify, watch};
 
 use crate::record::{self, RecordMeta};
 use crate::source::{Ctx, Rd, Shared};
+
+/// Most time between offset commits while records are persisted.
+pub(crate) const COMMIT_EVERY: Duration = Duration::from_millis(500);
 
 /// What a worker leaves behind.
 pub(crate) struct WorkerExit {
@@ -100,6 +107,8 @@ impl Worker {
         };
         self.shared.listener.assigned(lease).await;
         let mut persisted_next = None;
+        let mut committed = persisted_next;
+        let mut committed_at = Instant::now();
         while !*self.stop.borrow() {
             let batch = self.drain();
             let Some(last) = batch.last().map(|r| r.offset) else {
@@ -107,7 +116,17 @@ impl Worker {
                     _ = self.wake.notified() => {}
                     _ = self.stop.changed() => {}
                     // In case a wake-up was missed; the queue is cheap to poll.
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = tokio::time::sleep(COMMIT_EVERY) => {}
+                }
+                // Idle: what was persisted since the last commit is committed once it is due
+                // (by the sleep above at the latest).
+                if let Some(next) = persisted_next
+                    && committed != persisted_next
+                    && committed_at.elapsed() >= COMMIT_EVERY
+                    && !*self.stop.borrow()
+                {
+                    self.commit(next);
+                    (committed, committed_at) = (persisted_next, Instant::now());
                 }
                 continue;
             };
@@ -121,7 +140,10 @@ impl Worker {
                 }
             }
             persisted_next = Some(last + 1);
-            self.commit(last + 1);
+            if committed_at.elapsed() >= COMMIT_EVERY {
+                self.commit(last + 1);
+                (committed, committed_at) = (persisted_next, Instant::now());
+            }
         }
         self.shared.listener.revoked(self.partition).await;
         WorkerExit { persisted_next }

@@ -90,14 +90,16 @@ async fn a_task_costs_a_small_share_of_a_request_to_enqueue_start_and_finish() {
     }
 
     // Per task, one request each for its home, its by-key row, its replay check, the reads
-    // of its row and home before its start and its attempt record would be 6 * 200.
+    // of its row and home before its start and its attempt record would be 6 * 200. Measured:
+    // about 51 and 7; the bounds leave room for the driver's own background requests
+    // (keep-alives, schema refreshes) that land in the same window.
     eprintln!("{n} tasks: enqueue {enqueued} requests, start and finish {ran}");
     assert!(
-        enqueued <= 60,
+        enqueued <= 100,
         "enqueue of {n} tasks took {enqueued} requests"
     );
     assert!(
-        ran <= 20,
+        ran <= 40,
         "starts and finishes of {n} tasks took {ran} requests"
     );
     let rec = store.get(&ids[0]).await.expect("get").expect("stored");

@@ -6,20 +6,8 @@ mod common;
 
 use kairos_cassandra::CassandraStore;
 use kairos_conformance::{T0, enqueue_all, new_task_in, succeeded, window};
-use kairos_core::model::{Attempt, AttemptOutcome, Task, TaskState};
+use kairos_core::model::{Task, TaskState};
 use kairos_core::store::{StoreError, TaskStore};
-
-fn done(number: u32) -> Attempt {
-    Attempt {
-        number,
-        started_at: T0,
-        ended_at: T0 + 1,
-        outcome: AttemptOutcome::Succeeded,
-        error: None,
-        plugin_digest: None,
-        logs: None,
-    }
-}
 
 async fn due_together(store: &CassandraStore, partition: u32, n: usize) -> Vec<Task> {
     let tasks = enqueue_all(
@@ -56,7 +44,13 @@ async fn starts_and_finishes_of_tasks_due_together_take_one_paxos_round_per_batc
     let before = store.task_lwts();
     let finishes = tasks
         .iter()
-        .map(|t| (t.id.clone(), done(1), succeeded(Some("ok"))))
+        .map(|t| {
+            (
+                t.id.clone(),
+                common::succeeded_attempt(1),
+                succeeded(Some("ok")),
+            )
+        })
         .collect();
     let finished = store
         .finish_attempts_fenced(4, lease.epoch, finishes, T0 + 1)
@@ -122,7 +116,7 @@ async fn a_batch_that_meets_a_task_changed_behind_it_answers_each_task_on_its_ow
     // the same batch finish.
     let finishes = tasks
         .iter()
-        .map(|t| (t.id.clone(), done(1), succeeded(None)))
+        .map(|t| (t.id.clone(), common::succeeded_attempt(1), succeeded(None)))
         .collect();
     let finished = store
         .finish_attempts_fenced(6, lease.epoch, finishes, T0 + 1)
@@ -161,7 +155,11 @@ async fn a_batch_that_meets_a_task_changed_behind_it_answers_each_task_on_its_ow
         .finish_attempts_fenced(
             6,
             lease.epoch,
-            vec![(more[0].id.clone(), done(1), succeeded(None))],
+            vec![(
+                more[0].id.clone(),
+                common::succeeded_attempt(1),
+                succeeded(None),
+            )],
             T0 + 3,
         )
         .await;

@@ -9,7 +9,7 @@
 mod common;
 
 use kairos_conformance::{T0, new_task_in, succeeded};
-use kairos_core::model::{Attempt, AttemptOutcome, EnqueueOutcome, TaskState};
+use kairos_core::model::{EnqueueOutcome, TaskState};
 use kairos_core::store::TaskStore;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -68,18 +68,7 @@ async fn a_task_costs_a_small_share_of_a_request_to_enqueue_start_and_finish() {
     assert!(started.iter().all(|r| r.is_ok()), "{started:?}");
     let finishes = ids
         .iter()
-        .map(|id| {
-            let attempt = Attempt {
-                number: 1,
-                started_at: T0,
-                ended_at: T0 + 1,
-                outcome: AttemptOutcome::Succeeded,
-                error: None,
-                plugin_digest: None,
-                logs: None,
-            };
-            (id.clone(), attempt, succeeded(None))
-        })
+        .map(|id| (id.clone(), common::succeeded_attempt(1), succeeded(None)))
         .collect();
     let finished = store
         .finish_attempts_fenced(partition, lease.epoch, finishes, T0 + 1)

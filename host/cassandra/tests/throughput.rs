@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use futures::{StreamExt, stream};
 use kairos_conformance::{T0, new_task_in, succeeded};
-use kairos_core::model::{Attempt, AttemptOutcome, Millis, OrderPos};
+use kairos_core::model::{Millis, OrderPos};
 use kairos_core::store::TaskStore;
 
 const PARTITIONS: u32 = 16;
@@ -82,15 +82,7 @@ async fn enqueue_start_finish_throughput() {
         .iter()
         .flat_map(|(p, w)| w.iter().map(move |t| (*p, t.id.clone())))
         .collect();
-    let done = Attempt {
-        number: 1,
-        started_at: T0,
-        ended_at: T0 + 1,
-        outcome: AttemptOutcome::Succeeded,
-        error: None,
-        plugin_digest: None,
-        logs: None,
-    };
+    let done = common::succeeded_attempt(1);
     stream::iter(finishes)
         .map(|(p, id)| {
             let (s, lease, a) = (s.clone(), leases[p as usize], done.clone());

@@ -6,6 +6,8 @@
 #![allow(dead_code)]
 
 use kairos_cassandra::{CassandraOptions, CassandraStore};
+use kairos_conformance::T0;
+use kairos_core::model::{Attempt, AttemptOutcome};
 
 pub const NODE: &str = "127.0.0.1:9042";
 
@@ -67,5 +69,18 @@ impl Drop for KeyspaceGuard {
             });
         });
         let _ = dropper.join();
+    }
+}
+
+/// Attempt `number`, succeeded at `T0 + 1`, without error or logs.
+pub fn succeeded_attempt(number: u32) -> Attempt {
+    Attempt {
+        number,
+        started_at: T0,
+        ended_at: T0 + 1,
+        outcome: AttemptOutcome::Succeeded,
+        error: None,
+        plugin_digest: None,
+        logs: None,
     }
 }

@@ -702,3 +702,66 @@ async fn cron_occurrences_are_neither_doubled_nor_skipped_across_a_restart() {
     let dues: Vec<Millis> = tasks.iter().map(|t| (t.due_at - T0) / 60_000).collect();
     assert_eq!(dues, [1, 2, 3, 4], "one task per occurrence");
 }
+
+/// Attempts whose start is recorded but that still wait for a run slot when their partition
+/// is revoked do not run there: the next owner takes them over, as after a crash. So the drain
+/// waits only for the attempts running, however many claim slots there are (cluster nodes
+/// have eight per run slot).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoke_leaves_attempts_waiting_for_a_run_slot_to_the_next_owner() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cfg = SchedulerConfig {
+        concurrency: 1,
+        claim_slots: Some(8),
+        ..SchedulerConfig::default()
+    };
+    let h = harness(dir.path(), ManualClock::new(T0), cfg).await;
+    // Three keys of one partition.
+    let p = kairos_core::partition::partition_for("k0", PARTITIONS);
+    let keys: Vec<String> = (0..100)
+        .map(|i| format!("k{i}"))
+        .filter(|k| kairos_core::partition::partition_for(k, PARTITIONS) == p)
+        .take(3)
+        .collect();
+    assert_eq!(keys.len(), 3);
+    let slow = h
+        .add(&keys[0], T0, json!({ "name": "slow", "block": true }))
+        .await;
+    let waiting = [
+        h.add(&keys[1], T0, named("waiting-1")).await,
+        h.add(&keys[2], T0, named("waiting-2")).await,
+    ];
+    h.until("the slow attempt runs", |h| {
+        h.exec.blocked.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    // The other two are claimed (their starts recorded) and wait for the one run slot.
+    for id in &waiting {
+        h.until_state(id, TaskState::Running).await;
+    }
+    let scheduler = h.scheduler.clone();
+    let revoked = tokio::spawn(async move { scheduler.revoke(p, Duration::from_secs(5)).await });
+    h.settle().await;
+    h.exec.gate.add_permits(1);
+    assert!(revoked.await.expect("revoke"), "drained within the grace");
+    h.until_state(&slow, TaskState::Succeeded).await;
+    h.settle().await;
+    assert_eq!(h.names(), vec!["slow"], "the waiting attempts did not run");
+    for id in &waiting {
+        assert_eq!(
+            h.state(id).await.state,
+            TaskState::Running,
+            "left to the next owner"
+        );
+    }
+    // The next owner runs them, once the takeover wait has passed.
+    let lease = h.store.acquire_lease(p, "next").await.expect("lease");
+    h.scheduler.assign(lease).await;
+    h.clock.advance(60_000);
+    for id in &waiting {
+        h.until_state(id, TaskState::Succeeded).await;
+    }
+    let mut names = h.names();
+    names.sort();
+    assert_eq!(names, vec!["slow", "waiting-1", "waiting-2"]);
+}

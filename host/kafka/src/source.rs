@@ -62,7 +62,8 @@ pub struct SourceStats {
     pub rejected: u64,
     /// Store calls retried after a transient error.
     pub store_retries: u64,
-    /// Offset commits sent (asynchronous, after each persisted batch; synchronous on revoke).
+    /// Offset commits sent (asynchronous, at most every 500 ms while records are persisted and
+    /// when a partition goes idle; synchronous on revoke).
     pub commits: u64,
     /// Commits that failed (seen on revoke/shutdown) or could not be sent; the records are
     /// read again by the partition's next owner and deduplicated by the store.

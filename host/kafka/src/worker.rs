@@ -3,7 +3,7 @@
 //! when the partition is revoked is committed then). A commit is a write to Kafka's offsets
 //! log: one per small batch cost the broker more CPU than the records did at a steady rate.
 //! Records persisted but not yet committed are read again by the partition's next owner after
-//! a crash, and deduplicated by the store.
+//! a crash or a lost assignment, and deduplicated by the store.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;

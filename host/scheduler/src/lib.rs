@@ -221,6 +221,9 @@ struct PartitionHandle {
     lease: Lease,
     tx: mpsc::Sender<Msg>,
     stop: CancellationToken,
+    /// Cancelled when the partition goes to another node: its attempts still waiting for a
+    /// run slot then do not run (see [`Scheduler::revoke`]).
+    release: CancellationToken,
     join: tokio::task::JoinHandle<()>,
 }
 
@@ -309,6 +312,7 @@ impl Scheduler {
             }
             if let Some(old) = parts.remove(&partition) {
                 // It stops on its own (drains what runs); its abort handle stays tracked.
+                old.release.cancel();
                 old.stop.cancel();
             }
         }
@@ -326,7 +330,14 @@ impl Scheduler {
         }
         let (tx, rx) = mpsc::channel(1024);
         let stop = CancellationToken::new();
-        let actor = PartitionActor::new(lease, self.shared.clone(), rx, stop.clone());
+        let release = CancellationToken::new();
+        let actor = PartitionActor::new(
+            lease,
+            self.shared.clone(),
+            rx,
+            stop.clone(),
+            release.clone(),
+        );
         let join = tokio::spawn(actor.run());
         self.shared.track(join.abort_handle());
         parts.insert(
@@ -335,6 +346,7 @@ impl Scheduler {
                 lease,
                 tx,
                 stop,
+                release,
                 join,
             },
         );
@@ -357,12 +369,16 @@ impl Scheduler {
     /// `grace`, until its running attempts ended and were recorded. Returns false if attempts
     /// were still running after `grace`: they go on in the background, but can no longer
     /// record their end once the partition's next owner holds its lease (their tasks then
-    /// run again there, after `takeover_wait_ms`).
+    /// run again there, after `takeover_wait_ms`). Attempts whose start is recorded but that
+    /// still wait for a run slot do not run: they are left to the next owner as a crash
+    /// would leave them (it runs them after `takeover_wait_ms`), so the drain waits only for
+    /// the attempts running, however many claim slots there are.
     pub async fn revoke(&self, partition: u32, grace: Duration) -> bool {
         let handle = self.partitions.lock().await.remove(&partition);
         let Some(mut h) = handle else {
             return true;
         };
+        h.release.cancel();
         h.stop.cancel();
         // Past `grace` the actor goes on in the background (its abort handle stays tracked),
         // and is remembered until it ends: see `wait_released`.

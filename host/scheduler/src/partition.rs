@@ -50,6 +50,8 @@ pub(crate) struct PartitionActor {
     shared: Arc<Shared>,
     rx: mpsc::Receiver<Msg>,
     stop: CancellationToken,
+    /// Cancelled when the partition goes to another node (see `run_attempt`).
+    release: CancellationToken,
     window: Window,
     /// Every pending task at or before this position is in the window.
     cursor: OrderPos,
@@ -75,6 +77,7 @@ impl PartitionActor {
         shared: Arc<Shared>,
         rx: mpsc::Receiver<Msg>,
         stop: CancellationToken,
+        release: CancellationToken,
     ) -> Self {
         // Read before `shared` moves into the actor.
         let leased_at = shared.clock.now();
@@ -84,6 +87,7 @@ impl PartitionActor {
             shared,
             rx,
             stop,
+            release,
             window: Window::default(),
             cursor: OrderPos::MIN,
             horizon: Millis::MIN,
@@ -441,9 +445,13 @@ impl PartitionActor {
 
     fn spawn_attempt(&mut self, task: Task, claim: crate::slots::Slot) {
         let id = task.id.clone();
-        let h = self
-            .attempts
-            .spawn(run_attempt(self.shared.clone(), self.lease, task, claim));
+        let h = self.attempts.spawn(run_attempt(
+            self.shared.clone(),
+            self.lease,
+            task,
+            claim,
+            self.release.clone(),
+        ));
         self.attempt_ids.insert(h.id(), id);
         self.shared.track(h);
     }

@@ -16,7 +16,9 @@ pub(crate) enum Done {
     /// The task as stored now: after this attempt's end was recorded, or as found in the
     /// store when the attempt could not start.
     Stored(Box<Task>),
-    /// The start could not be recorded, or its outcome is unknown. The attempt did not run.
+    /// The start could not be recorded, or its outcome is unknown, or the partition was
+    /// released while the attempt waited for a run slot (its start recorded: the next owner
+    /// takes the task over). The attempt did not run.
     StartFailed { id: String, retry_at: Millis },
     /// The task is finished (or gone) in the store: it leaves the window.
     Gone { id: String },
@@ -77,12 +79,15 @@ fn outcome_of(result: &ExecResult) -> (AttemptOutcome, Option<String>) {
 /// is recorded, then a run slot until the guest is done (not while the end is recorded), so
 /// durable writes overlap other attempts' runs. The attempt runs only once its start is
 /// durable; its end is retried until it is durable too, so the key's next task cannot start
-/// before this one's end is known.
+/// before this one's end is known. Once `release` is cancelled (the partition goes to another
+/// node), an attempt still waiting for its run slot does not run: its recorded start leaves
+/// the task to the next owner, as a crash would.
 pub(crate) async fn run_attempt(
     shared: Arc<Shared>,
     lease: Lease,
     task: Task,
     claim: crate::slots::Slot,
+    release: tokio_util::sync::CancellationToken,
 ) -> Done {
     // A task found running (in doubt) whose interrupted attempt was its last: it is claimed
     // under this lease and recorded dead without running again.
@@ -112,7 +117,18 @@ pub(crate) async fn run_attempt(
                 // The first durable start trades the claim slot for a run slot.
                 if let Some(claim) = claim.take() {
                     if !last_interrupted {
-                        slot = Some(shared.slots.acquire(&task.plugin).await);
+                        // Biased: the simulation replays a seed exactly.
+                        tokio::select! {
+                            biased;
+                            s = shared.slots.acquire(&task.plugin) => slot = Some(s),
+                            _ = release.cancelled() => {
+                                drop(claim);
+                                return Done::StartFailed {
+                                    retry_at: shared.clock.now(),
+                                    id: task.id,
+                                };
+                            }
+                        }
                     }
                     drop(claim);
                 }

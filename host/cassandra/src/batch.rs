@@ -22,7 +22,7 @@ use kairos_core::store::{StoreError, StoreResult};
 use scylla::statement::batch::{Batch, BatchType};
 
 use crate::error::Exec;
-use crate::rows::{Stored, TaskCas, outcome_str};
+use crate::rows::{AttemptCell, Stored, TaskCas, attempt_cell, outcome_str};
 use crate::{CassandraStore, Lwt};
 
 /// Most changes in one conditional batch.
@@ -51,8 +51,8 @@ struct Planned {
     old: Stored,
     new: Task,
     epoch: u64,
-    /// The attempt the change records in the row (a finish's).
-    attempt: Option<Attempt>,
+    /// The `attempt_log` entry the change writes (a finish's attempt, without its logs).
+    attempt: Option<(i64, AttemptCell)>,
 }
 
 /// Runs `f` on every item, at most `conc` at a time; the answers in order. (Chunks of
@@ -108,7 +108,7 @@ fn text_bytes(p: &Planned) -> usize {
         + len(&t.output)
         + p.attempt
             .as_ref()
-            .map_or(0, |a| 128 + len(&a.error) + len(&a.plugin_digest))
+            .map_or(0, |(_, cell)| 128 + len(&cell.3) + len(&cell.4))
 }
 
 impl CassandraStore {
@@ -165,7 +165,7 @@ impl CassandraStore {
                         old,
                         new,
                         epoch,
-                        attempt: attempts.get(i).copied().flatten().cloned(),
+                        attempt: attempts.get(i).copied().flatten().map(attempt_cell),
                     }),
                     // A refusal is only ever judged on a row read now: read it next round.
                     Err(_) if remembered => {}
@@ -247,7 +247,7 @@ impl CassandraStore {
     async fn cas_batch(&self, changes: &[Planned]) -> StoreResult<bool> {
         let values = changes
             .iter()
-            .map(|p| TaskCas::new(&p.old, &p.new, p.epoch, p.attempt.as_ref()))
+            .map(|p| TaskCas::new(&p.old, &p.new, p.epoch, p.attempt.clone()))
             .collect::<StoreResult<Vec<_>>>()?;
         self.count_task_lwt();
         let res = if let [one] = values.as_slice() {
@@ -320,7 +320,7 @@ impl CassandraStore {
                 } => self.finish_change(lease, old, attempt.number, transition, *at),
             })
             .await;
-        let out: Vec<StoreResult<Task>> =
+        let mut out: Vec<StoreResult<Task>> =
             changed.into_iter().map(|r| r.map(|(_, new)| new)).collect();
         // The logs of the finished attempts that have some, in the `attempts` table. The
         // finish stands if this fails: its record is in the row, only the lines are lost.
@@ -342,7 +342,6 @@ impl CassandraStore {
                 tracing::warn!(task = %ids[i], attempt = a.number, error = %e, "the log lines of a finished attempt were not recorded");
             }
         }
-        let mut out = out;
         let started = out
             .iter()
             .zip(changes)

@@ -233,7 +233,7 @@ impl TaskCas {
         old: &Stored,
         new: &Task,
         owner_epoch: u64,
-        attempt: Option<&Attempt>,
+        attempt: Option<(i64, AttemptCell)>,
     ) -> StoreResult<Self> {
         Ok(Self {
             due_at: new.due_at,
@@ -253,7 +253,7 @@ impl TaskCas {
             expected_rev: old.rev,
             expected_seq: to_db("seq", old.task.seq)?,
             attempt_log: match attempt {
-                Some(a) => MaybeUnset::Set(BTreeMap::from([attempt_cell(a)])),
+                Some(cell) => MaybeUnset::Set(BTreeMap::from([cell])),
                 None => MaybeUnset::Unset,
             },
         })

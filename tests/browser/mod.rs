@@ -41,7 +41,10 @@ impl Browser {
     /// Starts headless Chromium with a fresh profile and attaches to its first page.
     pub fn launch() -> Browser {
         let profile = tempfile::tempdir().expect("browser profile dir");
-        let child = Command::new(chromium())
+        // Its stderr goes to a file in the profile, shown when it fails to start.
+        let log_path = profile.path().join("chromium-stderr.log");
+        let log = std::fs::File::create(&log_path).expect("chromium log file");
+        let mut child = Command::new(chromium())
             .args([
                 "--headless=new",
                 "--no-sandbox",
@@ -56,7 +59,7 @@ impl Browser {
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start chromium");
         // Chromium writes its DevTools port to the profile once it listens.
@@ -69,10 +72,22 @@ impl Browser {
             {
                 break p;
             }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "chromium did not open its DevTools port within 30 s"
-            );
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "chromium exited ({status}) before opening its DevTools port; its stderr ends with:\n{}",
+                    log_tail(&log_path)
+                );
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "chromium did not open its DevTools port within 30 s (free disk space under {}: {}); its stderr ends with:\n{}",
+                    profile.path().display(),
+                    free_space(profile.path()),
+                    log_tail(&log_path)
+                );
+            }
             std::thread::sleep(Duration::from_millis(50));
         };
         let targets: Value = ureq::get(&format!("http://127.0.0.1:{port}/json/list"))
@@ -175,6 +190,24 @@ impl Browser {
             .decode(r["data"].as_str().expect("screenshot data"))
             .expect("screenshot base64")
     }
+}
+
+/// The last 40 lines of Chromium's stderr.
+fn log_tail(path: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| format!("(unreadable: {e})"));
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// `df`'s line for the filesystem holding `path` (a full disk stops Chromium writing its
+/// profile).
+fn free_space(path: &std::path::Path) -> String {
+    Command::new("df")
+        .args(["-h", "--output=avail,target"])
+        .arg(path)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().replace('\n', " "))
+        .unwrap_or_else(|e| format!("df failed: {e}"))
 }
 
 impl Drop for Browser {

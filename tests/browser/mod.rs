@@ -78,11 +78,12 @@ impl Browser {
                     log_tail(&log_path)
                 );
             }
-            if start.elapsed() > Duration::from_secs(30) {
+            // Generous: a loaded 2-core machine has taken seconds; a hang shows its stderr.
+            if start.elapsed() > Duration::from_secs(60) {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "chromium did not open its DevTools port within 30 s (free disk space under {}: {}); its stderr ends with:\n{}",
+                    "chromium did not open its DevTools port within 60 s (free disk space under {}: {}); its stderr ends with:\n{}",
                     profile.path().display(),
                     free_space(profile.path()),
                     log_tail(&log_path)

@@ -125,8 +125,11 @@ impl Worker {
                     && committed_at.elapsed() >= COMMIT_EVERY
                     && !*self.stop.borrow()
                 {
-                    self.commit(next);
-                    (committed, committed_at) = (persisted_next, Instant::now());
+                    // A commit librdkafka would not take is tried again a period later.
+                    if self.commit(next) {
+                        committed = persisted_next;
+                    }
+                    committed_at = Instant::now();
                 }
                 continue;
             };
@@ -141,8 +144,10 @@ impl Worker {
             }
             persisted_next = Some(last + 1);
             if committed_at.elapsed() >= COMMIT_EVERY {
-                self.commit(last + 1);
-                (committed, committed_at) = (persisted_next, Instant::now());
+                if self.commit(last + 1) {
+                    committed = persisted_next;
+                }
+                committed_at = Instant::now();
             }
         }
         self.shared.listener.revoked(self.partition).await;
@@ -299,20 +304,24 @@ impl Worker {
 
     /// Asynchronous commit (librdkafka reports no result for it; a failed one only means the
     /// records are read again and deduplicated). A revoke commits the final position
-    /// synchronously.
-    fn commit(&self, next: i64) {
+    /// synchronously. False when librdkafka did not take it (the caller tries again later,
+    /// so an idle partition's position is not left behind).
+    fn commit(&self, next: i64) -> bool {
         let mut tpl = TopicPartitionList::new();
         let topic = &self.shared.cfg.topic;
-        if tpl
-            .add_partition_offset(topic, self.partition as i32, Offset::Offset(next))
-            .is_err()
+        if let Err(e) = tpl.add_partition_offset(topic, self.partition as i32, Offset::Offset(next))
         {
-            return;
+            tracing::warn!(partition = self.partition, "offset commit not built: {e}");
+            return false;
         }
         self.shared.counters.commits.fetch_add(1, Relaxed);
-        if let Err(e) = self.consumer.commit(&tpl, CommitMode::Async) {
-            self.shared.counters.commit_failures.fetch_add(1, Relaxed);
-            tracing::warn!(partition = self.partition, "offset commit not sent: {e}");
+        match self.consumer.commit(&tpl, CommitMode::Async) {
+            Ok(()) => true,
+            Err(e) => {
+                self.shared.counters.commit_failures.fetch_add(1, Relaxed);
+                tracing::warn!(partition = self.partition, "offset commit not sent: {e}");
+                false
+            }
         }
     }
 }

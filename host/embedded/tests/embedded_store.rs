@@ -232,6 +232,10 @@ async fn corrupt_records_are_reported_and_operations_stay_all_or_nothing() {
         store.get(&first.id).await.expect("get").is_none(),
         "the failed enqueue left nothing behind"
     );
+    // Nor for the writer: a start of it finds no task.
+    let lease = held(&*store, first.partition).await;
+    let start = store.start_attempt(&lease, &first.id, 1, T0).await;
+    assert!(matches!(start, Err(StoreError::NotFound(_))), "{start:?}");
     for g in good {
         let t = g.await.expect("join");
         assert_eq!(

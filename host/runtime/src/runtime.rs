@@ -37,6 +37,10 @@ pub struct Runtime {
     /// The built-in versions registered by [`Runtime::load_builtin`], by name: what a plugin
     /// serves when no directory overrides it, and again when the directory's file is removed.
     builtins: Mutex<BTreeMap<String, Arc<[u8]>>>,
+    /// Per plugin, the directory files last rejected (their content, see [`file_content`])
+    /// and why: the same files seen again (a second file-system event for one write) get the
+    /// same answer without being loaded or logged again.
+    rejected_files: Mutex<BTreeMap<String, (String, String)>>,
     /// The node's memory budget, one permit per MiB (see [`RuntimeConfig::memory_budget_mb`]).
     pub(crate) memory_budget: Arc<Semaphore>,
     /// Idle instances of plugins with `reuse_instances`, by version and ordering key.
@@ -108,6 +112,20 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Why a load changed nothing.
+pub(crate) enum LoadFailed {
+    /// Rejected now: [`Runtime::apply`] logs it, once.
+    Rejected(String),
+    /// The same files as the plugin's last rejection: that answer again, not logged again.
+    Again(String),
+}
+
+impl From<String> for LoadFailed {
+    fn from(reason: String) -> Self {
+        Self::Rejected(reason)
+    }
+}
+
 impl Runtime {
     /// Builds the engine (pooling allocator sized by `max_instances`, epoch interruption
     /// with a ticker thread stopped when the runtime is dropped) and the linker.
@@ -151,6 +169,7 @@ impl Runtime {
             compiler,
             load_lock: Mutex::new(()),
             builtins: Mutex::new(BTreeMap::new()),
+            rejected_files: Mutex::new(BTreeMap::new()),
             memory_budget: Arc::new(Semaphore::new(budget_permits)),
             warm: WarmPool::new(warm_capacity(cfg_max_instances)),
             _ticker: ticker,
@@ -246,7 +265,22 @@ impl Runtime {
     /// unloads a removed `NAME.wasm`. Errors are logged once and leave the current
     /// version serving.
     pub(crate) fn reload(&self, dir: &Path, name: &str) -> Result<LoadChange, String> {
-        self.apply(name, || self.load_plugin(dir, name))
+        let mut content = None;
+        let result = self.apply(name, || self.load_plugin(dir, name, &mut content));
+        let mut rejected = self
+            .rejected_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match (&result, content) {
+            (Err(reason), Some(content)) => {
+                rejected.insert(name.to_string(), (content, reason.clone()));
+            }
+            (Err(_), None) => {}
+            (Ok(_), _) => {
+                rejected.remove(name);
+            }
+        }
+        result
     }
 
     /// Loads the standard plugins built into the binary ([`BUILTIN_PLUGINS`]), as
@@ -290,13 +324,13 @@ impl Runtime {
                         digest: sha256_hex(&wasm),
                     })
                 }
-                _ => self.install_bytes(
+                _ => Ok(self.install_bytes(
                     name,
                     &wasm,
                     Manifest::default(),
                     None,
                     PluginSource::Builtin,
-                ),
+                )?),
             }
         });
         match result {
@@ -320,7 +354,7 @@ impl Runtime {
     fn apply(
         &self,
         name: &str,
-        load: impl FnOnce() -> Result<LoadChange, String>,
+        load: impl FnOnce() -> Result<LoadChange, LoadFailed>,
     ) -> Result<LoadChange, String> {
         let _guard = match self.load_lock.lock() {
             Ok(g) => g,
@@ -365,7 +399,8 @@ impl Runtime {
             ),
             Ok(LoadChange::Unchanged { .. }) => self.registry.set_error(name, None),
             Ok(LoadChange::Absent) => self.registry.set_error(name, None),
-            Err(reason) => {
+            Err(LoadFailed::Again(_)) => {}
+            Err(LoadFailed::Rejected(reason)) => {
                 self.registry.set_error(name, Some(reason));
                 match self.registry.current(name) {
                     Some(cur) => tracing::error!(
@@ -377,38 +412,71 @@ impl Runtime {
                 }
             }
         }
-        result
+        result.map_err(|e| match e {
+            LoadFailed::Rejected(reason) | LoadFailed::Again(reason) => reason,
+        })
     }
 
-    fn load_plugin(&self, dir: &Path, name: &str) -> Result<LoadChange, String> {
+    /// Loads `dir`'s `NAME.wasm` and `NAME.toml`. Sets `content` to a digest of the two files
+    /// as read, which [`Self::reload`] remembers when they are rejected: the same files seen
+    /// again (a second event for one write, or the watcher's first reconcile racing a write)
+    /// fail with [`LoadFailed::Again`] without being loaded again.
+    fn load_plugin(
+        &self,
+        dir: &Path,
+        name: &str,
+        content: &mut Option<String>,
+    ) -> Result<LoadChange, LoadFailed> {
         let wasm_path = dir.join(format!("{name}.wasm"));
         let bytes = match std::fs::read(&wasm_path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return match self.registry.current(name) {
-                    Some(cur) if cur.source.is_dir(dir) => self.file_removed(name),
+                    Some(cur) if cur.source.is_dir(dir) => Ok(self.file_removed(name)?),
                     _ => Ok(LoadChange::Absent),
                 };
             }
-            Err(e) => return Err(format!("cannot read {}: {e}", wasm_path.display())),
+            Err(e) => return Err(format!("cannot read {}: {e}", wasm_path.display()).into()),
         };
         let manifest_path = dir.join(format!("{name}.toml"));
-        let (manifest, manifest_digest) = match std::fs::read_to_string(&manifest_path) {
-            Ok(text) => {
-                let m = Manifest::parse(&text)
-                    .map_err(|e| format!("invalid manifest {name}.toml: {e}"))?;
-                (m, Some(sha256_hex(text.as_bytes())))
+        let text = match std::fs::read_to_string(&manifest_path) {
+            Ok(text) => Some(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(format!("cannot read {}: {e}", manifest_path.display()).into());
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Manifest::default(), None),
-            Err(e) => return Err(format!("cannot read {}: {e}", manifest_path.display())),
         };
-        self.install_bytes(
+        let manifest_digest = text.as_deref().map(|t| sha256_hex(t.as_bytes()));
+        let files = format!(
+            "{}:{}",
+            sha256_hex(&bytes),
+            manifest_digest.as_deref().unwrap_or("-")
+        );
+        let last = self
+            .rejected_files
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned();
+        if let Some((rejected, reason)) = last
+            && rejected == files
+        {
+            return Err(LoadFailed::Again(reason));
+        }
+        *content = Some(files);
+        let manifest = match &text {
+            Some(text) => {
+                Manifest::parse(text).map_err(|e| format!("invalid manifest {name}.toml: {e}"))?
+            }
+            None => Manifest::default(),
+        };
+        Ok(self.install_bytes(
             name,
             &bytes,
             manifest,
             manifest_digest,
             PluginSource::Dir(dir.to_path_buf()),
-        )
+        )?)
     }
 
     /// `name`'s file was removed from the directory its current version came from: its

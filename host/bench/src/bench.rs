@@ -179,6 +179,27 @@ fn slow_commits(node: &Node) -> Option<(u64, u64)> {
     })
 }
 
+/// `"; writer: N commits of M operations, apply A µs and commit C µs per task"` since `before`
+/// (empty off the embedded store): the store writer thread's own share of each task, a figure
+/// far less noisy than the whole process's CPU.
+fn writer_since(node: &Node, before: Option<kairos_embedded::CommitStats>, tasks: usize) -> String {
+    match (before, node.embedded.as_ref().map(|e| e.commit_stats())) {
+        (Some(b), Some(a)) => {
+            let commits = a.commits.saturating_sub(b.commits);
+            let ops = a.ops.saturating_sub(b.ops);
+            let per_task =
+                |after: u64, before: u64| after.saturating_sub(before) as f64 / tasks.max(1) as f64;
+            format!(
+                "; writer: {commits} commits of {:.0} operations, apply {:.1} µs and commit {:.1} µs per task",
+                ops as f64 / commits.max(1) as f64,
+                per_task(a.apply_micros, b.apply_micros),
+                per_task(a.commit_micros, b.commit_micros)
+            )
+        }
+        _ => String::new(),
+    }
+}
+
 /// `"N commits ≥ 50 ms (longest so far X ms)"` for the commits since `before` (empty off the
 /// embedded store): a run with a slow commit waited for the disk (see `--scenario disk`).
 fn stalls_since(node: &Node, before: Option<(u64, u64)>) -> String {
@@ -321,6 +342,7 @@ async fn due(args: &BenchArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(wait)).await;
         let before = cpu_and_written();
         let stalls_before = slow_commits(&node);
+        let writer_before = node.embedded.as_ref().map(|e| e.commit_stats());
         wait_succeeded(
             &node,
             tasks as u64,
@@ -339,9 +361,10 @@ async fn due(args: &BenchArgs) -> anyhow::Result<()> {
             _ => String::new(),
         };
         let stalls = stalls_since(&node, stalls_before);
+        let writer = writer_since(&node, writer_before, tasks);
         let l = lateness(&node, &ids).await?;
         println!(
-            "due run {}: {tasks} tasks over {keys} keys done {secs:.2} s after their due moment = {rate:.0} tasks/s; lateness p50 {} ms, p99 {} ms, max {} ms{costs}; {stalls}",
+            "due run {}: {tasks} tasks over {keys} keys done {secs:.2} s after their due moment = {rate:.0} tasks/s; lateness p50 {} ms, p99 {} ms, max {} ms{costs}; {stalls}{writer}",
             run + 1,
             percentile(&l, 0.5),
             percentile(&l, 0.99),

@@ -265,22 +265,27 @@ impl Runtime {
     /// unloads a removed `NAME.wasm`. Errors are logged once and leave the current
     /// version serving.
     pub(crate) fn reload(&self, dir: &Path, name: &str) -> Result<LoadChange, String> {
-        let mut content = None;
-        let result = self.apply(name, || self.load_plugin(dir, name, &mut content));
-        let mut rejected = self
-            .rejected_files
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        match (&result, content) {
-            (Err(reason), Some(content)) => {
-                rejected.insert(name.to_string(), (content, reason.clone()));
+        self.apply(name, || {
+            let mut content = None;
+            let result = self.load_plugin(dir, name, &mut content);
+            // Under the load lock, so that concurrent reloads keep it in line with the
+            // registry: remembered only for files rejected now, kept while they are seen
+            // again, forgotten after anything else.
+            let mut rejected = self
+                .rejected_files
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            match (&result, content) {
+                (Err(LoadFailed::Again(_)), _) => {}
+                (Err(LoadFailed::Rejected(reason)), Some(content)) => {
+                    rejected.insert(name.to_string(), (content, reason.clone()));
+                }
+                _ => {
+                    rejected.remove(name);
+                }
             }
-            (Err(_), None) => {}
-            (Ok(_), _) => {
-                rejected.remove(name);
-            }
-        }
-        result
+            result
+        })
     }
 
     /// Loads the standard plugins built into the binary ([`BUILTIN_PLUGINS`]), as
@@ -399,7 +404,8 @@ impl Runtime {
             ),
             Ok(LoadChange::Unchanged { .. }) => self.registry.set_error(name, None),
             Ok(LoadChange::Absent) => self.registry.set_error(name, None),
-            Err(LoadFailed::Again(_)) => {}
+            // Logged when first rejected; the error shows again if anything cleared it since.
+            Err(LoadFailed::Again(reason)) => self.registry.set_error(name, Some(reason)),
             Err(LoadFailed::Rejected(reason)) => {
                 self.registry.set_error(name, Some(reason));
                 match self.registry.current(name) {

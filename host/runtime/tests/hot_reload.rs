@@ -459,3 +459,53 @@ async fn bad_builtin_bytes_and_names_are_refused() {
     assert!(rt.load_builtin("a b", bytes).is_err());
     assert!(rt.plugins().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_rejected_files_are_reported_once_and_other_ones_each_time() {
+    captured();
+    let (rt, _) = runtime_with(config());
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("again.wasm");
+    let good = variant(&guest("hostile"), "v1");
+    std::fs::write(&path, &good).expect("write");
+    let v1 = rt.load_file(&path).expect("good file loads");
+    let lines = || log_lines_containing("rejected new version of plugin `again`").len();
+    let half: &[u8] = &good[..good.len() / 2];
+    let core_module: &[u8] = b"\0asm\x01\0\0\0";
+    let load = |bytes: &[u8]| {
+        std::fs::write(&path, bytes).expect("write");
+        rt.load_file(&path).map_err(|e| e.message)
+    };
+
+    // The same broken file twice (as a second file-system event for one write would load
+    // it): the same error each time, logged once.
+    let first = load(half).expect_err("half a component is rejected");
+    assert_eq!(lines(), 1);
+    assert_eq!(load(half).expect_err("still rejected"), first);
+    assert_eq!(lines(), 1, "the same files are not reported again");
+    // Another broken file is reported, and so is the first one again after it.
+    let other = load(core_module).expect_err("a core module is rejected");
+    assert_ne!(other, first);
+    assert_eq!(lines(), 2);
+    assert_eq!(load(half).expect_err("rejected"), first);
+    assert_eq!(lines(), 3);
+    // A manifest beside it makes them different files.
+    std::fs::write(dir.path().join("again.toml"), "").expect("manifest");
+    assert_eq!(load(half).expect_err("rejected"), first);
+    assert_eq!(lines(), 4);
+    std::fs::remove_file(dir.path().join("again.toml")).expect("remove manifest");
+    // Fixing the file clears the error and the memory of the rejection.
+    assert_eq!(load(&good), Ok(v1.clone()));
+    assert!(rt.plugins()[0].last_error.is_none());
+    assert_eq!(load(half).expect_err("rejected"), first);
+    assert_eq!(lines(), 5, "reported again after a good version in between");
+    assert!(
+        rt.plugins()[0]
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e == first),
+        "{:?}",
+        rt.plugins()[0].last_error
+    );
+    assert_eq!(current(&rt, "again"), Some(v1));
+}

@@ -83,7 +83,7 @@ impl Browser {
                 let _ = child.kill();
                 let _ = child.wait();
                 panic!(
-                    "chromium did not open its DevTools port within 60 s (free disk space under {}: {}); its stderr ends with:\n{}",
+                    "chromium did not open its DevTools port within 60 s (df for {}: {}); its stderr ends with:\n{}",
                     profile.path().display(),
                     free_space(profile.path()),
                     log_tail(&log_path)
@@ -202,9 +202,11 @@ fn log_tail(path: &std::path::Path) -> String {
 
 /// `df`'s line for the filesystem holding `path` (a full disk stops Chromium writing its
 /// profile).
+/// `df`'s size, used and available space (available to non-root users: root may also use the
+/// reserved blocks) of the file system holding `path`.
 fn free_space(path: &std::path::Path) -> String {
     Command::new("df")
-        .args(["-h", "--output=avail,target"])
+        .args(["-h", "--output=size,used,avail,target"])
         .arg(path)
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().replace('\n', " "))

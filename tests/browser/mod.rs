@@ -200,10 +200,8 @@ fn log_tail(path: &std::path::Path) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
-/// `df`'s line for the filesystem holding `path` (a full disk stops Chromium writing its
-/// profile).
-/// `df`'s size, used and available space (available to non-root users: root may also use the
-/// reserved blocks) of the file system holding `path`.
+/// `df`'s size, used and available space of the file system holding `path` (a full disk
+/// stops Chromium writing its profile; "available" leaves out the blocks reserved for root).
 fn free_space(path: &std::path::Path) -> String {
     Command::new("df")
         .args(["-h", "--output=size,used,avail,target"])

@@ -10,6 +10,7 @@ use anyhow::Context;
 use clap::Args;
 use kairos_core::model::{Backoff, Millis, NewTask};
 use kairos_core::partition::partition_for;
+use kairos_embedded::CommitStats;
 
 use kairos::config::Config;
 use kairos::enqueue::new_task_id;
@@ -171,19 +172,16 @@ pub(crate) fn percentile(sorted: &[i64], p: f64) -> i64 {
     sorted[((sorted.len() - 1) as f64 * p).round() as usize]
 }
 
-/// Slow commits of the node's embedded store so far: (count, longest in µs).
-fn slow_commits(node: &Node) -> Option<(u64, u64)> {
-    node.embedded.as_ref().map(|e| {
-        let s = e.commit_stats();
-        (s.slow_commits, s.max_commit_micros)
-    })
+/// The counters of the node's embedded store writer so far (`None` off the embedded store).
+fn commit_stats(node: &Node) -> Option<CommitStats> {
+    node.embedded.as_ref().map(|e| e.commit_stats())
 }
 
 /// `"; writer: N commits of M operations, apply A µs and commit C µs per task"` since `before`
 /// (empty off the embedded store): the store writer thread's own share of each task, a figure
 /// far less noisy than the whole process's CPU.
-fn writer_since(node: &Node, before: Option<kairos_embedded::CommitStats>, tasks: usize) -> String {
-    match (before, node.embedded.as_ref().map(|e| e.commit_stats())) {
+fn writer_since(node: &Node, before: Option<CommitStats>, tasks: usize) -> String {
+    match (before, commit_stats(node)) {
         (Some(b), Some(a)) => {
             let commits = a.commits.saturating_sub(b.commits);
             let ops = a.ops.saturating_sub(b.ops);
@@ -202,13 +200,13 @@ fn writer_since(node: &Node, before: Option<kairos_embedded::CommitStats>, tasks
 
 /// `"N commits ≥ 50 ms (longest so far X ms)"` for the commits since `before` (empty off the
 /// embedded store): a run with a slow commit waited for the disk (see `--scenario disk`).
-fn stalls_since(node: &Node, before: Option<(u64, u64)>) -> String {
-    match (before, slow_commits(node)) {
-        (Some((n0, _)), Some((n1, longest))) => format!(
+fn stalls_since(node: &Node, before: Option<CommitStats>) -> String {
+    match (before, commit_stats(node)) {
+        (Some(b), Some(a)) => format!(
             "{} commits ≥ {} ms (longest so far {} ms)",
-            n1.saturating_sub(n0),
+            a.slow_commits.saturating_sub(b.slow_commits),
             kairos_embedded::SLOW_COMMIT.as_millis(),
-            longest / 1000
+            a.max_commit_micros / 1000
         ),
         _ => String::new(),
     }
@@ -341,8 +339,7 @@ async fn due(args: &BenchArgs) -> anyhow::Result<()> {
         let wait = (due_at - node.enqueuer.clock.now()).max(0) as u64;
         tokio::time::sleep(Duration::from_millis(wait)).await;
         let before = cpu_and_written();
-        let stalls_before = slow_commits(&node);
-        let writer_before = node.embedded.as_ref().map(|e| e.commit_stats());
+        let writer_before = commit_stats(&node);
         wait_succeeded(
             &node,
             tasks as u64,
@@ -360,7 +357,7 @@ async fn due(args: &BenchArgs) -> anyhow::Result<()> {
             ),
             _ => String::new(),
         };
-        let stalls = stalls_since(&node, stalls_before);
+        let stalls = stalls_since(&node, writer_before);
         let writer = writer_since(&node, writer_before, tasks);
         let l = lateness(&node, &ids).await?;
         println!(
@@ -389,7 +386,7 @@ async fn steady(args: &BenchArgs) -> anyhow::Result<()> {
     let ticks = args.seconds * 100;
     let mut ids = Vec::new();
     let mut enqueued = Progress::new("steady: enqueued", Some(ticks * per_tick as u64), "tasks");
-    let stalls_before = slow_commits(&node);
+    let stalls_before = commit_stats(&node);
     let mut next = Instant::now();
     for i in 0..ticks {
         let now = node.enqueuer.clock.now();
@@ -453,7 +450,7 @@ async fn burst(args: &BenchArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
-    let stalls_before = slow_commits(&node);
+    let stalls_before = commit_stats(&node);
     wait_succeeded(
         &node,
         ids.len() as u64,

@@ -37,8 +37,8 @@ pub struct Runtime {
     /// The built-in versions registered by [`Runtime::load_builtin`], by name: what a plugin
     /// serves when no directory overrides it, and again when the directory's file is removed.
     builtins: Mutex<BTreeMap<String, Arc<[u8]>>>,
-    /// Per plugin, the directory files last rejected (their content, see [`file_content`])
-    /// and why: the same files seen again (a second file-system event for one write) get the
+    /// Per plugin, the directory files last rejected (a digest of their bytes, see
+    /// [`Runtime::load_plugin`]) and why: the same files seen again (a second file-system event for one write) get the
     /// same answer without being loaded or logged again.
     rejected_files: Mutex<BTreeMap<String, (String, String)>>,
     /// The node's memory budget, one permit per MiB (see [`RuntimeConfig::memory_budget_mb`]).

@@ -126,6 +126,39 @@ impl Recorder {
             .map(|t| t.id.clone())
             .collect()
     }
+    /// Distinct task ids handed over. After a lost assignment (no commit) the next owner
+    /// re-reads uncommitted records and hands the still-pending duplicates over again, so
+    /// `persisted_count` may exceed the number of tasks; this does not.
+    pub fn persisted_distinct(&self) -> BTreeSet<String> {
+        self.persisted
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|t| t.id.clone())
+            .collect()
+    }
+    /// Waits until every id in `ids` has been handed over (at least once); on timeout panics
+    /// with how many deliveries, distinct ids and missing ids there were.
+    pub async fn wait_persisted(&self, what: &str, ids: &BTreeSet<String>, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let got = self.persisted_distinct();
+            let missing = ids.difference(&got).count();
+            if missing == 0 {
+                return;
+            }
+            if start.elapsed() > timeout {
+                panic!(
+                    "timed out after {timeout:?} waiting for: {what}: {missing} of {} ids missing \
+                     ({} deliveries, {} distinct ids handed over)",
+                    ids.len(),
+                    self.persisted_count(),
+                    got.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
     pub fn owned(&self) -> BTreeSet<u32> {
         self.owned.lock().unwrap().clone()
     }

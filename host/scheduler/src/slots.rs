@@ -178,22 +178,23 @@ impl SlotPool {
         }
         // Down to the reserve: only a plugin below its weighted share.
         let mut weights: u64 = 0;
-        let mut counted = |p: &str, seen: &mut Vec<String>| {
-            if !seen.iter().any(|q| q == p) {
-                seen.push(p.to_string());
+        let mut seen: Vec<&str> = Vec::new();
+        let asking = std::iter::once(plugin)
+            .chain(
+                s.running
+                    .iter()
+                    .filter(|(_, (n, _))| *n > 0)
+                    .map(|(p, _)| p.as_str()),
+            )
+            .chain(
+                s.waiters
+                    .iter()
+                    .flat_map(|w| w.plugins.iter().map(String::as_str)),
+            );
+        for p in asking {
+            if !seen.contains(&p) {
+                seen.push(p);
                 weights += u64::from(self.share_of(p).weight.max(1));
-            }
-        };
-        let mut seen = Vec::new();
-        counted(plugin, &mut seen);
-        for (p, (n, _)) in &s.running {
-            if *n > 0 {
-                counted(p, &mut seen);
-            }
-        }
-        for w in &s.waiters {
-            for p in &w.plugins {
-                counted(p, &mut seen);
             }
         }
         let own = u64::from(self.share_of(plugin).weight.max(1));
@@ -245,8 +246,9 @@ impl SlotPool {
     /// registration. If one may be taken already, notifies at once.
     pub fn wait_for(&self, notify: &Arc<Notify>, plugins: Vec<String>) {
         let mut s = self.lock();
+        let own = Arc::as_ptr(notify);
         s.waiters
-            .retain(|w| w.notify.strong_count() > 0 && !w.notify.ptr_eq(&Arc::downgrade(notify)));
+            .retain(|w| w.notify.strong_count() > 0 && !std::ptr::eq(w.notify.as_ptr(), own));
         if plugins
             .iter()
             .any(|p| self.admits(&s, p, Self::last_cost(&s, p)))
@@ -272,27 +274,43 @@ impl SlotPool {
             }
         }
         // Wake the live waiter that may take this slot with the plugin furthest below its
-        // share (lowest running / weight); on a tie, the one waiting longest.
+        // share (lowest running / weight); on a tie, the one waiting longest. Whether a plugin
+        // may take the slot does not depend on who asks, so it is worked out once per plugin,
+        // not once per waiter: an attempt waiting for a run slot is a waiter of its own, and
+        // thousands of them may wait for one plugin.
         s.waiters.retain(|w| w.notify.strong_count() > 0);
-        let mut best: Option<(usize, u64, u64)> = None;
-        for (i, w) in s.waiters.iter().enumerate() {
+        // Per plugin asked for: (plugin, running, weight) if it may take the slot.
+        let mut asked: Vec<(&str, Option<(u64, u64)>)> = Vec::new();
+        let mut best: Option<(u64, u64)> = None;
+        for w in &s.waiters {
             for p in &w.plugins {
-                if !self.admits(&s, p, Self::last_cost(&s, p)) {
+                if asked.iter().any(|(q, _)| *q == p.as_str()) {
                     continue;
                 }
-                let running = s.running.get(p.as_str()).map_or(0, |r| r.0) as u64;
-                let weight = u64::from(self.share_of(p).weight.max(1));
-                let better = match best {
-                    None => true,
+                let fit = self.admits(&s, p, Self::last_cost(&s, p)).then(|| {
+                    let running = s.running.get(p.as_str()).map_or(0, |r| r.0) as u64;
+                    (running, u64::from(self.share_of(p).weight.max(1)))
+                });
+                if let Some((running, weight)) = fit {
                     // running/weight < best_running/best_weight
-                    Some((_, br, bw)) => running * bw < br * weight,
-                };
-                if better {
-                    best = Some((i, running, weight));
+                    if best.is_none_or(|(br, bw)| running * bw < br * weight) {
+                        best = Some((running, weight));
+                    }
                 }
+                asked.push((p.as_str(), fit));
             }
         }
-        if let Some((i, _, _)) = best
+        let Some((br, bw)) = best else {
+            return;
+        };
+        let is_best = |p: &String| {
+            asked
+                .iter()
+                .any(|(q, fit)| *q == p.as_str() && fit.is_some_and(|(r, w)| r * bw == br * w))
+        };
+        let chosen = s.waiters.iter().position(|w| w.plugins.iter().any(is_best));
+        drop(asked);
+        if let Some(i) = chosen
             && let Some(w) = s.waiters.remove(i)
             && let Some(n) = w.notify.upgrade()
         {
@@ -420,6 +438,53 @@ mod tests {
             .await
             .expect("woken once a's own slot is freed");
         assert!(p.try_acquire("a").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_freed_slot_wakes_the_longest_waiter_of_the_plugin_furthest_below_its_share() {
+        let woken = |waiters: &[Arc<Notify>]| {
+            let waiters = waiters.to_vec();
+            async move {
+                let mut out = Vec::new();
+                for (i, n) in waiters.iter().enumerate() {
+                    let wait = std::time::Duration::from_millis(20);
+                    if tokio::time::timeout(wait, n.notified()).await.is_ok() {
+                        out.push(i);
+                    }
+                }
+                out
+            }
+        };
+        // No reserve, so any plugin below its cap may take a freed slot and the share decides.
+        let p = SlotPool::new(
+            4,
+            SlotShares {
+                reserve: Some(0),
+                ..SlotShares::default()
+            },
+            Arc::new(|_| 0),
+        );
+        // All 4 slots held: a 3, b 1.
+        let mut a: Vec<Slot> = (0..3).filter_map(|_| p.try_acquire("a")).collect();
+        let mut b: Vec<Slot> = (0..1).filter_map(|_| p.try_acquire("b")).collect();
+        assert_eq!((a.len(), b.len(), p.available()), (3, 1, 0));
+        let n: Vec<Arc<Notify>> = (0..3).map(|_| Arc::new(Notify::new())).collect();
+        p.wait_for(&n[0], vec!["a".into()]);
+        p.wait_for(&n[1], vec!["a".into()]);
+        p.wait_for(&n[2], vec!["b".into()]);
+        // One of a's freed: a (2) and b (1) may both take it; b is further below its share, so
+        // b's waiter is woken although it came last.
+        drop(a.pop());
+        assert_eq!(woken(&n).await, vec![2]);
+        b.push(p.try_acquire("b").expect("b's slot"));
+        // Another of a's: only a waits now, and its longest waiter is woken.
+        drop(a.pop());
+        assert_eq!(woken(&n).await, vec![0]);
+        a.push(p.try_acquire("a").expect("a's slot"));
+        // One of b's: a's other waiter.
+        drop(b.pop());
+        assert_eq!(woken(&n).await, vec![1]);
+        drop((a, b));
     }
 
     #[tokio::test]

@@ -727,14 +727,16 @@ async fn a_revoke_leaves_attempts_waiting_for_a_run_slot_to_the_next_owner() {
     let slow = h
         .add(&keys[0], T0, json!({ "name": "slow", "block": true }))
         .await;
-    let waiting = [
-        h.add(&keys[1], T0, named("waiting-1")).await,
-        h.add(&keys[2], T0, named("waiting-2")).await,
-    ];
+    // The slow attempt takes the one run slot before the others exist (enqueued together, any
+    // of the three could win the slot once its start is recorded).
     h.until("the slow attempt runs", |h| {
         h.exec.blocked.load(std::sync::atomic::Ordering::SeqCst) == 1
     })
     .await;
+    let waiting = [
+        h.add(&keys[1], T0, named("waiting-1")).await,
+        h.add(&keys[2], T0, named("waiting-2")).await,
+    ];
     // The other two are claimed (their starts recorded) and wait for the one run slot.
     for id in &waiting {
         h.until_state(id, TaskState::Running).await;

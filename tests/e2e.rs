@@ -21,7 +21,9 @@ fn notify_posts_arrive_in_order_per_key() {
     let server = Server::start(&write_config(dir.path(), free_port(), &rx.addr, ""));
     let keys = ["incident-1", "incident-2", "incident-3"];
     let n = 30;
-    let base = chrono::Utc::now() + chrono::Duration::milliseconds(1_500);
+    // Far enough ahead that all 30 are enqueued before the first is due, however slow the
+    // machine: a task enqueued after an earlier-due one of its key already ran comes after it.
+    let base = chrono::Utc::now() + chrono::Duration::milliseconds(5_000);
     for i in 0..n {
         let key = keys[i % keys.len()];
         // Later-enqueued tasks of a key are due earlier than some enqueued before them: order is
@@ -66,14 +68,18 @@ fn notify_posts_arrive_in_order_per_key() {
     assert_eq!(code, 200);
     assert_eq!(t["state"], "succeeded", "{t}");
     assert_eq!(t["history"][0]["outcome"], "succeeded", "{t}");
-    let (_, metrics) = server.call("GET", "/metrics", None);
-    let text = metrics.as_str().unwrap_or_default().to_string();
-    assert!(
-        text.contains(&format!(
-            "kairos_tasks_executed_total{{outcome=\"succeeded\"}} {n}"
-        )),
-        "{text}"
-    );
+    // The counter moves once the attempt's end is handled, a moment after the POST arrived.
+    let want = format!("kairos_tasks_executed_total{{outcome=\"succeeded\"}} {n}");
+    let start = std::time::Instant::now();
+    loop {
+        let (_, metrics) = server.call("GET", "/metrics", None);
+        let text = metrics.as_str().unwrap_or_default().to_string();
+        if text.contains(&want) {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{text}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]
@@ -272,7 +278,7 @@ fn escalation_fires_level_by_level_and_stops_after_ack() {
     let policy = json!([
         { "after_ms": 0, "targets": [rx.url()] },
         { "after_ms": 300, "targets": [rx.url(), rx.url()] },
-        { "after_ms": 1500, "targets": [rx.url()] },
+        { "after_ms": 4000, "targets": [rx.url()] },
     ]);
     let start = json!({ "plugin": "alerting", "key": "incident-42",
                         "payload": { "incident": "incident-42", "policy": policy, "level": 0 } });
@@ -288,7 +294,8 @@ fn escalation_fires_level_by_level_and_stops_after_ack() {
         server.call("POST", "/v1/tasks", Some(&ack.to_string())).0,
         201
     );
-    std::thread::sleep(Duration::from_millis(2_500));
+    // Past the time level 2 was due (4 s after level 1 ran, which was before the ack).
+    std::thread::sleep(Duration::from_millis(5_500));
     let got = rx.received();
     assert_eq!(got.len(), 3, "level 2 must not fire after the ack: {got:?}");
     assert!(got.iter().all(|b| b["key"] == "incident-42"), "{got:?}");

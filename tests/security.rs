@@ -258,7 +258,10 @@ fn idle_slow_and_excess_connections_are_shed() {
             c.write_all(b"GET /v1/tasks HTTP/1.1\r\nHost: x\r\nX-Slow: ")
                 .expect("partial headers");
         }
-        c.set_read_timeout(Some(Duration::from_millis(200)))
+        // Short while the slots fill; longer once the next one should be the 503 (a late
+        // answer must not count as a held connection).
+        let wait = if held.len() >= 7 { 1_000 } else { 200 };
+        c.set_read_timeout(Some(Duration::from_millis(wait)))
             .expect("timeout");
         let mut buf = [0u8; 512];
         match c.read(&mut buf) {

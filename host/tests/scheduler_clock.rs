@@ -182,8 +182,10 @@ impl Harness {
     }
 
     /// Waits (real time) until `cond` holds, or fails with what was run.
+    /// 30 s: generous for a loaded machine running a debug build; nothing waits it out when
+    /// the test passes.
     async fn until(&self, what: &str, cond: impl Fn(&Harness) -> bool) {
-        for _ in 0..500 {
+        for _ in 0..3000 {
             if cond(self) {
                 return;
             }
@@ -193,7 +195,7 @@ impl Harness {
     }
 
     async fn until_state(&self, id: &str, state: TaskState) {
-        for _ in 0..500 {
+        for _ in 0..3000 {
             if self.state(id).await.state == state {
                 return;
             }
@@ -263,13 +265,19 @@ async fn a_retrying_task_holds_only_its_own_key() {
     })
     .await;
     // Advance only once attempt 2's end is stored: its retry time counts from that end.
-    for _ in 0..500 {
-        let t = h.state(&a1).await;
+    let mut t = h.state(&a1).await;
+    for _ in 0..3000 {
         if t.attempts == 2 && t.state == TaskState::Retrying {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+        t = h.state(&a1).await;
     }
+    assert_eq!(
+        (t.attempts, t.state),
+        (2, TaskState::Retrying),
+        "attempt 2's end stored"
+    );
     h.clock.advance(2_000);
     h.until("a2 after a1 succeeded", |h| {
         h.names().contains(&"a2".to_string())
@@ -743,6 +751,14 @@ async fn a_revoke_leaves_attempts_waiting_for_a_run_slot_to_the_next_owner() {
     }
     let scheduler = h.scheduler.clone();
     let revoked = tokio::spawn(async move { scheduler.revoke(p, Duration::from_secs(5)).await });
+    // The revoke has begun (the waiting attempts are told to give up) before the slot frees.
+    for _ in 0..3000 {
+        if !h.scheduler.owns(p).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(!h.scheduler.owns(p).await, "the revoke began");
     h.settle().await;
     h.exec.gate.add_permits(1);
     assert!(revoked.await.expect("revoke"), "drained within the grace");

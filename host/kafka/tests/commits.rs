@@ -177,10 +177,18 @@ async fn a_restart_rereads_only_uncommitted_records_and_replays_are_harmless() {
     let s3 = KafkaSource::start(cfg.clone(), store.clone(), rec3.clone())
         .await
         .expect("source 3");
-    wait_for("replay consumed", Duration::from_secs(60), || {
-        s3.stats().consumed == 160
-    })
+    // `consumed` counts a record when it is read, before the store answers and the pending
+    // ones are handed over: wait for the handover too.
+    wait_for(
+        "replay consumed and handed over",
+        Duration::from_secs(60),
+        || {
+            let st = s3.stats();
+            st.consumed >= 160 && st.duplicates + st.created >= 160 && rec3.persisted_count() >= 160
+        },
+    )
     .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let st = s3.stats();
     assert_eq!(
         (st.created, st.duplicates),

@@ -125,14 +125,16 @@ async fn attempts_beyond_the_memory_budget_wait_for_room() {
     let runs: Vec<_> = (0..4)
         .map(|_| {
             let rt = rt.clone();
-            let url = rx.url("/slow/800");
+            let url = rx.url("/slow/2000");
             tokio::spawn(async move {
                 rt.run(task("hostile", json!({"mode": "http", "url": url})))
                     .await
             })
         })
         .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // Two requests arrive (however loaded the machine), and no third while they are held.
+    wait_received(&rx, 2).await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert_eq!(
         rx.received().len(),
         2,
@@ -148,7 +150,7 @@ async fn attempts_beyond_the_memory_budget_wait_for_room() {
     }
     assert_eq!(rx.received().len(), 4);
     assert!(
-        start.elapsed() >= std::time::Duration::from_millis(1600),
+        start.elapsed() >= std::time::Duration::from_millis(4000),
         "the last two ran after the first two: {:?}",
         start.elapsed()
     );
@@ -173,7 +175,8 @@ async fn the_wait_for_the_memory_budget_is_bounded() {
             })
         })
         .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Both holders hold their memory while their requests are answered (1.5 s).
+    wait_received(&rx, 2).await;
     let start = std::time::Instant::now();
     let report = rt.run(task("waiter", json!({"mode": "ok"}))).await;
     let (kind, message) = failed(&report.outcome);
@@ -360,4 +363,17 @@ async fn https_is_tls_to_the_checked_address() {
         "{logs}"
     );
     assert!(rx.received().is_empty());
+}
+
+/// Waits (up to 20 s) until the receiver has had `n` requests.
+async fn wait_received(rx: &Receiver, n: usize) {
+    let start = std::time::Instant::now();
+    while rx.received().len() < n {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "{} of {n} requests arrived in 20 s",
+            rx.received().len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

@@ -130,12 +130,7 @@ impl Recorder {
     /// re-reads uncommitted records and hands the still-pending duplicates over again, so
     /// `persisted_count` may exceed the number of tasks; this does not.
     pub fn persisted_distinct(&self) -> BTreeSet<String> {
-        self.persisted
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|t| t.id.clone())
-            .collect()
+        self.persisted_ids().into_iter().collect()
     }
     /// Waits until every id in `ids` has been handed over (at least once); on timeout panics
     /// with how many deliveries, distinct ids and missing ids there were.

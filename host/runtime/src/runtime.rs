@@ -38,8 +38,8 @@ pub struct Runtime {
     /// serves when no directory overrides it, and again when the directory's file is removed.
     builtins: Mutex<BTreeMap<String, Arc<[u8]>>>,
     /// Per plugin, the directory files last rejected (a digest of their bytes, see
-    /// [`Runtime::load_plugin`]) and why: the same files seen again (a second file-system event for one write) get the
-    /// same answer without being loaded or logged again.
+    /// [`Runtime::load_plugin`]) and why: the same files seen again (a second file-system
+    /// event for one write) get the same answer without being loaded or logged again.
     rejected_files: Mutex<BTreeMap<String, (String, String)>>,
     /// The node's memory budget, one permit per MiB (see [`RuntimeConfig::memory_budget_mb`]).
     pub(crate) memory_budget: Arc<Semaphore>,

@@ -279,7 +279,7 @@ impl SlotPool {
         // not once per waiter: an attempt waiting for a run slot is a waiter of its own, and
         // thousands of them may wait for one plugin.
         s.waiters.retain(|w| w.notify.strong_count() > 0);
-        // Per plugin asked for: (plugin, running, weight) if it may take the slot.
+        // Per plugin asked for: its (running, weight) if it may take the slot, else None.
         let mut asked: Vec<(&str, Option<(u64, u64)>)> = Vec::new();
         let mut best: Option<(u64, u64)> = None;
         for w in &s.waiters {

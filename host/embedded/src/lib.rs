@@ -21,6 +21,7 @@ mod codec;
 mod legacy;
 mod ops;
 mod read;
+mod staged;
 mod tables;
 mod writer;
 

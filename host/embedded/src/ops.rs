@@ -1,4 +1,4 @@
-//! The write operations, run by the writer thread inside a batch transaction.
+//! The write operations, run by the writer thread on a batch's staged view of the database.
 //!
 //! Every operation validates before it mutates. Index upkeep lives in `WriteTables::reindex`,
 //! which keeps two invariants:
@@ -7,36 +7,42 @@
 //! - `by_key` holds `(key, due_at, seq) → id` for every task.
 //!
 //! It also counts the tasks entering and leaving each state; `finish` applies the differences
-//! to `state_counts` once per transaction.
-
-use fjall::{Readable, SingleWriterWriteTx};
+//! to `state_counts` once per batch.
+//!
+//! An operation that fails after it staged writes has them undone by the writer
+//! ([`WriteTables::undo_to`]), so no operation is ever half applied.
 
 use super::codec;
+use super::staged::{Mark, Staged};
 use super::tables::{
-    DbResult, FORMAT, Keyspaces, META_FORMAT, META_NEXT_SEQ, attempt_key, by_key_key,
-    by_key_prefix, decode_kv_value, decode_owner, decode_u64, id_value, indexed_task, kv_key,
-    kv_usage, kv_value, load_task, owner_key, owner_value, pending_key, u64_value,
+    FORMAT, Keyspaces, Ks, META_FORMAT, META_NEXT_SEQ, attempt_key, by_key_key, by_key_prefix,
+    decode_kv_value, decode_owner, decode_u64, id_value, indexed_task, kv_key, kv_usage, kv_value,
+    load_task, owner_key, owner_value, pending_key, u64_value,
 };
 use kairos_core::model::{
     Attempt, EnqueueOutcome, Millis, NewTask, Schedule, StateCounts, Task, TaskState, Transition,
 };
 use kairos_core::ownership::Lease;
 use kairos_core::store::{Purged, StoreError, StoreResult};
-use std::ops::Bound;
 
-/// One write transaction and the keyspaces it writes.
+/// One batch's staged writes and what the batch changes besides them.
 pub(crate) struct WriteTables<'t> {
-    tx: SingleWriterWriteTx<'t>,
+    tx: Staged<'t>,
     ks: &'t Keyspaces,
-    /// Tasks that entered each state in this transaction (new tasks included).
+    /// Tasks that entered each state in this batch (new tasks included).
     entered: StateCounts,
-    /// Tasks that left each state in this transaction (purged tasks included).
+    /// Tasks that left each state in this batch (purged tasks included).
     left: StateCounts,
     next_seq: u64,
     first_seq: u64,
-    /// Set by every mutation; the writer resets it before each operation so it knows whether a
-    /// failed operation left changes behind.
-    pub(crate) dirty: bool,
+}
+
+/// Where the batch stood before an operation ([`WriteTables::mark`]).
+pub(crate) struct OpMark {
+    staged: Mark,
+    entered: StateCounts,
+    left: StateCounts,
+    next_seq: u64,
 }
 
 /// What of a task's previous version decides its index entries.
@@ -66,7 +72,7 @@ fn conflict(t: &Task, what: &str) -> StoreError {
 }
 
 impl<'t> WriteTables<'t> {
-    pub(crate) fn new(tx: SingleWriterWriteTx<'t>, ks: &'t Keyspaces, next_seq: u64) -> Self {
+    pub(crate) fn new(tx: Staged<'t>, ks: &'t Keyspaces, next_seq: u64) -> Self {
         Self {
             tx,
             ks,
@@ -74,17 +80,33 @@ impl<'t> WriteTables<'t> {
             left: StateCounts::default(),
             next_seq,
             first_seq: next_seq,
-            dirty: false,
         }
     }
 
-    /// Puts the sequence counter and the state counts into the transaction; returns it with
-    /// the next sequence number after this batch, for the caller to commit.
-    pub(crate) fn finish(mut self) -> StoreResult<(SingleWriterWriteTx<'t>, u64)> {
-        let ks = self.ks;
+    /// Where the batch stands, before an operation.
+    pub(crate) fn mark(&self) -> OpMark {
+        OpMark {
+            staged: self.tx.mark(),
+            entered: self.entered,
+            left: self.left,
+            next_seq: self.next_seq,
+        }
+    }
+
+    /// Takes back everything done since `mark` (the operation after it failed).
+    pub(crate) fn undo_to(&mut self, mark: OpMark) {
+        self.tx.undo_to(mark.staged);
+        self.entered = mark.entered;
+        self.left = mark.left;
+        self.next_seq = mark.next_seq;
+    }
+
+    /// Stages the sequence counter and the state counts; returns the batch's writes with the
+    /// next sequence number after it, for the caller to commit.
+    pub(crate) fn finish(mut self) -> StoreResult<(Staged<'t>, u64)> {
         if self.next_seq != self.first_seq {
             self.tx
-                .insert(&ks.meta, META_NEXT_SEQ, u64_value(self.next_seq));
+                .insert(Ks::Meta, META_NEXT_SEQ, u64_value(self.next_seq));
         }
         if self.entered != self.left {
             for state in TaskState::ALL {
@@ -93,26 +115,20 @@ impl<'t> WriteTables<'t> {
                     continue;
                 }
                 let key = state.as_str();
-                let stored = match self.tx.get(&ks.state_counts, key).db()? {
+                let stored = match self.tx.get(Ks::StateCounts, key.as_bytes())? {
                     Some(v) => decode_u64(&v)?,
                     None => 0,
                 };
                 let count = stored.saturating_add(entered).saturating_sub(left);
-                self.tx.insert(&ks.state_counts, key, u64_value(count));
+                self.tx.insert(Ks::StateCounts, key, u64_value(count));
             }
         }
         Ok((self.tx, self.next_seq))
     }
 
-    /// Gives the transaction back, to be rolled back.
-    pub(crate) fn into_tx(self) -> SingleWriterWriteTx<'t> {
-        self.tx
-    }
-
     /// A write of no consequence (the health probe): rewrites the format marker.
     pub(crate) fn probe(&mut self) -> StoreResult<()> {
-        self.tx
-            .insert(&self.ks.meta, META_FORMAT, u64_value(FORMAT));
+        self.tx.insert(Ks::Meta, META_FORMAT, u64_value(FORMAT));
         Ok(())
     }
 
@@ -121,7 +137,7 @@ impl<'t> WriteTables<'t> {
     }
 
     fn epoch_of(&self, partition: u32) -> StoreResult<Option<u64>> {
-        match self.tx.get(&self.ks.owners, owner_key(partition)).db()? {
+        match self.tx.get(Ks::Owners, &owner_key(partition))? {
             Some(v) => Ok(Some(decode_owner(&v)?.0)),
             None => Ok(None),
         }
@@ -152,9 +168,8 @@ impl<'t> WriteTables<'t> {
 
     pub(crate) fn acquire_lease(&mut self, partition: u32, node_id: &str) -> StoreResult<Lease> {
         let epoch = self.epoch_of(partition)?.unwrap_or(0) + 1;
-        self.dirty = true;
         self.tx.insert(
-            &self.ks.owners,
+            Ks::Owners,
             owner_key(partition),
             owner_value(epoch, node_id),
         );
@@ -165,7 +180,7 @@ impl<'t> WriteTables<'t> {
     fn save(&mut self, before: Option<Before>, t: &Task) -> StoreResult<()> {
         self.reindex(before, t)?;
         let bytes = codec::encode_task(t)?;
-        self.tx.insert(&self.ks.tasks, t.id.as_str(), bytes);
+        self.tx.insert(Ks::Tasks, t.id.as_str(), bytes);
         Ok(())
     }
 
@@ -177,8 +192,6 @@ impl<'t> WriteTables<'t> {
     /// Id, key, partition and seq never change; the position moves only with `due_at`. Also
     /// counts the change of state.
     fn reindex(&mut self, before: Option<Before>, t: &Task) -> StoreResult<()> {
-        self.dirty = true;
-        let ks = self.ks;
         let was = before.map(|b| b.state);
         if was != Some(t.state) {
             if let Some(s) = was {
@@ -191,23 +204,23 @@ impl<'t> WriteTables<'t> {
         if let Some(b) = before {
             if b.pending && (moved || !t.is_pending()) {
                 self.tx
-                    .remove(&ks.pending, pending_key(t.partition, b.due_at, t.seq));
+                    .remove(Ks::Pending, pending_key(t.partition, b.due_at, t.seq));
             }
             if moved {
                 self.tx
-                    .remove(&ks.by_key, by_key_key(&t.key, b.due_at, t.seq));
+                    .remove(Ks::ByKey, by_key_key(&t.key, b.due_at, t.seq));
             }
         }
         if t.is_pending() && (moved || !was_pending) {
             self.tx.insert(
-                &ks.pending,
+                Ks::Pending,
                 pending_key(t.partition, t.due_at, t.seq),
                 t.id.as_str(),
             );
         }
         if before.is_none() || moved {
             self.tx.insert(
-                &ks.by_key,
+                Ks::ByKey,
                 by_key_key(&t.key, t.due_at, t.seq),
                 t.id.as_str(),
             );
@@ -223,43 +236,33 @@ impl<'t> WriteTables<'t> {
         after: Option<&str>,
         scan: usize,
     ) -> StoreResult<Purged> {
-        let ks = self.ks;
         let scan = scan.max(1);
         let mut expired = Vec::new();
-        let mut seen = 0;
+        let entries = self
+            .tx
+            .scan(Ks::Tasks, after.map(str::as_bytes), b"", scan)?;
+        let seen = entries.len();
         let mut last = None;
-        {
-            let range = match after {
-                Some(a) => self.tx.range::<&[u8], _>(
-                    &ks.tasks,
-                    (Bound::Excluded(a.as_bytes()), Bound::Unbounded),
-                ),
-                None => self.tx.iter(&ks.tasks),
-            };
-            for entry in range.take(scan) {
-                let (id, bytes) = entry.into_inner().db()?;
-                seen += 1;
-                last = Some(id_value(&id)?.to_string());
-                if let Ok(t) = codec::decode_task(&bytes)
-                    && t.expired(before)
-                {
-                    expired.push(t);
-                }
+        for (id, bytes) in entries {
+            last = Some(id_value(&id)?.to_string());
+            if let Ok(t) = codec::decode_task(&bytes)
+                && t.expired(before)
+            {
+                expired.push(t);
             }
         }
         for t in &expired {
-            self.dirty = true;
             self.left.add(t.state, 1);
-            self.tx.remove(&ks.tasks, t.id.as_str());
+            self.tx.remove(Ks::Tasks, t.id.as_str());
             for n in 1..=t.attempts {
-                self.tx.remove(&ks.attempts, attempt_key(&t.id, n));
+                self.tx.remove(Ks::Attempts, attempt_key(&t.id, n));
             }
             self.tx
-                .remove(&ks.by_key, by_key_key(&t.key, t.due_at, t.seq));
+                .remove(Ks::ByKey, by_key_key(&t.key, t.due_at, t.seq));
             if let Some(u) = &t.uniqueness_key {
-                let holder = self.tx.get(&ks.ukeys, u.as_str()).db()?;
+                let holder = self.tx.get(Ks::Ukeys, u.as_bytes())?;
                 if holder.is_some_and(|v| *v == *t.id.as_bytes()) {
-                    self.tx.remove(&ks.ukeys, u.as_str());
+                    self.tx.remove(Ks::Ukeys, u.as_str());
                 }
             }
         }
@@ -274,7 +277,7 @@ impl<'t> WriteTables<'t> {
         let mut out = Vec::with_capacity(batch.len());
         for new in batch {
             if let Some(ukey) = &new.uniqueness_key
-                && let Some(owner) = self.tx.get(&ks.ukeys, ukey.as_str()).db()?
+                && let Some(owner) = self.tx.get(Ks::Ukeys, ukey.as_bytes())?
             {
                 out.push(EnqueueOutcome::Duplicate(indexed_task(
                     &self.tx, ks, &owner,
@@ -282,18 +285,17 @@ impl<'t> WriteTables<'t> {
                 continue;
             }
             // A replayed enqueue (same id) never resets the stored task.
-            if let Some(previous) = self.tx.get(&ks.tasks, new.id.as_str()).db()? {
+            if let Some(previous) = self.tx.get(Ks::Tasks, new.id.as_bytes())? {
                 out.push(EnqueueOutcome::Duplicate(codec::decode_task(&previous)?));
                 continue;
             }
             let task = Task::from_new(new.clone(), self.next_seq);
-            self.dirty = true;
             let bytes = codec::encode_task(&task)?;
-            self.tx.insert(&ks.tasks, task.id.as_str(), bytes);
+            self.tx.insert(Ks::Tasks, task.id.as_str(), bytes);
             self.next_seq += 1;
             self.index_new(&task)?;
             if let Some(ukey) = &task.uniqueness_key {
-                self.tx.insert(&ks.ukeys, ukey.as_str(), task.id.as_str());
+                self.tx.insert(Ks::Ukeys, ukey.as_str(), task.id.as_str());
             }
             out.push(EnqueueOutcome::Created(task));
         }
@@ -345,10 +347,9 @@ impl<'t> WriteTables<'t> {
         }
         let before = Before::of(&t);
         t.apply_finish(attempt.number, transition, at);
-        self.dirty = true;
         let bytes = codec::encode_attempt(attempt)?;
         self.tx
-            .insert(&self.ks.attempts, attempt_key(id, attempt.number), bytes);
+            .insert(Ks::Attempts, attempt_key(id, attempt.number), bytes);
         self.save(Some(before), &t)?;
         Ok(t)
     }
@@ -412,8 +413,10 @@ impl<'t> WriteTables<'t> {
         let ks = self.ks;
         // Find the parked tasks first (reading only), then update them.
         let mut parked = Vec::new();
-        for entry in self.tx.prefix(&ks.by_key, by_key_prefix(key)) {
-            let (_, id) = entry.into_inner().db()?;
+        let entries = self
+            .tx
+            .scan(Ks::ByKey, None, &by_key_prefix(key), usize::MAX)?;
+        for (_, id) in entries {
             let t = indexed_task(&self.tx, ks, &id)?;
             if t.state == TaskState::Dead && t.park_on_dead {
                 parked.push(t);
@@ -430,26 +433,26 @@ impl<'t> WriteTables<'t> {
     }
 
     pub(crate) fn set_key_paused(&mut self, key: &str, paused: bool) -> StoreResult<()> {
-        self.dirty = true;
         if paused {
-            self.tx.insert(&self.ks.paused, key, b"");
+            self.tx.insert(Ks::Paused, key, b"");
         } else {
-            self.tx.remove(&self.ks.paused, key);
+            self.tx.remove(Ks::Paused, key);
         }
         Ok(())
     }
 
     pub(crate) fn put_schedule(&mut self, schedule: &Schedule) -> StoreResult<()> {
         let bytes = codec::encode_schedule(schedule)?;
-        self.dirty = true;
-        self.tx
-            .insert(&self.ks.schedules, schedule.name.as_str(), bytes);
+        self.tx.insert(Ks::Schedules, schedule.name.as_str(), bytes);
         Ok(())
     }
 
     pub(crate) fn delete_schedule(&mut self, name: &str) -> StoreResult<bool> {
-        self.dirty = true;
-        Ok(self.tx.take(&self.ks.schedules, name).db()?.is_some())
+        let existed = self.tx.get(Ks::Schedules, name.as_bytes())?.is_some();
+        if existed {
+            self.tx.remove(Ks::Schedules, name);
+        }
+        Ok(existed)
     }
 
     pub(crate) fn mark_schedule_fired(
@@ -457,7 +460,7 @@ impl<'t> WriteTables<'t> {
         name: &str,
         occurrence: Millis,
     ) -> StoreResult<()> {
-        let mut s = match self.tx.get(&self.ks.schedules, name).db()? {
+        let mut s = match self.tx.get(Ks::Schedules, name.as_bytes())? {
             Some(v) => codec::decode_schedule(&v)?,
             None => return Err(StoreError::NotFound(format!("schedule {name}"))),
         };
@@ -470,7 +473,7 @@ impl<'t> WriteTables<'t> {
 
     /// The size an existing kv entry counts for, if there is one.
     fn kv_size(&self, plugin: &str, key: &str) -> StoreResult<Option<u64>> {
-        match self.tx.get(&self.ks.kv, kv_key(plugin, key)).db()? {
+        match self.tx.get(Ks::Kv, &kv_key(plugin, key))? {
             Some(v) => Ok(Some((key.len() + decode_kv_value(&v)?.1.len()) as u64)),
             None => Ok(None),
         }
@@ -486,11 +489,10 @@ impl<'t> WriteTables<'t> {
         let ks = self.ks;
         let total = kv_usage(&self.tx, ks, plugin)?;
         let old = self.kv_size(plugin, key)?.unwrap_or(0);
-        self.dirty = true;
         self.tx
-            .insert(&ks.kv, kv_key(plugin, key), kv_value(at, value));
+            .insert(Ks::Kv, kv_key(plugin, key), kv_value(at, value));
         let new = total.saturating_sub(old) + (key.len() + value.len()) as u64;
-        self.tx.insert(&ks.kv_usage, plugin, u64_value(new));
+        self.tx.insert(Ks::KvUsage, plugin, u64_value(new));
         Ok(())
     }
 
@@ -500,10 +502,9 @@ impl<'t> WriteTables<'t> {
         let Some(old) = self.kv_size(plugin, key)? else {
             return Ok(false);
         };
-        self.dirty = true;
-        self.tx.remove(&ks.kv, kv_key(plugin, key));
+        self.tx.remove(Ks::Kv, kv_key(plugin, key));
         self.tx
-            .insert(&ks.kv_usage, plugin, u64_value(total.saturating_sub(old)));
+            .insert(Ks::KvUsage, plugin, u64_value(total.saturating_sub(old)));
         Ok(true)
     }
 }

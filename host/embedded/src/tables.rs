@@ -25,7 +25,7 @@
 //! `state_counts` is kept exact by every write transaction that changes a task (one write per
 //! state whose count changed, at the end of the transaction).
 
-use fjall::{Readable, SingleWriterTxDatabase, SingleWriterTxKeyspace};
+use fjall::{Readable, SingleWriterTxDatabase, SingleWriterTxKeyspace, Slice};
 
 use super::codec;
 use kairos_core::model::{Attempt, StateCounts, Task, TaskState};
@@ -74,6 +74,72 @@ pub(crate) struct Keyspaces {
     pub(super) kv_usage: SingleWriterTxKeyspace,
     pub(super) owners: SingleWriterTxKeyspace,
     pub(super) state_counts: SingleWriterTxKeyspace,
+}
+
+/// Names a keyspace of [`Keyspaces`] (the writer stages its writes per keyspace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ks {
+    Tasks,
+    Pending,
+    Ukeys,
+    Attempts,
+    ByKey,
+    Meta,
+    Paused,
+    Schedules,
+    Kv,
+    KvUsage,
+    Owners,
+    StateCounts,
+}
+
+impl Ks {
+    pub(crate) const COUNT: usize = 12;
+    /// In the order of their discriminants.
+    pub(crate) const ALL: [Ks; Ks::COUNT] = [
+        Ks::Tasks,
+        Ks::Pending,
+        Ks::Ukeys,
+        Ks::Attempts,
+        Ks::ByKey,
+        Ks::Meta,
+        Ks::Paused,
+        Ks::Schedules,
+        Ks::Kv,
+        Ks::KvUsage,
+        Ks::Owners,
+        Ks::StateCounts,
+    ];
+}
+
+impl Keyspaces {
+    pub(crate) fn of(&self, k: Ks) -> &SingleWriterTxKeyspace {
+        match k {
+            Ks::Tasks => &self.tasks,
+            Ks::Pending => &self.pending,
+            Ks::Ukeys => &self.ukeys,
+            Ks::Attempts => &self.attempts,
+            Ks::ByKey => &self.by_key,
+            Ks::Meta => &self.meta,
+            Ks::Paused => &self.paused,
+            Ks::Schedules => &self.schedules,
+            Ks::Kv => &self.kv,
+            Ks::KvUsage => &self.kv_usage,
+            Ks::Owners => &self.owners,
+            Ks::StateCounts => &self.state_counts,
+        }
+    }
+}
+
+/// Point reads shared by the read path (a fjall snapshot) and the writer (its staged batch).
+pub(crate) trait Lookup {
+    fn lookup(&self, ks: &Keyspaces, k: Ks, key: &[u8]) -> StoreResult<Option<Slice>>;
+}
+
+impl<R: Readable> Lookup for R {
+    fn lookup(&self, ks: &Keyspaces, k: Ks, key: &[u8]) -> StoreResult<Option<Slice>> {
+        self.get(ks.of(k), key).db()
+    }
 }
 
 impl Db {
@@ -267,15 +333,15 @@ pub(super) fn decode_owner(b: &[u8]) -> StoreResult<(u64, &str)> {
 
 // ---- lookups ----
 
-pub(super) fn load_task(r: &impl Readable, ks: &Keyspaces, id: &str) -> StoreResult<Option<Task>> {
-    match r.get(&ks.tasks, id).db()? {
+pub(super) fn load_task(r: &impl Lookup, ks: &Keyspaces, id: &str) -> StoreResult<Option<Task>> {
+    match r.lookup(ks, Ks::Tasks, id.as_bytes())? {
         Some(v) => codec::decode_task(&v).map(Some),
         None => Ok(None),
     }
 }
 
 /// The task an index entry points at; a dangling entry is corruption.
-pub(super) fn indexed_task(r: &impl Readable, ks: &Keyspaces, id: &[u8]) -> StoreResult<Task> {
+pub(super) fn indexed_task(r: &impl Lookup, ks: &Keyspaces, id: &[u8]) -> StoreResult<Task> {
     let id = id_value(id)?;
     load_task(r, ks, id)?
         .ok_or_else(|| StoreError::Corrupt(format!("index points at missing task {id}")))
@@ -295,8 +361,8 @@ pub(super) fn load_attempts(
 }
 
 /// The bytes (keys plus values) `plugin` keeps in kv.
-pub(super) fn kv_usage(r: &impl Readable, ks: &Keyspaces, plugin: &str) -> StoreResult<u64> {
-    match r.get(&ks.kv_usage, plugin).db()? {
+pub(super) fn kv_usage(r: &impl Lookup, ks: &Keyspaces, plugin: &str) -> StoreResult<u64> {
+    match r.lookup(ks, Ks::KvUsage, plugin.as_bytes())? {
         Some(n) => decode_u64(&n),
         None => Ok(0),
     }

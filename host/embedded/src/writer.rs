@@ -1,13 +1,14 @@
 //! Group commit: one OS thread owns the write side of the database. Callers send operations
-//! over a bounded channel; the thread drains whatever is queued (up to `max_batch` operations)
-//! into ONE write transaction, commits it once (one fsync), and only then answers every
-//! operation of the batch. Throughput therefore does not pay one fsync per operation, and no
-//! caller hears `Ok` before its change is durable.
+//! over a bounded channel; the thread drains whatever is queued (up to `max_batch` operations),
+//! applies them to one staged view of the database ([`super::staged`]), commits their writes
+//! as ONE write batch (one fsync), and only then answers every operation of the batch.
+//! Throughput therefore does not pay one fsync per operation, and no caller hears `Ok` before
+//! its change is durable.
 //!
 //! Operations are all-or-nothing: each one checks its preconditions before it mutates, and
-//! when one fails after it has already mutated (a decode error midway, a storage error, a
-//! panic) the transaction is aborted, that operation is answered with its error, and the rest
-//! of the batch is replayed in a fresh transaction.
+//! when one fails after it has already staged writes (a decode error midway, a storage error,
+//! a panic) those writes are undone, that operation is answered with its error, and the rest
+//! of the batch goes on.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -15,16 +16,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use fjall::PersistMode;
 use tokio::sync::{mpsc, oneshot};
 
 use super::cell::DbCell;
 use super::ops::WriteTables;
+use super::staged::Staged;
 use super::tables::DbResult;
 use kairos_core::store::{StoreError, StoreResult};
 
-/// One queued write: applied inside a batch transaction (possibly more than once, if the batch
-/// is replayed), answered once after the commit.
+/// One queued write: applied to a batch (more than once if a failed commit is retried on a
+/// reopened database), answered once after the commit.
 trait WriteOp: Send {
     /// Runs the operation and keeps its result. Returns `false` if it failed.
     fn apply(&mut self, w: &mut WriteTables<'_>) -> bool;
@@ -47,8 +48,7 @@ where
         let result = match catch_unwind(AssertUnwindSafe(|| (self.f)(w))) {
             Ok(r) => r,
             Err(_) => {
-                // Whatever it touched is rolled back with the aborted transaction.
-                w.dirty = true;
+                // Whatever it staged is undone by the caller.
                 Err(StoreError::Other(
                     "embedded store operation panicked".into(),
                 ))
@@ -248,13 +248,6 @@ impl WriterThread {
                     }
                     return;
                 }
-                Attempted::Poisoned(i) => {
-                    // Its own error is its answer; the others are replayed.
-                    batch.remove(i).reply(&Ok(()));
-                    if batch.is_empty() {
-                        return;
-                    }
-                }
                 Attempted::Failed(e) => {
                     tracing::error!(error = %e, ops = batch.len(), "embedded store commit failed");
                     if e.is_transient() {
@@ -286,19 +279,19 @@ impl WriterThread {
 
     fn run_batch(&self, batch: &mut [Box<dyn WriteOp>]) -> StoreResult<Attempted> {
         let db = self.cell.get()?;
-        let tx = db.db.write_tx().durability(Some(PersistMode::SyncData));
-        let mut w = WriteTables::new(tx, &db.ks, self.next_seq);
+        let staged = Staged::new(db.db.read_tx(), &db.ks);
+        let mut w = WriteTables::new(staged, &db.ks, self.next_seq);
         let applying = Instant::now();
-        for (i, op) in batch.iter_mut().enumerate() {
-            w.dirty = false;
-            if !op.apply(&mut w) && w.dirty {
-                w.into_tx().rollback();
-                return Ok(Attempted::Poisoned(i));
+        for op in batch.iter_mut() {
+            let mark = w.mark();
+            // A failed operation's answer is its error; it must leave nothing behind.
+            if !op.apply(&mut w) {
+                w.undo_to(mark);
             }
         }
-        let (tx, next_seq) = w.finish()?;
+        let (staged, next_seq) = w.finish()?;
         let committing = Instant::now();
-        tx.commit().db()?;
+        staged.into_batch(db.db.inner()).commit().db()?;
         let s = &self.stats;
         s.apply_micros
             .fetch_add(micros(committing - applying), Ordering::Relaxed);
@@ -323,7 +316,41 @@ impl WriterThread {
 
 enum Attempted {
     Committed(u64),
-    /// Operation `i` failed after mutating; the transaction was aborted.
-    Poisoned(usize),
     Failed(StoreError),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Operations queued together share one batch; one that fails or panics after staging
+    /// writes leaves none of them behind, and the others keep theirs.
+    #[tokio::test]
+    async fn a_failed_operation_is_undone_and_its_batch_neighbours_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cell = Arc::new(DbCell::open(&dir.path().join("db"), 1 << 20).expect("open"));
+        let writer = Writer::spawn(cell.clone(), 1, 64).expect("writer");
+        let (a, b, c, d) = tokio::join!(
+            writer.write(|w| w.set_key_paused("a", true)),
+            writer.write(|w| {
+                w.set_key_paused("b", true)?;
+                w.enqueue(&[])?;
+                Err::<(), _>(StoreError::Other("failed midway".into()))
+            }),
+            writer.write(|w| -> StoreResult<()> {
+                w.set_key_paused("c", true)?;
+                w.set_key_paused("a", false)?;
+                panic!("op panics after staging writes")
+            }),
+            writer.write(|w| w.set_key_paused("d", true)),
+        );
+        assert!(a.is_ok() && d.is_ok(), "{a:?} {d:?}");
+        assert!(matches!(b, Err(StoreError::Other(ref m)) if m == "failed midway"), "{b:?}");
+        assert!(matches!(c, Err(StoreError::Other(ref m)) if m.contains("panicked")), "{c:?}");
+        let stats = writer.stats.snapshot();
+        assert!(stats.commits <= 2, "queued together: {stats:?}");
+        drop(writer);
+        let db = cell.get().expect("db");
+        assert_eq!(super::super::read::paused_keys(&db).expect("read"), ["a", "d"]);
+    }
 }

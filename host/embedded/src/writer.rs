@@ -345,12 +345,21 @@ mod tests {
             writer.write(|w| w.set_key_paused("d", true)),
         );
         assert!(a.is_ok() && d.is_ok(), "{a:?} {d:?}");
-        assert!(matches!(b, Err(StoreError::Other(ref m)) if m == "failed midway"), "{b:?}");
-        assert!(matches!(c, Err(StoreError::Other(ref m)) if m.contains("panicked")), "{c:?}");
+        assert!(
+            matches!(b, Err(StoreError::Other(ref m)) if m == "failed midway"),
+            "{b:?}"
+        );
+        assert!(
+            matches!(c, Err(StoreError::Other(ref m)) if m.contains("panicked")),
+            "{c:?}"
+        );
         let stats = writer.stats.snapshot();
         assert!(stats.commits <= 2, "queued together: {stats:?}");
         drop(writer);
         let db = cell.get().expect("db");
-        assert_eq!(super::super::read::paused_keys(&db).expect("read"), ["a", "d"]);
+        assert_eq!(
+            super::super::read::paused_keys(&db).expect("read"),
+            ["a", "d"]
+        );
     }
 }

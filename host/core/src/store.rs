@@ -184,7 +184,7 @@ pub trait TaskStore: Send + Sync + 'static {
 
     /// How many stored tasks are in each state, over all partitions. Purged tasks (see
     /// [`TaskStore::purge_finished`]) no longer count. The embedded and in-memory stores answer
-    /// exactly (the embedded one from counts kept in the same transaction as every task
+    /// exactly (the embedded one from counts kept in the same write batch as every task
     /// change); Cassandra scans every task (O(tasks)), so callers polling it should cache the
     /// answer.
     async fn state_counts(&self) -> StoreResult<StateCounts>;

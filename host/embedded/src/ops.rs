@@ -238,19 +238,22 @@ impl<'t> WriteTables<'t> {
     ) -> StoreResult<Purged> {
         let scan = scan.max(1);
         let mut expired = Vec::new();
-        let entries = self
-            .tx
-            .scan(Ks::Tasks, after.map(str::as_bytes), b"", scan)?;
-        let seen = entries.len();
         let mut last = None;
-        for (id, bytes) in entries {
-            last = Some(id_value(&id)?.to_string());
-            if let Ok(t) = codec::decode_task(&bytes)
-                && t.expired(before)
-            {
-                expired.push(t);
-            }
-        }
+        let seen = self.tx.scan(
+            Ks::Tasks,
+            after.map(str::as_bytes),
+            b"",
+            scan,
+            |id, bytes| {
+                last = Some(id_value(id)?.to_string());
+                if let Ok(t) = codec::decode_task(bytes)
+                    && t.expired(before)
+                {
+                    expired.push(t);
+                }
+                Ok(())
+            },
+        )?;
         for t in &expired {
             self.left.add(t.state, 1);
             self.tx.remove(Ks::Tasks, t.id.as_str());
@@ -413,15 +416,14 @@ impl<'t> WriteTables<'t> {
         let ks = self.ks;
         // Find the parked tasks first (reading only), then update them.
         let mut parked = Vec::new();
-        let entries = self
-            .tx
-            .scan(Ks::ByKey, None, &by_key_prefix(key), usize::MAX)?;
-        for (_, id) in entries {
-            let t = indexed_task(&self.tx, ks, &id)?;
+        let tx = &self.tx;
+        tx.scan(Ks::ByKey, None, &by_key_prefix(key), usize::MAX, |_, id| {
+            let t = indexed_task(tx, ks, id)?;
             if t.state == TaskState::Dead && t.park_on_dead {
                 parked.push(t);
             }
-        }
+            Ok(())
+        })?;
         let count = parked.len() as u32;
         for mut t in parked {
             let before = Before::of(&t);
@@ -506,5 +508,45 @@ impl<'t> WriteTables<'t> {
         self.tx
             .insert(Ks::KvUsage, plugin, u64_value(total.saturating_sub(old)));
         Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tables::{Db, by_key_key, pending_key};
+    use fjall::Readable;
+    use kairos_conformance::{T0, new_task};
+
+    #[test]
+    fn an_undone_operation_leaves_no_record_no_count_and_no_sequence_number_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = Db::open(&dir.path().join("db"), 1 << 20).expect("open");
+        let mut w = WriteTables::new(Staged::new(db.db.read_tx(), &db.ks), &db.ks, 1);
+        let a = w.enqueue(&[new_task("a", T0)]).expect("enqueue a");
+        let mark = w.mark();
+        let b = w.enqueue(&[new_task("b", T0 + 5)]).expect("enqueue b");
+        w.undo_to(mark);
+        let c = w.enqueue(&[new_task("c", T0)]).expect("enqueue c");
+        let (staged, next_seq) = w.finish().expect("finish");
+        staged.into_batch(db.db.inner()).commit().expect("commit");
+
+        let (a, b, c) = (a[0].task(), b[0].task(), c[0].task());
+        assert_eq!(
+            (a.seq, b.seq, c.seq),
+            (1, 2, 2),
+            "b's number is given again"
+        );
+        assert_eq!(next_seq, 3);
+        let snap = db.db.read_tx();
+        assert!(crate::read::get(&db, &a.id).expect("get").is_some());
+        assert!(crate::read::get(&db, &c.id).expect("get").is_some());
+        assert!(crate::read::get(&db, &b.id).expect("get").is_none());
+        let pending = snap.get(&db.ks.pending, pending_key(b.partition, b.due_at, b.seq));
+        assert!(pending.expect("read").is_none());
+        let by_key = snap.get(&db.ks.by_key, by_key_key(&b.key, b.due_at, b.seq));
+        assert!(by_key.expect("read").is_none());
+        let counts = crate::read::state_counts(&db).expect("counts");
+        assert_eq!(counts.scheduled, 2, "{counts:?}");
     }
 }

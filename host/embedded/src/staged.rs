@@ -91,20 +91,29 @@ impl<'a> Staged<'a> {
         }
     }
 
-    /// Up to `limit` entries of keyspace `k` in key order, the batch's writes included: those
-    /// after `from` (`None`: from the start) that begin with `prefix`.
+    /// Visits up to `limit` entries of keyspace `k` in key order, the batch's writes
+    /// included: those after `from` (`None`: from the start) that begin with `prefix`.
+    /// Returns how many it visited.
     pub(crate) fn scan(
         &self,
         k: Ks,
         from: Option<&[u8]>,
         prefix: &[u8],
         limit: usize,
-    ) -> StoreResult<Vec<(Slice, Slice)>> {
+        mut visit: impl FnMut(&Slice, &Slice) -> StoreResult<()>,
+    ) -> StoreResult<usize> {
         let lower = match from {
             Some(after) if after >= prefix => Bound::Excluded(after),
             _ => Bound::Included(prefix),
         };
         let end = prefix_end(prefix);
+        if let (Some(after), Some(end)) = (from, &end)
+            && after >= end.as_slice()
+        {
+            // Past every key with the prefix (and an empty range, which `BTreeMap::range`
+            // refuses).
+            return Ok(0);
+        }
         let upper = match &end {
             Some(e) => Bound::Excluded(e.as_slice()),
             None => Bound::Unbounded,
@@ -116,8 +125,8 @@ impl<'a> Staged<'a> {
         };
         let mut s = next_stored()?;
         let mut w = staged.next();
-        let mut out = Vec::new();
-        while out.len() < limit {
+        let mut seen = 0;
+        while seen < limit {
             let take_staged = match (&s, w) {
                 (None, None) => break,
                 (Some(_), None) => false,
@@ -130,15 +139,17 @@ impl<'a> Staged<'a> {
                     s = next_stored()?;
                 }
                 if let Some(v) = wv {
-                    out.push((wk.clone(), v.clone()));
+                    visit(wk, v)?;
+                    seen += 1;
                 }
                 w = staged.next();
-            } else if let Some(entry) = s.take() {
-                out.push(entry);
+            } else if let Some((sk, sv)) = s.take() {
+                visit(&sk, &sv)?;
+                seen += 1;
                 s = next_stored()?;
             }
         }
-        Ok(out)
+        Ok(seen)
     }
 
     /// The staged writes as one durable write batch of `db`.
@@ -219,16 +230,25 @@ mod tests {
         st.remove(Ks::Paused, "a9");
         st.insert(Ks::Paused, "b0", "w");
         let all = |from, prefix: &str, limit| {
-            keys(
-                &st.scan(Ks::Paused, from, prefix.as_bytes(), limit)
-                    .expect("scan"),
-            )
+            let mut out = Vec::new();
+            let seen = st
+                .scan(Ks::Paused, from, prefix.as_bytes(), limit, |k, v| {
+                    out.push((k.clone(), v.clone()));
+                    Ok(())
+                })
+                .expect("scan");
+            assert_eq!(seen, out.len());
+            keys(&out)
         };
         assert_eq!(all(None, "a", 100), ["a0=w", "a1=s", "a3=w", "a6=w"]);
         assert_eq!(all(Some(b"a1"), "a", 100), ["a3=w", "a6=w"]);
         assert_eq!(all(Some(b"a1"), "", 3), ["a3=w", "a6=w", "b0=w"]);
         assert_eq!(all(None, "", 2), ["a0=w", "a1=s"]);
         assert_eq!(all(None, "c", 100), Vec::<String>::new());
+        // `from` before the prefix starts at the prefix; at or past its end, nothing.
+        assert_eq!(all(Some(b"0"), "b", 100), ["b0=w", "b1=s"]);
+        assert_eq!(all(Some(b"b"), "a", 100), Vec::<String>::new());
+        assert_eq!(all(Some(b"c"), "a", 100), Vec::<String>::new());
         assert_eq!(st.get(Ks::Paused, b"a5").expect("get"), None);
         assert_eq!(
             st.get(Ks::Paused, b"a1").expect("get").as_deref(),
@@ -258,6 +278,13 @@ mod tests {
             snap.get(&db.ks.paused, "k").expect("get").as_deref(),
             Some(&b"1"[..])
         );
+    }
+
+    #[test]
+    fn ks_all_lists_the_keyspaces_in_the_order_of_their_discriminants() {
+        for (i, k) in Ks::ALL.into_iter().enumerate() {
+            assert_eq!(k as usize, i, "{k:?}");
+        }
     }
 
     #[test]

@@ -22,8 +22,8 @@
 //! written `00 ff` — so no string's encoding is a prefix of another's and one key's range never
 //! reaches into the next key's. A string that ends the key is written as it is.
 //!
-//! `state_counts` is kept exact by every write transaction that changes a task (one write per
-//! state whose count changed, at the end of the transaction).
+//! `state_counts` is kept exact by every write batch that changes a task (one write per
+//! state whose count changed, at the end of the batch).
 
 use fjall::{Readable, SingleWriterTxDatabase, SingleWriterTxKeyspace, Slice};
 

@@ -78,11 +78,11 @@ fn copy_err(e: &StoreError) -> StoreError {
 /// Counters of the writer thread (for benchmarks and metrics).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct CommitStats {
-    /// Write transactions committed.
+    /// Batches committed.
     pub commits: u64,
-    /// Operations answered from committed transactions.
+    /// Operations answered from committed batches.
     pub ops: u64,
-    /// Time the writer spent applying the operations of committed transactions, µs.
+    /// Time the writer spent applying the operations of committed batches, µs.
     pub apply_micros: u64,
     /// Time the writer spent committing them (page writes and fsync), µs.
     pub commit_micros: u64,
@@ -323,8 +323,8 @@ enum Attempted {
 mod tests {
     use super::*;
 
-    /// Operations queued together share one batch; one that fails or panics after staging
-    /// writes leaves none of them behind, and the others keep theirs.
+    /// An operation that fails or panics after staging writes leaves none of them behind,
+    /// and the others (queued together, so mostly in the same batch) keep theirs.
     #[tokio::test]
     async fn a_failed_operation_is_undone_and_its_batch_neighbours_commit() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -353,8 +353,6 @@ mod tests {
             matches!(c, Err(StoreError::Other(ref m)) if m.contains("panicked")),
             "{c:?}"
         );
-        let stats = writer.stats.snapshot();
-        assert!(stats.commits <= 2, "queued together: {stats:?}");
         drop(writer);
         let db = cell.get().expect("db");
         assert_eq!(

@@ -235,8 +235,8 @@ impl WriterThread {
                 }
                 reopened = true;
             }
-            match self.try_batch(batch) {
-                Attempted::Committed(next_seq) => {
+            match self.run_batch(batch) {
+                Ok(next_seq) => {
                     self.cell.mark_healthy();
                     self.next_seq = next_seq;
                     self.stats.commits.fetch_add(1, Ordering::Relaxed);
@@ -248,7 +248,7 @@ impl WriterThread {
                     }
                     return;
                 }
-                Attempted::Failed(e) => {
+                Err(e) => {
                     tracing::error!(error = %e, ops = batch.len(), "embedded store commit failed");
                     if e.is_transient() {
                         self.cell.mark_broken(&e);
@@ -266,10 +266,6 @@ impl WriterThread {
         }
     }
 
-    fn try_batch(&self, batch: &mut [Box<dyn WriteOp>]) -> Attempted {
-        self.run_batch(batch).unwrap_or_else(Attempted::Failed)
-    }
-
     /// Reopens the database after a failed write, and reads the sequence back from it.
     fn recover(&mut self) -> StoreResult<()> {
         let db = self.cell.reopen()?;
@@ -277,7 +273,8 @@ impl WriterThread {
         Ok(())
     }
 
-    fn run_batch(&self, batch: &mut [Box<dyn WriteOp>]) -> StoreResult<Attempted> {
+    /// Applies and commits `batch`; the next sequence number after it.
+    fn run_batch(&self, batch: &mut [Box<dyn WriteOp>]) -> StoreResult<u64> {
         let db = self.cell.get()?;
         let staged = Staged::new(db.db.read_tx(), &db.ks);
         let mut w = WriteTables::new(staged, &db.ks, self.next_seq);
@@ -310,13 +307,8 @@ impl WriterThread {
                 );
             }
         }
-        Ok(Attempted::Committed(next_seq))
+        Ok(next_seq)
     }
-}
-
-enum Attempted {
-    Committed(u64),
-    Failed(StoreError),
 }
 
 #[cfg(test)]
@@ -334,7 +326,6 @@ mod tests {
             writer.write(|w| w.set_key_paused("a", true)),
             writer.write(|w| {
                 w.set_key_paused("b", true)?;
-                w.enqueue(&[])?;
                 Err::<(), _>(StoreError::Other("failed midway".into()))
             }),
             writer.write(|w| -> StoreResult<()> {

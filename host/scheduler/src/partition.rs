@@ -59,6 +59,8 @@ pub(crate) struct PartitionActor {
     horizon: Millis,
     /// Woken by the slot pool once a slot for one of the plugins this actor waits for is free.
     slot_notify: Arc<tokio::sync::Notify>,
+    /// Registered with the claim pool as waiting (see [`crate::slots::SlotPool::withdraw`]).
+    slot_registered: bool,
     /// The attempts running (aborted if the actor is dropped: a crash).
     attempts: JoinSet<Done>,
     /// Which task each running attempt is for (to recover from a panicking attempt).
@@ -69,6 +71,15 @@ pub(crate) struct PartitionActor {
     fenced: bool,
     /// When this actor started under its lease (the lease was taken just before).
     leased_at: Millis,
+}
+
+impl Drop for PartitionActor {
+    /// Stopped or dropped while waiting for a claim slot: a wake it was given goes on.
+    fn drop(&mut self) {
+        if self.slot_registered {
+            self.shared.claims.withdraw(&self.slot_notify);
+        }
+    }
 }
 
 impl PartitionActor {
@@ -92,6 +103,7 @@ impl PartitionActor {
             cursor: OrderPos::MIN,
             horizon: Millis::MIN,
             slot_notify: Arc::new(tokio::sync::Notify::new()),
+            slot_registered: false,
             attempts: JoinSet::new(),
             attempt_ids: std::collections::HashMap::new(),
             retry_load_at: None,
@@ -491,7 +503,12 @@ impl PartitionActor {
             let slot_wait = !due_plugins.is_empty();
             if slot_wait {
                 self.shared.claims.wait_for(&self.slot_notify, due_plugins);
+            } else if self.slot_registered {
+                // Nothing due waits for a claim any more: a wake this actor was given (or is
+                // about to be, as a stale waiter) goes to another that may use the slot.
+                self.shared.claims.withdraw(&self.slot_notify);
             }
+            self.slot_registered = slot_wait;
             let wake = match stopping {
                 true => None,
                 false => {

@@ -225,16 +225,34 @@ impl SlotPool {
     }
 
     /// A slot for an attempt of `plugin`, waiting (in the fair order of [`Self::wait_for`])
-    /// until its cap, share and memory allow one.
+    /// until its cap, share and memory allow one. Cancel-safe: dropped while it waits, it
+    /// withdraws, and a wake it had been given goes to the next waiter.
     pub async fn acquire(self: &Arc<Self>, plugin: &str) -> Slot {
-        let notify = Arc::new(Notify::new());
+        let mut waiting = Waiting {
+            pool: self,
+            notify: Arc::new(Notify::new()),
+            served: false,
+        };
         loop {
             if let Some(slot) = self.try_acquire(plugin) {
+                waiting.served = true;
                 return slot;
             }
-            self.wait_for(&notify, vec![plugin.to_string()]);
-            notify.notified().await;
+            self.wait_for(&waiting.notify, vec![plugin.to_string()]);
+            waiting.notify.notified().await;
         }
+    }
+
+    /// The owner of `notify` no longer waits (it has no due tasks left, or it stops): its
+    /// registration goes, and a wake it may have been given and not used goes to the next
+    /// waiter that may take a free slot. Without this a freed slot could stay unused while
+    /// others wait for it.
+    pub fn withdraw(&self, notify: &Arc<Notify>) {
+        let mut s = self.lock();
+        let own = Arc::as_ptr(notify);
+        s.waiters
+            .retain(|w| w.notify.strong_count() > 0 && !std::ptr::eq(w.notify.as_ptr(), own));
+        self.wake_one(&mut s);
     }
 
     fn last_cost(s: &State, plugin: &str) -> u64 {
@@ -273,12 +291,32 @@ impl SlotPool {
                 s.running.remove(plugin);
             }
         }
-        // Wake the live waiter that may take this slot with the plugin furthest below its
-        // share (lowest running / weight); on a tie, the one waiting longest. Whether a plugin
-        // may take the slot does not depend on who asks, so it is worked out once per plugin,
-        // not once per waiter: an attempt waiting for a run slot is a waiter of its own, and
-        // thousands of them may wait for one plugin.
-        s.waiters.retain(|w| w.notify.strong_count() > 0);
+        self.wake_one(&mut s);
+    }
+
+    /// Wakes the live waiter that may take a free slot with the plugin furthest below its
+    /// share (lowest running / weight); on a tie, the one waiting longest. Whether a plugin
+    /// may take the slot does not depend on who asks, so it is worked out once per plugin,
+    /// not once per waiter: an attempt waiting for a run slot is a waiter of its own, and
+    /// thousands of them may wait for one plugin. A waiter whose owner went away meanwhile
+    /// is passed over for the next.
+    fn wake_one(&self, s: &mut State) {
+        loop {
+            s.waiters.retain(|w| w.notify.strong_count() > 0);
+            let Some(i) = self.chosen_waiter(s) else {
+                return;
+            };
+            if let Some(w) = s.waiters.remove(i)
+                && let Some(n) = w.notify.upgrade()
+            {
+                n.notify_one();
+                return;
+            }
+        }
+    }
+
+    /// The index of the waiter [`Self::wake_one`] wakes, if any may take a slot now.
+    fn chosen_waiter(&self, s: &State) -> Option<usize> {
         // Per plugin asked for: its (running, weight) if it may take the slot, else None.
         let mut asked: Vec<(&str, Option<(u64, u64)>)> = Vec::new();
         let mut best: Option<(u64, u64)> = None;
@@ -287,7 +325,7 @@ impl SlotPool {
                 if asked.iter().any(|(q, _)| *q == p.as_str()) {
                     continue;
                 }
-                let fit = self.admits(&s, p, Self::last_cost(&s, p)).then(|| {
+                let fit = self.admits(s, p, Self::last_cost(s, p)).then(|| {
                     let running = s.running.get(p.as_str()).map_or(0, |r| r.0) as u64;
                     (running, u64::from(self.share_of(p).weight.max(1)))
                 });
@@ -300,21 +338,29 @@ impl SlotPool {
                 asked.push((p.as_str(), fit));
             }
         }
-        let Some((br, bw)) = best else {
-            return;
-        };
+        let (br, bw) = best?;
         let is_best = |p: &String| {
             asked
                 .iter()
                 .any(|(q, fit)| *q == p.as_str() && fit.is_some_and(|(r, w)| r * bw == br * w))
         };
-        let chosen = s.waiters.iter().position(|w| w.plugins.iter().any(is_best));
-        drop(asked);
-        if let Some(i) = chosen
-            && let Some(w) = s.waiters.remove(i)
-            && let Some(n) = w.notify.upgrade()
-        {
-            n.notify_one();
+        s.waiters.iter().position(|w| w.plugins.iter().any(is_best))
+    }
+}
+
+/// An [`SlotPool::acquire`] in progress; withdraws on drop unless it got its slot.
+struct Waiting<'a> {
+    pool: &'a SlotPool,
+    notify: Arc<Notify>,
+    /// Got its slot: it is not registered (a wake removes the waiter it wakes) and has no
+    /// wake left to pass on.
+    served: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if !self.served {
+            self.pool.withdraw(&self.notify);
         }
     }
 }
@@ -512,5 +558,53 @@ mod tests {
         assert_eq!(p.running("a"), 1);
         drop(got);
         assert_eq!(p.running("a"), 0);
+    }
+    /// Polls `f` once with a waker that does nothing.
+    fn poll_once<F: std::future::Future>(f: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+        f.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+    }
+
+    #[test]
+    fn an_acquire_dropped_after_its_wake_passes_the_wake_on() {
+        let p = pool(2, &[]);
+        let held = p.try_acquire("a").expect("slot");
+        let _other = p.try_acquire("b").expect("the reserve slot");
+        let mut first = Box::pin(p.acquire("a"));
+        let mut second = Box::pin(p.acquire("a"));
+        assert!(poll_once(first.as_mut()).is_pending());
+        assert!(poll_once(second.as_mut()).is_pending());
+        // The freed slot's wake goes to the longest waiter, which is then cancelled (its
+        // partition revoked) before it runs again.
+        drop(held);
+        drop(first);
+        let std::task::Poll::Ready(slot) = poll_once(second.as_mut()) else {
+            panic!("the second waiter was not woken: the freed slot's wake was lost");
+        };
+        assert_eq!(p.running("a"), 1);
+        drop(slot);
+    }
+
+    #[test]
+    fn a_waiter_that_withdraws_passes_its_wake_on_and_is_not_woken_again() {
+        let p = pool(2, &[]);
+        let held = p.try_acquire("a").expect("slot");
+        let _other = p.try_acquire("b").expect("the reserve slot");
+        let n: Vec<Arc<Notify>> = (0..3).map(|_| Arc::new(Notify::new())).collect();
+        for w in &n {
+            p.wait_for(w, vec!["a".into()]);
+        }
+        let mut woken: Vec<_> = n.iter().map(|w| Box::pin(w.notified())).collect();
+        let mut ready = |i: usize| poll_once(woken[i].as_mut()).is_ready();
+        // The first stops waiting before any slot is freed: the freed slot's wake goes to the
+        // second, not to it.
+        p.withdraw(&n[0]);
+        drop(held);
+        assert!(!ready(0), "a withdrawn waiter was woken");
+        assert!(ready(1), "the next waiter was not woken");
+        assert!(!ready(2), "one freed slot woke two waiters");
+        // The second was woken but no longer needs the slot: withdrawing hands the wake to
+        // the third.
+        p.withdraw(&n[1]);
+        assert!(ready(2), "the wake the second did not use was lost");
     }
 }

@@ -332,6 +332,7 @@ impl Runtime {
                 _ => Ok(self.install_bytes(
                     name,
                     &wasm,
+                    sha256_hex(&wasm),
                     Manifest::default(),
                     None,
                     PluginSource::Builtin,
@@ -453,11 +454,8 @@ impl Runtime {
             }
         };
         let manifest_digest = text.as_deref().map(|t| sha256_hex(t.as_bytes()));
-        let files = format!(
-            "{}:{}",
-            sha256_hex(&bytes),
-            manifest_digest.as_deref().unwrap_or("-")
-        );
+        let digest = sha256_hex(&bytes);
+        let files = format!("{digest}:{}", manifest_digest.as_deref().unwrap_or("-"));
         let last = self
             .rejected_files
             .lock()
@@ -479,6 +477,7 @@ impl Runtime {
         Ok(self.install_bytes(
             name,
             &bytes,
+            digest,
             manifest,
             manifest_digest,
             PluginSource::Dir(dir.to_path_buf()),
@@ -496,6 +495,7 @@ impl Runtime {
         match self.install_bytes(
             name,
             &wasm,
+            sha256_hex(&wasm),
             Manifest::default(),
             None,
             PluginSource::Builtin,
@@ -516,18 +516,18 @@ impl Runtime {
         }
     }
 
-    /// Validates `bytes` as `name` from `source` under the operator's grant narrowed by
-    /// `manifest`, compiles it (or reuses a compiled version of the same digest, in memory or
+    /// Validates `bytes` (whose SHA-256 is `digest`, hashed once by the caller) as `name`
+    /// from `source` under the operator's grant narrowed by `manifest`, compiles it (or reuses a compiled version of the same digest, in memory or
     /// in the cache dir) and makes it the current version.
     fn install_bytes(
         &self,
         name: &str,
         bytes: &[u8],
+        digest: String,
         manifest: Manifest,
         manifest_digest: Option<String>,
         source: PluginSource,
     ) -> Result<LoadChange, String> {
-        let digest = sha256_hex(bytes);
         let current = self.registry.current(name);
         if let Some(cur) = &current
             && cur.digest == digest

@@ -22,6 +22,11 @@ use crate::runtime::{Runtime, valid_name};
 /// Quiet period after the last event on a plugin's files before it is reloaded.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
+/// Events queued between the watcher's thread and the reload loop. When it is full the
+/// watcher's thread waits; the kernel queues events meanwhile and reports an overflow of its
+/// own queue as a rescan, which reconciles the whole directory.
+const EVENT_BUFFER: usize = 1_024;
+
 /// The plugin name a path in the (non-recursively) watched directory belongs to
 /// (`NAME.wasm` or `NAME.toml`).
 fn plugin_of(path: &Path) -> Option<String> {
@@ -68,17 +73,18 @@ impl Runtime {
         dir: PathBuf,
         cancel: CancellationToken,
     ) -> anyhow::Result<JoinHandle<()>> {
-        let (tx, rx) = mpsc::unbounded_channel::<notify::Result<Event>>();
+        let (tx, rx) = mpsc::channel::<notify::Result<Event>>(EVENT_BUFFER);
         let mut watcher = notify::recommended_watcher(move |ev| {
-            let _ = tx.send(ev);
+            // On the watcher's own thread, never a tokio worker. Fails only once the loop has
+            // stopped.
+            let _ = tx.blocking_send(ev);
         })
         .context("cannot create the plugin directory watcher")?;
         watcher
             .watch(&dir, RecursiveMode::NonRecursive)
             .with_context(|| format!("cannot watch plugin directory {}", dir.display()))?;
 
-        let mut initial: Vec<String> = names_in_dir(&dir);
-        initial.extend(self.registry.names_in(&dir));
+        let initial = self.names_known_in(&dir);
         let weak = Arc::downgrade(self);
         tracing::info!(dir = %dir.display(), "watching plugin directory for changes");
         Ok(tokio::spawn(async move {
@@ -87,17 +93,26 @@ impl Runtime {
             watch_loop(weak, dir, rx, cancel, initial).await;
         }))
     }
+
+    /// Every plugin with a `NAME.wasm` in `dir` or loaded from it.
+    fn names_known_in(&self, dir: &Path) -> Vec<String> {
+        let mut names = names_in_dir(dir);
+        names.extend(self.registry.names_in(dir));
+        names
+    }
 }
 
 async fn watch_loop(
     runtime: Weak<Runtime>,
     dir: PathBuf,
-    mut rx: mpsc::UnboundedReceiver<notify::Result<Event>>,
+    mut rx: mpsc::Receiver<notify::Result<Event>>,
     cancel: CancellationToken,
     initial: Vec<String>,
 ) {
-    let now = Instant::now();
-    let mut pending: HashMap<String, Instant> = initial.into_iter().map(|n| (n, now)).collect();
+    // The first reconcile waits out the same quiet period as an event: a file still being
+    // written when the watch began is read once its writes have stopped.
+    let first = Instant::now() + DEBOUNCE;
+    let mut pending: HashMap<String, Instant> = initial.into_iter().map(|n| (n, first)).collect();
     loop {
         let next_due = pending.values().min().copied();
         tokio::select! {
@@ -105,7 +120,15 @@ async fn watch_loop(
             ev = rx.recv() => match ev {
                 None => break,
                 Some(Ok(ev)) => {
-                    if relevant(&ev.kind) {
+                    if ev.need_rescan() {
+                        // Events were dropped (the kernel's queue overflowed): reconcile all.
+                        tracing::warn!(dir = %dir.display(), "plugin directory events were lost; rescanning it");
+                        let Some(rt) = runtime.upgrade() else { return };
+                        let at = Instant::now() + DEBOUNCE;
+                        for name in rt.names_known_in(&dir) {
+                            pending.insert(name, at);
+                        }
+                    } else if relevant(&ev.kind) {
                         for p in &ev.paths {
                             if let Some(name) = plugin_of(p) {
                                 pending.insert(name, Instant::now() + DEBOUNCE);
@@ -164,5 +187,40 @@ mod tests {
         assert_eq!(plugin_of(Path::new("/p/notify.wasm.tmp")), None);
         assert_eq!(plugin_of(Path::new("/p/.notify.wasm.swp")), None);
         assert_eq!(plugin_of(Path::new("/p/a b.wasm")), None);
+    }
+
+    #[tokio::test]
+    async fn a_rescan_reconciles_the_whole_directory() {
+        let services = Arc::new(crate::MemoryServices::new());
+        let cfg = crate::RuntimeConfig {
+            max_instances: 2,
+            ..crate::RuntimeConfig::default()
+        };
+        let rt = Runtime::new(cfg, services).expect("runtime");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let cancel = CancellationToken::new();
+        let watching = tokio::spawn(watch_loop(
+            Arc::downgrade(&rt),
+            dir.path().to_path_buf(),
+            rx,
+            cancel.clone(),
+            Vec::new(),
+        ));
+        // A plugin file lands and its events are lost; the watcher is told to rescan.
+        let guest = Path::new(env!("KAIROS_TEST_GUESTS_DIR")).join("noop.wasm");
+        std::fs::copy(&guest, dir.path().join("quiet.wasm")).expect("copy guest");
+        let rescan = Event::new(EventKind::Other).set_flag(notify::event::Flag::Rescan);
+        tx.send(Ok(rescan)).await.expect("loop running");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while rt.resolve("quiet", None).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the rescan did not load the plugin"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        cancel.cancel();
+        watching.await.expect("loop joined");
     }
 }

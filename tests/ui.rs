@@ -1,7 +1,8 @@
 //! The status page in a real browser: headless Chromium drives `/ui` of a real node over the
 //! DevTools protocol. Signs in with a token, checks that the counts shown equal the API's,
-//! clicks Retry on a dead task and sees it succeed, and saves `docs/status-page.png` (the
-//! README shows it).
+//! clicks Retry on a dead task and sees it succeed, and saves a screenshot: in the target
+//! directory, or over `docs/status-page.png` (the README shows it) when
+//! `KAIROS_UPDATE_SCREENSHOT=1`, so running the tests leaves the work tree clean.
 
 mod browser;
 mod support;
@@ -272,6 +273,11 @@ fn the_status_page_shows_the_apis_numbers_and_retries_a_dead_task() {
     );
     let png = b.screenshot();
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/status-page.png");
-    std::fs::write(&out, &png).expect("write docs/status-page.png");
+    let out = if std::env::var_os("KAIROS_UPDATE_SCREENSHOT").is_some_and(|v| v == "1") {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/status-page.png")
+    } else {
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png")
+    };
+    std::fs::write(&out, &png).unwrap_or_else(|e| panic!("write {}: {e}", out.display()));
+    eprintln!("status page screenshot: {}", out.display());
 }

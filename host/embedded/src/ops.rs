@@ -93,6 +93,12 @@ impl<'t> WriteTables<'t> {
         }
     }
 
+    /// The operation since the last mark succeeded: its writes stay (see [`Staged::keep`]).
+    /// Marks taken before this no longer apply.
+    pub(crate) fn keep(&mut self) {
+        self.tx.keep();
+    }
+
     /// Takes back everything done since `mark` (the operation after it failed).
     pub(crate) fn undo_to(&mut self, mark: OpMark) {
         self.tx.undo_to(mark.staged);

@@ -73,6 +73,12 @@ impl<'a> Staged<'a> {
         Mark(self.undo.len())
     }
 
+    /// The writes staged so far stay (their operation succeeded): forgets how to undo them,
+    /// so the undo log holds one operation's writes at a time, not the whole batch's.
+    pub(crate) fn keep(&mut self) {
+        self.undo.clear();
+    }
+
     /// Takes back every write staged since `mark`, newest first.
     pub(crate) fn undo_to(&mut self, mark: Mark) {
         while self.undo.len() > mark.0 {
@@ -278,6 +284,26 @@ mod tests {
             snap.get(&db.ks.paused, "k").expect("get").as_deref(),
             Some(&b"1"[..])
         );
+    }
+
+    #[test]
+    fn kept_writes_stay_and_a_later_undo_still_restores_them() {
+        let (_dir, db) = open();
+        let mut st = Staged::new(db.db.read_tx(), &db.ks);
+        st.insert(Ks::Paused, "k", "1");
+        st.insert(Ks::Paused, "gone", "1");
+        st.remove(Ks::Paused, "gone");
+        st.keep();
+        assert!(st.undo.is_empty(), "the undo log still holds kept writes");
+        let mark = st.mark();
+        st.insert(Ks::Paused, "k", "2");
+        st.insert(Ks::Paused, "gone", "2");
+        st.undo_to(mark);
+        assert_eq!(
+            st.get(Ks::Paused, b"k").expect("get").as_deref(),
+            Some(&b"1"[..])
+        );
+        assert_eq!(st.get(Ks::Paused, b"gone").expect("get"), None);
     }
 
     #[test]

@@ -282,7 +282,9 @@ impl WriterThread {
         for op in batch.iter_mut() {
             let mark = w.mark();
             // A failed operation's answer is its error; it must leave nothing behind.
-            if !op.apply(&mut w) {
+            if op.apply(&mut w) {
+                w.keep();
+            } else {
                 w.undo_to(mark);
             }
         }

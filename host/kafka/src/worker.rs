@@ -28,6 +28,26 @@ pub(crate) struct WorkerExit {
     pub persisted_next: Option<i64>,
 }
 
+/// A partition's offsets while its worker runs.
+struct Offsets {
+    /// The offset after the last record persisted, if any was.
+    persisted_next: Option<i64>,
+    /// The last offset whose commit librdkafka took.
+    committed: Option<i64>,
+    /// When a commit was last tried (or the worker started).
+    tried_at: Instant,
+}
+
+impl Offsets {
+    fn new() -> Self {
+        Self {
+            persisted_next: None,
+            committed: None,
+            tried_at: Instant::now(),
+        }
+    }
+}
+
 struct Raw {
     offset: i64,
     key: Option<Vec<u8>>,
@@ -106,9 +126,7 @@ impl Worker {
             }
         };
         self.shared.listener.assigned(lease).await;
-        let mut persisted_next = None;
-        let mut committed = persisted_next;
-        let mut committed_at = Instant::now();
+        let mut offsets = Offsets::new();
         while !*self.stop.borrow() {
             let batch = self.drain();
             let Some(last) = batch.last().map(|r| r.offset) else {
@@ -120,16 +138,8 @@ impl Worker {
                 }
                 // Idle: what was persisted since the last commit is committed once it is due
                 // (by the sleep above at the latest).
-                if let Some(next) = persisted_next
-                    && committed != persisted_next
-                    && committed_at.elapsed() >= COMMIT_EVERY
-                    && !*self.stop.borrow()
-                {
-                    // A commit librdkafka would not take is tried again a period later.
-                    if self.commit(next) {
-                        committed = persisted_next;
-                    }
-                    committed_at = Instant::now();
+                if !*self.stop.borrow() {
+                    self.commit_if_due(&mut offsets);
                 }
                 continue;
             };
@@ -142,16 +152,13 @@ impl Worker {
                     self.shared.listener.persisted(created).await;
                 }
             }
-            persisted_next = Some(last + 1);
-            if committed_at.elapsed() >= COMMIT_EVERY {
-                if self.commit(last + 1) {
-                    committed = persisted_next;
-                }
-                committed_at = Instant::now();
-            }
+            offsets.persisted_next = Some(last + 1);
+            self.commit_if_due(&mut offsets);
         }
         self.shared.listener.revoked(self.partition).await;
-        WorkerExit { persisted_next }
+        WorkerExit {
+            persisted_next: offsets.persisted_next,
+        }
     }
 
     /// Takes what the partition's queue holds, up to `max_batch` records, without waiting.
@@ -300,6 +307,22 @@ impl Worker {
     fn reject(&self, t: &NewTask, e: &str) {
         self.shared.counters.rejected.fetch_add(1, Relaxed);
         tracing::error!(partition = self.partition, id = %t.id, key = %t.key, "store refused task record, skipping it: {e}");
+    }
+
+    /// Commits the persisted position if it is ahead of the committed one and the last try
+    /// was at least [`COMMIT_EVERY`] ago. A commit librdkafka would not take is tried again a
+    /// period later.
+    fn commit_if_due(&self, o: &mut Offsets) {
+        let Some(next) = o.persisted_next else {
+            return;
+        };
+        if o.committed == Some(next) || o.tried_at.elapsed() < COMMIT_EVERY {
+            return;
+        }
+        if self.commit(next) {
+            o.committed = Some(next);
+        }
+        o.tried_at = Instant::now();
     }
 
     /// Asynchronous commit (librdkafka reports no result for it; a failed one only means the

@@ -81,6 +81,11 @@ impl<'a> Staged<'a> {
 
     /// Takes back every write staged since `mark`, newest first.
     pub(crate) fn undo_to(&mut self, mark: Mark) {
+        // A mark from before a `keep` would silently undo nothing.
+        debug_assert!(
+            mark.0 <= self.undo.len(),
+            "undo to a mark from before a keep"
+        );
         while self.undo.len() > mark.0 {
             let Some((k, key, before)) = self.undo.pop() else {
                 break;

@@ -249,10 +249,20 @@ impl SlotPool {
     /// others wait for it.
     pub fn withdraw(&self, notify: &Arc<Notify>) {
         let mut s = self.lock();
+        // Still registered: not woken since it registered, so it has no wake to pass on.
+        if !Self::unregister(&mut s, notify) {
+            self.wake_one(&mut s);
+        }
+    }
+
+    /// Drops the registration of `notify` (and of owners gone); whether it had one.
+    fn unregister(s: &mut State, notify: &Arc<Notify>) -> bool {
         let own = Arc::as_ptr(notify);
-        s.waiters
-            .retain(|w| w.notify.strong_count() > 0 && !std::ptr::eq(w.notify.as_ptr(), own));
-        self.wake_one(&mut s);
+        let before = s.waiters.len();
+        s.waiters.retain(|w| !std::ptr::eq(w.notify.as_ptr(), own));
+        let had = s.waiters.len() < before;
+        s.waiters.retain(|w| w.notify.strong_count() > 0);
+        had
     }
 
     fn last_cost(s: &State, plugin: &str) -> u64 {
@@ -264,9 +274,7 @@ impl SlotPool {
     /// registration. If one may be taken already, notifies at once.
     pub fn wait_for(&self, notify: &Arc<Notify>, plugins: Vec<String>) {
         let mut s = self.lock();
-        let own = Arc::as_ptr(notify);
-        s.waiters
-            .retain(|w| w.notify.strong_count() > 0 && !std::ptr::eq(w.notify.as_ptr(), own));
+        let had = Self::unregister(&mut s, notify);
         if plugins
             .iter()
             .any(|p| self.admits(&s, p, Self::last_cost(&s, p)))
@@ -278,6 +286,12 @@ impl SlotPool {
             notify: Arc::downgrade(notify),
             plugins,
         });
+        if !had {
+            // It may have been woken for a slot it now cannot use (what it wanted is no
+            // longer due, or another took the slot first): the wake goes to a waiter that
+            // may take a free slot, if any.
+            self.wake_one(&mut s);
+        }
     }
 
     fn release(&self, plugin: &str, mem: u64) {
@@ -301,6 +315,9 @@ impl SlotPool {
     /// thousands of them may wait for one plugin. A waiter whose owner went away meanwhile
     /// is passed over for the next.
     fn wake_one(&self, s: &mut State) {
+        if s.free == 0 {
+            return;
+        }
         loop {
             s.waiters.retain(|w| w.notify.strong_count() > 0);
             let Some(i) = self.chosen_waiter(s) else {
@@ -606,5 +623,51 @@ mod tests {
         // the third.
         p.withdraw(&n[1]);
         assert!(ready(2), "the wake the second did not use was lost");
+    }
+
+    #[test]
+    fn a_waiter_woken_for_a_plugin_it_no_longer_wants_passes_the_wake_on() {
+        // 2 slots, reserve 1: each plugin may hold one.
+        let p = pool(2, &[]);
+        let _a = p.try_acquire("a").expect("a's slot");
+        let b = p.try_acquire("b").expect("the reserve slot");
+        let (x, y) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+        p.wait_for(&x, vec!["b".into()]);
+        p.wait_for(&y, vec!["b".into()]);
+        let mut woken_x = Box::pin(x.notified());
+        let mut woken_y = Box::pin(y.notified());
+        drop(b);
+        assert!(poll_once(woken_x.as_mut()).is_ready(), "the longest waiter");
+        assert!(poll_once(woken_y.as_mut()).is_pending());
+        // x's task of b was cancelled meanwhile; it waits for a, which is at its cap, so it
+        // cannot use the slot: y must get the wake.
+        p.wait_for(&x, vec!["a".into()]);
+        assert!(
+            poll_once(woken_y.as_mut()).is_ready(),
+            "the wake x could not use was lost"
+        );
+        assert!(p.try_acquire("b").is_some());
+    }
+
+    #[test]
+    fn a_waiter_not_yet_woken_that_withdraws_wakes_nobody() {
+        let p = pool(2, &[]);
+        let _a = p.try_acquire("a").expect("a's slot");
+        let b = p.try_acquire("b").expect("the reserve slot");
+        let n: Vec<Arc<Notify>> = (0..3).map(|_| Arc::new(Notify::new())).collect();
+        for w in &n {
+            p.wait_for(w, vec!["b".into()]);
+        }
+        let mut woken: Vec<_> = n.iter().map(|w| Box::pin(w.notified())).collect();
+        drop(b);
+        // The freed slot's wake went to the first; the second gives up before it was woken
+        // (its partition revoked): the third keeps its place without being woken for a slot
+        // the first is about to take.
+        p.withdraw(&n[1]);
+        let ready: Vec<bool> = woken
+            .iter_mut()
+            .map(|w| poll_once(w.as_mut()).is_ready())
+            .collect();
+        assert_eq!(ready, [true, false, false]);
     }
 }

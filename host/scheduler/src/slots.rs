@@ -233,13 +233,15 @@ impl SlotPool {
             notify: Arc::new(Notify::new()),
             served: false,
         };
+        let mut woken = false;
         loop {
             if let Some(slot) = self.try_acquire(plugin) {
                 waiting.served = true;
                 return slot;
             }
-            self.wait_for(&waiting.notify, vec![plugin.to_string()]);
+            self.register(&waiting.notify, vec![plugin.to_string()], woken);
             waiting.notify.notified().await;
+            woken = true;
         }
     }
 
@@ -258,10 +260,15 @@ impl SlotPool {
     /// Drops the registration of `notify` (and of owners gone); whether it had one.
     fn unregister(s: &mut State, notify: &Arc<Notify>) -> bool {
         let own = Arc::as_ptr(notify);
-        let before = s.waiters.len();
-        s.waiters.retain(|w| !std::ptr::eq(w.notify.as_ptr(), own));
-        let had = s.waiters.len() < before;
-        s.waiters.retain(|w| w.notify.strong_count() > 0);
+        let mut had = false;
+        s.waiters.retain(|w| {
+            if std::ptr::eq(w.notify.as_ptr(), own) {
+                had = true;
+                false
+            } else {
+                w.notify.strong_count() > 0
+            }
+        });
         had
     }
 
@@ -273,6 +280,13 @@ impl SlotPool {
     /// is notified once a slot one of them may take is freed. Replaces its earlier
     /// registration. If one may be taken already, notifies at once.
     pub fn wait_for(&self, notify: &Arc<Notify>, plugins: Vec<String>) {
+        self.register(notify, plugins, true);
+    }
+
+    /// [`Self::wait_for`]; `maybe_woken` is false for a first registration, which has no
+    /// wake to pass on (thousands of attempts may register at once, and looking for a waiter
+    /// to wake walks the whole queue).
+    fn register(&self, notify: &Arc<Notify>, plugins: Vec<String>, maybe_woken: bool) {
         let mut s = self.lock();
         let had = Self::unregister(&mut s, notify);
         if plugins
@@ -286,7 +300,7 @@ impl SlotPool {
             notify: Arc::downgrade(notify),
             plugins,
         });
-        if !had {
+        if !had && maybe_woken {
             // It may have been woken for a slot it now cannot use (what it wanted is no
             // longer due, or another took the slot first): the wake goes to a waiter that
             // may take a free slot, if any.

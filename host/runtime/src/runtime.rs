@@ -517,8 +517,9 @@ impl Runtime {
     }
 
     /// Validates `bytes` (whose SHA-256 is `digest`, hashed once by the caller) as `name`
-    /// from `source` under the operator's grant narrowed by `manifest`, compiles it (or reuses a compiled version of the same digest, in memory or
-    /// in the cache dir) and makes it the current version.
+    /// from `source` under the operator's grant narrowed by `manifest`, compiles it (or
+    /// reuses a compiled version of the same digest, in memory or in the cache dir) and makes
+    /// it the current version.
     fn install_bytes(
         &self,
         name: &str,

@@ -298,7 +298,8 @@ impl Default for RuntimeSection {
 /// as one Paxos round per partition, so more claims in flight make fewer, larger rounds (×1.2
 /// and ×2.5 end to end against one per run slot in paired runs; BENCHMARKS.md, issue 10,
 /// seventh session). On a revoke the claimed attempts still waiting for a run slot do not run
-/// (the next owner takes them over), so the drain is not longer for it.
+/// (their starts are given back, and the next owner runs them), so the drain is not longer
+/// for it.
 pub const CASSANDRA_CLAIMS_PER_RUN_SLOT: usize = 8;
 
 #[derive(Debug, Clone, Deserialize)]

@@ -712,11 +712,12 @@ async fn cron_occurrences_are_neither_doubled_nor_skipped_across_a_restart() {
 }
 
 /// Attempts whose start is recorded but that still wait for a run slot when their partition
-/// is revoked do not run there: the next owner takes them over, as after a crash. So the drain
-/// waits only for the attempts running, however many claim slots there are (cluster nodes
-/// have eight per run slot).
+/// is revoked do not run there: their starts are given back, so the next owner runs them at
+/// once as the same attempts (no takeover wait, no attempt used). So the drain waits only for
+/// the attempts running, however many claim slots there are (cluster nodes have eight per run
+/// slot).
 #[tokio::test(flavor = "multi_thread")]
-async fn a_revoke_leaves_attempts_waiting_for_a_run_slot_to_the_next_owner() {
+async fn a_revoke_gives_back_the_starts_of_attempts_waiting_for_a_run_slot() {
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = SchedulerConfig {
         concurrency: 1,
@@ -765,19 +766,25 @@ async fn a_revoke_leaves_attempts_waiting_for_a_run_slot_to_the_next_owner() {
     h.until_state(&slow, TaskState::Succeeded).await;
     h.settle().await;
     assert_eq!(h.names(), vec!["slow"], "the waiting attempts did not run");
+    // Their starts were given back: scheduled again, no attempt used.
     for id in &waiting {
+        let t = h.state(id).await;
         assert_eq!(
-            h.state(id).await.state,
-            TaskState::Running,
-            "left to the next owner"
+            (t.state, t.attempts),
+            (TaskState::Scheduled, 0),
+            "{id}: its start given back"
         );
     }
-    // The next owner runs them, once the takeover wait has passed.
+    // The next owner runs them at once (no takeover wait: the clock does not move), each as
+    // its first attempt.
     let lease = h.store.acquire_lease(p, "next").await.expect("lease");
     h.scheduler.assign(lease).await;
-    h.clock.advance(60_000);
     for id in &waiting {
         h.until_state(id, TaskState::Succeeded).await;
+        let rec = h.store.get(id).await.expect("get").expect("stored");
+        assert_eq!(rec.task.attempts, 1, "{id}: one attempt");
+        let numbers: Vec<u32> = rec.attempts.iter().map(|a| a.number).collect();
+        assert_eq!(numbers, vec![1], "{id}: its attempt records");
     }
     let mut names = h.names();
     names.sort();

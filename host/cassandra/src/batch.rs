@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use futures::future::join_all;
 use futures::{StreamExt, stream};
-use kairos_core::model::{Attempt, Millis, Task, Transition};
+use kairos_core::model::{Attempt, Millis, Task, TaskState, Transition};
 use kairos_core::ownership::Lease;
 use kairos_core::store::{StoreError, StoreResult};
 use scylla::statement::batch::{Batch, BatchType};
@@ -41,6 +41,12 @@ pub(crate) enum Change {
     Finish {
         attempt: Attempt,
         transition: Transition,
+        at: Millis,
+    },
+    /// Give back the start of `attempt`, which never ran: the task returns to `back_to`.
+    Unclaim {
+        attempt: u32,
+        back_to: TaskState,
         at: Millis,
     },
 }
@@ -290,8 +296,8 @@ impl CassandraStore {
         Ok(())
     }
 
-    /// Applies the starts and finishes of one batch under `lease`; one answer per change, in
-    /// order. Starts are confirmed against the partition's owner afterwards (a start a newer
+    /// Applies the starts, finishes and given-back starts of one batch under `lease`; one
+    /// answer per change, in order. Starts are confirmed against the partition's owner afterwards (a start a newer
     /// lease overrides is answered `Fenced`); finishes record their attempts in their rows.
     pub(crate) async fn change_many(
         &self,
@@ -307,7 +313,7 @@ impl CassandraStore {
             .iter()
             .map(|c| match c {
                 Change::Finish { attempt, .. } => Some(attempt),
-                Change::Start { .. } => None,
+                Change::Start { .. } | Change::Unclaim { .. } => None,
             })
             .collect();
         let changed = self
@@ -318,6 +324,11 @@ impl CassandraStore {
                     transition,
                     at,
                 } => self.finish_change(lease, old, attempt.number, transition, *at),
+                Change::Unclaim {
+                    attempt,
+                    back_to,
+                    at,
+                } => self.unclaim_change(lease, old, *attempt, *back_to, *at),
             })
             .await;
         let mut out: Vec<StoreResult<Task>> =

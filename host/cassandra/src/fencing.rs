@@ -254,6 +254,24 @@ impl CassandraStore {
         self.queue(lease, id, change).await
     }
 
+    /// [`TaskStore::unclaim_attempt`](kairos_core::store::TaskStore::unclaim_attempt):
+    /// queued for the lease's batcher, like a finish.
+    pub(crate) async fn unclaim_attempt_impl(
+        &self,
+        lease: &Lease,
+        id: &str,
+        attempt: u32,
+        back_to: kairos_core::model::TaskState,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        let change = Change::Unclaim {
+            attempt,
+            back_to,
+            at,
+        };
+        self.queue(lease, id, change).await
+    }
+
     /// Hands `change` (of task `id`) to the lease's batcher and waits for its answer.
     async fn queue(&self, lease: &Lease, id: &str, change: Change) -> StoreResult<Task> {
         self.leases.check_not_superseded(lease)?;

@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 use kairos_core::model::{
     Attempt, EnqueueOutcome, KvEntryMeta, ListFilter, Millis, NewTask, OrderPos, Schedule,
-    StateCounts, Task, TaskRecord, Transition,
+    StateCounts, Task, TaskRecord, TaskState, Transition,
 };
 use kairos_core::ownership::{Holder, Lease};
 use kairos_core::store::{Purged, StoreResult, TaskStore};
@@ -53,6 +53,18 @@ impl TaskStore for CassandraStore {
         at: Millis,
     ) -> StoreResult<Task> {
         self.finish_attempt_impl(lease, id, attempt, transition, at)
+            .await
+    }
+
+    async fn unclaim_attempt(
+        &self,
+        lease: &Lease,
+        id: &str,
+        attempt: u32,
+        back_to: TaskState,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        self.unclaim_attempt_impl(lease, id, attempt, back_to, at)
             .await
     }
 

@@ -194,6 +194,27 @@ impl CassandraStore {
         Ok((t, lease.epoch))
     }
 
+    /// Gives back the start of attempt `attempt` of the task stored as `old`, under `lease`:
+    /// like a finish, only the epoch that started the attempt may give it back.
+    pub(crate) fn unclaim_change(
+        &self,
+        lease: &Lease,
+        old: &Stored,
+        attempt: u32,
+        back_to: TaskState,
+        at: Millis,
+    ) -> StoreResult<(Task, u64)> {
+        self.check_leased(old, lease)?;
+        if old.task.state == TaskState::Running && old.owner_epoch != lease.epoch {
+            // Running since another lease claimed it: not an attempt of this lease.
+            return Err(self.leases.fenced_by_stamp(lease, old.owner_epoch));
+        }
+        let mut t = old.task.clone();
+        t.apply_unclaim(attempt, back_to, at)
+            .map_err(StoreError::Conflict)?;
+        Ok((t, lease.epoch))
+    }
+
     /// An operator's change of one task under `lease`: the lease is confirmed current first,
     /// then `change` (old → new task) is applied with compare-and-set, stamped with the
     /// lease's epoch.

@@ -188,3 +188,132 @@ pub async fn lease_must_match_the_task_partition<S: TaskStore>(s: S) {
     );
     assert_eq!(task(&s, &t.id).await.state, TaskState::Scheduled);
 }
+
+/// A start given back (its attempt never ran) leaves the task as it was before the start:
+/// same state, attempt count, position and times, pending, with no attempt recorded; the same
+/// attempt number can then be started again. Only a running attempt of that number can be
+/// given back, and only to `scheduled` or `retrying`.
+pub async fn unclaim_gives_back_a_start_that_did_not_run<S: TaskStore>(s: S) {
+    let t = enqueue_one(&s, new_task_in(11, "k", T0)).await;
+    let l = s.acquire_lease(11, "a").await.expect("a");
+    s.start_attempt(&l, &t.id, 1, T0 + 1)
+        .await
+        .expect("start 1");
+    let back = s
+        .unclaim_attempt(&l, &t.id, 1, TaskState::Scheduled, T0 + 2)
+        .await
+        .expect("give back 1");
+    assert_eq!(
+        (back.state, back.attempts, back.due_at, back.next_at),
+        (TaskState::Scheduled, 0, T0, T0),
+        "as before its start"
+    );
+    let stored = task(&s, &t.id).await;
+    assert_eq!((stored.state, stored.attempts), (TaskState::Scheduled, 0));
+    let window = s
+        .load_window(11, OrderPos::MIN, T0, 10)
+        .await
+        .expect("window");
+    assert_eq!(
+        window.iter().map(|w| w.id.as_str()).collect::<Vec<_>>(),
+        [t.id.as_str()],
+        "still pending at its position"
+    );
+    let counts = s.state_counts().await.expect("counts");
+    assert_eq!((counts.scheduled, counts.running), (1, 0), "{counts:?}");
+    // The same attempt number starts again; it fails and is retried.
+    s.start_attempt(&l, &t.id, 1, T0 + 3)
+        .await
+        .expect("start 1 again");
+    s.finish_attempt(
+        &l,
+        &t.id,
+        attempt(1, T0 + 3),
+        retry(T0 + 100, "busy"),
+        T0 + 4,
+    )
+    .await
+    .expect("finish 1");
+    // Attempt 2's start given back returns it to retrying, at the same retry time.
+    s.start_attempt(&l, &t.id, 2, T0 + 100)
+        .await
+        .expect("start 2");
+    // Refused: another attempt's number, a state it cannot go back to.
+    expect_conflict(
+        s.unclaim_attempt(&l, &t.id, 1, TaskState::Retrying, T0 + 101)
+            .await,
+        "give back an attempt that is not the running one",
+    );
+    for to in [TaskState::Running, TaskState::Dead, TaskState::Succeeded] {
+        expect_conflict(
+            s.unclaim_attempt(&l, &t.id, 2, to, T0 + 101).await,
+            &format!("give back to {}", to.as_str()),
+        );
+    }
+    let back = s
+        .unclaim_attempt(&l, &t.id, 2, TaskState::Retrying, T0 + 102)
+        .await
+        .expect("give back 2");
+    assert_eq!(
+        (back.state, back.attempts, back.next_at),
+        (TaskState::Retrying, 1, T0 + 100)
+    );
+    // Not running any more: giving it back again is refused and changes nothing.
+    expect_conflict(
+        s.unclaim_attempt(&l, &t.id, 2, TaskState::Retrying, T0 + 103)
+            .await,
+        "give back twice",
+    );
+    let stored = task(&s, &t.id).await;
+    assert_eq!(
+        (stored.state, stored.attempts, stored.next_at),
+        (TaskState::Retrying, 1, T0 + 100)
+    );
+    // Attempt 2 runs after all and succeeds: one record per attempt that ended.
+    s.start_attempt(&l, &t.id, 2, T0 + 104)
+        .await
+        .expect("start 2 again");
+    s.finish_attempt(&l, &t.id, attempt(2, T0 + 104), succeeded(None), T0 + 105)
+        .await
+        .expect("finish 2");
+    expect_conflict(
+        s.unclaim_attempt(&l, &t.id, 2, TaskState::Retrying, T0 + 106)
+            .await,
+        "give back a finished attempt",
+    );
+    let rec = s.get(&t.id).await.expect("get").expect("stored");
+    assert_eq!(rec.task.state, TaskState::Succeeded);
+    assert_eq!(
+        rec.attempts.iter().map(|a| a.number).collect::<Vec<_>>(),
+        [1, 2]
+    );
+}
+
+/// Only the current lease gives a start back; after a newer lease took the task over, the
+/// old holder's give-back is fenced and changes nothing.
+pub async fn stale_lease_cannot_unclaim<S: TaskStore>(s: S) {
+    let t = enqueue_one(&s, new_task_in(12, "k", T0)).await;
+    let old = s.acquire_lease(12, "a").await.expect("a");
+    s.start_attempt(&old, &t.id, 1, T0).await.expect("start 1");
+    let new = s.acquire_lease(12, "b").await.expect("b");
+    expect_fenced(
+        s.unclaim_attempt(&old, &t.id, 1, TaskState::Scheduled, T0 + 1)
+            .await,
+        &old,
+        "give back under a stale lease",
+    );
+    let still = task(&s, &t.id).await;
+    assert_eq!((still.state, still.attempts), (TaskState::Running, 1));
+    // The new holder takes it over as attempt 2; the old holder still cannot give it back.
+    s.start_attempt(&new, &t.id, 2, T0 + 2)
+        .await
+        .expect("takeover");
+    expect_fenced(
+        s.unclaim_attempt(&old, &t.id, 2, TaskState::Scheduled, T0 + 3)
+            .await,
+        &old,
+        "give back the new holder's attempt",
+    );
+    let still = task(&s, &t.id).await;
+    assert_eq!((still.state, still.attempts), (TaskState::Running, 2));
+}

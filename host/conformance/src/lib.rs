@@ -101,6 +101,8 @@ macro_rules! store_conformance_tests {
             start_is_idempotent_per_attempt,
             finish_is_recorded_once,
             lease_must_match_the_task_partition,
+            unclaim_gives_back_a_start_that_did_not_run,
+            stale_lease_cannot_unclaim,
             retention_purges_only_finished_tasks_past_the_cutoff,
             state_counts_follow_every_change,
         );

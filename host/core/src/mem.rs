@@ -285,6 +285,20 @@ impl Inner {
         Ok(self.save(t))
     }
 
+    fn unclaim_attempt(
+        &mut self,
+        lease: &Lease,
+        id: &str,
+        attempt: u32,
+        back_to: TaskState,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        let mut t = self.leased_task(lease, id)?;
+        t.apply_unclaim(attempt, back_to, at)
+            .map_err(StoreError::Conflict)?;
+        Ok(self.save(t))
+    }
+
     fn get(&self, id: &str) -> Option<TaskRecord> {
         let task = self.tasks.get(id)?.clone();
         let attempts = self
@@ -463,6 +477,17 @@ impl TaskStore for MemStore {
     ) -> StoreResult<Task> {
         self.lock()
             .finish_attempt(lease, id, attempt, &transition, at)
+    }
+
+    async fn unclaim_attempt(
+        &self,
+        lease: &Lease,
+        id: &str,
+        attempt: u32,
+        back_to: TaskState,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        self.lock().unclaim_attempt(lease, id, attempt, back_to, at)
     }
 
     async fn get(&self, id: &str) -> StoreResult<Option<TaskRecord>> {

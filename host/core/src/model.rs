@@ -242,6 +242,39 @@ impl Task {
         }
     }
 
+    /// Gives back the recorded start of attempt `attempt`, which never ran, at `at`: the task
+    /// returns to `back_to` (`scheduled` or `retrying`, the state it was started from) with
+    /// `attempts = attempt - 1`, at its position, due and next times. `Err` (a conflict, with
+    /// the reason) unless the task is running attempt `attempt` and `back_to` is one of those
+    /// two states. Every store gives a start back through this one function
+    /// ([`crate::store::TaskStore::unclaim_attempt`]).
+    pub fn apply_unclaim(
+        &mut self,
+        attempt: u32,
+        back_to: TaskState,
+        at: Millis,
+    ) -> Result<(), String> {
+        if !matches!(back_to, TaskState::Scheduled | TaskState::Retrying) {
+            return Err(format!(
+                "cannot give back the start of task {}: it can go back to scheduled or retrying, not {}",
+                self.id,
+                back_to.as_str()
+            ));
+        }
+        if self.state != TaskState::Running || self.attempts != attempt || attempt == 0 {
+            return Err(format!(
+                "cannot give back attempt {attempt} of task {}: it is {} after {} attempts",
+                self.id,
+                self.state.as_str(),
+                self.attempts
+            ));
+        }
+        self.state = back_to;
+        self.attempts = attempt - 1;
+        self.updated_at = at;
+        Ok(())
+    }
+
     /// Applies the end of attempt `attempt` (its number) at `at`: the attempt count only grows,
     /// and the transition sets the state with its output, retry time or error. Every store
     /// records a finished attempt through this one function.

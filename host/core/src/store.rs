@@ -5,7 +5,7 @@ use async_trait::async_trait;
 
 use crate::model::{
     Attempt, EnqueueOutcome, KvEntryMeta, ListFilter, Millis, NewTask, OrderPos, Schedule,
-    StateCounts, Task, TaskRecord, Transition,
+    StateCounts, Task, TaskRecord, TaskState, Transition,
 };
 use crate::ownership::{Holder, Lease};
 
@@ -114,6 +114,23 @@ pub trait TaskStore: Send + Sync + 'static {
         id: &str,
         attempt: Attempt,
         transition: Transition,
+        at: Millis,
+    ) -> StoreResult<Task>;
+
+    /// Gives back, under `lease`, the start of attempt `attempt` that this lease recorded and
+    /// that never ran: its partition is being released while the attempt waited for a run
+    /// slot. The task returns to `back_to` (`scheduled` or `retrying`, the state it was
+    /// started from) with `attempts = attempt - 1`, keeping its position, due and next times
+    /// (see [`Task::apply_unclaim`]). So the next owner runs it as attempt `attempt` at once,
+    /// instead of taking it over as an attempt in doubt. `Fenced` if the lease is stale
+    /// (including when a newer lease claimed the task meanwhile), as for a finish; `Conflict`
+    /// if the task is not running attempt `attempt` or `back_to` is another state.
+    async fn unclaim_attempt(
+        &self,
+        lease: &Lease,
+        id: &str,
+        attempt: u32,
+        back_to: TaskState,
         at: Millis,
     ) -> StoreResult<Task>;
 

@@ -33,7 +33,7 @@ use fjall::{PersistMode, Readable};
 
 use kairos_core::model::{
     Attempt, EnqueueOutcome, KvEntryMeta, ListFilter, Millis, NewTask, OrderPos, Schedule,
-    StateCounts, Task, TaskRecord, Transition,
+    StateCounts, Task, TaskRecord, TaskState, Transition,
 };
 use kairos_core::ownership::{Holder, Lease};
 use kairos_core::store::{Purged, StoreError, StoreResult, TaskStore};
@@ -248,6 +248,19 @@ impl TaskStore for EmbeddedStore {
     ) -> StoreResult<Task> {
         let (lease, id) = (*lease, id.to_owned());
         self.write(move |w| w.finish_attempt(&lease, &id, &attempt, &transition, at))
+            .await
+    }
+
+    async fn unclaim_attempt(
+        &self,
+        lease: &Lease,
+        id: &str,
+        attempt: u32,
+        back_to: TaskState,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        let (lease, id) = (*lease, id.to_owned());
+        self.write(move |w| w.unclaim_attempt(&lease, &id, attempt, back_to, at))
             .await
     }
 

@@ -363,6 +363,22 @@ impl<'t> WriteTables<'t> {
         Ok(t)
     }
 
+    pub(crate) fn unclaim_attempt(
+        &mut self,
+        lease: &Lease,
+        id: &str,
+        attempt: u32,
+        back_to: TaskState,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        let mut t = self.require_under(lease, id)?;
+        let before = Before::of(&t);
+        t.apply_unclaim(attempt, back_to, at)
+            .map_err(StoreError::Conflict)?;
+        self.save(Some(before), &t)?;
+        Ok(t)
+    }
+
     pub(crate) fn cancel(&mut self, lease: &Lease, id: &str, at: Millis) -> StoreResult<Task> {
         let mut t = self.require_under(lease, id)?;
         match t.state {

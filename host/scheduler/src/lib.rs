@@ -370,9 +370,12 @@ impl Scheduler {
     /// were still running after `grace`: they go on in the background, but can no longer
     /// record their end once the partition's next owner holds its lease (their tasks then
     /// run again there, after `takeover_wait_ms`). Attempts whose start is recorded but that
-    /// still wait for a run slot do not run: they are left to the next owner as a crash
-    /// would leave them (it runs them after `takeover_wait_ms`), so the drain waits only for
-    /// the attempts running, however many claim slots there are.
+    /// still wait for a run slot do not run: their starts are given back
+    /// ([`TaskStore::unclaim_attempt`](kairos_core::store::TaskStore::unclaim_attempt)), so
+    /// the next owner runs them at once as the same attempts, and the drain waits only for
+    /// the attempts running, however many claim slots there are. (A start that cannot be
+    /// given back is left to the next owner as a crash would leave it: it runs after
+    /// `takeover_wait_ms`, as the next attempt.)
     pub async fn revoke(&self, partition: u32, grace: Duration) -> bool {
         let handle = self.partitions.lock().await.remove(&partition);
         let Some(mut h) = handle else {

@@ -17,8 +17,8 @@ pub(crate) enum Done {
     /// store when the attempt could not start.
     Stored(Box<Task>),
     /// The start could not be recorded, or its outcome is unknown, or the partition was
-    /// released while the attempt waited for a run slot (its start recorded: the next owner
-    /// takes the task over). The attempt did not run.
+    /// released while the attempt waited for a run slot (its start given back if it could
+    /// be, else left for the next owner to take over). The attempt did not run.
     StartFailed { id: String, retry_at: Millis },
     /// The task is finished (or gone) in the store: it leaves the window.
     Gone { id: String },
@@ -75,13 +75,32 @@ fn outcome_of(result: &ExecResult) -> (AttemptOutcome, Option<String>) {
     }
 }
 
+/// Gives back the recorded start of `attempt` of `task` (as it was before its claim), which
+/// never ran because the partition is being released: the next owner (or this node after a
+/// restart) runs it at once as the same attempt, instead of waiting `takeover_wait_ms` and
+/// counting it as an attempt in doubt. Tried once; if it fails the task is taken over as
+/// after a crash. A task that was already in doubt (found running) stays so.
+async fn unclaim(shared: &Shared, lease: &Lease, task: &Task, attempt: u32) {
+    if !matches!(task.state, TaskState::Scheduled | TaskState::Retrying) {
+        return;
+    }
+    let at = shared.clock.now();
+    if let Err(e) = shared
+        .store
+        .unclaim_attempt(lease, &task.id, attempt, task.state, at)
+        .await
+    {
+        tracing::info!(task = %task.id, attempt, %lease, error = %e, "could not give back the start of an attempt that did not run; the next owner takes it over");
+    }
+}
+
 /// Runs one attempt and reports to the partition actor. Holds a claim slot while its start
 /// is recorded, then a run slot until the guest is done (not while the end is recorded), so
 /// durable writes overlap other attempts' runs. The attempt runs only once its start is
 /// durable; its end is retried until it is durable too, so the key's next task cannot start
 /// before this one's end is known. Once `release` is cancelled (the partition goes to another
-/// node), an attempt still waiting for its run slot does not run: its recorded start leaves
-/// the task to the next owner, as a crash would.
+/// node), an attempt still waiting for its run slot does not run: its recorded start is given
+/// back (see [`unclaim`]), so the next owner runs it as the same attempt.
 pub(crate) async fn run_attempt(
     shared: Arc<Shared>,
     lease: Lease,
@@ -123,6 +142,7 @@ pub(crate) async fn run_attempt(
                             s = shared.slots.acquire(&task.plugin) => slot = Some(s),
                             _ = release.cancelled() => {
                                 drop(claim);
+                                unclaim(&shared, &lease, &task, attempt).await;
                                 return Done::StartFailed {
                                     retry_at: shared.clock.now(),
                                     id: task.id,

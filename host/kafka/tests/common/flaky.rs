@@ -67,6 +67,18 @@ impl TaskStore for FlakyStore {
     ) -> StoreResult<Task> {
         self.inner.finish_attempt(l, id, a, t, at).await
     }
+    async fn unclaim_attempt(
+        &self,
+        l: &Lease,
+        id: &str,
+        attempt: u32,
+        back_to: TaskState,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        self.inner
+            .unclaim_attempt(l, id, attempt, back_to, at)
+            .await
+    }
     async fn get(&self, id: &str) -> StoreResult<Option<TaskRecord>> {
         self.inner.get(id).await
     }

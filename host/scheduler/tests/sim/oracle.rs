@@ -1,7 +1,7 @@
 //! The invariants, checked as the simulation runs (at every attempt start), and the event
 //! trace a failure prints.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 
 use kairos_core::clock::Clock;
@@ -38,6 +38,8 @@ struct State {
     retried: BTreeMap<String, Millis>,
     /// Tasks acknowledged to clients.
     acked: BTreeMap<String, Millis>,
+    /// Every attempt that ran (or runs), by task id and number.
+    ran: BTreeSet<(String, u32)>,
     /// When each task's start was first issued.
     first_start: BTreeMap<String, Millis>,
     violations: Vec<String>,
@@ -260,6 +262,7 @@ impl Oracle {
 
     fn register(&self, node: usize, life: u64, task: &Task, attempt: u32, now: Millis) -> u64 {
         self.with(|s| {
+            s.ran.insert((task.id.clone(), attempt));
             s.next_token += 1;
             s.live.insert(
                 s.next_token,
@@ -275,6 +278,20 @@ impl Oracle {
             );
             s.next_token
         })
+    }
+
+    /// The store gave back the start of `attempt` of `t`: that attempt must never have run
+    /// (the next owner runs the task under the same number).
+    pub fn unclaimed(&self, t: &Task, attempt: u32) {
+        if self.with(|s| s.ran.contains(&(t.id.clone(), attempt))) {
+            self.violation(
+                &t.key,
+                format!(
+                    "the start of {} attempt {attempt} was given back after it ran",
+                    t.id
+                ),
+            );
+        }
     }
 
     pub fn attempt_ended(&self, token: u64) {

@@ -212,6 +212,24 @@ impl TaskStore for FaultyStore {
         self.traced(id, what, self.inner.finish_attempt(l, id, a, t, at))
             .await
     }
+    async fn unclaim_attempt(
+        &self,
+        l: &Lease,
+        id: &str,
+        n: u32,
+        back_to: TaskState,
+        at: Millis,
+    ) -> StoreResult<Task> {
+        let what = format!("unclaim {id} #{n} to {} e{}", back_to.as_str(), l.epoch);
+        let unclaim = async {
+            let r = self.inner.unclaim_attempt(l, id, n, back_to, at).await;
+            if let (Ok(t), Some(o)) = (&r, self.oracle.get()) {
+                o.unclaimed(t, n);
+            }
+            r
+        };
+        self.traced(id, what, unclaim).await
+    }
     async fn get(&self, id: &str) -> StoreResult<Option<TaskRecord>> {
         self.call(self.inner.get(id)).await
     }

@@ -308,6 +308,14 @@ impl CassandraStore {
         if let Err(e) = self.leases.check_not_superseded(lease) {
             return changes.iter().map(|_| Err(e.clone())).collect();
         }
+        // A give-back is only made while the lease is current (read linearizably first): a
+        // next owner that took the partition already may have loaded the task as running.
+        // (One read per batch; give-backs come only from a partition being released.)
+        let unclaims_fenced = if changes.iter().any(|c| matches!(c, Change::Unclaim { .. })) {
+            self.confirm_lease(lease).await.err()
+        } else {
+            None
+        };
         // A finish records its attempt in the row, by the same compare-and-set.
         let attempts: Vec<Option<&Attempt>> = changes
             .iter()
@@ -328,7 +336,10 @@ impl CassandraStore {
                     attempt,
                     back_to,
                     at,
-                } => self.unclaim_change(lease, old, *attempt, *back_to, *at),
+                } => match &unclaims_fenced {
+                    Some(e) => Err(e.clone()),
+                    None => self.unclaim_change(lease, old, *attempt, *back_to, *at),
+                },
             })
             .await;
         let mut out: Vec<StoreResult<Task>> =

@@ -493,3 +493,38 @@ async fn a_remembered_row_is_not_taken_for_a_second_insert_of_the_same_id() {
         "the start began from the row as it is, not from the remembered one"
     );
 }
+
+/// Node A claims a task and then gives its start back, after node B (another store: A's
+/// store learns of it only from the database) took the partition but before B touched the
+/// task. The give-back is fenced by the owner read it makes first, so B, which may have loaded
+/// the task as running, finds it as it left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_give_back_after_the_partition_moved_is_fenced() {
+    let (a_store, guard) = common::fresh_store().await;
+    let b_store = other_node(&guard).await;
+    let t = enqueue_one(&a_store, new_task_in(6, "k1", T0)).await;
+    let a = a_store.acquire_lease(6, "node-a").await.expect("acquire a");
+    a_store
+        .start_attempt(&a, &t.id, 1, T0)
+        .await
+        .expect("a starts");
+    let b = b_store.acquire_lease(6, "node-b").await.expect("acquire b");
+    assert!(b.epoch > a.epoch);
+    expect_fenced(
+        a_store
+            .unclaim_attempt(&a, &t.id, 1, TaskState::Scheduled, T0)
+            .await,
+        &a,
+        "give back under the stale lease",
+    );
+    let stored = b_store.get(&t.id).await.expect("get").expect("stored").task;
+    assert_eq!((stored.state, stored.attempts), (TaskState::Running, 1));
+    // B may give back nothing of A's either: the row says A's lease started it.
+    expect_fenced(
+        b_store
+            .unclaim_attempt(&b, &t.id, 1, TaskState::Scheduled, T0)
+            .await,
+        &b,
+        "give back another lease's start",
+    );
+}

@@ -208,6 +208,11 @@ pub async fn unclaim_gives_back_a_start_that_did_not_run<S: TaskStore>(s: S) {
         (TaskState::Scheduled, 0, T0, T0),
         "as before its start"
     );
+    assert_eq!(
+        back.updated_at,
+        T0 + 2,
+        "updated_at as the caller restores it"
+    );
     let stored = task(&s, &t.id).await;
     assert_eq!((stored.state, stored.attempts), (TaskState::Scheduled, 0));
     let window = s

@@ -15,6 +15,12 @@
 //! - **finish**: the end is recorded under the same lease; until it is durable the task keeps
 //!   holding its key, so the key's next task cannot start before its predecessor's end is
 //!   known. A `Fenced` finish means the partition moved: the result is discarded.
+//! - **give back**: an attempt whose start is recorded but that never ran (it still waited
+//!   for a run slot when its partition was released) has its start given back under the
+//!   same lease: the task is as it was before the start, and the next owner runs it at once
+//!   as the same attempt ([`crate::store::TaskStore::unclaim_attempt`]). A start that could
+//!   not be given back (the store unreachable, the lease no longer current), and the start of
+//!   a task that was already in doubt, are left to the takeover below.
 //! - **takeover**: a task found `running` when a partition is acquired was in flight under an
 //!   older lease. It keeps its key and runs again (as its next attempt) only once the previous
 //!   attempt has certainly hit its deadline and its holder, if alive, could record its end:

@@ -120,18 +120,21 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Gives back, under `lease`, the start of attempt `attempt` that this lease recorded and
     /// that never ran: its partition is being released while the attempt waited for a run
     /// slot. The task returns to `back_to` (`scheduled` or `retrying`, the state it was
-    /// started from) with `attempts = attempt - 1`, keeping its position, due and next times
-    /// (see [`Task::apply_unclaim`]). So the next owner runs it as attempt `attempt` at once,
-    /// instead of taking it over as an attempt in doubt. `Fenced` if the lease is stale
-    /// (including when a newer lease claimed the task meanwhile), as for a finish; `Conflict`
-    /// if the task is not running attempt `attempt` or `back_to` is another state.
+    /// started from) with `attempts = attempt - 1` and `updated_at = restored_at` (the
+    /// scheduler passes the task's `updated_at` from before the start), keeping its position,
+    /// due and next times (see [`Task::apply_unclaim`]). So the next owner runs it as attempt
+    /// `attempt` at once, instead of taking it over as an attempt in doubt. `Fenced` if the
+    /// lease is not current; `Conflict` if the task is not running attempt `attempt` or
+    /// `back_to` is another state. Only the caller knows that the start was its own and that
+    /// the attempt never ran: a store whose rows carry the epoch that changed them
+    /// (Cassandra) also refuses another lease's start (`Fenced`); the others cannot tell.
     async fn unclaim_attempt(
         &self,
         lease: &Lease,
         id: &str,
         attempt: u32,
         back_to: TaskState,
-        at: Millis,
+        restored_at: Millis,
     ) -> StoreResult<Task>;
 
     async fn get(&self, id: &str) -> StoreResult<Option<TaskRecord>>;

@@ -374,8 +374,8 @@ impl Scheduler {
     /// ([`TaskStore::unclaim_attempt`](kairos_core::store::TaskStore::unclaim_attempt)), so
     /// the next owner runs them at once as the same attempts, and the drain waits only for
     /// the attempts running, however many claim slots there are. (A start that cannot be
-    /// given back is left to the next owner as a crash would leave it: it runs after
-    /// `takeover_wait_ms`, as the next attempt.)
+    /// given back, or the claim of a task that was itself in doubt, is left to the next owner
+    /// as a crash would leave it: it runs after `takeover_wait_ms`, as the next attempt.)
     pub async fn revoke(&self, partition: u32, grace: Duration) -> bool {
         let handle = self.partitions.lock().await.remove(&partition);
         let Some(mut h) = handle else {

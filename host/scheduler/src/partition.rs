@@ -550,7 +550,7 @@ impl PartitionActor {
                             let now = self.shared.clock.now();
                             let paused = self.shared.paused_snapshot();
                             let retry_at = now.saturating_add(self.shared.cfg.takeover_wait_ms);
-                            self.window.unstart_until(&id, retry_at, &paused);
+                            self.window.in_doubt_until(&id, retry_at, &paused);
                         }
                     }
                 },

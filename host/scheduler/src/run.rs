@@ -78,16 +78,17 @@ fn outcome_of(result: &ExecResult) -> (AttemptOutcome, Option<String>) {
 /// Gives back the recorded start of `attempt` of `task` (as it was before its claim), which
 /// never ran because the partition is being released: the next owner (or this node after a
 /// restart) runs it at once as the same attempt, instead of waiting `takeover_wait_ms` and
-/// counting it as an attempt in doubt. Tried once; if it fails the task is taken over as
-/// after a crash. A task that was already in doubt (found running) stays so.
+/// counting it as an attempt in doubt. The task goes back to its state and `updated_at` from
+/// before the claim, so the next owner sees it exactly as this node did. Tried once; if it
+/// fails the task is taken over as after a crash. A task in doubt (found running, or whose
+/// attempt task panicked, see `Window::in_doubt_until`) is never given back.
 async fn unclaim(shared: &Shared, lease: &Lease, task: &Task, attempt: u32) {
     if !matches!(task.state, TaskState::Scheduled | TaskState::Retrying) {
         return;
     }
-    let at = shared.clock.now();
     if let Err(e) = shared
         .store
-        .unclaim_attempt(lease, &task.id, attempt, task.state, at)
+        .unclaim_attempt(lease, &task.id, attempt, task.state, task.updated_at)
         .await
     {
         tracing::info!(task = %task.id, attempt, %lease, error = %e, "could not give back the start of an attempt that did not run; the next owner takes it over");

@@ -220,6 +220,17 @@ impl Window {
         self.unstart(id, paused);
     }
 
+    /// An attempt whose task panicked: whether its start was recorded, and whether its guest
+    /// ran, is unknown. It keeps its key, is armed again at `retry_at` at the earliest, and is
+    /// marked `running` (in doubt) so its start is never given back: its next claim runs it
+    /// again under the same attempt number, as before.
+    pub fn in_doubt_until(&mut self, id: &str, retry_at: Millis, paused: &HashSet<String>) {
+        if let Some(t) = self.tasks.get_mut(id) {
+            t.state = TaskState::Running;
+        }
+        self.unstart_until(id, retry_at, paused);
+    }
+
     /// An attempt finished and the store holds `updated`. Succeeded, cancelled and dead
     /// (unparked) tasks leave; a retrying or parked task keeps holding its key.
     pub fn finished(&mut self, updated: Task, paused: &HashSet<String>) {
@@ -391,6 +402,23 @@ mod tests {
         done.state = TaskState::Succeeded;
         w.finished(done, &none);
         assert_eq!(ids(&take(&mut w, 40, 10)), ["a2"]);
+    }
+
+    /// An attempt whose task panicked is in doubt: marked running (so its start is never
+    /// given back), holding its key, due again only at the retry time.
+    #[test]
+    fn a_panicked_attempt_is_in_doubt_and_keeps_its_key() {
+        let none = HashSet::new();
+        let mut w = Window::default();
+        w.insert(task("a1", "a", 10, 1), &none);
+        w.insert(task("a2", "a", 11, 2), &none);
+        assert_eq!(ids(&take(&mut w, 10, 10)), ["a1"]);
+        w.in_doubt_until("a1", 500, &none);
+        assert_eq!(w.get("a1").map(|t| t.state), Some(TaskState::Running));
+        assert!(take(&mut w, 100, 10).is_empty(), "a2 waits behind a1");
+        let again = take(&mut w, 500, 10);
+        assert_eq!(ids(&again), ["a1"]);
+        assert_eq!(again[0].state, TaskState::Running, "claimed as in doubt");
     }
 
     #[test]

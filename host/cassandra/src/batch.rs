@@ -297,8 +297,9 @@ impl CassandraStore {
     }
 
     /// Applies the starts, finishes and given-back starts of one batch under `lease`; one
-    /// answer per change, in order. Starts are confirmed against the partition's owner afterwards (a start a newer
-    /// lease overrides is answered `Fenced`); finishes record their attempts in their rows.
+    /// answer per change, in order. Starts are confirmed against the partition's owner
+    /// afterwards (a start a newer lease overrides is answered `Fenced`); finishes record
+    /// their attempts in their rows; give-backs are made only after the lease is confirmed.
     pub(crate) async fn change_many(
         &self,
         lease: &Lease,

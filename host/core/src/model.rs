@@ -245,9 +245,9 @@ impl Task {
     /// Gives back the recorded start of attempt `attempt`, which never ran: the task returns
     /// to `back_to` (`scheduled` or `retrying`, the state it was started from) with
     /// `attempts = attempt - 1` and `updated_at = at` (its time from before the start), at its
-    /// position, due and next times. `Err` (a conflict, with
-    /// the reason) unless the task is running attempt `attempt` and `back_to` is one of those
-    /// two states. Every store gives a start back through this one function
+    /// position, due and next times. `Err` (a conflict, with the reason) unless the task is
+    /// running attempt `attempt` and `back_to` is one of those two states. Every store gives a
+    /// start back through this one function
     /// ([`crate::store::TaskStore::unclaim_attempt`]).
     pub fn apply_unclaim(
         &mut self,

@@ -139,6 +139,21 @@ impl CassandraStore {
         Ok(())
     }
 
+    /// The checks of a change to the attempt running under `lease` (its end, or giving its
+    /// start back): [`check_leased`](Self::check_leased), the task is running (else
+    /// `Conflict`), and the lease's epoch started it (else `Fenced`: running since an older
+    /// lease claimed it, it is not an attempt of this lease).
+    fn check_own_attempt(&self, old: &Stored, lease: &Lease, what: &str) -> StoreResult<()> {
+        self.check_leased(old, lease)?;
+        if old.task.state != TaskState::Running {
+            return Err(conflict(&old.task, what));
+        }
+        if old.owner_epoch != lease.epoch {
+            return Err(self.leases.fenced_by_stamp(lease, old.owner_epoch));
+        }
+        Ok(())
+    }
+
     /// The start of attempt `attempt` of the task stored as `old`, under `lease` (the caller
     /// confirms the lease afterwards): refused if a newer lease changed the task; stamps the
     /// task with the lease's epoch.
@@ -181,14 +196,7 @@ impl CassandraStore {
         transition: &Transition,
         at: Millis,
     ) -> StoreResult<(Task, u64)> {
-        self.check_leased(old, lease)?;
-        if old.task.state != TaskState::Running {
-            return Err(conflict(&old.task, "finish an attempt of"));
-        }
-        if old.owner_epoch != lease.epoch {
-            // Running since an older lease claimed it: not an attempt of this lease.
-            return Err(self.leases.fenced_by_stamp(lease, old.owner_epoch));
-        }
+        self.check_own_attempt(old, lease, "finish an attempt of")?;
         let mut t = old.task.clone();
         t.apply_finish(number, transition, at);
         Ok((t, lease.epoch))
@@ -204,11 +212,7 @@ impl CassandraStore {
         back_to: TaskState,
         at: Millis,
     ) -> StoreResult<(Task, u64)> {
-        self.check_leased(old, lease)?;
-        if old.task.state == TaskState::Running && old.owner_epoch != lease.epoch {
-            // Running since another lease claimed it: not an attempt of this lease.
-            return Err(self.leases.fenced_by_stamp(lease, old.owner_epoch));
-        }
+        self.check_own_attempt(old, lease, "give back an attempt of")?;
         let mut t = old.task.clone();
         t.apply_unclaim(attempt, back_to, at)
             .map_err(StoreError::Conflict)?;

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use async_trait::async_trait;
 use chrono::DateTime;
 use kairos_core::clock::Clock;
+use kairos_core::ids::TaskIds;
 use kairos_core::model::{Backoff, EnqueueOutcome, Millis, NewTask};
 use kairos_core::partition::partition_for;
 use kairos_core::store::{StoreError, TaskStore};
@@ -106,6 +107,8 @@ pub struct Enqueuer {
     pub clock: Arc<dyn Clock>,
     pub defaults: TaskDefaults,
     pub partitions: u32,
+    /// How new tasks' ids are made (ids that name their home on Cassandra).
+    pub ids: TaskIds,
     pub metrics: Arc<Metrics>,
 }
 
@@ -202,9 +205,10 @@ impl Enqueuer {
                 status: 422,
                 message,
             })?;
+        let partition = partition_for(&s.key, self.partitions);
         Ok(NewTask {
-            id: new_task_id(),
-            partition: partition_for(&s.key, self.partitions),
+            id: self.ids.new_id(partition, s.due_at),
+            partition,
             plugin: s.plugin,
             pin_version: s.pin_version,
             key: s.key,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use kairos_cassandra::CassandraStore;
 use kairos_core::clock::{Clock, SystemClock};
+use kairos_core::ids::TaskIds;
 use kairos_core::model::Schedule;
 use kairos_core::ownership::{LocalSource, PartitionSource};
 use kairos_core::store::TaskStore;
@@ -216,6 +217,14 @@ impl Node {
             clock: clock.clone(),
             defaults: cfg.tasks.clone(),
             partitions: cfg.partitions,
+            // On Cassandra an id names its row's home, so no lookup table is needed to find
+            // it (or to tell a replayed record from a new task).
+            ids: match &cassandra {
+                Some(c) => TaskIds::Homed {
+                    bucket_ms: c.options().bucket_ms,
+                },
+                None => TaskIds::Plain,
+            },
             metrics: metrics.clone(),
         });
         let _ = services.enqueuer.set(Arc::downgrade(&enqueuer));

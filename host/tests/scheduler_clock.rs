@@ -139,6 +139,7 @@ async fn harness_with(dir: &Path, clock: ManualClock, cfg: SchedulerConfig) -> H
         clock: clock_dyn,
         defaults,
         partitions: PARTITIONS,
+        ids: kairos_core::ids::TaskIds::Plain,
         metrics,
     });
     Harness {

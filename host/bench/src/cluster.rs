@@ -28,6 +28,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use kairos_cassandra::CassandraStore;
 use kairos_core::clock::system_now;
+use kairos_core::ids::TaskIds;
 use kairos_core::model::{Millis, NewTask, TaskRecord, TaskState};
 use kairos_core::store::TaskStore;
 use kairos_kafka::KafkaIntake;
@@ -62,6 +63,11 @@ pub struct ClusterArgs {
     /// 1,053, 1,447, 1,500 tasks/s, BENCHMARKS.md).
     #[arg(long, default_value_t = 8)]
     pub warmup: usize,
+    /// Cluster scenarios: plain UUID ids, as an external producer's records may have,
+    /// instead of the ids the API makes, which name their row's home (a plain id costs a
+    /// `task_homes` read and write per task).
+    #[arg(long)]
+    pub plain_ids: bool,
 }
 
 /// Cluster defaults of the shared flags.
@@ -234,6 +240,16 @@ struct BenchCluster {
 }
 
 impl BenchCluster {
+    /// The ids the tasks get: the API's (naming their home), unless `--plain-ids`.
+    fn ids(&self, args: &BenchArgs) -> TaskIds {
+        match &self.cfg.store {
+            StoreConfig::Cassandra(c) if !args.cluster.plain_ids => TaskIds::Homed {
+                bucket_ms: c.bucket_ms,
+            },
+            _ => TaskIds::Plain,
+        }
+    }
+
     async fn start(
         args: &BenchArgs,
         base: &str,
@@ -1039,12 +1055,18 @@ fn new_tasks(
     range: std::ops::Range<usize>,
     prefix: &str,
     keys: usize,
-    due: i64,
-    now: i64,
+    (due, now): (i64, i64),
     partitions: u32,
+    ids: TaskIds,
 ) -> Vec<NewTask> {
     range
-        .map(|i| task(format!("{prefix}{}", i % keys), due, now, partitions))
+        .map(|i| {
+            let t = task(format!("{prefix}{}", i % keys), due, now, partitions);
+            NewTask {
+                id: ids.new_id(t.partition, t.due_at),
+                ..t
+            }
+        })
         .collect()
 }
 
@@ -1075,7 +1097,7 @@ async fn throughput(run: &mut BenchCluster, args: &BenchArgs) -> anyhow::Result<
     let mut enqueued = Progress::new("cluster throughput: enqueued", Some(tasks as u64), "tasks");
     while next < tasks {
         let end = (next + ENQUEUE_BATCH).min(tasks);
-        let batch = new_tasks(next..end, "k", keys, now, now, partitions);
+        let batch = new_tasks(next..end, "k", keys, (now, now), partitions, run.ids(args));
         ids.extend(batch.iter().map(|t| t.id.clone()));
         check_acks(intake.submit(batch).await.context("producing to Kafka")?)?;
         next = end;
@@ -1149,9 +1171,9 @@ async fn steady(run: &mut BenchCluster, args: &BenchArgs) -> anyhow::Result<()> 
             i * per_tick..(i + 1) * per_tick,
             "s",
             keys,
-            now + 50,
-            now,
+            (now + 50, now),
             partitions,
+            run.ids(args),
         );
         ids.extend(batch.iter().map(|t| t.id.clone()));
         let intake = intake.clone();

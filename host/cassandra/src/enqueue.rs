@@ -1,13 +1,15 @@
 //! `enqueue`: dedup within the batch, one seq block reservation, then the tasks in three
 //! steps, each for all of them at once (at most `concurrency` statements in flight):
 //!
-//! 1. the homes of all by id, in a few `IN` reads (a replayed enqueue is a duplicate), then per
-//!    task its uniqueness LWT if it has a key (a task whose key another task holds is
-//!    answered with that task, looked up after the writes below);
-//! 2. the homes (`task_homes`) and index rows (`pending` as one unlogged batch per pending
-//!    partition, `tasks_by_key`; homes and by-key rows in unlogged batches of a few
-//!    partitions that share a replica, see [`crate::spread`]), then the bucket directory,
-//!    once per bucket;
+//! 1. the homes of all by id, in a few `IN` reads (a replayed enqueue is a duplicate): an id
+//!    that names its home (the ids Kairos makes, see [`kairos_core::ids`]) is looked for in
+//!    that home's row partition, any other in `task_homes`; then per task its uniqueness LWT
+//!    if it has a key (a task whose key another task holds is answered with that task, looked
+//!    up after the writes below);
+//! 2. the homes (`task_homes`, only for ids that do not name theirs) and index rows
+//!    (`pending` as one unlogged batch per pending partition, `tasks_by_key`; homes and
+//!    by-key rows in unlogged batches of a few partitions that share a replica, see
+//!    [`crate::spread`]), then the bucket directory, once per bucket;
 //! 3. the task rows, one unlogged batch per home.
 //!
 //! Index rows go first so a pending task is never missing from the window; a crash in
@@ -18,6 +20,7 @@ use std::time::Duration;
 
 use crate::batch::{bounded_batches, each_bounded};
 use futures::{StreamExt, stream};
+use kairos_core::ids::home_named;
 use kairos_core::model::{EnqueueOutcome, NewTask, Task};
 use kairos_core::store::{StoreError, StoreResult};
 use scylla::value::CqlValue;
@@ -88,11 +91,32 @@ impl CassandraStore {
                 }
             }
         }
-        let leaders = dup_of.iter().filter(|d| d.is_none()).count() as u64;
+        // An id that names its home must name one in the task's own partition (ids Kairos makes
+        // do); any other is refused, so every task whose id names a home has its row there.
+        let mut results: Vec<(usize, StoreResult<EnqueueOutcome>)> = Vec::with_capacity(n);
+        let mut refused = vec![false; n];
+        for (i, t) in batch.iter().enumerate() {
+            if let Some((p, _)) = home_named(&t.id)
+                && p != t.partition
+                && dup_of[i].is_none()
+            {
+                refused[i] = true;
+                results.push((
+                    i,
+                    Err(StoreError::Conflict(format!(
+                        "task id {} names partition {p}, but key {:?} is in partition {}: ids of this form are made by Kairos; give another id",
+                        t.id, t.key, t.partition
+                    ))),
+                ));
+            }
+        }
+        let leaders = (0..n)
+            .filter(|&i| dup_of[i].is_none() && !refused[i])
+            .count() as u64;
         let mut seq = self.alloc_seqs(leaders).await?;
         let mut jobs = Vec::with_capacity(n);
         for (i, t) in batch.into_iter().enumerate() {
-            if dup_of[i].is_none() {
+            if dup_of[i].is_none() && !refused[i] {
                 jobs.push((i, t, seq));
                 seq += 1;
             }
@@ -113,7 +137,6 @@ impl CassandraStore {
             .buffer_unordered(self.opts.concurrency)
             .collect()
             .await;
-        let mut results: Vec<(usize, StoreResult<EnqueueOutcome>)> = Vec::with_capacity(n);
         let mut to_index: Vec<(usize, Task, i64, Option<bool>)> = Vec::new();
         let mut owned_elsewhere: Vec<(usize, String)> = Vec::new();
         for (i, r) in prepared {
@@ -227,12 +250,16 @@ impl CassandraStore {
             });
         }
         // A home without a row: the first attempt died before the row. It is reused if it is in
-        // this partition, else replaced.
+        // this partition, else replaced. An id that names its home (in this partition: others
+        // were refused) has its row there, and no `task_homes` row.
         let known = known.filter(|(p, _)| *p == partition);
+        let named = home_named(&new.id).map(|(_, home)| home);
         Ok(Prepared::New {
-            home: known.map_or_else(|| self.bucket_of(new.due_at), |(_, home)| home),
+            home: named
+                .or(known.map(|(_, home)| home))
+                .unwrap_or_else(|| self.bucket_of(new.due_at)),
+            write_home: named.is_none() && known.is_none(),
             task: Task::from_new(new, seq),
-            write_home: known.is_none(),
         })
     }
 

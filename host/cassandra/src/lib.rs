@@ -4,8 +4,8 @@
 //! epoch guards every change of its tasks.
 //!
 //! Schema: see [`schema`]. Design choices, in short:
-//! - The task row (`task_rows`, found through `task_homes` or an index row that names its
-//!   home) is the truth. Index tables (`pending`, `tasks_by_key`) are written
+//! - The task row (`task_rows`, found from an id that names its home, through `task_homes`
+//!   for any other id, or through an index row that names its home) is the truth. Index tables (`pending`, `tasks_by_key`) are written
 //!   *before* a change that adds an entry and cleaned *after* a change that removes one, and
 //!   every index hit is checked against the task row, so a crash between two writes leaves at
 //!   worst a stale index row (skipped, and deleted once older than [`STALE_GRACE_US`]), never a
@@ -16,7 +16,7 @@
 //!   batches, and the changes of one batch whose rows share a home are one conditional batch:
 //!   one Paxos round (see [`schema`] and [`transitions`]). A finish records its attempt in
 //!   the row by that same round. Enqueue is not a transaction: the replay check (`IN` reads of
-//!   `task_homes`) and plain writes, all in requests shared by many tasks (`spread`); only
+//!   the ids' homes, or of `task_homes` for ids that do not name theirs) and plain writes, all in requests shared by many tasks (`spread`); only
 //!   tasks with a uniqueness key add one `INSERT … IF NOT EXISTS` on the uniqueness index.
 //! - `seq` comes from blocks reserved with an LWT on the `counters` row (one LWT per
 //!   [`CassandraOptions::seq_block`] tasks); a store's seqs are strictly increasing and seqs
@@ -52,6 +52,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use kairos_core::ids::home_named;
 use kairos_core::store::{StoreError, StoreResult};
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -258,8 +259,8 @@ impl CassandraStore {
         due_at.div_euclid(self.opts.bucket_ms)
     }
 
-    /// The stored task with its fencing epoch and revision: its home from `task_homes`, then
-    /// its row.
+    /// The stored task with its fencing epoch and revision: its home (named by its id, or
+    /// read from `task_homes`), then its row.
     pub(crate) async fn load(&self, id: &str) -> StoreResult<Option<Stored>> {
         match self.home_of(id).await? {
             Some((partition, home)) => self.load_at(partition, home, id).await,
@@ -267,8 +268,13 @@ impl CassandraStore {
         }
     }
 
-    /// Where the task's row lives, `(partition, home)`, if it was ever written.
+    /// Where the task's row lives, `(partition, home)`, if it was ever written; for an id
+    /// that names its home (see [`kairos_core::ids`]), that home, whether or not a row is
+    /// there (without a read).
     pub(crate) async fn home_of(&self, id: &str) -> StoreResult<Option<(i64, i64)>> {
+        if let Some((partition, home)) = home_named(id) {
+            return Ok(Some((i64::from(partition), home)));
+        }
         let res = self
             .session
             .execute_unpaged(&self.st.home_get, (id,))

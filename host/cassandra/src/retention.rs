@@ -1,19 +1,74 @@
 //! Retention: finished tasks past their time are deleted with their attempts, key-index row and
-//! uniqueness key. The scan walks `task_homes` in token order a page at a time; the task row goes
+//! uniqueness key. The scan walks `task_rows` in token order a page at a time (every task has a
+//! row; only tasks whose id does not name its home have a `task_homes` row); the task row goes
 //! first, by compare-and-set on its `rev`, so a task changed since it was read (a dead task an
 //! operator sent back) stays. A node that dies between the task row and its uniqueness row
 //! leaves that key held by a missing task (enqueues with it answer "retry later").
 
+use kairos_core::ids::home_named;
 use kairos_core::model::Millis;
-use kairos_core::store::{Purged, StoreResult};
+use kairos_core::store::{Purged, StoreError, StoreResult};
 
 use crate::CassandraStore;
 use crate::Lwt;
 use crate::error::{Decode, Exec};
-use crate::rows::Stored;
-use futures::{StreamExt, stream};
+use crate::rows::TaskRow;
+
+/// Where a scan continues: after task `id` in the row partition `(partition, home)`.
+fn cursor(row: &TaskRow) -> String {
+    format!("{}/{}/{}", row.partition, row.home, row.id)
+}
+
+fn parse_cursor(after: &str) -> StoreResult<(i64, i64, &str)> {
+    let mut parts = after.splitn(3, '/');
+    let mut number = || parts.next().and_then(|n| n.parse::<i64>().ok());
+    match (number(), number(), parts.next()) {
+        (Some(p), Some(h), Some(id)) => Ok((p, h, id)),
+        _ => Err(StoreError::Other(format!(
+            "retention cursor {after:?} is not one this store made"
+        ))),
+    }
+}
 
 impl CassandraStore {
+    /// Up to `limit` task rows after `after` in the scan order: the rest of the cursor's row
+    /// partition, then the partitions after it in token order.
+    async fn rows_page(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<TaskRow>> {
+        let page = |res: scylla::response::query_result::QueryResult| -> StoreResult<Vec<TaskRow>> {
+            res.into_rows_result()
+                .decode()?
+                .rows::<TaskRow>()
+                .decode()?
+                .map(|r| r.decode())
+                .collect()
+        };
+        let Some(after) = after else {
+            let res = self
+                .session
+                .execute_unpaged(&self.st.task_page_first, (limit as i32,))
+                .await
+                .exec()?;
+            return page(res);
+        };
+        let (p, home, id) = parse_cursor(after)?;
+        let res = self
+            .session
+            .execute_unpaged(&self.st.task_page_in_home, (p, home, id, limit as i32))
+            .await
+            .exec()?;
+        let mut rows = page(res)?;
+        if rows.len() < limit {
+            let rest = (limit - rows.len()) as i32;
+            let res = self
+                .session
+                .execute_unpaged(&self.st.task_page_after, (p, home, rest))
+                .await
+                .exec()?;
+            rows.extend(page(res)?);
+        }
+        Ok(rows)
+    }
+
     pub(crate) async fn purge_finished_impl(
         &self,
         before: Millis,
@@ -21,39 +76,13 @@ impl CassandraStore {
         scan: usize,
     ) -> StoreResult<Purged> {
         let scan = scan.clamp(1, 10_000);
-        let limit = scan as i32;
-        let res = match after {
-            Some(a) => {
-                self.session
-                    .execute_unpaged(&self.st.task_page_after, (a, limit))
-                    .await
-            }
-            None => {
-                self.session
-                    .execute_unpaged(&self.st.task_page_first, (limit,))
-                    .await
-            }
-        }
-        .exec()?;
-        let homes: Vec<(String, i64, i64)> = res
-            .into_rows_result()
-            .decode()?
-            .rows::<(String, i64, i64)>()
-            .decode()?
-            .collect::<Result<_, _>>()
-            .decode()?;
-        let seen = homes.len();
-        let last = homes.last().map(|(id, _, _)| id.clone());
-        let rows: Vec<StoreResult<Option<Stored>>> = stream::iter(homes)
-            .map(|(id, p, home)| async move { self.load_at(p, home, &id).await })
-            .buffered(self.opts.concurrency)
-            .collect()
-            .await;
+        let rows = self.rows_page(after, scan).await?;
+        let seen = rows.len();
+        let last = rows.last().map(cursor);
         let mut deleted = 0;
         for row in rows {
-            // A row that does not decode is left alone (and reported by `get`); a home without
-            // a row is an enqueue that did not finish (its retry writes the row).
-            let Ok(Some(stored)) = row else {
+            // A row that does not make a task is left alone (and reported by `get`).
+            let Ok(stored) = row.into_stored() else {
                 continue;
             };
             let t = &stored.task;
@@ -82,11 +111,13 @@ impl CassandraStore {
                 .await
                 .exec()?;
             self.bykey_remove(t).await?;
-            // The home last (a home without a row is skipped by later scans).
-            self.session
-                .execute_unpaged(&self.st.home_delete, (&t.id,))
-                .await
-                .exec()?;
+            // Its `task_homes` row, unless its id names its home (it has none).
+            if home_named(&t.id).is_none() {
+                self.session
+                    .execute_unpaged(&self.st.home_delete, (&t.id,))
+                    .await
+                    .exec()?;
+            }
         }
         Ok(Purged {
             deleted,

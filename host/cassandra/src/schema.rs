@@ -6,7 +6,8 @@
 //!                  rev (compare-and-set revision: every state change is an LWT `IF rev = ?`),
 //!                  attempt_log (number → the attempt's record without its logs, written by
 //!                  the finish's own compare-and-set; added later)
-//! task_homes       (id) → partition, home: where a task's row lives
+//! task_homes       (id) → partition, home: where a task's row lives, for ids that do not
+//!                  name their home (an external producer's; see below)
 //! pending          ((partition, bucket), due_at, seq) → id, home: exactly the pending tasks
 //!                  (Task::is_pending); bucket = floor(due_at / bucket_ms)
 //! pending_buckets  (partition, bucket) → live: the directory of buckets that may hold
@@ -30,8 +31,11 @@
 //! together share one Cassandra partition of `task_rows`, and the starts (or finishes) of a
 //! batch of them are one conditional batch: one Paxos round for the batch, where each task
 //! would take one (see [`crate::transitions`]). The `pending` rows carry the home, so the window
-//! reads a task's row without a lookup; `task_homes` serves the reads by id alone (`get`, the
-//! operator's changes, `list` by key, retention).
+//! reads a task's row without a lookup. The ids Kairos makes name their home,
+//! `{uuid}.p{partition}.h{home}` ([`kairos_core::ids`]), so a read by id alone (`get`, the
+//! operator's changes, `list` by key, the replay check of an enqueue) goes straight to the
+//! row. For any other id (an external producer's record may bring one) `task_homes` says
+//! where the row is. Retention walks `task_rows` itself.
 //!
 //! The index tables (`pending`, `pending_buckets`, `tasks_by_key`, `task_homes`) are hints
 //! checked against the task row on every read; a stale or resurrected index row is skipped,

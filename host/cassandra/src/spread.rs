@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use kairos_core::ids::home_named;
 use kairos_core::store::StoreResult;
 use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
@@ -106,21 +107,48 @@ impl CassandraStore {
         written.into_iter().collect()
     }
 
-    /// Where the rows of `ids` live, for those that have a home: `IN` reads of at most
-    /// [`IN_KEYS`] ids that share a replica, `concurrency` at a time.
+    /// Where the rows of `ids` live, for those that have a row. An id that names its home (see
+    /// [`kairos_core::ids`]) is looked for in that home: `IN` reads of at most [`IN_KEYS`] ids
+    /// of one home. Any other id is looked up in `task_homes`: `IN` reads of at most
+    /// [`IN_KEYS`] ids that share a replica. `concurrency` reads at a time.
     pub(crate) async fn homes_of(&self, ids: &[&str]) -> StoreResult<HashMap<String, (i64, i64)>> {
+        let mut named: BTreeMap<(i64, i64), Vec<&str>> = BTreeMap::new();
+        let mut plain = Vec::new();
+        for &id in ids {
+            match home_named(id) {
+                Some((p, home)) => named.entry((i64::from(p), home)).or_default().push(id),
+                None => plain.push(id),
+            }
+        }
+        let in_homes: Vec<((i64, i64), &[&str])> = named
+            .iter()
+            .flat_map(|(home, ids)| ids.chunks(IN_KEYS).map(|c| (*home, c)))
+            .collect();
         let groups = self.replica_groups(
             "task_homes",
-            ids.to_vec(),
+            plain,
             |id| id,
             IN_KEYS,
             (usize::MAX, |_: &&str| 0),
         );
-        let read = each_bounded(&groups, self.opts.concurrency, |group| {
-            self.session.execute_unpaged(&self.st.homes_get, (group,))
-        })
-        .await;
+        let conc = self.opts.concurrency;
+        let (found, read) = tokio::join!(
+            each_bounded(&in_homes, conc, |((p, home), ids)| {
+                self.session
+                    .execute_unpaged(&self.st.rows_in_home, (*p, *home, *ids))
+            }),
+            each_bounded(&groups, conc, |group| {
+                self.session.execute_unpaged(&self.st.homes_get, (group,))
+            })
+        );
         let mut homes = HashMap::new();
+        for ((home, _), r) in in_homes.iter().zip(found) {
+            let rows = r.exec()?.into_rows_result().decode()?;
+            for row in rows.rows::<(String,)>().decode()? {
+                let (id,) = row.decode()?;
+                homes.insert(id, *home);
+            }
+        }
         for r in read {
             let rows = r.exec()?.into_rows_result().decode()?;
             for row in rows.rows::<(String, i64, i64)>().decode()? {

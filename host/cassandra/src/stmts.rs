@@ -18,7 +18,9 @@ pub(crate) struct Stmts {
     pub task_cas: PreparedStatement,
     pub task_scan: PreparedStatement,
     pub task_states: PreparedStatement,
+    pub rows_in_home: PreparedStatement,
     pub task_page_first: PreparedStatement,
+    pub task_page_in_home: PreparedStatement,
     pub task_page_after: PreparedStatement,
     pub task_purge: PreparedStatement,
     pub attempts_delete: PreparedStatement,
@@ -131,10 +133,24 @@ impl Stmts {
             task_cas: p(Lwt, task_cas_cql.into()).await?,
             task_scan: p(Plain, format!("SELECT {TASK_COLS} FROM {{ks}}.task_rows")).await?,
             task_states: p(Plain, "SELECT state FROM {ks}.task_rows".into()).await?,
-            task_page_first: p(Plain, "SELECT id, partition, home FROM {ks}.task_homes LIMIT ?".into()).await?,
+            rows_in_home: p(
+                Plain,
+                "SELECT id FROM {ks}.task_rows WHERE partition = ? AND home = ? AND id IN ?".into(),
+            )
+            .await?,
+            task_page_first: p(Plain, format!("SELECT {TASK_COLS} FROM {{ks}}.task_rows LIMIT ?")).await?,
+            task_page_in_home: p(
+                Plain,
+                format!(
+                    "SELECT {TASK_COLS} FROM {{ks}}.task_rows WHERE partition = ? AND home = ? AND id > ? LIMIT ?"
+                ),
+            )
+            .await?,
             task_page_after: p(
                 Plain,
-                "SELECT id, partition, home FROM {ks}.task_homes WHERE token(id) > token(?) LIMIT ?".into(),
+                format!(
+                    "SELECT {TASK_COLS} FROM {{ks}}.task_rows WHERE token(partition, home) > token(?, ?) LIMIT ?"
+                ),
             )
             .await?,
             task_purge: p(

@@ -1,12 +1,73 @@
 //! Where task rows live (`task_rows` by `(partition, home)`, found by id through
-//! `task_homes`): an id is one task wherever it is enqueued again. Needs Cassandra on
-//! 127.0.0.1:9042.
+//! `task_homes`, or from the id itself when it names its home): an id is one task wherever it
+//! is enqueued again. Needs Cassandra on 127.0.0.1:9042.
 
 mod common;
 
-use kairos_conformance::{T0, new_task_in, window};
-use kairos_core::model::EnqueueOutcome;
-use kairos_core::store::TaskStore;
+use kairos_conformance::{T0, homed_task, new_task_in, window};
+use kairos_core::ids::home_named;
+use kairos_core::model::{EnqueueOutcome, NewTask};
+use kairos_core::store::{StoreError, TaskStore};
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+
+async fn session() -> Session {
+    SessionBuilder::new()
+        .known_node(common::NODE)
+        .build()
+        .await
+        .expect("session")
+}
+
+/// How many rows `SELECT … WHERE {filter}` finds in `table` of keyspace `ks`.
+async fn count(session: &Session, ks: &str, table: &str, filter: &str, id: &str) -> usize {
+    session
+        .query_unpaged(format!("SELECT id FROM {ks}.{table} WHERE {filter}"), (id,))
+        .await
+        .expect("select")
+        .into_rows_result()
+        .expect("rows")
+        .rows_num()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_that_names_its_home_has_its_row_there_and_no_task_homes_row() {
+    let (store, guard) = common::fresh_store().await;
+    let ks = guard.keyspace.clone();
+    let homed = homed_task(4, "k", T0);
+    let plain = new_task_in(4, "k", T0 + 1);
+    store
+        .enqueue(vec![homed.clone(), plain.clone()])
+        .await
+        .expect("enqueue");
+    let s = session().await;
+    let homes = "task_homes";
+    assert_eq!(count(&s, &ks, homes, "id = ?", &homed.id).await, 0);
+    assert_eq!(count(&s, &ks, homes, "id = ?", &plain.id).await, 1);
+    let (p, home) = home_named(&homed.id).expect("a homed id");
+    let at_home = format!("partition = {p} AND home = {home} AND id = ?");
+    assert_eq!(count(&s, &ks, "task_rows", &at_home, &homed.id).await, 1);
+    for t in [&homed, &plain] {
+        let rec = store.get(&t.id).await.expect("get").expect("stored");
+        assert_eq!(rec.task.key, "k");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_that_names_a_home_in_another_partition_is_refused() {
+    let (store, _guard) = common::fresh_store().await;
+    let t = NewTask {
+        partition: 5,
+        ..homed_task(4, "k", T0)
+    };
+    match store.enqueue(vec![t.clone()]).await {
+        Err(StoreError::Conflict(m)) => assert!(m.contains("names partition 4"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(store.get(&t.id).await.expect("get").is_none());
+    assert!(window(&store, 4).await.is_empty());
+    assert!(window(&store, 5).await.is_empty());
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_enqueued_again_in_another_partition_is_the_same_task() {

@@ -8,7 +8,7 @@
 
 mod common;
 
-use kairos_conformance::{T0, new_task_in, succeeded};
+use kairos_conformance::{T0, homed_task, new_task_in, succeeded};
 use kairos_core::model::{EnqueueOutcome, TaskState};
 use kairos_core::store::TaskStore;
 use scylla::client::session::Session;
@@ -93,4 +93,23 @@ async fn a_task_costs_a_small_share_of_a_request_to_enqueue_start_and_finish() {
     );
     let rec = store.get(&ids[0]).await.expect("get").expect("stored");
     assert_eq!(rec.attempts.len(), 1);
+
+    // The same with ids that name their home (the ids the API makes): no `task_homes` row to
+    // write, and the replay check reads the home's own partition.
+    let homed = (0..n)
+        .map(|i| homed_task(partition + 1, &format!("key-{i}"), T0))
+        .collect();
+    let before = requests(&counter).await;
+    let outcomes = store.enqueue(homed).await.expect("enqueue");
+    let enqueued_homed = requests(&counter).await - before - 1;
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, EnqueueOutcome::Created(_)))
+    );
+    eprintln!("{n} tasks with ids that name their home: enqueue {enqueued_homed} requests");
+    assert!(
+        enqueued_homed + 15 <= enqueued,
+        "ids that name their home took {enqueued_homed} requests to enqueue, other ids {enqueued}"
+    );
 }

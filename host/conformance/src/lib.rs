@@ -20,6 +20,7 @@ mod admin;
 mod counts;
 mod enqueue;
 mod fencing;
+mod ids;
 mod lifecycle;
 mod retention;
 pub mod source;
@@ -38,6 +39,7 @@ pub use admin::*;
 pub use counts::*;
 pub use enqueue::*;
 pub use fencing::*;
+pub use ids::*;
 pub use lifecycle::*;
 pub use retention::*;
 
@@ -104,6 +106,8 @@ macro_rules! store_conformance_tests {
             unclaim_gives_back_a_start_that_did_not_run,
             stale_lease_cannot_unclaim,
             retention_purges_only_finished_tasks_past_the_cutoff,
+            ids_that_name_their_home_are_found_and_replays_are_duplicates,
+            retention_purges_tasks_whose_ids_name_their_home,
             state_counts_follow_every_change,
         );
     };

@@ -4,6 +4,7 @@
 //! `kairos-cassandra`) implement the store trait and pass the suites in `kairos-conformance`.
 
 pub mod clock;
+pub mod ids;
 pub mod mem;
 pub mod model;
 pub mod ownership;

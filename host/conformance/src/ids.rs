@@ -1,0 +1,96 @@
+//! Ids that name their home (`kairos_core::ids::TaskIds::Homed`, the ids a cluster node makes):
+//! every store treats them as any other id. The Cassandra store finds their rows from the id
+//! alone, without `task_homes`, so these cases check that path end to end there.
+
+use kairos_core::ids::TaskIds;
+use kairos_core::model::{ListFilter, NewTask, TaskState};
+use kairos_core::store::TaskStore;
+
+use crate::{
+    T0, created, duplicate, enqueue_all, new_task_in, run_attempt, succeeded, task, window,
+};
+
+/// A task of `partition` with an id that names its home (buckets of a minute).
+pub fn homed_task(partition: u32, key: &str, due_at: i64) -> NewTask {
+    NewTask {
+        id: TaskIds::Homed { bucket_ms: 60_000 }.new_id(partition, due_at),
+        ..new_task_in(partition, key, due_at)
+    }
+}
+
+pub async fn ids_that_name_their_home_are_found_and_replays_are_duplicates<S: TaskStore>(s: S) {
+    // Two partitions, two homes (due a minute apart), and a plain id among them.
+    let batch = vec![
+        homed_task(0, "a", T0),
+        homed_task(0, "a", T0 + 60_000),
+        homed_task(1, "b", T0 + 1_000),
+        new_task_in(1, "b", T0 + 2_000),
+    ];
+    let first = s.enqueue(batch.clone()).await.expect("enqueue");
+    let tasks: Vec<_> = first.iter().map(created).collect();
+    for t in &tasks {
+        let rec = s.get(&t.id).await.expect("get").expect("stored");
+        assert_eq!(rec.task, *t);
+    }
+    assert_eq!(window(&s, 0).await.len(), 2);
+    assert_eq!(window(&s, 1).await.len(), 2);
+    // The same records again (a replay), before and after the first one ran: the stored
+    // tasks, unchanged.
+    let again = s.enqueue(batch.clone()).await.expect("enqueue again");
+    for (o, t) in again.iter().zip(&tasks) {
+        assert_eq!(duplicate(o), *t);
+    }
+    let done = run_attempt(&s, &tasks[0].id, succeeded(Some("ok"))).await;
+    assert_eq!(done.state, TaskState::Succeeded);
+    let replayed = s.enqueue(vec![batch[0].clone()]).await.expect("replay");
+    let kept = duplicate(&replayed[0]);
+    assert_eq!((kept.state, kept.attempts), (TaskState::Succeeded, 1));
+    assert_eq!(window(&s, 0).await.len(), 1, "not pending again");
+    let rec = s.get(&tasks[0].id).await.expect("get").expect("stored");
+    assert_eq!(rec.attempts.len(), 1);
+    // Listed by key like any other.
+    let listed = s
+        .list(&ListFilter {
+            key: Some("b".into()),
+            state: None,
+            limit: 10,
+            after: None,
+        })
+        .await
+        .expect("list");
+    assert_eq!(listed.len(), 2);
+}
+
+pub async fn retention_purges_tasks_whose_ids_name_their_home<S: TaskStore>(s: S) {
+    let mut batch: Vec<NewTask> = (0..5u32)
+        .map(|i| homed_task(i % 2, &format!("h{i}"), T0 + i64::from(i) * 30_000))
+        .collect();
+    batch.push(new_task_in(0, "plain", T0));
+    let tasks = enqueue_all(&s, batch).await;
+    for t in &tasks[1..] {
+        run_attempt(&s, &t.id, succeeded(None)).await;
+    }
+    let (mut deleted, mut after, mut calls) = (0, None::<String>, 0);
+    loop {
+        let p = s
+            .purge_finished(T0 + 3_600_000, after.as_deref(), 2)
+            .await
+            .expect("purge");
+        deleted += p.deleted;
+        calls += 1;
+        assert!(calls < 50, "the scan does not end");
+        match p.next {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(deleted, 5, "the five finished tasks, whatever their ids");
+    for t in &tasks[1..] {
+        assert!(
+            s.get(&t.id).await.expect("get").is_none(),
+            "{} purged",
+            t.id
+        );
+    }
+    assert_eq!(task(&s, &tasks[0].id).await.state, TaskState::Scheduled);
+}

@@ -9,7 +9,6 @@ use kairos_conformance::{T0, enqueue_all, new_task_in, retry, succeeded, window}
 use kairos_core::model::{Attempt, AttemptOutcome, TaskState};
 use kairos_core::store::{StoreError, TaskStore};
 use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
 
 fn attempt(number: u32, outcome: AttemptOutcome, logs: Option<&str>) -> Attempt {
     Attempt {
@@ -21,14 +20,6 @@ fn attempt(number: u32, outcome: AttemptOutcome, logs: Option<&str>) -> Attempt 
         plugin_digest: Some("sha256:abc".into()),
         logs: logs.map(Into::into),
     }
-}
-
-async fn session() -> Session {
-    SessionBuilder::new()
-        .known_node(common::NODE)
-        .build()
-        .await
-        .expect("session")
 }
 
 async fn count(session: &Session, cql: String) -> i64 {
@@ -91,7 +82,7 @@ async fn a_finish_records_its_attempt_in_the_task_row() {
 
     // Both records live in the task row, without logs; only the attempt with log lines
     // went to the `attempts` table too.
-    let s = session().await;
+    let s = common::session().await;
     assert_eq!(
         count(&s, format!("SELECT count(*) FROM {ks}.attempts")).await,
         1
@@ -145,7 +136,7 @@ async fn attempts_an_earlier_release_recorded_are_listed_with_the_new_ones() {
     // As an earlier release wrote them (or this one, for attempts with log lines): attempt 1
     // again (the row's record wins, the table lends it its logs) and an attempt 7 only the
     // table has.
-    let s = session().await;
+    let s = common::session().await;
     for (number, logs) in [(1i64, "old"), (7, "only in the table")] {
         s.query_unpaged(
             format!(

@@ -9,15 +9,6 @@ use kairos_core::ids::home_named;
 use kairos_core::model::{EnqueueOutcome, NewTask};
 use kairos_core::store::{StoreError, TaskStore};
 use scylla::client::session::Session;
-use scylla::client::session_builder::SessionBuilder;
-
-async fn session() -> Session {
-    SessionBuilder::new()
-        .known_node(common::NODE)
-        .build()
-        .await
-        .expect("session")
-}
 
 /// How many rows `SELECT … WHERE {filter}` finds in `table` of keyspace `ks`.
 async fn count(session: &Session, ks: &str, table: &str, filter: &str, id: &str) -> usize {
@@ -40,7 +31,7 @@ async fn an_id_that_names_its_home_has_its_row_there_and_no_task_homes_row() {
         .enqueue(vec![homed.clone(), plain.clone()])
         .await
         .expect("enqueue");
-    let s = session().await;
+    let s = common::session().await;
     let homes = "task_homes";
     assert_eq!(count(&s, &ks, homes, "id = ?", &homed.id).await, 0);
     assert_eq!(count(&s, &ks, homes, "id = ?", &plain.id).await, 1);

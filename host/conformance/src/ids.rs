@@ -7,7 +7,8 @@ use kairos_core::model::{ListFilter, NewTask, TaskState};
 use kairos_core::store::TaskStore;
 
 use crate::{
-    T0, created, duplicate, enqueue_all, new_task_in, run_attempt, succeeded, task, window,
+    T0, created, duplicate, enqueue_all, new_task_in, purge_in_steps, run_attempt, succeeded, task,
+    window,
 };
 
 /// A task of `partition` with an id that names its home (buckets of a minute).
@@ -70,20 +71,7 @@ pub async fn retention_purges_tasks_whose_ids_name_their_home<S: TaskStore>(s: S
     for t in &tasks[1..] {
         run_attempt(&s, &t.id, succeeded(None)).await;
     }
-    let (mut deleted, mut after, mut calls) = (0, None::<String>, 0);
-    loop {
-        let p = s
-            .purge_finished(T0 + 3_600_000, after.as_deref(), 2)
-            .await
-            .expect("purge");
-        deleted += p.deleted;
-        calls += 1;
-        assert!(calls < 50, "the scan does not end");
-        match p.next {
-            Some(n) => after = Some(n),
-            None => break,
-        }
-    }
+    let deleted = purge_in_steps(&s, T0 + 3_600_000).await;
     assert_eq!(deleted, 5, "the five finished tasks, whatever their ids");
     for t in &tasks[1..] {
         assert!(

@@ -72,6 +72,15 @@ impl Drop for KeyspaceGuard {
     }
 }
 
+/// A plain driver session on the local Cassandra, for looking at tables directly.
+pub async fn session() -> scylla::client::session::Session {
+    scylla::client::session_builder::SessionBuilder::new()
+        .known_node(NODE)
+        .build()
+        .await
+        .expect("session")
+}
+
 /// Attempt `number`, succeeded at `T0 + 1`, without error or logs.
 pub fn succeeded_attempt(number: u32) -> Attempt {
     Attempt {

@@ -734,6 +734,10 @@ async fn a_revoke_gives_back_the_starts_of_attempts_waiting_for_a_run_slot() {
         .take(3)
         .collect();
     assert_eq!(keys.len(), 3);
+    // One quick attempt first: the plugin's pace is known, so it may be claimed further ahead
+    // than one claim per run slot.
+    let quick = h.add(&keys[0], T0, named("quick")).await;
+    h.until_state(&quick, TaskState::Succeeded).await;
     let slow = h
         .add(&keys[0], T0, json!({ "name": "slow", "block": true }))
         .await;
@@ -766,7 +770,11 @@ async fn a_revoke_gives_back_the_starts_of_attempts_waiting_for_a_run_slot() {
     assert!(revoked.await.expect("revoke"), "drained within the grace");
     h.until_state(&slow, TaskState::Succeeded).await;
     h.settle().await;
-    assert_eq!(h.names(), vec!["slow"], "the waiting attempts did not run");
+    assert_eq!(
+        h.names(),
+        vec!["quick", "slow"],
+        "the waiting attempts did not run"
+    );
     // Their starts were given back: scheduled again, no attempt used.
     for id in &waiting {
         let t = h.state(id).await;
@@ -789,5 +797,64 @@ async fn a_revoke_gives_back_the_starts_of_attempts_waiting_for_a_run_slot() {
     }
     let mut names = h.names();
     names.sort();
-    assert_eq!(names, vec!["slow", "waiting-1", "waiting-2"]);
+    assert_eq!(names, vec!["quick", "slow", "waiting-1", "waiting-2"]);
+}
+
+/// A plugin's claims reach only as far ahead as its run slots start them within the claim
+/// slack: once its attempts are known to take a second, 40 due tasks of it are not all claimed
+/// (shown `running`, their starts recorded) while 7 run; 7 more are.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_plugin_is_claimed_only_as_far_ahead_as_its_run_slots_reach() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let dir = tempfile::tempdir().expect("tmp");
+    // 8 run slots (7 for one plugin), 64 claims (56 for one plugin).
+    let cfg = SchedulerConfig {
+        concurrency: 8,
+        claim_slots: Some(64),
+        ..SchedulerConfig::default()
+    };
+    let h = harness(dir.path(), ManualClock::new(T0), cfg).await;
+    let running = |h: &Harness| {
+        let store = h.store.clone();
+        async move {
+            let filter = kairos_core::model::ListFilter {
+                key: None,
+                state: Some(TaskState::Running),
+                limit: 1_000,
+                after: None,
+            };
+            store.list(&filter).await.expect("list").len()
+        }
+    };
+    // Seven attempts that take a second each: the plugin's pace.
+    let mut first = Vec::new();
+    for i in 0..7 {
+        first.push(h.add(&format!("s{i}"), T0, json!({ "block": true })).await);
+    }
+    h.until("seven attempts run", |h| h.exec.blocked.load(SeqCst) == 7)
+        .await;
+    h.clock.advance(1_000);
+    h.exec.gate.add_permits(7);
+    for id in &first {
+        h.until_state(id, TaskState::Succeeded).await;
+    }
+    let due = h.clock.now();
+    let mut next = Vec::new();
+    for i in 0..40 {
+        next.push(h.add(&format!("w{i}"), due, json!({ "block": true })).await);
+    }
+    h.until("seven attempts run again", |h| {
+        h.exec.blocked.load(SeqCst) == 7
+    })
+    .await;
+    h.settle().await;
+    assert_eq!(
+        running(&h).await,
+        14,
+        "7 running and 7 claimed: 7 run slots × 1 s slack / 1 s per attempt"
+    );
+    h.exec.gate.add_permits(40);
+    for id in &next {
+        h.until_state(id, TaskState::Succeeded).await;
+    }
 }

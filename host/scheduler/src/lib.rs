@@ -14,6 +14,7 @@
 //! - every accepted task reaches a final state once faults stop.
 
 pub mod metrics;
+mod pace;
 mod partition;
 mod run;
 pub mod slots;
@@ -165,6 +166,8 @@ pub(crate) struct Shared {
     /// attempts' runs. Shared between plugins like the run slots (same weights, the reserve
     /// scaled alike, a plugin's `max_concurrency` as it is; no memory).
     pub claims: Arc<slots::SlotPool>,
+    /// Each plugin's claims capped by how soon its run slots start them (see [`pace`]).
+    pub pace: pace::ClaimPace,
     pub paused: RwLock<HashSet<String>>,
     pub cfg: SchedulerConfig,
     pub rng: StdMutex<StdRng>,
@@ -281,6 +284,8 @@ impl Scheduler {
             },
             Arc::new(|_: &str| 0),
         );
+        // Until a plugin's pace is known, one claim waiting per run slot (see [`pace`]).
+        claims.set_first_limit(Some(slots.default_cap()));
         let shared = Arc::new(Shared {
             store,
             executor,
@@ -288,6 +293,7 @@ impl Scheduler {
             metrics,
             slots,
             claims,
+            pace: pace::ClaimPace::default(),
             paused: RwLock::new(paused),
             cfg,
             rng: StdMutex::new(rng),

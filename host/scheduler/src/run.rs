@@ -200,7 +200,15 @@ pub(crate) async fn run_attempt(
     // run in.
     drop(slot);
     let ended = shared.clock.now();
-    m.run_time.observe_ms((ended - run_from).max(0) as u64);
+    let run_ms = (ended - run_from).max(0) as u64;
+    m.run_time.observe_ms(run_ms);
+    if !last_interrupted {
+        let run_cap = shared.slots.cap_of(&claimed.plugin);
+        let claims = &shared.claims;
+        shared
+            .pace
+            .ran(&claimed.plugin, run_ms, run_cap, claims, CLAIM_SLACK_MS);
+    }
     let transition = match shared.rng.lock() {
         Ok(mut rng) => decide(&claimed, attempt, &result, ended, &mut *rng),
         Err(poisoned) => decide(

@@ -70,6 +70,10 @@ struct State {
     running: HashMap<String, (usize, u64)>,
     /// The last known reservation of each plugin asking (for waking waiters).
     costs: HashMap<String, u64>,
+    /// Caps set while running ([`SlotPool::set_limit`]), below the configured ones.
+    limits: HashMap<String, usize>,
+    /// The limit of a plugin none was set for yet ([`SlotPool::set_first_limit`]).
+    first_limit: Option<usize>,
     waiters: VecDeque<Waiter>,
 }
 
@@ -142,11 +146,45 @@ impl SlotPool {
         self.shares.get(plugin).copied().unwrap_or_default()
     }
 
-    fn cap(&self, plugin: &str) -> usize {
+    /// The configured cap of `plugin`: its `max_concurrency`, or all but the reserve.
+    pub fn cap_of(&self, plugin: &str) -> usize {
         self.share_of(plugin)
             .max_concurrency
             .unwrap_or(self.total - self.reserve)
             .clamp(1, self.total)
+    }
+
+    /// The cap of a plugin without `max_concurrency`: all slots but the reserve.
+    pub fn default_cap(&self) -> usize {
+        (self.total - self.reserve).max(1)
+    }
+
+    /// The cap in force: the configured one, or the plugin's limit if lower.
+    fn cap(&self, s: &State, plugin: &str) -> usize {
+        let cap = self.cap_of(plugin);
+        match s.limits.get(plugin).copied().or(s.first_limit) {
+            Some(l) => l.clamp(1, cap),
+            None => cap,
+        }
+    }
+
+    /// Caps `plugin` at `limit` slots (at least 1; never above its configured cap), or lifts
+    /// such a cap (`None`: the configured cap). Slots it holds beyond a lowered cap stay held;
+    /// a raised cap wakes a waiter that may now take a slot.
+    pub fn set_limit(&self, plugin: &str, limit: Option<usize>) {
+        let mut s = self.lock();
+        let before = self.cap(&s, plugin);
+        s.limits
+            .insert(plugin.to_string(), limit.unwrap_or(usize::MAX));
+        if self.cap(&s, plugin) > before {
+            self.wake_one(&mut s);
+        }
+    }
+
+    /// The limit of every plugin [`Self::set_limit`] was not called for yet (`None`: their
+    /// configured caps).
+    pub fn set_first_limit(&self, limit: Option<usize>) {
+        self.lock().first_limit = limit;
     }
 
     /// Slots free now.
@@ -166,7 +204,7 @@ impl SlotPool {
     /// Whether `plugin`, whose attempt reserves `cost` MiB, may take a slot in state `s`.
     fn admits(&self, s: &State, plugin: &str, cost: u64) -> bool {
         let (running, held) = s.running.get(plugin).copied().unwrap_or((0, 0));
-        if s.free == 0 || running >= self.cap(plugin) || cost > s.mem_free {
+        if s.free == 0 || running >= self.cap(s, plugin) || cost > s.mem_free {
             return false;
         }
         // Like its slots, one plugin's memory stops short of the reserve.
@@ -465,6 +503,43 @@ mod tests {
         drop(held);
         assert_eq!(p.available(), 16);
         assert_eq!(p.running("slow"), 0);
+    }
+
+    #[tokio::test]
+    async fn a_limit_set_while_running_caps_a_plugin_and_raising_it_wakes_a_waiter() {
+        let p = pool(16, &[]);
+        p.set_limit("slow", Some(3));
+        let mut held: Vec<Slot> = std::iter::from_fn(|| p.try_acquire("slow")).collect();
+        assert_eq!(held.len(), 3);
+        assert!(p.try_acquire("other").is_some(), "others keep their cap");
+        // Lowered below what it holds: the slots stay held, no new one is given.
+        p.set_limit("slow", Some(1));
+        assert!(p.try_acquire("slow").is_none());
+        held.pop();
+        assert!(p.try_acquire("slow").is_none(), "2 held, limit 1");
+        let n = Arc::new(Notify::new());
+        p.wait_for(&n, vec!["slow".into()]);
+        p.set_limit("slow", Some(5));
+        tokio::time::timeout(std::time::Duration::from_secs(1), n.notified())
+            .await
+            .expect("woken once its limit was raised");
+        held.extend(std::iter::from_fn(|| p.try_acquire("slow")));
+        assert_eq!(held.len(), 5);
+        // Never above the configured cap (16 less the reserve of 2), nor below 1.
+        p.set_limit("slow", Some(100));
+        held.extend(std::iter::from_fn(|| p.try_acquire("slow")));
+        assert_eq!(held.len(), 14);
+        drop(held);
+        p.set_limit("slow", Some(0));
+        assert!(p.try_acquire("slow").is_some());
+        p.set_limit("slow", None);
+        assert_eq!(p.cap(&p.lock(), "slow"), 14);
+        // A first limit holds for the plugins no limit was set for yet.
+        p.set_first_limit(Some(2));
+        assert_eq!(p.cap(&p.lock(), "new"), 2);
+        assert_eq!(p.cap(&p.lock(), "slow"), 14);
+        p.set_limit("new", None);
+        assert_eq!(p.cap(&p.lock(), "new"), 14);
     }
 
     #[test]

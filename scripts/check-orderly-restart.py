@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """An orderly stop in the middle of a run, a restart, then what became of the tasks.
 
-usage: scripts/check-orderly-restart.py KAIROS_BIN HOSTILE_WASM WORKDIR TASKS KEYS [MAX_ATTEMPTS]
+usage: scripts/check-orderly-restart.py KAIROS_BIN HOSTILE_WASM WORKDIR TASKS KEYS [MAX_ATTEMPTS [term|kill]]
   e.g. scripts/check-orderly-restart.py target/release/kairos target/test-guests/hostile.wasm \
          /tmp/restart-check 2000 1000 1
 (target/test-guests/hostile.wasm is built by `cargo test -p kairos`.)
@@ -9,8 +9,9 @@ usage: scripts/check-orderly-restart.py KAIROS_BIN HOSTILE_WASM WORKDIR TASKS KE
 An embedded node (127.0.0.1:7431) gets TASKS tasks over KEYS keys of the `hostile` test guest
 in `http` mode, each posting to a local receiver (127.0.0.1:8431) that answers after 200 ms,
 so with 64 run slots most due tasks wait claimed for a run slot. 1 s after they fall due the
-node gets SIGTERM; it is started again on the same data directory and runs until every task
-finished. Prints the task counts by state before the stop and at the end, and the tasks by
+node gets SIGTERM (or, with `kill`, SIGKILL: a crash); it is started again on the same data
+directory and runs until every task finished. After a crash the attempts it left in doubt
+(started, not finished) run again, each having used up an attempt. Prints the task counts by state before the stop and at the end, and the tasks by
 attempt count. WORKDIR is wiped first.
 """
 import json, os, shutil, signal, subprocess, sys, time, urllib.request
@@ -20,11 +21,15 @@ if len(sys.argv) < 6:
 kairos, guest, work = sys.argv[1], sys.argv[2], sys.argv[3]
 n, keys = int(sys.argv[4]), int(sys.argv[5])
 max_attempts = int(sys.argv[6]) if len(sys.argv) > 6 else 3
+crash = len(sys.argv) > 7 and sys.argv[7] == "kill"
 import threading, http.server, socketserver
 class Slow(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         self.rfile.read(int(self.headers["content-length"] or 0)); time.sleep(0.2)
-        self.send_response(200); self.send_header("content-length", "2"); self.end_headers(); self.wfile.write(b"ok")
+        try:
+            self.send_response(200); self.send_header("content-length", "2"); self.end_headers(); self.wfile.write(b"ok")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the node was killed while its call was waiting
     def log_message(self, *a): pass
 class TS(socketserver.ThreadingMixIn, http.server.HTTPServer): daemon_threads = True
 srv = TS(("127.0.0.1", 8431), Slow)
@@ -66,9 +71,9 @@ for i in range(0, n, 1000):
 due = t0 + 3.0
 time.sleep(max(0, due + 1.0 - time.time()))
 c = counts()
-p.send_signal(signal.SIGTERM)
+p.send_signal(signal.SIGKILL if crash else signal.SIGTERM)
 p.wait(timeout=60)
-print(f"stopped: {c}")
+print(f"{'killed' if crash else 'stopped'}: {c}")
 t1 = time.time()
 p = start()
 while True:

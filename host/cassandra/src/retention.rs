@@ -6,16 +6,16 @@
 //! leaves that key held by a missing task (enqueues with it answer "retry later").
 
 use kairos_core::ids::home_named;
-use kairos_core::model::Millis;
+use kairos_core::model::{Millis, TaskState};
 use kairos_core::store::{Purged, StoreError, StoreResult};
 
 use crate::CassandraStore;
 use crate::Lwt;
 use crate::error::{Decode, Exec};
-use crate::rows::TaskRow;
+use crate::rows::PurgeRow;
 
 /// Where a scan continues: after task `id` in the row partition `(partition, home)`.
-fn cursor(row: &TaskRow) -> String {
+fn cursor(row: &PurgeRow) -> String {
     format!("{}/{}/{}", row.partition, row.home, row.id)
 }
 
@@ -33,15 +33,16 @@ fn parse_cursor(after: &str) -> StoreResult<(i64, i64, &str)> {
 impl CassandraStore {
     /// Up to `limit` task rows after `after` in the scan order: the rest of the cursor's row
     /// partition, then the partitions after it in token order.
-    async fn rows_page(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<TaskRow>> {
-        let page = |res: scylla::response::query_result::QueryResult| -> StoreResult<Vec<TaskRow>> {
-            res.into_rows_result()
-                .decode()?
-                .rows::<TaskRow>()
-                .decode()?
-                .map(|r| r.decode())
-                .collect()
-        };
+    async fn rows_page(&self, after: Option<&str>, limit: usize) -> StoreResult<Vec<PurgeRow>> {
+        let page =
+            |res: scylla::response::query_result::QueryResult| -> StoreResult<Vec<PurgeRow>> {
+                res.into_rows_result()
+                    .decode()?
+                    .rows::<PurgeRow>()
+                    .decode()?
+                    .map(|r| r.decode())
+                    .collect()
+            };
         let Some(after) = after else {
             let res = self
                 .session
@@ -81,40 +82,41 @@ impl CassandraStore {
         let last = rows.last().map(cursor);
         let mut deleted = 0;
         for row in rows {
-            // A row that does not make a task is left alone (and reported by `get`).
-            let Ok(stored) = row.into_stored() else {
+            // A row that does not tell what it is, is left alone (and reported by `get`).
+            let Some(p) = Expired::of(&row, before) else {
                 continue;
             };
-            let t = &stored.task;
-            if !t.expired(before) {
-                continue;
-            }
-            let p = i64::from(t.partition);
             let res = self
                 .session
-                .execute_unpaged(&self.st.task_purge, (p, stored.home, &t.id, stored.rev))
+                .execute_unpaged(
+                    &self.st.task_purge,
+                    (row.partition, row.home, &row.id, p.rev),
+                )
                 .await
                 .exec()?;
             if !Lwt::parse(res)?.applied {
                 continue;
             }
-            self.rows.forget(&t.id);
+            self.rows.forget(&row.id);
             deleted += 1;
-            if let Some(u) = &t.uniqueness_key {
+            if let Some(u) = &row.uniqueness_key {
                 self.session
-                    .execute_unpaged(&self.st.ukey_release, (u, &t.id))
+                    .execute_unpaged(&self.st.ukey_release, (u, &row.id))
                     .await
                     .exec()?;
             }
             self.session
-                .execute_unpaged(&self.st.attempts_delete, (&t.id,))
+                .execute_unpaged(&self.st.attempts_delete, (&row.id,))
                 .await
                 .exec()?;
-            self.bykey_remove(t).await?;
+            self.session
+                .execute_unpaged(&self.st.bykey_delete, (p.key, p.due_at, p.seq))
+                .await
+                .exec()?;
             // Its `task_homes` row, unless its id names its home (it has none).
-            if home_named(&t.id).is_none() {
+            if home_named(&row.id).is_none() {
                 self.session
-                    .execute_unpaged(&self.st.home_delete, (&t.id,))
+                    .execute_unpaged(&self.st.home_delete, (&row.id,))
                     .await
                     .exec()?;
             }
@@ -122,6 +124,32 @@ impl CassandraStore {
         Ok(Purged {
             deleted,
             next: if seen == scan { last } else { None },
+        })
+    }
+}
+
+/// A row retention may delete: finished (not pending) and last changed before the cutoff; with
+/// what its deletion needs.
+struct Expired<'a> {
+    rev: i64,
+    key: &'a str,
+    due_at: i64,
+    seq: i64,
+}
+
+impl<'a> Expired<'a> {
+    fn of(row: &'a PurgeRow, before: Millis) -> Option<Self> {
+        let state = TaskState::parse(row.state.as_deref()?)?;
+        let pending =
+            !state.is_terminal() || (state == TaskState::Dead && row.park_on_dead.unwrap_or(false));
+        if pending || row.updated_at? >= before {
+            return None;
+        }
+        Some(Self {
+            rev: row.rev?,
+            key: row.key.as_deref()?,
+            due_at: row.due_at?,
+            seq: row.seq?,
         })
     }
 }

@@ -72,6 +72,29 @@ pub(crate) const TASK_COLS: &str = "id, partition, home, seq, plugin, pin_versio
     park_on_dead, state, attempts, created_at, updated_at, last_error, output, owner_epoch, rev, \
     generation";
 
+/// What retention reads of a task row ([`PURGE_COLS`]): enough to tell whether it expired and
+/// to delete it with its index rows, without its payload and output (a page holds up to
+/// thousands of rows). Every column but the key may be null here: a row retention cannot
+/// judge is left alone, and the scan goes on past it.
+#[derive(Debug, Clone, DeserializeRow)]
+pub(crate) struct PurgeRow {
+    pub id: String,
+    pub partition: i64,
+    pub home: i64,
+    pub seq: Option<i64>,
+    pub key: Option<String>,
+    pub due_at: Option<i64>,
+    pub uniqueness_key: Option<String>,
+    pub park_on_dead: Option<bool>,
+    pub state: Option<String>,
+    pub updated_at: Option<i64>,
+    pub rev: Option<i64>,
+}
+
+/// The columns of [`PurgeRow`].
+pub(crate) const PURGE_COLS: &str =
+    "id, partition, home, seq, key, due_at, uniqueness_key, park_on_dead, state, updated_at, rev";
+
 /// `:a, :b, …` for the columns `a, b, …`.
 pub(crate) fn named_markers(cols: &str) -> String {
     cols.split(", ")

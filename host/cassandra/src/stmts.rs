@@ -6,7 +6,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
 
 use crate::error::prepare_err;
-use crate::rows::{ATTEMPT_COLS, SCHEDULE_COLS, TASK_COLS, named_markers};
+use crate::rows::{ATTEMPT_COLS, PURGE_COLS, SCHEDULE_COLS, TASK_COLS, named_markers};
 
 pub(crate) struct Stmts {
     pub task_get: PreparedStatement,
@@ -138,18 +138,18 @@ impl Stmts {
                 "SELECT id FROM {ks}.task_rows WHERE partition = ? AND home = ? AND id IN ?".into(),
             )
             .await?,
-            task_page_first: p(Plain, format!("SELECT {TASK_COLS} FROM {{ks}}.task_rows LIMIT ?")).await?,
+            task_page_first: p(Plain, format!("SELECT {PURGE_COLS} FROM {{ks}}.task_rows LIMIT ?")).await?,
             task_page_in_home: p(
                 Plain,
                 format!(
-                    "SELECT {TASK_COLS} FROM {{ks}}.task_rows WHERE partition = ? AND home = ? AND id > ? LIMIT ?"
+                    "SELECT {PURGE_COLS} FROM {{ks}}.task_rows WHERE partition = ? AND home = ? AND id > ? LIMIT ?"
                 ),
             )
             .await?,
             task_page_after: p(
                 Plain,
                 format!(
-                    "SELECT {TASK_COLS} FROM {{ks}}.task_rows WHERE token(partition, home) > token(?, ?) LIMIT ?"
+                    "SELECT {PURGE_COLS} FROM {{ks}}.task_rows WHERE token(partition, home) > token(?, ?) LIMIT ?"
                 ),
             )
             .await?,

@@ -127,3 +127,32 @@ async fn batches_that_hold_each_others_uniqueness_keys_both_complete() {
     assert_eq!(x[1].task().id, y[0].task().id);
     assert_eq!(window(&store, 0).await.len(), 2);
 }
+
+/// Retention reads only what it needs of each row, so a row it cannot judge (here one with
+/// nothing but its key, as a partial write might leave) is passed over, not an error that
+/// would stop every later sweep at the same page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_passes_over_a_row_it_cannot_judge() {
+    let (store, guard) = common::fresh_store().await;
+    let ks = guard.keyspace.clone();
+    let s = common::session().await;
+    let (p, home) = (2i64, T0.div_euclid(60_000));
+    let odd = format!("odd.p{p}.h{home}");
+    s.query_unpaged(
+        format!("INSERT INTO {ks}.task_rows (partition, home, id) VALUES (?, ?, ?)"),
+        (p, home, odd.as_str()),
+    )
+    .await
+    .expect("insert a bare row");
+    let tasks: Vec<_> = (0..3)
+        .map(|i| homed_task(2, &format!("k{i}"), T0 + i * 1_000))
+        .collect();
+    store.enqueue(tasks.clone()).await.expect("enqueue");
+    for t in &tasks {
+        kairos_conformance::run_attempt(&store, &t.id, kairos_conformance::succeeded(None)).await;
+    }
+    let deleted = kairos_conformance::purge_in_steps(&store, T0 + 3_600_000).await;
+    assert_eq!(deleted, 3, "the finished tasks around the bare row");
+    let at_home = format!("partition = {p} AND home = {home} AND id = ?");
+    assert_eq!(count(&s, &ks, "task_rows", &at_home, &odd).await, 1);
+}

@@ -63,16 +63,17 @@ pub async fn ids_that_name_their_home_are_found_and_replays_are_duplicates<S: Ta
 }
 
 pub async fn retention_purges_tasks_whose_ids_name_their_home<S: TaskStore>(s: S) {
-    let mut batch: Vec<NewTask> = (0..5u32)
-        .map(|i| homed_task(i % 2, &format!("h{i}"), T0 + i64::from(i) * 30_000))
-        .collect();
-    batch.push(new_task_in(0, "plain", T0));
+    // Five in one home of partition 0 (due within the same minute: more than one page of the
+    // scan), two in two homes of partition 1, and a pending one with a plain id.
+    let mut batch = vec![new_task_in(0, "plain", T0)];
+    batch.extend((0..5).map(|i| homed_task(0, &format!("h{i}"), T0 + i * 1_000)));
+    batch.extend((0..2).map(|i| homed_task(1, &format!("g{i}"), T0 + 30_000 + i * 60_000)));
     let tasks = enqueue_all(&s, batch).await;
     for t in &tasks[1..] {
         run_attempt(&s, &t.id, succeeded(None)).await;
     }
     let deleted = purge_in_steps(&s, T0 + 3_600_000).await;
-    assert_eq!(deleted, 5, "the five finished tasks, whatever their ids");
+    assert_eq!(deleted, 7, "the seven finished tasks, whatever their ids");
     for t in &tasks[1..] {
         assert!(
             s.get(&t.id).await.expect("get").is_none(),

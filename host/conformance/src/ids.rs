@@ -1,6 +1,8 @@
 //! Ids that name their home (`kairos_core::ids::TaskIds::Homed`, the ids a cluster node makes):
-//! every store treats them as any other id. The Cassandra store finds their rows from the id
-//! alone, without `task_homes`, so these cases check that path end to end there.
+//! every store treats them as any other id, except that the Cassandra store refuses one that
+//! names another partition than its task's (`host/cassandra/tests/homes.rs`). It finds their
+//! rows from the id alone, without `task_homes`, so these cases check that path end to end
+//! there.
 
 use kairos_core::ids::TaskIds;
 use kairos_core::model::{ListFilter, NewTask, TaskState};

@@ -68,7 +68,10 @@ pub trait TaskStore: Send + Sync + 'static {
     /// is not stored; the existing task comes back as [`EnqueueOutcome::Duplicate`]. Within one
     /// batch the first task with a given uniqueness key wins. Likewise a task whose `id` is
     /// already stored (a replayed enqueue) comes back as `Duplicate` of the stored task, which
-    /// is left as it is. Assigns `seq`, strictly increasing
+    /// is left as it is. A store may refuse the whole batch with [`StoreError::Conflict`] when an
+    /// id of the form that names its home (`kairos_core::ids`) names another partition than
+    /// its task's (Cassandra does: it finds such rows from the id alone; the ids the API
+    /// makes never do this). Assigns `seq`, strictly increasing
     /// across calls and within the batch in input order. One outcome per input, in input order.
     async fn enqueue(&self, batch: Vec<NewTask>) -> StoreResult<Vec<EnqueueOutcome>>;
 
